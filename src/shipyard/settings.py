@@ -1,0 +1,74 @@
+"""The one settings object. Values come from (highest first) explicit arguments such as CLI
+flags, `SHIPYARD_*` environment variables, then defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from shipyard.errors import ConfigError
+
+ENV_PREFIX = "SHIPYARD_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: Path(".shipyard"))
+    """Root for the database, artifacts, run folders and caches (`SHIPYARD_HOME`)."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL (`SHIPYARD_DATABASE_URL`); default: SQLite at `<home>/shipyard.db`.
+    PostgreSQL: `postgresql+psycopg://user@host:port/db`."""
+
+    threads: int = 1
+    """Intra-op threads for training (`SHIPYARD_THREADS`). One is fastest for the small models
+    here on a 2-core machine (see benchmarks/train_bench.py); recorded with every run."""
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'shipyard.db').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from the environment, then apply non-None overrides (CLI flags)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        if home := env.get(ENV_PREFIX + "HOME"):
+            values["home"] = Path(home)
+        if url := env.get(ENV_PREFIX + "DATABASE_URL"):
+            values["database_url"] = url
+        if threads := env.get(ENV_PREFIX + "THREADS"):
+            values["threads"] = _positive_int(ENV_PREFIX + "THREADS", threads)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "home" in values:
+            values["home"] = Path(values["home"])  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.threads < 1:
+            raise ConfigError("threads", settings.threads, "must be a positive integer")
+        return settings
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _positive_int(key: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(key, raw, "not an integer") from None
+    if value < 1:
+        raise ConfigError(key, raw, "must be a positive integer")
+    return value

@@ -1,0 +1,64 @@
+"""The `train` stage: `train(...) -> Run` and run tracking. Importing this package does not
+import torch; training does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shipyard.errors import UsageError
+from shipyard.settings import Settings
+from shipyard.train.recipe import Recipe
+from shipyard.train.tracking import Run, RunStore
+
+__all__ = ["Recipe", "Run", "RunStore", "get_run", "runs", "train"]
+
+#: recipe fields a resumed run may change (more epochs, patience); the rest must stay as trained
+RESUMABLE_OVERRIDES = {"epochs", "patience"}
+
+
+def train(recipe: Recipe | None = None, *, like: str | None = None, resume: str | None = None,
+          settings: Settings | None = None, progress: bool = True, **overrides: Any) -> Run:
+    """Train a model and return its tracked run.
+
+    `shipyard.train(data="fashion-mnist", epochs=5)` trains the canonical MLP; `like=RUN` replays
+    that run's recipe with `overrides` applied; `resume=RUN` continues an interrupted run."""
+    from shipyard.train.loop import fit
+
+    settings = settings or Settings.from_env()
+    store = RunStore(settings)
+    if resume is not None:
+        if recipe is not None or like is not None:
+            raise UsageError("resume takes the run's own recipe; do not pass a recipe or like")
+        if bad := sorted(k for k, v in overrides.items() if v is not None and k not in RESUMABLE_OVERRIDES):
+            raise UsageError(f"a resumed run keeps its recipe; only {sorted(RESUMABLE_OVERRIDES)} "
+                             f"may change, not {bad}")
+        run = store.get(resume)
+        if run.status == "running":
+            raise UsageError(f"run {run.id} is still running (pid {run.pid} on {run.host})")
+        if run.status == "finished" and overrides.get("epochs") in (None, run.recipe["epochs"]):
+            raise UsageError(f"run {run.id} already finished; pass more epochs to extend it")
+        if "last" not in run.artifacts:
+            raise UsageError(f"run {run.id} has no completed epoch to resume from")
+        base = Recipe.from_dict(run.recipe).with_overrides(**overrides)
+        if base != Recipe.from_dict(run.recipe):
+            store.update(run.id, recipe=base.to_dict())
+        return fit(base, settings, resume=run.id, progress=progress)
+    if like is not None:
+        if recipe is not None:
+            raise UsageError("pass either a recipe or like=RUN, not both")
+        parent = store.get(like)
+        base = Recipe.from_dict(parent.recipe).with_overrides(**overrides)
+        return fit(base, settings, parent_run_id=parent.id, expect_fingerprint=parent.data_fingerprint,
+                   progress=progress)
+    base = (recipe or Recipe()).with_overrides(**overrides)
+    return fit(base, settings, progress=progress)
+
+
+def runs(*, status: str | None = None, limit: int = 50, settings: Settings | None = None) -> list[Run]:
+    """Recent runs, newest first."""
+    return RunStore(settings or Settings.from_env()).list(status=status, limit=limit)
+
+
+def get_run(ref: str, *, settings: Settings | None = None) -> Run:
+    """One run by id or unique id prefix, with its per-epoch metrics and artifacts."""
+    return RunStore(settings or Settings.from_env()).get(ref)

@@ -1,0 +1,273 @@
+"""The training loop. Kept as lean as a hand-written loop (tensor-indexed batches from a fresh
+`randperm`, metrics accumulated on the device, one `.item()` per epoch) so tracking costs next
+to nothing; see benchmarks/train_bench.py."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from shipyard.data import load
+from shipyard.errors import RunInterrupted, ShipyardError, UsageError
+from shipyard.settings import Settings
+from shipyard.train.models import build_model
+from shipyard.train.recipe import Recipe
+from shipyard.train.tracking import Run, RunStore, utcnow
+
+EVAL_BATCH = 4096
+PROGRESS_EVERY = 25  # batches between progress-bar updates
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # epochs completed
+    best_val_accuracy: float = -1.0
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("shipyard", "torch", "numpy"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def make_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay)
+    return torch.optim.RMSprop(params, lr=recipe.lr, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay)
+
+
+def make_schedule(recipe: Recipe, opt: torch.optim.Optimizer) -> Any:
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
+    if recipe.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=recipe.schedule_step,
+                                               gamma=recipe.schedule_gamma)
+    return None
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> tuple[float, float]:
+    """(mean loss, accuracy) over a whole split, in large batches."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    for i in range(0, len(x), EVAL_BATCH):
+        out = model(x[i : i + EVAL_BATCH])
+        yb = y[i : i + EVAL_BATCH]
+        loss_sum += loss_fn(out, yb) * len(yb)
+        correct += (out.argmax(1) == yb).sum()
+    return loss_sum.item() / len(x), correct.item() / len(x)
+
+
+def fit(recipe: Recipe, settings: Settings, *, resume: str | None = None,
+        parent_run_id: str | None = None, expect_fingerprint: str | None = None,
+        console: Console | None = None, progress: bool = True) -> Run:
+    """Train per `recipe`, tracking everything; return the stored run. With `resume`, continue
+    that interrupted run from its last completed epoch with the same recipe."""
+    console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+    store = RunStore(settings)
+    threads = recipe.threads or settings.threads
+    torch.set_num_threads(threads)
+    device = resolve_device(recipe.device)
+
+    ds = load(recipe.data, label_column=recipe.label_column, standardize=recipe.standardize)  # type: ignore[arg-type]
+    splits = ds.split(recipe.val_fraction, recipe.split_seed)
+    spec = ds.preprocess.fitted(splits.x_train)
+    if expect_fingerprint is not None and expect_fingerprint != ds.fingerprint:
+        console.print(f"[yellow]warning:[/] the data behind {ds.source} changed since the run "
+                      f"being replayed (fingerprint {expect_fingerprint[:12]} → {ds.fingerprint[:12]})")
+
+    def tensors(x: np.ndarray | None, y: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if x is None or y is None:
+            return None
+        return torch.from_numpy(spec.apply(x)).to(device), torch.from_numpy(y).to(device)
+
+    xtr, ytr = tensors(splits.x_train, splits.y_train)  # type: ignore[misc]
+    xva, yva = tensors(splits.x_val, splits.y_val)  # type: ignore[misc]
+    test = tensors(splits.x_test, splits.y_test)
+
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model, input_shape=spec.raw_shape, num_classes=len(ds.classes),
+                        args=recipe.model_args).to(device)
+    opt = make_optimizer(recipe, model.parameters())
+    sched = make_schedule(recipe, opt)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    state = _State()
+
+    if resume is not None:
+        run_id = resume
+        _restore(store, run_id, model, opt, sched, gen, state)
+        store.reopen(run_id)
+        console.print(f"[bold]resuming run {run_id}[/] after epoch {state.epoch}")
+    else:
+        run_id = store.create(recipe.to_dict(), ds.source, parent_run_id=parent_run_id)
+    store.update(run_id, data_fingerprint=ds.fingerprint, preprocess=spec.to_dict(),
+                 library_versions=library_versions(), threads=threads, device=str(device))
+    run_dir = Path(store.get(run_id).run_dir or "")
+    console.print(
+        f"run [bold]{run_id}[/]: {recipe.model} on {ds.source} "
+        f"({len(ytr)} train / {len(yva)} val"
+        + (f" / {len(test[1])} test" if test else "")
+        + f"), {recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, "
+        f"{threads} thread{'s' if threads > 1 else ''} on {device}"
+    )
+
+    from torch.utils.tensorboard import SummaryWriter  # after the data: its import overlaps nothing
+
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    n = len(ytr)
+    bs = recipe.batch_size
+    batches = (n + bs - 1) // bs
+    bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
+                   console=console, transient=True, disable=not progress)
+    try:
+        with bar:
+            task = bar.add_task("train", total=batches, epoch="", loss="…")
+            while state.epoch < recipe.epochs:
+                epoch = state.epoch + 1
+                bar.reset(task, total=batches, epoch=f"{epoch}/{recipe.epochs}", loss="…")
+                t0 = time.perf_counter()
+                model.train()
+                perm = torch.randperm(n, generator=gen).to(device)
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), dtype=torch.long, device=device)
+                for b in range(batches):
+                    idx = perm[b * bs : (b + 1) * bs]
+                    xb, yb = xtr[idx], ytr[idx]
+                    out = model(xb)
+                    loss = loss_fn(out, yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    loss_sum.add_(loss.detach(), alpha=len(idx))
+                    correct += (out.argmax(1) == yb).sum()
+                    if progress and b % PROGRESS_EVERY == PROGRESS_EVERY - 1:
+                        bar.update(task, advance=PROGRESS_EVERY, loss=f"{loss.item():.4f}")
+                lr = opt.param_groups[0]["lr"]
+                if sched is not None:
+                    sched.step()
+                train_loss, train_acc = loss_sum.item() / n, correct.item() / n
+                val_loss, val_acc = evaluate(model, xva, yva, loss_fn)
+                dt = time.perf_counter() - t0
+                metrics = {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+                           "val_accuracy": val_acc, "lr": lr, "epoch_time_s": dt, "samples_per_s": n / dt}
+                improved = val_acc > state.best_val_accuracy
+                if improved:
+                    state.best_val_accuracy, state.best_epoch, state.bad_epochs = val_acc, epoch, 0
+                    store.put_artifact(run_id, "checkpoint", _to_bytes(model.state_dict()))
+                else:
+                    state.bad_epochs += 1
+                state.epoch = epoch
+                store.put_artifact(run_id, "last", _to_bytes(_snapshot(model, opt, sched, gen, state)))
+                store.log_epoch(run_id, epoch, metrics, epochs_run=epoch, best_epoch=state.best_epoch,
+                                best_val_accuracy=state.best_val_accuracy)
+                for k, v in metrics.items():
+                    writer.add_scalar(_tb_tag(k), v, epoch)
+                writer.flush()
+                console.print(
+                    f"epoch {epoch:>3}/{recipe.epochs}  loss {train_loss:.4f}  acc {train_acc:.2%}  "
+                    f"val_loss {val_loss:.4f}  val_acc {val_acc:.2%}{' *' if improved else '  '}  "
+                    f"{dt:.1f}s  {n / dt:,.0f} samples/s", highlight=False)
+                if recipe.patience is not None and state.bad_epochs >= recipe.patience:
+                    console.print(f"early stop: no val_accuracy gain in {recipe.patience} epochs")
+                    break
+        test_acc = None
+        if test is not None:
+            model.load_state_dict(torch.load(io.BytesIO(_checkpoint_bytes(store, run_id)),
+                                             weights_only=True))
+            _, test_acc = evaluate(model, test[0], test[1], loss_fn)
+            writer.add_scalar("test/accuracy", test_acc, state.best_epoch or 0)
+        store.update(run_id, status="finished", ended_at=utcnow(), test_accuracy=test_acc)
+    except KeyboardInterrupt:
+        store.update(run_id, status="interrupted", ended_at=utcnow(),
+                     error=f"interrupted by the user after epoch {state.epoch}")
+        raise RunInterrupted(
+            run_id,
+            f"run {run_id} interrupted after epoch {state.epoch}; its best checkpoint is kept. "
+            f"Continue it with: shipyard train --resume {run_id}"
+        ) from None
+    except BaseException as e:
+        store.update(run_id, status="failed", ended_at=utcnow(), error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        writer.close()
+    return store.get(run_id)
+
+
+def _tb_tag(key: str) -> str:
+    for prefix in ("train_", "val_"):
+        if key.startswith(prefix):
+            return f"{prefix[:-1]}/{key[len(prefix):]}"
+    return f"perf/{key}" if key in ("epoch_time_s", "samples_per_s") else f"opt/{key}"
+
+
+def _to_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _checkpoint_bytes(store: RunStore, run_id: str, name: str = "checkpoint") -> bytes:
+    run = store.get(run_id)
+    if name not in run.artifacts:
+        raise ShipyardError(f"run {run_id} has no {name!r} artifact")
+    return store.artifacts.get_bytes(run.artifacts[name]["sha256"])
+
+
+def _snapshot(model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, state: _State) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly where this one stopped."""
+    return {
+        "model": model.state_dict(), "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "epoch": state.epoch, "best_val_accuracy": state.best_val_accuracy,
+        "best_epoch": state.best_epoch if state.best_epoch is not None else -1,
+        "bad_epochs": state.bad_epochs,
+    }
+
+
+def _restore(store: RunStore, run_id: str, model: nn.Module, opt: Any, sched: Any,
+             gen: torch.Generator, state: _State) -> None:
+    snap = torch.load(io.BytesIO(_checkpoint_bytes(store, run_id, "last")), weights_only=True)
+    model.load_state_dict(snap["model"])
+    opt.load_state_dict(snap["optimizer"])
+    if sched is not None and snap["scheduler"] is not None:
+        sched.load_state_dict(snap["scheduler"])
+    gen.set_state(snap["generator"])
+    torch.set_rng_state(snap["torch_rng"])
+    state.epoch = int(snap["epoch"])
+    state.best_val_accuracy = float(snap["best_val_accuracy"])
+    state.best_epoch = int(snap["best_epoch"]) if snap["best_epoch"] >= 0 else None
+    state.bad_epochs = int(snap["bad_epochs"])

@@ -1,0 +1,116 @@
+"""Run tracking on both databases we support: SQLite (default) and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from shipyard.registry.db import MIGRATIONS, current_revision, dispose_engines, engine_for
+from shipyard.registry.schema import HEAD, run_metrics
+from shipyard.settings import Settings
+from shipyard.train import Recipe
+from shipyard.train.tracking import RunStore
+
+
+@pytest.fixture(autouse=True)
+def _close_pools() -> Iterator[None]:
+    yield
+    dispose_engines()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "sqlite":
+        return Settings(home=tmp_path / "home")
+    return Settings(home=tmp_path / "home", database_url=request.getfixturevalue("fresh_pg_url"))
+
+
+def test_head_constant_matches_the_migrations() -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD
+
+
+def test_migrations_create_the_schema_once(store_settings: Settings) -> None:
+    engine = engine_for(store_settings.db_url)
+    assert current_revision(engine) == HEAD
+    tables = set(sa.inspect(engine).get_table_names())
+    assert {"runs", "run_metrics", "run_artifacts", "alembic_version"} <= tables
+    dispose_engines()
+    assert current_revision(engine_for(store_settings.db_url)) == HEAD  # idempotent
+
+
+def test_runs_persist_with_metrics_and_artifacts(store_settings: Settings) -> None:
+    store = RunStore(store_settings)
+    run_id = store.create(Recipe(epochs=3).to_dict(), "mnist-sample")
+    for epoch in (1, 2, 3):
+        store.log_epoch(run_id, epoch, {"val_accuracy": 0.5 + epoch / 10, "train_loss": 1 / epoch},
+                        epochs_run=epoch, best_epoch=epoch, best_val_accuracy=0.5 + epoch / 10)
+    store.put_artifact(run_id, "checkpoint", b"first")
+    old = store.get(run_id).artifacts["checkpoint"]["sha256"]
+    store.put_artifact(run_id, "checkpoint", b"second")
+    store.update(run_id, status="finished")
+    dispose_engines()
+    store = RunStore(store_settings)  # a fresh store, as another process would see it
+    run = store.get(run_id)
+    assert run.status == "finished" and run.epochs_run == 3
+    assert run.metrics["val_accuracy"] == pytest.approx([0.6, 0.7, 0.8])
+    assert Path(run.checkpoint).read_bytes() == b"second"
+    assert not store.artifacts.path(old).exists()  # replaced blob no longer referenced
+    assert run.recipe["epochs"] == 3
+    assert [r.id for r in store.list(status="finished")] == [run_id]
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from shipyard.settings import Settings
+    from shipyard.train import Recipe
+    from shipyard.train.tracking import RunStore
+    home, url, tag = sys.argv[1], sys.argv[2] or None, sys.argv[3]
+    store = RunStore(Settings(home=Path(home), database_url=url))
+    for i in range(15):
+        rid = store.create(Recipe(seed=i).to_dict(), f"writer-{tag}")
+        for epoch in range(1, 6):
+            store.log_epoch(rid, epoch, {"val_accuracy": epoch / 10, "train_loss": 1.0},
+                            epochs_run=epoch)
+            store.put_artifact(rid, "checkpoint", f"{tag}-{i}-{epoch}".encode())
+        store.update(rid, status="finished")
+""")
+
+
+def test_two_processes_writing_at_once_lose_nothing(store_settings: Settings, tmp_path: Path) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    url = store_settings.database_url or ""
+    RunStore(store_settings)  # migrate first, as any command does
+    procs = [subprocess.Popen([sys.executable, str(script), str(store_settings.home), url, tag],
+                              stderr=subprocess.PIPE, text=True) for tag in ("a", "b")]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    store = RunStore(store_settings)
+    found = store.list(limit=100)
+    assert len(found) == 30
+    assert all(r.status == "finished" and r.epochs_run == 5 for r in found)
+    assert sorted({r.data_source for r in found}) == ["writer-a", "writer-b"]
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(run_metrics)).scalar() == 30 * 5 * 2
+    for r in found:
+        assert Path(r.checkpoint).read_bytes().endswith(b"-5")
+
+
+def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
+    from shipyard.errors import ShipyardError
+
+    s = Settings(home=tmp_path, database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with pytest.raises(ShipyardError, match="cannot reach the database"):
+        RunStore(s)
