@@ -91,7 +91,7 @@ def train(
     val_fraction: Annotated[float | None, typer.Option(help="Validation share [default: 0.1 with a test split, else 0.2].")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column for csv: sources [default: label].")] = None,
     standardize: Annotated[str | None, typer.Option(help="none | global | feature  [default: the source's]")] = None,
-    threads: Annotated[int | None, typer.Option(help="Intra-op threads [default: SHIPYARD_THREADS or 1].")] = None,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads [default: SHIPYARD_THREADS or min(2, cores)].")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda  [default: auto]")] = None,
     like: Annotated[str | None, typer.Option(help="Replay this run's recipe, with the options given here as overrides.")] = None,
     resume: Annotated[str | None, typer.Option(help="Continue this interrupted run from its last completed epoch.")] = None,
@@ -164,6 +164,8 @@ def runs_show(
             return
         out.print(f"[bold]run {r.id}[/]  {_status(r.status)}" + (f"  [red]{r.error}[/]" if r.error else ""))
         head = Table.grid(padding=(0, 2))
+        head.add_column(no_wrap=True)
+        head.add_column(overflow="fold")
         for k, v in [("data", f"{r.data_source}  (fingerprint {str(r.data_fingerprint)[:16]}…)"),
                      ("recipe", ", ".join(f"{k}={v}" for k, v in r.recipe.items() if k != "data")),
                      ("best", f"val_accuracy {pct(r.best_val_accuracy)} at epoch {r.best_epoch}"),

@@ -32,7 +32,7 @@ def test_canonical_run_learns_and_is_tracked(trained) -> None:  # type: ignore[n
     assert run.metrics["train_loss"][1] < run.metrics["train_loss"][0]
     assert run.best_val_accuracy is not None and run.best_val_accuracy > 0.85
     assert run.test_accuracy is None  # mnist-sample ships no test split
-    assert run.threads == 1 and run.device == "cpu"
+    assert run.threads == s.threads and run.device == "cpu"
     assert run.library_versions and run.library_versions["torch"].startswith("2.")
     assert run.preprocess and run.preprocess["raw_shape"] == [28, 28]
     assert len(run.data_fingerprint or "") == 64
@@ -185,3 +185,12 @@ def test_ctrl_c_interrupts_cleanly_and_resume_matches_an_uninterrupted_run(
     assert resumed.metrics["train_loss"] == straight.metrics["train_loss"]
     assert resumed.artifacts["checkpoint"]["sha256"] == straight.artifacts["checkpoint"]["sha256"]
     assert os.path.exists(resumed.checkpoint)
+
+
+def test_device_cuda_without_a_gpu_is_a_usage_error(settings: Settings) -> None:
+    if torch.cuda.is_available():  # on a GPU machine the same call must train
+        run = train(data="mnist-sample", epochs=1, device="cuda", settings=settings, progress=False)
+        assert run.device.startswith("cuda")
+    else:
+        with pytest.raises(UsageError, match="no CUDA device"):
+            train(data="mnist-sample", epochs=1, device="cuda", settings=settings, progress=False)

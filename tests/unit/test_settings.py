@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shipyard.errors import ConfigError, UsageError
-from shipyard.settings import Settings
+from shipyard.settings import Settings, default_threads
 
 ENV_KEYS = ("SHIPYARD_HOME", "SHIPYARD_DATABASE_URL", "SHIPYARD_THREADS")
 
@@ -24,7 +24,7 @@ def test_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     s = Settings.from_env()
     assert s.home == Path(".shipyard")
     assert s.database_url is None
-    assert s.threads == 1
+    assert s.threads == default_threads()
     assert s.db_url == f"sqlite:///{(tmp_path / '.shipyard' / 'shipyard.db').resolve()}"
     assert s.artifacts_dir == Path(".shipyard/artifacts")
     assert s.runs_dir == Path(".shipyard/runs")
@@ -34,7 +34,7 @@ def test_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_defaults_from_empty_mapping_ignore_process_env(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("SHIPYARD_THREADS", "5")
     s = Settings.from_env({})
-    assert s.threads == 1
+    assert s.threads == default_threads()
     assert s == Settings()
 
 
@@ -141,6 +141,6 @@ def test_bad_explicit_threads(clean_env: pytest.MonkeyPatch, threads: int) -> No
 def test_settings_are_frozen_and_with_returns_a_copy(clean_env: pytest.MonkeyPatch) -> None:
     s = Settings.from_env()
     t = s.with_(threads=7)
-    assert t.threads == 7 and s.threads == 1
+    assert t.threads == 7 and s.threads == default_threads()
     with pytest.raises(AttributeError):
         s.threads = 3  # type: ignore[misc]
