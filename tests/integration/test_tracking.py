@@ -114,3 +114,13 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     s = Settings(home=tmp_path, database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
     with pytest.raises(ShipyardError, match="cannot reach the database"):
         RunStore(s)
+
+
+def test_a_training_run_tracked_in_postgres(fresh_pg_url: str, tmp_path: Path) -> None:
+    from shipyard.train import get_run, train
+
+    s = Settings(home=tmp_path / "home", database_url=fresh_pg_url)
+    run = train(data="mnist-sample", epochs=1, settings=s, progress=False)
+    again = get_run(run.id, settings=s)
+    assert again.status == "finished" and again.metrics["val_accuracy"] == run.metrics["val_accuracy"]
+    assert not (tmp_path / "home" / "shipyard.db").exists()  # nothing went to SQLite

@@ -42,7 +42,8 @@ def train(recipe: Recipe | None = None, *, like: str | None = None, resume: str 
         base = Recipe.from_dict(run.recipe).with_overrides(**overrides)
         if base != Recipe.from_dict(run.recipe):
             store.update(run.id, recipe=base.to_dict())
-        return fit(base, settings, resume=run.id, progress=progress)
+        return fit(base, settings, resume=run.id, expect_fingerprint=run.data_fingerprint,
+                   progress=progress)
     if like is not None:
         if recipe is not None:
             raise UsageError("pass either a recipe or like=RUN, not both")

@@ -132,27 +132,28 @@ def fit(recipe: Recipe, settings: Settings, *, resume: str | None = None,
         console.print(f"[bold]resuming run {run_id}[/] after epoch {state.epoch}")
     else:
         run_id = store.create(recipe.to_dict(), ds.source, parent_run_id=parent_run_id)
-    store.update(run_id, data_fingerprint=ds.fingerprint, preprocess=spec.to_dict(),
-                 library_versions=library_versions(), threads=threads, device=str(device))
-    run_dir = Path(store.get(run_id).run_dir or "")
-    console.print(
-        f"run [bold]{run_id}[/]: {recipe.model} on {ds.source} "
-        f"({len(ytr)} train / {len(yva)} val"
-        + (f" / {len(test[1])} test" if test else "")
-        + f"), {recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, "
-        f"{threads} thread{'s' if threads > 1 else ''} on {device}"
-    )
-
-    from torch.utils.tensorboard import SummaryWriter  # after the data: its import overlaps nothing
-
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
     n = len(ytr)
     bs = recipe.batch_size
     batches = (n + bs - 1) // bs
     bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
                    console=console, transient=True, disable=not progress)
+    writer = None
     try:
+        store.update(run_id, data_fingerprint=ds.fingerprint, preprocess=spec.to_dict(),
+                     library_versions=library_versions(), threads=threads, device=str(device))
+        run_dir = Path(store.get(run_id).run_dir or "")
+        console.print(
+            f"run [bold]{run_id}[/]: {recipe.model} on {ds.source} "
+            f"({len(ytr)} train / {len(yva)} val"
+            + (f" / {len(test[1])} test" if test else "")
+            + f"), {recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, "
+            f"{threads} thread{'s' if threads > 1 else ''} on {device}"
+        )
+
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         with bar:
             task = bar.add_task("train", total=batches, epoch="", loss="…")
             while state.epoch < recipe.epochs:
@@ -222,7 +223,8 @@ def fit(recipe: Recipe, settings: Settings, *, resume: str | None = None,
         store.update(run_id, status="failed", ended_at=utcnow(), error=f"{type(e).__name__}: {e}")
         raise
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     return store.get(run_id)
 
 
