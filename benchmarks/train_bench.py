@@ -40,7 +40,8 @@ def idx(path):
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 if data == "fashion-mnist":
-    d = "/usr/share/datasets/fashion-mnist/"
+    import os
+    d = os.environ.get("SHIPYARD_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist") + "/"
     x, y = idx(d + "train-images-idx3-ubyte.gz"), idx(d + "train-labels-idx1-ubyte.gz")
     val_share = 0.1
 else:  # mnist-sample

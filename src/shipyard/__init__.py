@@ -5,9 +5,13 @@ The public API mirrors the CLI verbs. Importing `shipyard` stays light (no torch
 from __future__ import annotations
 
 from shipyard import data
+from shipyard.bundle import Bundle
 from shipyard.errors import ShipyardError
+from shipyard.optimize import optimize
+from shipyard.registry import Registry
 from shipyard.settings import Settings
 from shipyard.train import Recipe, Run, get_run, runs, train
 
 __version__ = "0.1.0"
-__all__ = ["Recipe", "Run", "Settings", "ShipyardError", "data", "get_run", "runs", "train"]
+__all__ = ["Bundle", "Recipe", "Registry", "Run", "Settings", "ShipyardError", "data", "get_run", "optimize", "runs",
+           "train"]

@@ -18,6 +18,9 @@ from shipyard.errors import RunInterrupted, ShipyardError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+for _c in (out, err):
+    if not _c.is_terminal:  # pipes and logs: do not squeeze tables into 80 columns
+        _c.width = 120
 
 
 def emit_json(obj: dict[str, Any]) -> None:
@@ -53,6 +56,15 @@ def reporting(as_json: bool, on_interrupt: Callable[[str], dict[str, Any]] | Non
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
+        if as_json:
+            emit_json({"error": "interrupted", "error_type": "KeyboardInterrupt"})
+        raise typer.Exit(1) from None
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001 - the contract: one line and a JSON object, never a bare traceback
+        err.print(f"[red]error:[/] {type(e).__name__}: {e}")
+        if as_json:
+            emit_json({"error": f"{type(e).__name__}: {e}", "error_type": type(e).__name__})
         raise typer.Exit(1) from None
 
 

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from shipyard import __version__
+from shipyard import __version__, _cli_bundle
+from shipyard._cli_models import models_app
 from shipyard._output import emit_json, err, out, pct, reporting
 from shipyard.errors import UsageError
 from shipyard.settings import Settings
@@ -28,6 +29,10 @@ runs_app = typer.Typer(help="List, inspect, compare and plot training runs.", no
 data_app = typer.Typer(help="Inspect data sources.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(runs_app, name="runs")
 app.add_typer(data_app, name="data")
+app.command()(_cli_bundle.optimize)
+app.command("import")(_cli_bundle.import_model)
+app.add_typer(_cli_bundle.bundle_app, name="bundle")
+app.add_typer(models_app, name="models")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on the last line of stdout.")]
 

@@ -27,6 +27,10 @@ class Settings:
     1.5 s with 2 threads against 1.9-2.1 s with 1 (`train_bench.py --threads-sweep 1,2`); more
     threads buy nothing at this model size. Use 1 when serving shares the machine."""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.home, Path):
+            object.__setattr__(self, "home", Path(self.home))
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'shipyard.db').resolve()}"

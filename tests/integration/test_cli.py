@@ -101,3 +101,11 @@ def test_verbs_that_do_not_train_never_import_torch(cli_env: dict[str, str]) -> 
     )
     p = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr
+
+
+def test_an_unexpected_failure_still_keeps_the_json_contract(cli_env: dict[str, str]) -> None:
+    # dropout=2 is rejected inside torch, not by us: still one line, a JSON object, exit 1
+    p = run_cli(["train", "--model-arg", "dropout=2", "--epochs", "1", "--json"], cli_env, check=False)
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr and "dropout" in p.stderr
+    assert "dropout" in last_json(p.stdout)["error"]

@@ -64,7 +64,7 @@ def test_runs_persist_with_metrics_and_artifacts(store_settings: Settings) -> No
     assert run.status == "finished" and run.epochs_run == 3
     assert run.metrics["val_accuracy"] == pytest.approx([0.6, 0.7, 0.8])
     assert Path(run.checkpoint).read_bytes() == b"second"
-    assert not store.artifacts.path(old).exists()  # replaced blob no longer referenced
+    assert store.artifacts.path(old).exists()  # blobs are immutable, never deleted under a reader
     assert run.recipe["epochs"] == 3
     assert [r.id for r in store.list(status="finished")] == [run_id]
 

@@ -772,3 +772,16 @@ def test_describe_is_json_serialisable(tmp_path: Path) -> None:
     back = json.loads(json.dumps(desc))
     assert back["samples"] == 12 and back["test_samples"] == 6
     assert back["input_shape"] == [5, 4]
+
+
+def test_npz_refuses_fractional_and_text_labels(tmp_path: Path) -> None:
+    x = np.zeros((4, 28, 28), np.uint8)
+    np.savez(tmp_path / "f.npz", x_train=x, y_train=np.array([0.2, 1.7, 0.9, 1.1]))
+    with pytest.raises(DataError, match="labels must be integers"):
+        npz(tmp_path / "f.npz")
+    np.savez(tmp_path / "t.npz", x_train=x, y_train=np.array(["a", "b", "a", "b"]))
+    with pytest.raises(DataError, match="labels must be integers"):
+        npz(tmp_path / "t.npz")
+    np.savez(tmp_path / "e.npz", x_train=np.zeros((0, 28, 28), np.uint8), y_train=np.zeros(0, np.int64))
+    with pytest.raises(DataError, match="at least one sample"):
+        npz(tmp_path / "e.npz")

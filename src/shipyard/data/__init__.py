@@ -2,9 +2,9 @@
 
 from shipyard.data.dataset import Dataset, Splits, stratified_split
 from shipyard.data.preprocess import PreprocessSpec
-from shipyard.data.sources import csv, fashion_mnist, folder, idx, load, mnist_sample, npz
+from shipyard.data.sources import canonical, csv, fashion_mnist, folder, idx, load, mnist_sample, npz
 
 __all__ = [
-    "Dataset", "PreprocessSpec", "Splits", "csv", "fashion_mnist", "folder", "idx", "load",
+    "Dataset", "PreprocessSpec", "Splits", "canonical", "csv", "fashion_mnist", "folder", "idx", "load",
     "mnist_sample", "npz", "stratified_split",
 ]

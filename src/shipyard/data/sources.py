@@ -54,6 +54,28 @@ def load(spec: str, *, label_column: str = "label", standardize: Standardize | N
     return ds
 
 
+def canonical(spec: str) -> str:
+    """The `--data` string with its path made absolute, so a stored recipe replays from anywhere."""
+    kind, sep, arg = spec.partition(":")
+    if sep and kind in ("idx", "npz", "csv", "folder") and arg:
+        return f"{kind}:{Path(arg).expanduser().resolve()}"
+    return spec
+
+
+def _labels(path: object, y: np.ndarray, what: str) -> np.ndarray:
+    """Integer class labels, or a DataError naming the file: never a silent float cast."""
+    y = np.asarray(y).reshape(-1)
+    if y.size == 0:
+        raise DataError(path, f"{what}: no samples")
+    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        y = y.astype(np.int64)
+    if y.dtype.kind not in "iu":
+        raise DataError(path, f"{what}: labels must be integers, got {y.dtype} values such as {y[:3].tolist()}")
+    if y.min() < 0:
+        raise DataError(path, f"{what}: negative label {int(y.min())}")
+    return y.astype(np.int64)
+
+
 def _image_spec(shape: tuple[int, ...]) -> PreprocessSpec:
     return PreprocessSpec(raw_shape=shape, raw_dtype="uint8", scale=1.0 / 255.0, flatten=True)
 
@@ -130,13 +152,13 @@ def idx(directory: Path) -> Dataset:
         if len(xi) != len(yi):
             raise DataError(found[f"{part} labels"],
                             f"{len(yi)} labels for {len(xi)} images in {found[f'{part} images']}")
-    y = arrays["train labels"].astype(np.int64)
-    y_test = arrays["test labels"].astype(np.int64) if "test labels" in arrays else None
+    y = _labels(found["train labels"], arrays["train labels"], "train labels")
+    y_test = _labels(found["test labels"], arrays["test labels"], "test labels") if "test labels" in arrays else None
     num_classes = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
     x = arrays["train images"]
     return Dataset(
         f"idx:{directory}", x, y, [str(i) for i in range(num_classes)],
-        _image_spec(tuple(x.shape[1:])), arrays.get("test images"), y_test, origin=str(directory),
+        _spec_for(x), arrays.get("test images"), y_test, origin=str(directory),
     )
 
 
@@ -162,13 +184,13 @@ def npz(path: Path) -> Dataset:
     x = arrays["x_train"]
     if x.dtype.kind not in "uif":
         raise DataError(path, f"x_train must be numeric, got dtype {x.dtype}")
-    y = arrays["y_train"].reshape(-1)
-    y_test = arrays["y_test"].reshape(-1) if "y_test" in arrays else None
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise DataError(path, f"x_train must hold at least one sample, got shape {list(x.shape)}")
+    y = _labels(path, arrays["y_train"], "y_train")
+    y_test = _labels(path, arrays["y_test"], "y_test") if "y_test" in arrays else None
     num_classes = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
-    spec = _spec_for(x)
-    return Dataset(f"npz:{path}", x, y.astype(np.int64), [str(i) for i in range(num_classes)],
-                   spec, arrays.get("x_test"),
-                   y_test.astype(np.int64) if y_test is not None else None, origin=str(path))
+    return Dataset(f"npz:{path}", x, y, [str(i) for i in range(num_classes)], _spec_for(x),
+                   arrays.get("x_test"), y_test, origin=str(path))
 
 
 def csv(path: Path, *, label_column: str = "label") -> Dataset:
@@ -190,6 +212,8 @@ def csv(path: Path, *, label_column: str = "label") -> Dataset:
         raise DataError(path, f"missing label column {label_column!r} (columns: "
                               f"{', '.join(header[:8])}{', …' if len(header) > 8 else ''})")
     li = header.index(label_column)
+    if len(header) < 2:
+        raise DataError(path, f"no feature columns besides the label column {label_column!r}")
     reader = _csv.reader(io.StringIO(body))
     numbered = [(reader.line_num + 1, r) for r in reader]  # +1: the header line
     lines = [n for n, r in numbered if r]

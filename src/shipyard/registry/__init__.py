@@ -1,6 +1,17 @@
-"""The registry stage's storage: the one SQL database and the content-addressed artifact store."""
+"""The registry stage: the one SQL database, the content-addressed artifact store, and the model
+registry (`Registry`) on top of them."""
 
 from shipyard.registry.artifacts import ArtifactStore
 from shipyard.registry.db import engine_for
+from shipyard.registry.models import (
+    AliasChange,
+    Comparison,
+    Model,
+    ModelEvent,
+    ModelVersion,
+    Registry,
+    RegistryConflict,
+)
 
-__all__ = ["ArtifactStore", "engine_for"]
+__all__ = ["AliasChange", "ArtifactStore", "Comparison", "Model", "ModelEvent", "ModelVersion", "Registry",
+           "RegistryConflict", "engine_for"]

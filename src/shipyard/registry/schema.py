@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-HEAD = "0001"
+HEAD = "0002"
 
 metadata = sa.MetaData()
 
@@ -56,4 +56,63 @@ run_artifacts = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False, index=True),
     sa.Column("size_bytes", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# -- the model registry (0002) ------------------------------------------------------------
+NAME_LEN, ALIAS_LEN = 128, 64
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("name", sa.String(NAME_LEN), primary_key=True),
+    sa.Column("description", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # the highest version ever allocated: a deleted version's number is never handed out again
+    sa.Column("last_version", sa.Integer, nullable=False, server_default="0"),
+)
+
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("name", sa.String(NAME_LEN), sa.ForeignKey("models.name", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("bundle_sha256", sa.String(64), nullable=False, index=True),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("run_id", sa.String(32), index=True),
+    sa.Column("description", sa.Text),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("meta", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+aliases = sa.Table(
+    "aliases",
+    metadata,
+    sa.Column("name", sa.String(NAME_LEN), primary_key=True),
+    sa.Column("alias", sa.String(ALIAS_LEN), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # no cascade: the database itself refuses to delete a version an alias points at
+    sa.ForeignKeyConstraint(["name", "version"], ["model_versions.name", "model_versions.version"],
+                            name="fk_aliases_model_versions"),
+    sa.Index("ix_aliases_name_version", "name", "version"),
+)
+
+model_events = sa.Table(
+    "model_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(NAME_LEN), nullable=False),
+    sa.Column("version", sa.Integer),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("alias", sa.String(ALIAS_LEN)),
+    sa.Column("from_version", sa.Integer),
+    sa.Column("to_version", sa.Integer),
+    sa.Column("reason", sa.Text),
+    sa.Column("actor", sa.String(255)),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("details", sa.JSON),
+    # history(name) reads one model's events in order
+    sa.Index("ix_model_events_name_id", "name", "id"),
 )

@@ -35,13 +35,17 @@ def train(recipe: Recipe | None = None, *, like: str | None = None, resume: str 
         run = store.get(resume)
         if run.status == "running":
             raise UsageError(f"run {run.id} is still running (pid {run.pid} on {run.host})")
-        if run.status == "finished" and overrides.get("epochs") in (None, run.recipe["epochs"]):
+        epochs = overrides.get("epochs")
+        if run.status == "finished" and epochs in (None, run.recipe["epochs"]):
             raise UsageError(f"run {run.id} already finished; pass more epochs to extend it")
-        if "last" not in run.artifacts:
+        if epochs is not None and epochs <= run.epochs_run:
+            raise UsageError(f"run {run.id} already ran {run.epochs_run} epochs; --epochs {epochs} "
+                             "would not continue it")
+        from shipyard.train.loop import resume_path
+
+        if not resume_path(run).exists():
             raise UsageError(f"run {run.id} has no completed epoch to resume from")
         base = Recipe.from_dict(run.recipe).with_overrides(**overrides)
-        if base != Recipe.from_dict(run.recipe):
-            store.update(run.id, recipe=base.to_dict())
         return fit(base, settings, resume=run.id, expect_fingerprint=run.data_fingerprint,
                    progress=progress)
     if like is not None:
@@ -49,8 +53,9 @@ def train(recipe: Recipe | None = None, *, like: str | None = None, resume: str 
             raise UsageError("pass either a recipe or like=RUN, not both")
         parent = store.get(like)
         base = Recipe.from_dict(parent.recipe).with_overrides(**overrides)
-        return fit(base, settings, parent_run_id=parent.id, expect_fingerprint=parent.data_fingerprint,
-                   progress=progress)
+        same_data = base.data == parent.recipe.get("data")
+        return fit(base, settings, parent_run_id=parent.id,
+                   expect_fingerprint=parent.data_fingerprint if same_data else None, progress=progress)
     base = (recipe or Recipe()).with_overrides(**overrides)
     return fit(base, settings, progress=progress)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from shipyard.data import load
+from shipyard.data import canonical, load
 from shipyard.errors import RunInterrupted, ShipyardError, UsageError
 from shipyard.settings import Settings
 from shipyard.train.models import build_model
@@ -97,6 +99,8 @@ def fit(recipe: Recipe, settings: Settings, *, resume: str | None = None,
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)
     store = RunStore(settings)
     threads = recipe.threads or settings.threads
+    # the stored recipe says exactly what ran: resolved threads, absolute data paths
+    recipe = recipe.with_overrides(threads=threads, data=canonical(recipe.data))
     torch.set_num_threads(threads)
     device = resolve_device(recipe.device)
 
@@ -127,8 +131,8 @@ def fit(recipe: Recipe, settings: Settings, *, resume: str | None = None,
 
     if resume is not None:
         run_id = resume
-        _restore(store, run_id, model, opt, sched, gen, state)
-        store.reopen(run_id)
+        _restore(resume_path(store.get(run_id)), model, opt, sched, gen, state)
+        store.reopen(run_id, recipe.to_dict())
         console.print(f"[bold]resuming run {run_id}[/] after epoch {state.epoch}")
     else:
         run_id = store.create(recipe.to_dict(), ds.source, parent_run_id=parent_run_id)
@@ -136,7 +140,7 @@ def fit(recipe: Recipe, settings: Settings, *, resume: str | None = None,
     bs = recipe.batch_size
     batches = (n + bs - 1) // bs
     bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
+                   TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}"), TimeRemainingColumn(),
                    console=console, transient=True, disable=not progress)
     writer = None
     try:
@@ -155,10 +159,10 @@ def fit(recipe: Recipe, settings: Settings, *, resume: str | None = None,
 
         writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         with bar:
-            task = bar.add_task("train", total=batches, epoch="", loss="…")
+            task = bar.add_task("train", total=batches, epoch="", loss="…", acc="…")
             while state.epoch < recipe.epochs:
                 epoch = state.epoch + 1
-                bar.reset(task, total=batches, epoch=f"{epoch}/{recipe.epochs}", loss="…")
+                bar.reset(task, total=batches, epoch=f"{epoch}/{recipe.epochs}", loss="…", acc="…")
                 t0 = time.perf_counter()
                 model.train()
                 perm = torch.randperm(n, generator=gen).to(device)
@@ -175,7 +179,8 @@ def fit(recipe: Recipe, settings: Settings, *, resume: str | None = None,
                     loss_sum.add_(loss.detach(), alpha=len(idx))
                     correct += (out.argmax(1) == yb).sum()
                     if progress and b % PROGRESS_EVERY == PROGRESS_EVERY - 1:
-                        bar.update(task, advance=PROGRESS_EVERY, loss=f"{loss.item():.4f}")
+                        bar.update(task, advance=PROGRESS_EVERY, loss=f"{loss.item():.4f}",
+                                   acc=f"{correct.item() / min(n, (b + 1) * bs):.2%}")
                 lr = opt.param_groups[0]["lr"]
                 if sched is not None:
                     sched.step()
@@ -184,16 +189,22 @@ def fit(recipe: Recipe, settings: Settings, *, resume: str | None = None,
                 dt = time.perf_counter() - t0
                 metrics = {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                            "val_accuracy": val_acc, "lr": lr, "epoch_time_s": dt, "samples_per_s": n / dt}
+                if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                    raise ShipyardError(f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} "
+                                        f"in epoch {epoch}; training diverged (try a lower --lr)")
                 improved = val_acc > state.best_val_accuracy
                 if improved:
                     state.best_val_accuracy, state.best_epoch, state.bad_epochs = val_acc, epoch, 0
-                    store.put_artifact(run_id, "checkpoint", _to_bytes(model.state_dict()))
                 else:
                     state.bad_epochs += 1
                 state.epoch = epoch
-                store.put_artifact(run_id, "last", _to_bytes(_snapshot(model, opt, sched, gen, state)))
-                store.log_epoch(run_id, epoch, metrics, epochs_run=epoch, best_epoch=state.best_epoch,
+                # metrics, best checkpoint and progress commit together; the resume snapshot
+                # follows, so an interrupt in between only makes a resume redo this epoch
+                store.log_epoch(run_id, epoch, metrics,
+                                {"checkpoint": _to_bytes(model.state_dict())} if improved else None,
+                                epochs_run=epoch, best_epoch=state.best_epoch,
                                 best_val_accuracy=state.best_val_accuracy)
+                _atomic_write(resume_path(run_dir), _to_bytes(_snapshot(model, opt, sched, gen, state)))
                 for k, v in metrics.items():
                     writer.add_scalar(_tb_tag(k), v, epoch)
                 writer.flush()
@@ -214,6 +225,9 @@ def fit(recipe: Recipe, settings: Settings, *, resume: str | None = None,
     except KeyboardInterrupt:
         store.update(run_id, status="interrupted", ended_at=utcnow(),
                      error=f"interrupted by the user after epoch {state.epoch}")
+        if state.epoch == 0:
+            raise RunInterrupted(run_id, f"run {run_id} interrupted before its first epoch ended; "
+                                         "nothing to keep or resume") from None
         raise RunInterrupted(
             run_id,
             f"run {run_id} interrupted after epoch {state.epoch}; its best checkpoint is kept. "
@@ -241,11 +255,24 @@ def _to_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def _checkpoint_bytes(store: RunStore, run_id: str, name: str = "checkpoint") -> bytes:
+def _checkpoint_bytes(store: RunStore, run_id: str) -> bytes:
     run = store.get(run_id)
-    if name not in run.artifacts:
-        raise ShipyardError(f"run {run_id} has no {name!r} artifact")
-    return store.artifacts.get_bytes(run.artifacts[name]["sha256"])
+    if "checkpoint" not in run.artifacts:
+        raise ShipyardError(f"run {run_id} has no checkpoint")
+    return store.artifacts.get_bytes(run.artifacts["checkpoint"]["sha256"])
+
+
+def resume_path(run_or_dir: Run | Path) -> Path:
+    """The resume snapshot: mutable state of the last completed epoch, kept in the run folder
+    (not the immutable artifact store)."""
+    folder = run_or_dir if isinstance(run_or_dir, Path) else Path(run_or_dir.run_dir or ".")
+    return folder / "resume.pt"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _snapshot(model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, state: _State) -> dict[str, Any]:
@@ -254,21 +281,23 @@ def _snapshot(model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, stat
         "model": model.state_dict(), "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict() if sched is not None else None,
         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "epoch": state.epoch, "best_val_accuracy": state.best_val_accuracy,
         "best_epoch": state.best_epoch if state.best_epoch is not None else -1,
         "bad_epochs": state.bad_epochs,
     }
 
 
-def _restore(store: RunStore, run_id: str, model: nn.Module, opt: Any, sched: Any,
-             gen: torch.Generator, state: _State) -> None:
-    snap = torch.load(io.BytesIO(_checkpoint_bytes(store, run_id, "last")), weights_only=True)
+def _restore(path: Path, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, state: _State) -> None:
+    snap = torch.load(path, weights_only=True)
     model.load_state_dict(snap["model"])
     opt.load_state_dict(snap["optimizer"])
     if sched is not None and snap["scheduler"] is not None:
         sched.load_state_dict(snap["scheduler"])
     gen.set_state(snap["generator"])
     torch.set_rng_state(snap["torch_rng"])
+    if snap.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(snap["cuda_rng"])
     state.epoch = int(snap["epoch"])
     state.best_val_accuracy = float(snap["best_val_accuracy"])
     state.best_epoch = int(snap["best_epoch"]) if snap["best_epoch"] >= 0 else None

@@ -140,9 +140,13 @@ class RunStore:
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
 
-    def log_epoch(self, run_id: str, epoch: int, values: dict[str, float], **run_values: Any) -> None:
-        """Metrics of one epoch and the run's progress fields, in one transaction."""
+    def log_epoch(self, run_id: str, epoch: int, values: dict[str, float],
+                  artifacts: dict[str, bytes] | None = None, **run_values: Any) -> None:
+        """One epoch's metrics, its artifacts and the run's progress fields, committed together:
+        a reader (or a resumed run) never sees an epoch half recorded. Blobs are written to the
+        content-addressed store first; a crash before the commit leaves only an unreferenced blob."""
         now = utcnow()
+        blobs = {name: (self.artifacts.put_bytes(data), len(data)) for name, data in (artifacts or {}).items()}
         with self.engine.begin() as conn:
             conn.execute(run_metrics.delete().where(
                 run_metrics.c.run_id == run_id, run_metrics.c.step == epoch))
@@ -150,31 +154,36 @@ class RunStore:
                 {"run_id": run_id, "key": k, "step": epoch, "value": float(v), "at": now}
                 for k, v in values.items()
             ])
+            for name, (sha, size) in blobs.items():
+                conn.execute(run_artifacts.delete().where(
+                    run_artifacts.c.run_id == run_id, run_artifacts.c.name == name))
+                conn.execute(run_artifacts.insert().values(
+                    run_id=run_id, name=name, sha256=sha, size_bytes=size, created_at=now))
             conn.execute(runs.update().where(runs.c.id == run_id).values(
                 heartbeat_at=now, **run_values))
 
     def put_artifact(self, run_id: str, name: str, data: bytes) -> str:
-        """Store bytes in the artifact store and point the run's `name` at them. The previous
-        blob is removed when no run refers to it any more."""
+        """Store bytes in the artifact store and point the run's `name` at them. Blobs are
+        immutable and never deleted here: another run or a bundle may share them."""
         sha = self.artifacts.put_bytes(data)
         with self.engine.begin() as conn:
-            old = conn.execute(sa.select(run_artifacts.c.sha256).where(
-                run_artifacts.c.run_id == run_id, run_artifacts.c.name == name)).scalar()
             conn.execute(run_artifacts.delete().where(
                 run_artifacts.c.run_id == run_id, run_artifacts.c.name == name))
             conn.execute(run_artifacts.insert().values(
                 run_id=run_id, name=name, sha256=sha, size_bytes=len(data), created_at=utcnow()))
-            still_used = old is not None and conn.execute(sa.select(sa.func.count()).where(
-                run_artifacts.c.sha256 == old)).scalar()
-        if old is not None and old != sha and not still_used:
-            self.artifacts.delete(old)
         return sha
 
-    def reopen(self, run_id: str) -> None:
-        """Mark an interrupted or failed run as running again in this process (resume)."""
+    def reopen(self, run_id: str, recipe: dict[str, Any]) -> None:
+        """Claim a stopped run for this process (resume). Compare-and-set on the status, so two
+        processes resuming the same run cannot both train it."""
         now = utcnow()
-        self.update(run_id, status="running", error=None, ended_at=None, heartbeat_at=now,
-                    host=socket.gethostname(), pid=os.getpid())
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                runs.update().where(runs.c.id == run_id, runs.c.status != "running").values(
+                    status="running", error=None, ended_at=None, heartbeat_at=now, recipe=recipe,
+                    host=socket.gethostname(), pid=os.getpid())).rowcount
+        if claimed != 1:
+            raise UsageError(f"run {run_id} is already running in another process")
 
     # -- reading ---------------------------------------------------------------------------
     def resolve(self, ref: str) -> str:

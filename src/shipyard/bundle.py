@@ -1,0 +1,236 @@
+"""The bundle: the deployable unit and the contract between training and production.
+
+A folder (or a `.tar.gz` of one) holding `model.onnx`, `bundle.json`, optionally `weights.pt`
+and `reference.npz`, and `MANIFEST.sha256` with a checksum for every other file. Loading
+verifies the manifest first: a changed, missing or extra file is refused with a message that
+names it. No torch here: the server and the registry load bundles."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shipyard.data.preprocess import PreprocessSpec
+from shipyard.errors import ShipyardError
+
+SCHEMA_VERSION = 1
+MANIFEST = "MANIFEST.sha256"
+MODEL = "model.onnx"
+META = "bundle.json"
+WEIGHTS = "weights.pt"
+REFERENCE = "reference.npz"
+#: files a bundle may hold besides the manifest
+KNOWN_FILES = (MODEL, META, WEIGHTS, REFERENCE)
+_MAX_MEMBER_BYTES = 2 << 30
+
+
+class BundleError(ShipyardError):
+    """A bundle that is malformed or does not verify; the message names the file."""
+
+    http_status = 400
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A verified bundle folder and its metadata (`bundle.json`)."""
+
+    path: Path
+    meta: dict[str, Any]
+    _reference: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    # -- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, *, unpack_to: Path | None = None) -> Bundle:
+        """Open and verify a bundle folder or `.tar.gz` (unpacked into `unpack_to`, or a
+        temporary folder)."""
+        path = Path(path)
+        if path.is_file():
+            dest = unpack_to or Path(tempfile.mkdtemp(prefix="shipyard-bundle-"))
+            unpack(path, dest)
+            path = dest
+        elif not path.is_dir():
+            raise BundleError(f"{path}: no such bundle (expected a folder or a .tar.gz)")
+        verify(path)
+        try:
+            meta = json.loads((path / META).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{path / META}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+            raise BundleError(f"{path / META}: unsupported schema_version "
+                              f"{meta.get('schema_version') if isinstance(meta, dict) else None!r} "
+                              f"(this shipyard reads {SCHEMA_VERSION})")
+        for key in ("name", "signature", "classes", "preprocess"):
+            if key not in meta:
+                raise BundleError(f"{path / META}: missing key {key!r}")
+        return cls(path, meta)
+
+    # -- views ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.meta["name"])
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def preprocess(self) -> PreprocessSpec | None:
+        p = self.meta.get("preprocess")
+        return PreprocessSpec.from_dict(p) if p else None
+
+    @property
+    def has_weights(self) -> bool:
+        return (self.path / WEIGHTS).exists()
+
+    @property
+    def reference(self) -> dict[str, np.ndarray] | None:
+        """The reference profile's arrays (`reference.npz`), or None for a bundle without one."""
+        if self._reference is None and (self.path / REFERENCE).exists():
+            with np.load(self.path / REFERENCE, allow_pickle=False) as f:
+                self._reference = {k: f[k] for k in f.files}
+        return self._reference
+
+    def files(self) -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
+
+    def pack(self, dest: Path) -> Path:
+        return pack(self.path, dest)
+
+
+# -- writing ------------------------------------------------------------------------------
+def write(folder: Path, meta: dict[str, Any], files: dict[str, bytes | Path]) -> Bundle:
+    """Write a bundle folder: the given files, `bundle.json`, then the manifest (last, so a
+    folder without one is recognisably incomplete)."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise BundleError(f"{folder}: already exists and is not empty")
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"schema_version": SCHEMA_VERSION, **meta}
+    for name, content in files.items():
+        if name not in KNOWN_FILES or name == META:
+            raise BundleError(f"{name}: not a bundle file (allowed: {', '.join(KNOWN_FILES)})")
+        if isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            shutil.copyfile(content, folder / name)
+    (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_manifest(folder)
+    return Bundle.load(folder)
+
+
+def write_manifest(folder: Path) -> None:
+    lines = [f"{sha256_file(p)}  {p.name}\n" for p in sorted(folder.iterdir())
+             if p.is_file() and p.name != MANIFEST]
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text("".join(lines))
+    os.replace(tmp, folder / MANIFEST)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# -- verifying ----------------------------------------------------------------------------
+def verify(folder: Path) -> dict[str, str]:
+    """Check every file against the manifest; return {file: sha256}. Raises BundleError naming
+    the first file that is changed, missing, or not in the manifest."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise BundleError(f"{manifest}: missing; not a bundle, or an incomplete one")
+    expected: dict[str, str] = {}
+    for i, line in enumerate(manifest.read_text().splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not name or "/" in name or name.startswith("."):
+            raise BundleError(f"{manifest}: line {i} is malformed: {line[:80]!r}")
+        expected[name] = digest
+    present = {p.name for p in folder.iterdir() if p.name != MANIFEST}
+    for name in sorted(present - set(expected)):
+        raise BundleError(f"{folder / name}: extra file not in the manifest")
+    for name in (MODEL, META):
+        if name not in expected:
+            raise BundleError(f"{folder / name}: required file is not in the manifest")
+    for name, digest in expected.items():
+        p = folder / name
+        if not p.is_file() or p.is_symlink():
+            raise BundleError(f"{p}: missing (listed in the manifest)")
+        if sha256_file(p) != digest:
+            raise BundleError(f"{p}: checksum mismatch; the file was changed after bundling")
+    return expected
+
+
+# -- travelling as .tar.gz ----------------------------------------------------------------
+def pack(folder: Path, dest: Path) -> Path:
+    """A deterministic `.tar.gz` of a verified bundle folder: sorted members, zeroed times
+    and owners, so the same bundle always packs to the same bytes (and sha256)."""
+    verify(folder)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for p in sorted(Path(folder).iterdir()):
+            info = tarfile.TarInfo(p.name)
+            info.size, info.mode, info.mtime = p.stat().st_size, 0o644, 0
+            with open(p, "rb") as f:
+                tar.addfile(info, f)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+        gz.write(buf.getvalue())
+    os.replace(tmp, dest)
+    return dest
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    """Unpack a bundle archive, refusing anything but plain files at the top level (no paths
+    with folders or `..`, no links, no devices)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise BundleError(f"{dest}: not empty; will not unpack a bundle over other files")
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                if m.issym() or m.islnk():
+                    raise BundleError(f"{archive}: member {m.name!r} is a link; bundles hold plain files only")
+                name = m.name[2:] if m.name.startswith("./") else m.name
+                if name.startswith("/") or ".." in Path(name).parts or "/" in name.strip("/"):
+                    raise BundleError(f"{archive}: member {m.name!r} has a path outside the bundle folder")
+                if not m.isfile():
+                    raise BundleError(f"{archive}: member {m.name!r} is not a regular file")
+                if m.size > _MAX_MEMBER_BYTES:
+                    raise BundleError(f"{archive}: member {m.name!r} is implausibly large ({m.size} bytes)")
+            for m in members:
+                src = tar.extractfile(m)
+                assert src is not None
+                name = m.name[2:] if m.name.startswith("./") else m.name
+                with src, open(dest / name, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as e:
+        raise BundleError(f"{archive}: not a readable .tar.gz bundle ({e})") from None
+    return dest

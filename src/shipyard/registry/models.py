@@ -1,0 +1,753 @@
+"""The model registry: named models, integer versions that each point at a stored bundle, aliases
+(`production`, `candidate`, …) that point at versions, and the history of every change to what is
+deployed (who, when, why).
+
+Invariants, relied on by the server and by every later stage:
+- a version row always points at a blob in the artifact store that is complete: blobs are written
+  (atomically, content-addressed) before the one transaction that creates the row, and removed only
+  after the row is gone and no other row refers to them;
+- an alias only ever points at a version whose bundle verified (manifest) and loaded and ran in ONNX
+  Runtime: `register` and `set_alias` check both before the transaction that moves it;
+- versions are allocated inside that transaction under a lock on the model's row (SQLite: the
+  immediate write transaction; PostgreSQL: `SELECT … FOR UPDATE`), so concurrent registrations of
+  one name get distinct consecutive numbers, and a number is never handed out twice.
+
+No torch here: the server imports this module. ONNX Runtime is imported only for trial loads."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from shipyard.bundle import MODEL, Bundle, BundleError, pack, sha256_file, unpack, verify
+from shipyard.errors import NotFound, ShipyardError, UsageError
+from shipyard.registry.artifacts import ArtifactStore
+from shipyard.registry.db import engine_for
+from shipyard.registry.schema import ALIAS_LEN, NAME_LEN, aliases, model_events, model_versions, models
+from shipyard.settings import Settings
+
+__all__ = ["AliasChange", "Comparison", "Model", "ModelEvent", "ModelVersion", "Registry",
+           "RegistryConflict", "check_alias", "check_name", "parse_ref", "trial_load"]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]*")
+_VERSION_RE = re.compile(r"[0-9]+")
+#: `NAME@latest` is the newest version; no alias may take that name
+RESERVED_ALIASES = frozenset({"latest"})
+_HOST = socket.gethostname()
+
+
+class RegistryConflict(ShipyardError):
+    """The registry refuses a change that would break one of its invariants (e.g. deleting a
+    version an alias points at)."""
+
+    http_status = 409
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def default_actor() -> str:
+    """`user@host`, recorded with every change."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError, ImportError):
+        user = str(os.getuid())
+    return f"{user}@{_HOST}"
+
+
+# -- names and references -----------------------------------------------------------------
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or len(name) > NAME_LEN:
+        raise UsageError(f"not a model name: {name!r} (letters, digits, '.', '_' and '-', "
+                         f"starting with a letter or digit, at most {NAME_LEN} characters)")
+    return name
+
+
+def check_alias(alias: str) -> str:
+    if isinstance(alias, str) and _VERSION_RE.fullmatch(alias):
+        raise UsageError(f"alias {alias!r} is a number, which would be ambiguous with version {alias}; "
+                         "aliases are names such as production or candidate")
+    if alias in RESERVED_ALIASES:
+        raise UsageError(f"alias {alias!r} is reserved: NAME@{alias} always means the newest version")
+    if not isinstance(alias, str) or not _ALIAS_RE.fullmatch(alias) or len(alias) > ALIAS_LEN:
+        raise UsageError(f"not an alias: {alias!r} (lowercase letters, digits, '_' and '-', starting "
+                         f"with a letter, at most {ALIAS_LEN} characters)")
+    return alias
+
+
+def parse_ref(ref: str) -> tuple[str, int | str | None]:
+    """`NAME` or `NAME@latest` → (name, None); `NAME@3` → (name, 3); `NAME@production` →
+    (name, "production"). Raises UsageError for anything else."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise UsageError("empty model reference; expected NAME, NAME@VERSION or NAME@ALIAS")
+    name, sep, sel = ref.partition("@")
+    if not name:
+        raise UsageError(f"model reference {ref!r} has no name; expected NAME, NAME@VERSION or NAME@ALIAS")
+    check_name(name)
+    if not sep or sel == "latest":
+        return name, None
+    if not sel or "@" in sel:
+        raise UsageError(f"not a model reference: {ref!r}; expected NAME, NAME@VERSION or NAME@ALIAS")
+    if _VERSION_RE.fullmatch(sel):
+        version = int(sel)
+        if version < 1:
+            raise UsageError(f"not a model reference: {ref!r}; versions start at 1")
+        return name, version
+    try:
+        return name, check_alias(sel)
+    except UsageError as e:
+        raise UsageError(f"not a model reference: {ref!r}: {e}") from None
+
+
+def _version_arg(version: int | str) -> int:
+    if isinstance(version, int) and not isinstance(version, bool):
+        v = version
+    elif isinstance(version, str) and _VERSION_RE.fullmatch(version.strip()):
+        v = int(version.strip())
+    else:
+        raise UsageError(f"not a version number: {version!r}")
+    if v < 1:
+        raise UsageError(f"not a version number: {version!r}; versions start at 1")
+    return v
+
+
+def _check_tags(tags: dict[str, Any] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in (tags or {}).items():
+        if not isinstance(k, str) or not k.strip():
+            raise UsageError(f"tag keys must be non-empty strings, got {k!r}")
+        out[k] = v if isinstance(v, str) else json.dumps(v)
+    return out
+
+
+# -- the trial load -----------------------------------------------------------------------
+_ORT_DTYPES: dict[str, Any] = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
+
+
+def trial_load(bundle: Bundle) -> None:
+    """Load the bundle's `model.onnx` in ONNX Runtime and run one batch of zeros (batch size 1)
+    through it. Raises BundleError naming the file when it does not load, does not run, or does
+    not have the inputs and outputs its signature declares."""
+    import onnxruntime as ort
+
+    path = bundle.path / MODEL
+    try:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 4  # our error message says it; ORT's log would say it twice
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        inputs, outputs = sess.get_inputs(), sess.get_outputs()
+        feeds = {}
+        for i in inputs:
+            dtype = _ORT_DTYPES.get(i.type)
+            if dtype is None:
+                raise BundleError(f"{path}: input {i.name!r} has type {i.type}, which a trial run cannot feed")
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in (i.shape or [])]
+            feeds[i.name] = np.zeros(shape, dtype=dtype)
+        results = sess.run(None, feeds)
+    except BundleError:
+        raise
+    except Exception as e:  # ORT raises its own exception types for every kind of bad model
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BundleError(f"{path}: does not load and run in ONNX Runtime: {first[:300]}") from None
+    if not results:
+        raise BundleError(f"{path}: produced no outputs on a trial batch")
+    signature = bundle.meta.get("signature")
+    if isinstance(signature, dict):
+        for key, have in (("inputs", [i.name for i in inputs]), ("outputs", [o.name for o in outputs])):
+            for spec in signature.get(key) or []:
+                if isinstance(spec, dict) and spec.get("kind") == "raw":
+                    continue  # raw inputs (e.g. uint8 pixels) are turned into features before the model
+                if isinstance(spec, dict) and "name" in spec and spec["name"] not in have:
+                    raise BundleError(f"{path}: the signature in bundle.json names {key[:-1]} "
+                                      f"{spec['name']!r}, but the model's {key} are {have}")
+
+
+# -- what the registry returns ------------------------------------------------------------
+@dataclass
+class ModelVersion:
+    """One registered version: `name@version` → a stored bundle (its packed sha256)."""
+
+    name: str
+    version: int
+    bundle_sha256: str
+    size_bytes: int
+    created_at: datetime
+    run_id: str | None = None
+    description: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def variant(self) -> str | None:
+        """The variant the bundle ships (e.g. fp32 or int8)."""
+        v = self.meta.get("variant")
+        return str(v) if v is not None else None
+
+    @property
+    def variants(self) -> list[dict[str, Any]]:
+        v = self.meta.get("variants")
+        return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The measurements of the shipped variant (accuracy, size, latency, throughput)."""
+        for v in self.variants:
+            if v.get("name") == self.variant:
+                return {k: x for k, x in v.items() if k != "name"}
+        return {}
+
+    @property
+    def lineage(self) -> dict[str, Any]:
+        lin = self.meta.get("lineage")
+        return lin if isinstance(lin, dict) else {}
+
+    def to_dict(self, *, meta: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "ref": self.ref,
+            "aliases": list(self.aliases),
+            "bundle_sha256": self.bundle_sha256,
+            "size_bytes": self.size_bytes,
+            "run_id": self.run_id,
+            "description": self.description,
+            "tags": dict(self.tags),
+            "created_at": _iso(self.created_at),
+            "variant": self.variant,
+            "metrics": self.metrics,
+        }
+        if meta:
+            d["meta"] = self.meta
+        return d
+
+
+@dataclass
+class Model:
+    """A model name with its versions (oldest first) and aliases."""
+
+    name: str
+    created_at: datetime
+    description: str | None = None
+    versions: list[ModelVersion] = field(default_factory=list)
+    aliases: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> ModelVersion | None:
+        return self.versions[-1] if self.versions else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "created_at": _iso(self.created_at),
+            "latest_version": self.latest.version if self.latest else None,
+            "aliases": dict(self.aliases),
+            "versions": [v.to_dict(meta=False) for v in self.versions],
+        }
+
+
+@dataclass
+class ModelEvent:
+    """One change to a model: `register`, `alias`, `unalias`, `delete` (later stages add
+    traffic and gate events)."""
+
+    id: int
+    name: str
+    kind: str
+    at: datetime
+    actor: str | None = None
+    version: int | None = None
+    alias: str | None = None
+    from_version: int | None = None
+    to_version: int | None = None
+    reason: str | None = None
+    details: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "kind": self.kind, "at": _iso(self.at),
+                "actor": self.actor, "version": self.version, "alias": self.alias,
+                "from_version": self.from_version, "to_version": self.to_version,
+                "reason": self.reason, "details": self.details}
+
+
+@dataclass
+class AliasChange:
+    """What `set_alias` / `unalias` did: `alias` of `name` moved from one version to another
+    (None: it did not exist / no longer exists). `changed` is False when it already pointed there."""
+
+    name: str
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    changed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "alias": self.alias, "from_version": self.from_version,
+                "to_version": self.to_version, "changed": self.changed}
+
+
+#: measurements compared for the shipped variant and for every variant tried
+METRIC_KEYS = ("accuracy", "size_bytes", "latency_p50_ms", "throughput_per_s")
+
+
+@dataclass
+class Comparison:
+    """Two versions side by side: every list holds [a, b]."""
+
+    a: ModelVersion
+    b: ModelVersion
+
+    def to_dict(self) -> dict[str, Any]:
+        a, b = self.a, self.b
+        metric_keys = list(METRIC_KEYS) + sorted((set(a.metrics) | set(b.metrics)) - set(METRIC_KEYS))
+        names = list(dict.fromkeys([v.get("name") for v in a.variants + b.variants if v.get("name")]))
+        by_name = [{v.get("name"): v for v in x.variants} for x in (a, b)]
+        lineage_keys = sorted(set(a.lineage) | set(b.lineage))
+        lineage = {k: [a.lineage.get(k), b.lineage.get(k)] for k in lineage_keys}
+        return {
+            "refs": [a.ref, b.ref],
+            "versions": [a.to_dict(meta=False), b.to_dict(meta=False)],
+            "chosen": [a.variant, b.variant],
+            "metrics": {k: [a.metrics.get(k), b.metrics.get(k)] for k in metric_keys},
+            "variants": {n: {k: [m.get(n, {}).get(k) for m in by_name] for k in METRIC_KEYS} for n in names},
+            "lineage": lineage,
+            "differing_lineage": [k for k, (x, y) in lineage.items()
+                                  if json.dumps(x, sort_keys=True, default=str)
+                                  != json.dumps(y, sort_keys=True, default=str)],
+        }
+
+
+# -- the registry -------------------------------------------------------------------------
+class Registry:
+    """The model registry on the project's database (SQLite by default, PostgreSQL by URL) and
+    its content-addressed artifact store. `url` overrides `settings.database_url`."""
+
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None,
+                 actor: str | None = None) -> None:
+        settings = settings or Settings.from_env()
+        if url:
+            settings = settings.with_(database_url=url)
+        self.settings = settings
+        self.url = settings.db_url
+        self.actor = actor or default_actor()
+        try:
+            self.engine = engine_for(self.url)
+        except OSError as e:
+            raise ShipyardError(f"cannot open the database {self.url}: {e}") from None
+        except ShipyardError as e:
+            if type(e) is not ShipyardError or "\n" not in str(e):
+                raise
+            # drivers explain on several lines (psycopg: "… refused\n  Is the server running…?")
+            raise ShipyardError(" ".join(str(e).split())) from None
+        self.artifacts = ArtifactStore(settings.artifacts_dir)
+        self.cache_dir = settings.home / "bundles"
+        self.scratch_dir = settings.home / "tmp"
+
+    # -- transactions ----------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """One transaction (on SQLite an immediate one: it holds the write lock throughout).
+        Database failures become one clear error, never a traceback."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.DBAPIError as e:
+            first = (str(e.orig).strip().splitlines() or [type(e.orig).__name__])[0]
+            raise ShipyardError(f"database error on {self.engine.url.render_as_string()}: {first}") from None
+
+    def _lock_blob(self, conn: Connection, sha: str) -> None:
+        """Serialise everyone who creates or removes references to one blob. SQLite: the write
+        transaction already does; PostgreSQL: a transaction-scoped advisory lock."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": int(sha[:15], 16)})
+
+    def _ensure_model(self, conn: Connection, name: str, now: datetime) -> None:
+        values = {"name": name, "created_at": now, "last_version": 0}
+        if conn.dialect.name in ("postgresql", "sqlite"):
+            if conn.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert
+            conn.execute(insert(models).values(**values).on_conflict_do_nothing(index_elements=["name"]))
+            return
+        if conn.execute(sa.select(models.c.name).where(models.c.name == name)).first() is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(models.insert().values(**values))
+            except sa.exc.IntegrityError:
+                pass  # another process created it first
+
+    def _lock_model(self, conn: Connection, name: str) -> int:
+        """Lock the model's row for the rest of the transaction; return its last version."""
+        last = conn.execute(sa.select(models.c.last_version).where(models.c.name == name)
+                            .with_for_update()).scalar()
+        if last is None:
+            raise NotFound(f"no model {name!r} (see `shipyard models list`)")
+        return int(last)
+
+    def _event(self, conn: Connection, name: str, kind: str, now: datetime, **values: Any) -> None:
+        conn.execute(model_events.insert().values(name=name, kind=kind, at=now, actor=self.actor, **values))
+
+    # -- scratch space -----------------------------------------------------------------------
+    def _scratch(self, purpose: str) -> Path:
+        """A private temp folder under HOME/tmp named after this process, so leftovers of a killed
+        process can be recognised and removed by the next one."""
+        self._sweep_scratch()
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{purpose}~{_HOST}~{os.getpid()}~", dir=self.scratch_dir))
+
+    def _sweep_scratch(self) -> None:
+        if not self.scratch_dir.is_dir():
+            return
+        for p in self.scratch_dir.iterdir():
+            parts = p.name.split("~")
+            if len(parts) == 4 and parts[1] == _HOST and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+                shutil.rmtree(p, ignore_errors=True)
+
+    # -- registering -------------------------------------------------------------------------
+    def register(self, bundle: str | Path | Bundle, name: str | None = None, *, alias: str | None = None,
+                 description: str | None = None, tags: dict[str, Any] | None = None,
+                 reason: str | None = None) -> ModelVersion:
+        """Store a bundle (a folder or `.tar.gz`) as the next version of `name` (default: the
+        bundle's own name), optionally pointing `alias` at it. The bundle is verified and
+        trial-loaded first; nothing is recorded when it fails."""
+        if name is not None:
+            check_name(name)
+        if alias is not None:
+            check_alias(alias)
+        tag_values = _check_tags(tags)
+        src = Path(bundle.path if isinstance(bundle, Bundle) else bundle)
+        scratch = self._scratch("register")
+        try:
+            b = Bundle.load(src, unpack_to=scratch / "unpacked") if src.is_file() else Bundle.load(src)
+            if name is None:
+                try:
+                    name = check_name(b.name)
+                except UsageError as e:
+                    raise UsageError(f"the bundle's name cannot be a model name ({e}); pass a name") from None
+            trial_load(b)
+            packed = pack(b.path, scratch / "bundle.tar.gz")
+            sha = self.artifacts.put_file(packed)
+            size = packed.stat().st_size
+            lineage = b.meta.get("lineage") if isinstance(b.meta.get("lineage"), dict) else {}
+            run_id = lineage.get("run_id")
+            with self._tx() as conn:
+                self._lock_blob(conn, sha)
+                if not self.artifacts.path(sha).is_file():  # removed by a concurrent delete
+                    self.artifacts.put_file(packed)
+                now = utcnow()
+                self._ensure_model(conn, name, now)
+                version = self._lock_model(conn, name) + 1
+                conn.execute(models.update().where(models.c.name == name).values(last_version=version))
+                conn.execute(model_versions.insert().values(
+                    name=name, version=version, bundle_sha256=sha, size_bytes=size,
+                    run_id=str(run_id) if run_id is not None else None, description=description,
+                    tags=tag_values, meta=b.meta, created_at=now))
+                self._event(conn, name, "register", now, version=version, to_version=version, reason=reason,
+                            details={"bundle_sha256": sha, "size_bytes": size, "source": str(src),
+                                     "variant": b.meta.get("variant"), "run_id": run_id})
+                if alias is not None:
+                    self._move_alias(conn, name, alias, version, reason, now)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return self.get(f"{name}@{version}")
+
+    # -- aliases -----------------------------------------------------------------------------
+    def set_alias(self, name: str, alias: str, version: int | str, reason: str | None = None) -> AliasChange:
+        """Point `alias` at `name@version`, after verifying its stored bundle and trial-loading it.
+        Moving an alias is how a version is deployed (and rolled back)."""
+        check_name(name)
+        check_alias(alias)
+        v = _version_arg(version)
+        target = self.get(f"{name}@{v}")
+        trial_load(self.load(target))
+        with self._tx() as conn:
+            self._lock_model(conn, name)
+            still = conn.execute(sa.select(model_versions.c.bundle_sha256).where(
+                model_versions.c.name == name, model_versions.c.version == v)).scalar()
+            if still is None:
+                raise NotFound(f"model {name!r} has no version {v} (it was deleted meanwhile)")
+            return self._move_alias(conn, name, alias, v, reason, utcnow())
+
+    def _move_alias(self, conn: Connection, name: str, alias: str, version: int, reason: str | None,
+                    now: datetime) -> AliasChange:
+        current = conn.execute(sa.select(aliases.c.version).where(
+            aliases.c.name == name, aliases.c.alias == alias)).scalar()
+        if current == version:
+            return AliasChange(name, alias, current, version, changed=False)
+        if current is None:
+            conn.execute(aliases.insert().values(name=name, alias=alias, version=version, updated_at=now))
+        else:
+            conn.execute(aliases.update().where(aliases.c.name == name, aliases.c.alias == alias)
+                         .values(version=version, updated_at=now))
+        self._event(conn, name, "alias", now, version=version, alias=alias, from_version=current,
+                    to_version=version, reason=reason)
+        return AliasChange(name, alias, current, version, changed=True)
+
+    def unalias(self, name: str, alias: str, reason: str | None = None) -> AliasChange:
+        """Remove an alias (nothing is served under it any more)."""
+        check_name(name)
+        check_alias(alias)
+        with self._tx() as conn:
+            self._lock_model(conn, name)
+            current = conn.execute(sa.select(aliases.c.version).where(
+                aliases.c.name == name, aliases.c.alias == alias)).scalar()
+            if current is None:
+                raise NotFound(f"model {name!r} has no alias {alias!r}{self._aliases_hint(conn, name)}")
+            conn.execute(aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias))
+            self._event(conn, name, "unalias", utcnow(), version=current, alias=alias, from_version=current,
+                        reason=reason)
+        return AliasChange(name, alias, current, None, changed=True)
+
+    # -- deleting ----------------------------------------------------------------------------
+    def delete(self, ref: str, reason: str | None = None) -> ModelVersion:
+        """Delete one version (`NAME@VERSION`). Refused while an alias points at it. Its stored
+        bundle is removed when no other version refers to it."""
+        name, sel = parse_ref(ref)
+        if sel is None:
+            raise UsageError(f"delete needs one version: {name}@VERSION, not {ref!r}")
+        mv = self.get(ref)
+        with self._tx() as conn:
+            self._lock_model(conn, name)
+            row = conn.execute(sa.select(model_versions.c.bundle_sha256).where(
+                model_versions.c.name == name, model_versions.c.version == mv.version)).first()
+            if row is None:
+                raise NotFound(f"model {name!r} has no version {mv.version}")
+            held = conn.execute(sa.select(aliases.c.alias).where(
+                aliases.c.name == name, aliases.c.version == mv.version).order_by(aliases.c.alias)).scalars().all()
+            _refuse_if_aliased(mv.ref, list(held))
+            conn.execute(model_versions.delete().where(
+                model_versions.c.name == name, model_versions.c.version == mv.version))
+            self._event(conn, name, "delete", utcnow(), version=mv.version, from_version=mv.version,
+                        reason=reason, details={"bundle_sha256": mv.bundle_sha256})
+        self._collect(mv.bundle_sha256)
+        return mv
+
+    def deletable(self, ref: str) -> ModelVersion:
+        """The version `ref` names, if it could be deleted now; else the error `delete` would raise."""
+        mv = self.get(ref)
+        _refuse_if_aliased(mv.ref, mv.aliases)
+        return mv
+
+    def _collect(self, sha: str) -> bool:
+        """Remove a blob (and its unpacked cache) that no version refers to any more. Runs after
+        the delete committed, under the blob's lock, so a concurrent `register` of the same bytes
+        either sees the blob gone and stores it again, or keeps it referenced."""
+        with self._tx() as conn:
+            self._lock_blob(conn, sha)
+            used = conn.execute(sa.select(sa.func.count()).select_from(model_versions).where(
+                model_versions.c.bundle_sha256 == sha)).scalar()
+            if used:
+                return False
+            self.artifacts.delete(sha)
+        cached = self.cache_dir / sha
+        if cached.exists():
+            trash = self._scratch("trash")
+            with contextlib.suppress(OSError):
+                os.rename(cached, trash / sha)
+            shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    # -- reading -----------------------------------------------------------------------------
+    def get(self, ref: str) -> ModelVersion:
+        """`NAME` (newest version), `NAME@3`, `NAME@production` → that version."""
+        name, sel = parse_ref(ref)
+        with self._tx() as conn:
+            return self._resolve(conn, name, sel)
+
+    def _resolve(self, conn: Connection, name: str, sel: int | str | None) -> ModelVersion:
+        if conn.execute(sa.select(models.c.name).where(models.c.name == name)).first() is None:
+            raise NotFound(f"no model {name!r} (see `shipyard models list`)")
+        q = sa.select(model_versions).where(model_versions.c.name == name)
+        if sel is None:
+            q = q.order_by(model_versions.c.version.desc()).limit(1)
+        elif isinstance(sel, int):
+            q = q.where(model_versions.c.version == sel)
+        else:
+            v = conn.execute(sa.select(aliases.c.version).where(
+                aliases.c.name == name, aliases.c.alias == sel)).scalar()
+            if v is None:
+                raise NotFound(f"model {name!r} has no alias {sel!r}{self._aliases_hint(conn, name)}")
+            q = q.where(model_versions.c.version == v)
+        row = conn.execute(q).mappings().first()
+        if row is None:
+            if sel is None:
+                raise NotFound(f"model {name!r} has no versions")
+            have = conn.execute(sa.select(model_versions.c.version).where(model_versions.c.name == name)
+                                .order_by(model_versions.c.version)).scalars().all()
+            raise NotFound(f"model {name!r} has no version {sel} "
+                           f"(versions: {', '.join(map(str, have)) or 'none'})")
+        held = conn.execute(sa.select(aliases.c.alias).where(
+            aliases.c.name == name, aliases.c.version == row["version"]).order_by(aliases.c.alias)).scalars().all()
+        return _to_version(row, list(held))
+
+    def _aliases_hint(self, conn: Connection, name: str) -> str:
+        rows = conn.execute(sa.select(aliases.c.alias, aliases.c.version).where(aliases.c.name == name)
+                            .order_by(aliases.c.alias)).all()
+        return f" (aliases: {', '.join(f'{a}→{v}' for a, v in rows)})" if rows else " (it has no aliases)"
+
+    def list(self) -> list[Model]:
+        """Every model with its versions (oldest first) and aliases, by name."""
+        with self._tx() as conn:
+            mrows = conn.execute(sa.select(models).order_by(models.c.name)).mappings().all()
+            vrows = conn.execute(sa.select(model_versions).order_by(
+                model_versions.c.name, model_versions.c.version)).mappings().all()
+            arows = conn.execute(sa.select(aliases).order_by(aliases.c.name, aliases.c.alias)).mappings().all()
+        found = {r["name"]: Model(name=r["name"], created_at=_aware(r["created_at"]),  # type: ignore[arg-type]
+                                  description=r["description"]) for r in mrows}
+        held: dict[tuple[str, int], list[str]] = {}
+        for a in arows:
+            found[a["name"]].aliases[a["alias"]] = a["version"]
+            held.setdefault((a["name"], a["version"]), []).append(a["alias"])
+        for r in vrows:
+            found[r["name"]].versions.append(_to_version(r, held.get((r["name"], r["version"]), [])))
+        return list(found.values())
+
+    def history(self, name: str, *, limit: int | None = None) -> list[ModelEvent]:
+        """Every change to `name`, oldest first (the newest `limit` when given): registrations,
+        alias moves, deletions, and what later stages record (traffic, gate verdicts)."""
+        check_name(name)
+        with self._tx() as conn:
+            q = sa.select(model_events).where(model_events.c.name == name).order_by(model_events.c.id.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            rows = conn.execute(q).mappings().all()
+            if not rows and conn.execute(sa.select(models.c.name).where(models.c.name == name)).first() is None:
+                raise NotFound(f"no model {name!r} (see `shipyard models list`)")
+        return [ModelEvent(id=r["id"], name=r["name"], kind=r["kind"], at=_aware(r["at"]),  # type: ignore[arg-type]
+                           actor=r["actor"], version=r["version"], alias=r["alias"],
+                           from_version=r["from_version"], to_version=r["to_version"], reason=r["reason"],
+                           details=r["details"]) for r in reversed(rows)]
+
+    def compare(self, ref_a: str, ref_b: str) -> Comparison:
+        """Two versions side by side: the shipped variant and its metrics, every variant tried,
+        and lineage."""
+        return Comparison(self.get(ref_a), self.get(ref_b))
+
+    # -- bundles -----------------------------------------------------------------------------
+    def _verified_blob(self, mv: ModelVersion) -> Path:
+        p = self.artifacts.path(mv.bundle_sha256)
+        if not p.is_file():
+            raise BundleError(f"{mv.ref}: its stored bundle {p} is missing from the artifact store")
+        if sha256_file(p) != mv.bundle_sha256:
+            raise BundleError(f"{mv.ref}: its stored bundle {p} does not match its sha256 "
+                              f"{mv.bundle_sha256[:12]}…; it was changed after it was registered")
+        return p
+
+    def load(self, ref: str | ModelVersion) -> Bundle:
+        """The version's bundle, verified, from the unpacked cache (see `bundle_path`)."""
+        mv = ref if isinstance(ref, ModelVersion) else self.get(ref)
+        cached = self.cache_dir / mv.bundle_sha256
+        if cached.is_dir():
+            try:
+                return Bundle.load(cached)
+            except BundleError:  # changed on disk: rebuild it from the stored blob
+                trash = self._scratch("trash")
+                with contextlib.suppress(OSError):
+                    os.rename(cached, trash / "stale")
+                shutil.rmtree(trash, ignore_errors=True)
+        blob = self._verified_blob(mv)
+        work = self._scratch("unpack")
+        try:
+            unpack(blob, work / "bundle")
+            Bundle.load(work / "bundle")
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(work / "bundle", cached)  # atomic: the cache never holds half a bundle
+            except OSError:
+                if not cached.is_dir():  # not just another process winning the race
+                    raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return Bundle.load(cached)
+
+    def bundle_path(self, ref: str | ModelVersion) -> Path:
+        """A verified, unpacked folder of the version's bundle, cached under HOME/bundles/<sha256>."""
+        return self.load(ref).path
+
+    def download(self, ref: str, dest: str | Path) -> Bundle:
+        """Unpack a verified copy of the version's bundle into `dest` (a new or empty folder)."""
+        mv = self.get(ref)
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise UsageError(f"{dest}: exists and is not empty; download into a new or empty folder")
+        blob = self._verified_blob(mv)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial~{_HOST}~{os.getpid()}~", dir=dest.parent))
+        try:
+            unpack(blob, work)
+            verify(work)
+            if dest.exists():
+                dest.rmdir()
+            os.rename(work, dest)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return Bundle.load(dest)
+
+
+def _refuse_if_aliased(ref: str, held: list[str]) -> None:
+    if held:
+        raise RegistryConflict(
+            f"refusing to delete {ref}: alias {', '.join(held)} points at it; move it to another version "
+            "(`shipyard models alias`) or remove it (`shipyard models unalias`) first")
+
+
+def _to_version(row: Any, held: list[str]) -> ModelVersion:
+    return ModelVersion(
+        name=row["name"], version=row["version"], bundle_sha256=row["bundle_sha256"],
+        size_bytes=row["size_bytes"], created_at=_aware(row["created_at"]),  # type: ignore[arg-type]
+        run_id=row["run_id"], description=row["description"], tags=dict(row["tags"] or {}),
+        meta=dict(row["meta"] or {}), aliases=held,
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) still answers kill(0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True

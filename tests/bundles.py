@@ -1,0 +1,72 @@
+"""Tiny but real bundles for tests: an ONNX graph built with onnx.helper (input `[batch, 784]` →
+MatMul → Add → Softmax → `probabilities` `[batch, C]`), written with `shipyard.bundle.write`. No
+torch, no training: a registry or server test gets a valid bundle in milliseconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from shipyard import bundle
+from shipyard.data.preprocess import PreprocessSpec
+
+FEATURES = 784
+OPSET = 17
+
+
+def tiny_onnx(classes: int = 10, seed: int = 0) -> bytes:
+    """A linear softmax classifier with a symbolic batch axis, as serialized ONNX."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.05, size=(FEATURES, classes)).astype(np.float32)
+    b = rng.normal(0, 0.05, size=(classes,)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W"], ["logits_mm"]),
+         helper.make_node("Add", ["logits_mm", "B"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", classes])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="shipyard-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def tiny_meta(name: str, classes: int, size_bytes: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "signature": {
+            "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, FEATURES]}],
+            "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, classes]}],
+        },
+        "classes": [str(i) for i in range(classes)],
+        "preprocess": PreprocessSpec(raw_shape=(28, 28)).to_dict(),
+        "variant": "fp32",
+        "variants": [{"name": "fp32", "accuracy": 0.9, "size_bytes": size_bytes, "latency_p50_ms": 0.1,
+                      "throughput_per_s": 1000.0}],
+        "lineage": {"run_id": None, "parent_version": None, "data_fingerprint": None,
+                    "library_versions": {"onnx": onnx.__version__}},
+        **extra,
+    }
+
+
+def make_bundle(folder: Path, name: str = "tiny", classes: int = 10, seed: int = 0, **meta: Any) -> Path:
+    """Write a valid bundle folder at `folder` (new or empty) and return its path. Different
+    seeds give different weights, hence different bytes and sha256."""
+    model = tiny_onnx(classes, seed)
+    bundle.write(Path(folder), tiny_meta(name, classes, len(model), **meta), {bundle.MODEL: model})
+    return Path(folder)
+
+
+def make_unloadable_bundle(folder: Path, name: str = "tiny") -> Path:
+    """A bundle whose manifest verifies but whose `model.onnx` is not a model ONNX Runtime loads."""
+    junk = b"this is not an ONNX model"
+    bundle.write(Path(folder), tiny_meta(name, 10, len(junk)), {bundle.MODEL: junk})
+    return Path(folder)

