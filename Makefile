@@ -22,6 +22,9 @@ demo: setup
 	$(BIN)/shipyard train
 	$(BIN)/shipyard runs show latest
 	$(BIN)/shipyard runs plot latest
+	$(BIN)/shipyard optimize latest --output .shipyard/digits.tar.gz
+	$(BIN)/shipyard models register .shipyard/digits.tar.gz --name digits --alias production --reason "make demo"
+	$(BIN)/shipyard models list
 
 test: setup system-deps
 	$(BIN)/ruff check src tests benchmarks
@@ -32,6 +35,7 @@ lint: setup
 
 bench: setup system-deps
 	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/quantize_bench.py
 
 clean:
 	rm -rf $(VENV) .shipyard .pytest_cache
