@@ -55,6 +55,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
     return s, run
 
 
+@pytest.fixture(scope="session")
+def optimized(trained):  # type: ignore[no-untyped-def]
+    """The shared trained run, optimized into a bundle: (settings, run, bundle, measured, reason)."""
+    from shipyard.optimize.build import optimize
+
+    settings, run = trained
+    bundle, measured, reason = optimize(run, settings=settings, bench_seconds=0.05)
+    return settings, run, bundle, measured, reason
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -48,3 +48,15 @@ class RunInterrupted(ShipyardError):
     def __init__(self, run_id: str, message: str) -> None:
         super().__init__(message)
         self.run_id = run_id
+
+
+class BadRequest(ShipyardError):
+    """What a client sent cannot be served as it is (HTTP 400); the message says what and where."""
+
+    http_status = 400
+
+
+class PayloadTooLarge(BadRequest):
+    """A request body over the configured limit (HTTP 413)."""
+
+    http_status = 413

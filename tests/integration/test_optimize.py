@@ -19,17 +19,9 @@ from shipyard import bundle as B
 from shipyard.bundle import Bundle, BundleError
 from shipyard.data import load
 from shipyard.errors import ShipyardError
-from shipyard.optimize.build import optimize
 from shipyard.optimize.export import check_parity
 
 from ..conftest import run_cli
-
-
-@pytest.fixture(scope="session")
-def optimized(trained):  # type: ignore[no-untyped-def]
-    settings, run = trained
-    bundle, measured, reason = optimize(run, settings=settings, bench_seconds=0.05)
-    return settings, run, bundle, measured, reason
 
 
 def test_every_variant_loads_predicts_and_keeps_parity(optimized) -> None:  # type: ignore[no-untyped-def]

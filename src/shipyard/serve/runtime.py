@@ -1,0 +1,110 @@
+"""One served model version: its bundle's ONNX graph in an ONNX Runtime session, the inputs it
+accepts (ready features, or the raw form its preprocessing spec turns into features with the
+same numpy code training used), and the answer: probabilities and the predicted label.
+Protocol-agnostic: the V2 and v1 routes both end here. No torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from shipyard.bundle import Bundle
+from shipyard.errors import BadRequest
+from shipyard.serve.codec import DATATYPES, NUMPY_TO_V2
+
+LABEL = "label"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]  # without the batch axis
+    kind: str  # "features" (goes to the graph) or "raw" (preprocessed first)
+
+    @property
+    def v2_datatype(self) -> str:
+        return NUMPY_TO_V2[self.dtype]
+
+    def to_v2(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.v2_datatype, "shape": [-1, *self.shape],
+                "parameters": {"kind": self.kind}}
+
+
+class ModelRuntime:
+    """Loads and warms a verified bundle; `predict` is safe to call from several threads."""
+
+    def __init__(self, bundle: Bundle, version: int | None = None, *, threads: int = 1,
+                 allow_nonfinite: bool = False) -> None:
+        self.bundle = bundle
+        self.name = bundle.name
+        self.version = version
+        self.classes = np.array(bundle.classes, dtype=object)
+        self.preprocess = bundle.preprocess
+        self.allow_nonfinite = allow_nonfinite
+        sig = bundle.meta["signature"]
+        self.onnx_input = sig.get("onnx_input") or sig["inputs"][0]["name"]
+        self.inputs = {i["name"]: InputSpec(i["name"], np.dtype(i["dtype"]).newbyteorder("="),
+                                            tuple(int(d) for d in i["shape"][1:]), i.get("kind", "features"))
+                       for i in sig["inputs"]}
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(bundle.model_path), opts, providers=["CPUExecutionProvider"])
+        self.output = self.session.get_outputs()[0].name
+        self.warm()
+
+    def warm(self) -> None:
+        """Run a few batches so the first real request does not pay for allocation."""
+        spec = self.inputs[self.onnx_input]
+        for n in (1, 8, 64):
+            self.predict(np.zeros((n, *spec.shape), dtype=np.float32))
+
+    def features(self, name: str, array: np.ndarray) -> np.ndarray:
+        """Validate one request input and turn it into the graph's float32 features."""
+        spec = self.inputs.get(name)
+        if spec is None:
+            takes = " or ".join(f"{s.name!r} ({s.v2_datatype} {[-1, *s.shape]})" for s in self.inputs.values())
+            raise BadRequest(f"model {self.name!r} has no input {name!r}; it takes {takes}")
+        if array.dtype.newbyteorder("=") != spec.dtype:
+            got = NUMPY_TO_V2.get(array.dtype.newbyteorder("="), str(array.dtype))
+            raise BadRequest(f"input {name!r} must be {spec.v2_datatype}, got {got}")
+        if array.ndim != len(spec.shape) + 1 or tuple(array.shape[1:]) != spec.shape:
+            raise BadRequest(f"input {name!r} must have shape {[-1, *spec.shape]}, got {list(array.shape)}")
+        if array.shape[0] == 0:
+            raise BadRequest(f"input {name!r} holds no instances")
+        if array.dtype.kind == "f" and not self.allow_nonfinite and not np.isfinite(array).all():
+            bad = int(np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))[0])
+            raise BadRequest(f"input {name!r}: instance {bad} contains NaN or infinity")
+        if spec.kind == "raw":
+            assert self.preprocess is not None
+            return self.preprocess.apply(array)
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output], {self.onnx_input: features})[0]
+
+    def labels(self, probabilities: np.ndarray) -> np.ndarray:
+        return self.classes[probabilities.argmax(axis=1)]
+
+    def metadata(self) -> dict[str, Any]:
+        """V2 model metadata: every accepted input, and the outputs."""
+        n = len(self.classes)
+        return {
+            "name": self.name,
+            "versions": [str(self.version)] if self.version is not None else [],
+            "platform": "onnxruntime_onnx",
+            "inputs": [s.to_v2() for s in self.inputs.values()],
+            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
+                        {"name": LABEL, "datatype": "BYTES", "shape": [-1]}],
+            "parameters": {"classes": list(self.classes), "variant": self.bundle.meta.get("variant"),
+                           "preprocess": self.bundle.meta.get("preprocess")},
+        }
+
+
+__all__ = ["DATATYPES", "LABEL", "InputSpec", "ModelRuntime"]

@@ -1,0 +1,91 @@
+"""The V2 codec: JSON and binary tensors, and the errors a client gets for bad requests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from shipyard.errors import BadRequest
+from shipyard.serve.codec import decode_v1, decode_v2, encode_v2
+
+
+def body(inputs: list[dict], **extra: object) -> bytes:
+    return json.dumps({"inputs": inputs, **extra}).encode()
+
+
+def test_json_tensor_round_trip() -> None:
+    req = decode_v2(body([{"name": "input", "datatype": "FP32", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]}],
+                        id="r1"))
+    assert req.id == "r1" and req.inputs[0].name == "input"
+    np.testing.assert_array_equal(req.inputs[0].array, np.arange(1, 7, dtype=np.float32).reshape(2, 3))
+    assert req.inputs[0].array.dtype == np.float32
+    nested = decode_v2(body([{"name": "x", "datatype": "UINT8", "shape": [1, 2, 2], "data": [[[1, 2], [3, 4]]]}]))
+    assert nested.inputs[0].array.dtype == np.uint8 and nested.inputs[0].array.shape == (1, 2, 2)
+
+
+def test_binary_tensors_follow_the_json_header() -> None:
+    a = np.arange(6, dtype="<f4").reshape(2, 3)
+    b = np.arange(4, dtype=np.uint8).reshape(1, 4)
+    header = body([
+        {"name": "a", "datatype": "FP32", "shape": [2, 3], "parameters": {"binary_data_size": a.nbytes}},
+        {"name": "b", "datatype": "UINT8", "shape": [1, 4], "parameters": {"binary_data_size": b.nbytes}},
+    ], outputs=[{"name": "probabilities", "parameters": {"binary_data": True}}])
+    req = decode_v2(header + a.tobytes() + b.tobytes(), len(header))
+    np.testing.assert_array_equal(req.inputs[0].array, a)
+    np.testing.assert_array_equal(req.inputs[1].array, b)
+    assert req.binary_outputs == {"probabilities": True}
+
+
+@pytest.mark.parametrize(("raw", "header", "message"), [
+    (b"{not json", None, "not valid JSON"),
+    (b"[]", None, "JSON object"),
+    (b'{"inputs": []}', None, "non-empty 'inputs'"),
+    (body([{"datatype": "FP32", "shape": [1], "data": [1]}]), None, "needs a 'name'"),
+    (body([{"name": "x", "datatype": "FLOAT", "shape": [1], "data": [1]}]), None, "datatype 'FLOAT'"),
+    (body([{"name": "x", "datatype": "FP32", "shape": [-1, 2], "data": [1, 2]}]), None, "non-negative"),
+    (body([{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3]}]), None, "needs 4 values"),
+    (body([{"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}]), None, "not an array of FP32"),
+    (body([{"name": "x", "datatype": "FP32", "shape": [1]}]), None, "neither 'data'"),
+    (body([{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 4}}]), None,
+     "does not match shape"),
+    (body([{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]) + b"xx", 10**6, "does not fit"),
+    (body([{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], id=5), None, "'id' must be a string"),
+    (body([{"name": "x", "datatype": "FP32", "shape": [100000, 100000], "data": []}]), None, "more than"),
+])
+def test_bad_requests_say_what_is_wrong(raw: bytes, header: int | None, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        decode_v2(raw, header)
+
+
+def test_trailing_binary_bytes_are_refused() -> None:
+    header = body([{"name": "x", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}])
+    with pytest.raises(BadRequest, match="bytes of binary data after"):
+        decode_v2(header + b"\0" * 8, len(header))
+
+
+def test_encode_json_and_binary() -> None:
+    probs = np.array([[0.25, 0.75]], dtype=np.float32)
+    labels = np.array(["cat"], dtype=object)
+    text, header = encode_v2("m", "3", "id1", [("probabilities", probs, False), ("label", labels, False)])
+    assert header is None
+    doc = json.loads(text)
+    assert doc["model_version"] == "3" and doc["id"] == "id1"
+    assert doc["outputs"][0] == {"name": "probabilities", "shape": [1, 2], "datatype": "FP32", "data": [0.25, 0.75]}
+    assert doc["outputs"][1]["datatype"] == "BYTES" and doc["outputs"][1]["data"] == ["cat"]
+    raw, header = encode_v2("m", "3", "id1", [("probabilities", probs, True), ("label", labels, True)])
+    assert header is not None
+    doc = json.loads(raw[:header])
+    assert doc["outputs"][0]["parameters"]["binary_data_size"] == 8
+    np.testing.assert_array_equal(np.frombuffer(raw[header:header + 8], "<f4"), probs.ravel())
+    assert raw[header + 8:] == (3).to_bytes(4, "little") + b"cat"
+
+
+def test_v1_instances() -> None:
+    arr = decode_v1(b'{"instances": [[1, 2], [3, 4]]}')
+    assert arr.shape == (2, 2)
+    for bad, message in ((b'{"instances": []}', "non-empty"), (b'{"instances": [[1], [1, 2]]}', "equally shaped"),
+                         (b"nope", "not valid JSON")):
+        with pytest.raises(BadRequest, match=message):
+            decode_v1(bad)
