@@ -18,18 +18,25 @@ FEATURES = 784
 OPSET = 17
 
 
-def tiny_onnx(classes: int = 10, seed: int = 0) -> bytes:
-    """A linear softmax classifier with a symbolic batch axis, as serialized ONNX."""
+def tiny_onnx(classes: int = 10, seed: int = 0, *, batch: str | int = "batch", open_classes: bool = False) -> bytes:
+    """A linear softmax classifier with a symbolic batch axis, as serialized ONNX. `batch=1`
+    fixes the batch size; `open_classes` leaves the output's width symbolic even to ONNX Runtime
+    (the weights are overridable initializers of any width), so only running it tells."""
     rng = np.random.default_rng(seed)
     w = rng.normal(0, 0.05, size=(FEATURES, classes)).astype(np.float32)
     b = rng.normal(0, 0.05, size=(classes,)).astype(np.float32)
+    width: str | int = "classes" if open_classes else classes
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, FEATURES])]
+    if open_classes:
+        inputs += [helper.make_tensor_value_info("W", TensorProto.FLOAT, [FEATURES, width]),
+                   helper.make_tensor_value_info("B", TensorProto.FLOAT, [width])]
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["input", "W"], ["logits_mm"]),
          helper.make_node("Add", ["logits_mm", "B"], ["logits"]),
          helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)],
         "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", FEATURES])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", classes])],
+        inputs,
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, width])],
         initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
@@ -62,6 +69,15 @@ def make_bundle(folder: Path, name: str = "tiny", classes: int = 10, seed: int =
     seeds give different weights, hence different bytes and sha256."""
     model = tiny_onnx(classes, seed)
     bundle.write(Path(folder), tiny_meta(name, classes, len(model), **meta), {bundle.MODEL: model})
+    return Path(folder)
+
+
+def make_mismatched_bundle(folder: Path, *, graph: dict[str, Any] | None = None, **meta: Any) -> Path:
+    """A bundle whose manifest verifies and whose model runs, but whose `bundle.json` (`meta`
+    replaces its keys, e.g. signature or classes) or graph (`graph`: `tiny_onnx` options)
+    departs from the other: the trial load must refuse it."""
+    model = tiny_onnx(**(graph or {}))
+    bundle.write(Path(folder), {**tiny_meta("tiny", 10, len(model)), **meta}, {bundle.MODEL: model})
     return Path(folder)
 
 

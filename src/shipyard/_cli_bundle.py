@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from shipyard._output import emit_json, err, out, pct, reporting
@@ -50,16 +51,16 @@ def optimize(
                                                 variants=wanted, threads=threads, bench_seconds=bench_seconds,
                                                 settings=settings())
         lineage = bundle.meta["lineage"]
-        plot = plot_variants(measured, bundle.path.parent / "variants.png" if output is None
-                             else Path(str(output).removesuffix(".tar.gz").removesuffix(".tgz") + ".variants.png"),
-                             title=f"{bundle.name} (run {lineage['run_id']}): green is chosen")
+        plot_path = (Path(settings().runs_dir / bundle.meta["lineage"]["run_id"]) / "variants.png" if output is None
+                     else Path(str(output).removesuffix(".tar.gz").removesuffix(".tgz") + ".variants.png"))
+        plot = plot_variants(measured, plot_path, title=f"{bundle.name} (run {lineage['run_id']}): green is chosen")
         where = str(output) if output is not None else str(bundle.path)
         if as_json:
             emit_json({"bundle": where, "name": bundle.name, "chosen": bundle.meta["variant"], "reason": reason,
                        "variants": [m.to_dict() for m in measured], "plot": str(plot)})
             return
         out.print(variants_table([m.to_dict() for m in measured]))
-        out.print(f"bundle  {where}\nplot    {plot}")
+        out.print(escape(f"bundle  {where}\nplot    {plot}"))
 
 
 @bundle_app.command("verify")
@@ -77,7 +78,7 @@ def verify(
         if as_json:
             emit_json({"ok": True, "bundle": str(path), "name": b.name, "files": files})
             return
-        err.print(f"[green]ok[/] {path}: {len(files)} files verified")
+        err.print(f"[green]ok[/] {escape(str(path))}: {len(files)} files verified")
 
 
 @bundle_app.command("show")
@@ -110,7 +111,7 @@ def show(
                  f"{m['reference']['sample_size']} samples, {m['reference']['pca_components']} PCA components"),
                 ("files", ", ".join(f"{k} ({v:,} B)" for k, v in files.items()))]
         for k, v in rows:
-            grid.add_row(f"[dim]{k}[/]", str(v))
+            grid.add_row(f"[dim]{k}[/]", escape(str(v)))
         out.print(grid)
         if m.get("variants"):
             out.print(variants_table(m["variants"]))
@@ -152,4 +153,4 @@ def import_model(
         acc = bundle.meta["metrics"].get("val_accuracy")
         err.print(f"imported {path.name} as [bold]{mv.name}@{mv.version}[/]"
                   + (f", val accuracy {pct(acc)}" if acc is not None else ", no data given: no accuracy or reference profile"))
-        out.print(stored)
+        out.print(escape(stored))

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from shipyard.errors import RunInterrupted, ShipyardError
 
@@ -45,12 +46,12 @@ def reporting(as_json: bool, on_interrupt: Callable[[str], dict[str, Any]] | Non
     try:
         yield
     except RunInterrupted as e:
-        err.print(f"[yellow]interrupted:[/] {e}")
+        err.print(f"[yellow]interrupted:[/] {escape(str(e))}")
         if as_json:
             emit_json(on_interrupt(e.run_id) if on_interrupt else {"error": str(e)})
         raise typer.Exit(e.exit_code) from None
     except ShipyardError as e:
-        err.print(f"[red]error:[/] {e}")
+        err.print(f"[red]error:[/] {escape(str(e))}")
         if as_json:
             emit_json({"error": str(e), "error_type": type(e).__name__})
         raise typer.Exit(e.exit_code) from None
@@ -62,7 +63,7 @@ def reporting(as_json: bool, on_interrupt: Callable[[str], dict[str, Any]] | Non
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except Exception as e:  # noqa: BLE001 - the contract: one line and a JSON object, never a bare traceback
-        err.print(f"[red]error:[/] {type(e).__name__}: {e}")
+        err.print(f"[red]error:[/] {type(e).__name__}: {escape(str(e))}")
         if as_json:
             emit_json({"error": f"{type(e).__name__}: {e}", "error_type": type(e).__name__})
         raise typer.Exit(1) from None

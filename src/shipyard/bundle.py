@@ -141,6 +141,24 @@ def write(folder: Path, meta: dict[str, Any], files: dict[str, bytes | Path]) ->
     return Bundle.load(folder)
 
 
+def place(staging: Path, dest: Path, *, replace: bool = False) -> Bundle:
+    """Move a finished bundle folder to `dest`. An existing non-empty `dest` is refused (we never
+    delete a user's folder) unless `replace`, which callers pass only for folders they own."""
+    dest = Path(dest)
+    if dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
+        if not replace or not (dest / MANIFEST).exists():
+            raise BundleError(f"{dest}: already exists and is not empty; choose a new path")
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+        shutil.rmtree(old, ignore_errors=True)
+    elif dest.exists():
+        dest.rmdir()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(staging), dest)
+    return Bundle.load(dest)
+
+
 def write_manifest(folder: Path) -> None:
     lines = [f"{sha256_file(p)}  {p.name}\n" for p in sorted(folder.iterdir())
              if p.is_file() and p.name != MANIFEST]
@@ -223,8 +241,12 @@ def unpack(archive: Path, dest: Path) -> Path:
                     raise BundleError(f"{archive}: member {m.name!r} has a path outside the bundle folder")
                 if not m.isfile():
                     raise BundleError(f"{archive}: member {m.name!r} is not a regular file")
+                if name not in (*KNOWN_FILES, MANIFEST):
+                    raise BundleError(f"{archive}: member {m.name!r} is not a bundle file")
                 if m.size > _MAX_MEMBER_BYTES:
                     raise BundleError(f"{archive}: member {m.name!r} is implausibly large ({m.size} bytes)")
+            if len({m.name for m in members}) != len(members):
+                raise BundleError(f"{archive}: a member appears more than once")
             for m in members:
                 src = tar.extractfile(m)
                 assert src is not None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from shipyard import __version__, _cli_bundle
@@ -129,7 +130,7 @@ def train(
         if as_json:
             emit_json(run.to_dict())
         else:
-            out.print(f"checkpoint      {run.checkpoint}\ntensorboard_dir {run.tensorboard_dir}")
+            out.print(escape(f"checkpoint      {run.checkpoint}\ntensorboard_dir {run.tensorboard_dir}"))
 
 
 @runs_app.command("list")
@@ -167,7 +168,7 @@ def runs_show(
         if as_json:
             emit_json(r.to_dict())
             return
-        out.print(f"[bold]run {r.id}[/]  {_status(r.status)}" + (f"  [red]{r.error}[/]" if r.error else ""))
+        out.print(f"[bold]run {r.id}[/]  {_status(r.status)}" + (f"  [red]{escape(r.error)}[/]" if r.error else ""))
         head = Table.grid(padding=(0, 2))
         head.add_column(no_wrap=True)
         head.add_column(overflow="fold")
@@ -178,7 +179,7 @@ def runs_show(
                      ("device", f"{r.device}, {r.threads} thread(s)"), ("time", _dur(r.duration_s)),
                      ("checkpoint", str(r.checkpoint)), ("tensorboard", str(r.tensorboard_dir)),
                      ("libraries", ", ".join(f"{k} {v}" for k, v in (r.library_versions or {}).items()))]:
-            head.add_row(f"[dim]{k}[/]", v)
+            head.add_row(f"[dim]{k}[/]", escape(str(v)))
         out.print(head)
         t = Table("epoch", "loss", "acc", "val loss", "val acc", "lr", "time", "samples/s")
         m = r.metrics
@@ -256,7 +257,7 @@ def data_show(
             emit_json(info)
             return
         for k, v in info.items():
-            out.print(f"[dim]{k:>14}[/]  {v}")
+            out.print(f"[dim]{k:>14}[/]  {escape(str(v))}")
 
 
 def _brief(r: Any) -> dict[str, Any]:

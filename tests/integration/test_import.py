@@ -61,6 +61,70 @@ def test_softmax_graph_is_only_renamed(tmp_path: Path) -> None:
     assert b.reference is None and b.meta["metrics"] == {}
 
 
+def _graph(path: Path, tail: list[str], out_dim: int = 10, out_name: str = "y") -> Path:
+    """784 → out_dim MatMul, then the named tail ops, as another exporter might end a graph."""
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (784, out_dim)).astype(np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["t0"])]
+    for i, op in enumerate(tail):
+        kw = {"axis": 1} if op == "Softmax" else {}
+        nodes.append(helper.make_node(op, [f"t{i}"], [f"t{i + 1}"], **kw))
+    nodes[-1].output[0] = out_name
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 784])],
+                              [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", out_dim])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(("tail", "out_name", "added"), [
+    ([], "y", True),                            # logits
+    (["Softmax"], "y", False),                  # probabilities
+    (["Softmax", "Identity"], "y", False),      # probabilities behind a pass-through op
+    ([], "probabilities", True),                # logits that already carry our output's name
+])
+def test_outputs_become_exactly_one_softmax(tmp_path: Path, tail: list[str], out_name: str, added: bool) -> None:
+    src = _graph(tmp_path / "m.onnx", tail, out_name=out_name)
+    b = import_model(src, name="ext", output=tmp_path / "b")
+    x = np.random.default_rng(2).random((4, 784), dtype=np.float32)
+    w = numpy_helper.to_array(onnx.load(src).graph.initializer[0])
+    expected = _softmax(x @ w)
+    got = ort.InferenceSession(str(b.model_path), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert b.meta["lineage"]["softmax_added"] is added
+
+
+def test_sigmoid_and_single_column_outputs_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="single sigmoid output is not supported"):
+        import_model(_graph(tmp_path / "s.onnx", ["Sigmoid"], out_dim=1), name="x", output=tmp_path / "b")
+    with pytest.raises(DataError, match="ends in a sigmoid"):
+        import_model(_graph(tmp_path / "s2.onnx", ["Sigmoid"], out_dim=3), name="x", output=tmp_path / "b")
+
+
+def test_a_fixed_batch_graph_is_refused_clearly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.05, (784, 10)).astype(np.float32), "W")
+    shape = numpy_helper.from_array(np.array([1, 784], np.int64), "S")
+    nodes = [helper.make_node("Reshape", ["x", "S"], ["r"]), helper.make_node("MatMul", ["r", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 28, 28])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], [w, shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "f.onnx")
+    with pytest.raises(DataError, match="does not run on a batch of 2"):
+        import_model(tmp_path / "f.onnx", name="x", output=tmp_path / "b")
+
+
+def test_preprocessing_must_fit_the_model(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"raw_shape": [32, 32], "raw_dtype": "uint8", "scale": 1 / 255, "flatten": True}))
+    with pytest.raises(UsageError, match="1024 features, but the model takes"):
+        import_model(logits_model(tmp_path / "m.onnx"), name="x", preprocess=str(spec), output=tmp_path / "b")
+
+
 def test_bad_imports_are_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")

@@ -26,7 +26,7 @@ from shipyard.registry.models import trial_load
 from shipyard.registry.schema import metadata, model_events, model_versions
 from shipyard.settings import Settings
 
-from ..bundles import make_bundle, make_unloadable_bundle
+from ..bundles import FEATURES, make_bundle, make_mismatched_bundle, make_unloadable_bundle
 from ..conftest import ROOT, SHIPYARD
 
 
@@ -190,6 +190,7 @@ def test_delete_is_refused_while_aliased_and_numbers_are_never_reused(registry: 
         registry.get("tiny@2")
     assert not registry.artifacts.path(v2.bundle_sha256).exists()  # no longer referenced: removed
     assert not cached.exists()
+    assert list((registry.settings.home / "tmp").iterdir()) == []  # nor left in the trash
     assert registry.register(bundles[2]).version == 3  # 2 is never handed out again
 
     registry.unalias("tiny", "production", reason="retiring v1")
@@ -213,6 +214,29 @@ def test_download_round_trip_verifies(registry: Registry, bundles: list[Path], t
     (tmp_path / "empty").mkdir()
     assert registry.download("tiny", tmp_path / "empty").path == tmp_path / "empty"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dl"]  # no partial folders beside it
+
+
+def test_download_into_the_current_or_a_relative_empty_folder(registry: Registry, bundles: list[Path],
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry.register(bundles[0], alias="production")
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    inode = os.stat(".").st_ino
+    b = registry.download("tiny@production", ".")
+    assert b.path == here.resolve()
+    assert verify(here) == verify(bundles[0])
+    assert os.stat(".").st_ino == inode and Path.cwd() == here.resolve()  # filled in place, not replaced
+    assert sorted(p.name for p in here.iterdir()) == sorted([*verify(bundles[0]), "MANIFEST.sha256"])
+    with pytest.raises(UsageError, match="exists and is not empty"):
+        registry.download("tiny@1", ".")
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert registry.download("tiny", "empty").path == (tmp_path / "empty").resolve()
+    assert verify(tmp_path / "empty") == verify(bundles[0])
+    assert registry.download("tiny", Path("new") / "dl").path == (tmp_path / "new" / "dl").resolve()
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["dl"]  # no partial folders beside it
 
 
 def test_register_accepts_a_packed_archive(registry: Registry, bundles: list[Path], tmp_path: Path) -> None:
@@ -240,6 +264,16 @@ def test_bundle_path_is_a_verified_cache_rebuilt_when_changed(registry: Registry
     assert list((registry.settings.home / "tmp").iterdir()) == []
 
 
+def test_cache_folders_are_discarded_through_the_trash(registry: Registry, bundles: list[Path]) -> None:
+    mv = registry.register(bundles[0])
+    cached = registry.bundle_path(mv)
+    registry._discard(cached)
+    assert not cached.exists()
+    registry._discard(cached)  # already gone: nothing to do, no error
+    assert list((registry.settings.home / "tmp").iterdir()) == []
+    assert registry.bundle_path(mv) == cached and verify(cached) == verify(bundles[0])  # rebuilt on demand
+
+
 def test_a_tampered_stored_bundle_is_refused(registry: Registry, bundles: list[Path], tmp_path: Path) -> None:
     registry.register(bundles[0], alias="production")
     v2 = registry.register(bundles[1])
@@ -260,6 +294,123 @@ def test_a_tampered_stored_bundle_is_refused(registry: Registry, bundles: list[P
     with pytest.raises(BundleError, match="missing from the artifact store"):
         registry.set_alias("tiny", "production", 2)
     assert not (registry.settings.home / "bundles" / v2.bundle_sha256).exists()  # never cached
+
+
+@pytest.mark.parametrize("damage", ["missing", "changed"])
+def test_an_alias_never_moves_to_a_version_whose_stored_bundle_is_damaged_even_when_cached(
+        registry: Registry, bundles: list[Path], damage: str) -> None:
+    registry.register(bundles[0], alias="production")
+    v2 = registry.register(bundles[1])
+    cached = registry.bundle_path("tiny@2")  # a warm, intact cache in HOME/bundles
+    blob = registry.artifacts.path(v2.bundle_sha256)
+    if damage == "missing":
+        blob.unlink()
+    else:
+        blob.write_bytes(blob.read_bytes()[:-1])
+    why = "is missing from the artifact store" if damage == "missing" else "does not match its sha256"
+    with pytest.raises(BundleError, match=rf"tiny@2: its stored bundle .* {why}"):
+        registry.set_alias("tiny", "production", 2, reason="deploy v2")
+    with pytest.raises(BundleError, match=why):
+        registry.set_alias("tiny", "candidate", "2")
+    assert cached.is_dir()  # the cache alone would have passed
+    assert registry.get("tiny@production").version == 1
+    assert registry.get("tiny@2").aliases == []
+    assert kinds(registry, "tiny") == ["register", "alias", "register"]
+
+
+def test_register_repairs_a_changed_stored_copy_of_the_same_bytes(registry: Registry, bundles: list[Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    v1 = registry.register(bundles[0])
+    blob = registry.artifacts.path(v1.bundle_sha256)
+    good = blob.read_bytes()
+    blob.write_bytes(good[:-1])  # the store's copy changed on disk; the store keeps blobs it has
+    v2 = registry.register(bundles[0], alias="production")
+    assert v2.bundle_sha256 == v1.bundle_sha256
+    assert blob.read_bytes() == good  # replaced by the bytes just packed, which match the sha256
+    verify(registry.bundle_path("tiny@production"))
+    verify(registry.download("tiny@1", registry.settings.home / "dl").path)
+
+    blob.write_bytes(good[:-1])
+    monkeypatch.setattr(registry.artifacts, "_atomic_write", lambda dest, data: None)  # a store that cannot write
+    with pytest.raises(BundleError, match=r"storing it as .* failed: the stored copy does not match its sha256"):
+        registry.register(bundles[0], alias="candidate")
+    assert [v.version for v in registry.list()[0].versions] == [1, 2]
+    assert kinds(registry, "tiny") == ["register", "register", "alias"]
+
+
+# (bundle.json changes, tiny_onnx options, what the refusal says)
+MISMATCHES = [
+    pytest.param({"signature": {"inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 783]}],
+                                "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, 10]}]}},
+                 {}, r"input 'input' is declared in bundle.json as float32 \[-1, 783\], "
+                     r"but the model's is float32 \[batch, 784\]", id="input-width"),
+    pytest.param({"signature": {"inputs": [{"name": "input", "dtype": "float64", "shape": [-1, FEATURES]}],
+                                "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, 10]}]}},
+                 {}, r"input 'input' is declared in bundle.json as float64 \[-1, 784\], "
+                     r"but the model's is float32 \[batch, 784\]", id="input-dtype"),
+    pytest.param({"signature": {"inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 28, 28]}],
+                                "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, 10]}]}},
+                 {}, r"input 'input' is declared in bundle.json as float32 \[-1, 28, 28\], but the model's is float32 "
+                     r"\[batch, 784\]", id="input-rank"),
+    pytest.param({}, {"batch": 1}, r"input 'input' is declared in bundle.json as float32 \[-1, 784\], "
+                                   r"but the model's is float32 \[1, 784\]", id="fixed-batch"),
+    pytest.param({"signature": {"inputs": [{"name": "input", "dtype": "float32", "shape": [-1, FEATURES]}],
+                                "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, 9]}]}},
+                 {}, r"output 'probabilities' is declared in bundle.json as float32 \[-1, 9\], "
+                     r"but the model's is float32 \[batch, 10\]", id="output-width"),
+    pytest.param({"signature": {"inputs": [{"name": "input", "dtype": "float32", "shape": [-1, FEATURES]}],
+                                "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, 9]}]},
+                  "classes": [str(i) for i in range(9)]},
+                 {"open_classes": True}, r"output 'probabilities' is declared in bundle.json with shape "
+                                         r"\[-1, 9\], but a trial batch of 1 gives shape \[1, 10\]",
+                 id="output-width-at-run-time"),
+    pytest.param({"classes": [str(i) for i in range(9)]}, {},
+                 r"output 'probabilities' must be probabilities \[-1, C\] with C = 9, one column per class "
+                 r"in bundle.json, but a trial batch of 1 gives shape \[1, 10\]", id="classes"),
+    pytest.param({"classes": [str(i) for i in range(11)]}, {"open_classes": True},
+                 r"output 'probabilities' must be probabilities \[-1, C\] with C = 11, .* gives shape \[1, 10\]",
+                 id="classes-open-graph"),
+]
+
+
+@pytest.mark.parametrize(("meta", "graph", "message"), MISMATCHES)
+def test_a_model_that_does_not_match_its_signature_never_gets_an_alias(
+        registry: Registry, bundles: list[Path], tmp_path: Path, meta: dict, graph: dict,  # type: ignore[type-arg]
+        message: str) -> None:
+    registry.register(bundles[0], alias="production")
+    bad = make_mismatched_bundle(tmp_path / "bad", graph=graph, **meta)
+    verify(bad)
+    with pytest.raises(BundleError, match=rf"{re.escape(str(bad / 'model.onnx'))}: {message}"):
+        trial_load(Bundle.load(bad))
+    with pytest.raises(BundleError, match=message):
+        registry.register(bad, alias="production")
+    assert [v.version for v in registry.list()[0].versions] == [1]
+    assert kinds(registry, "tiny") == ["register", "alias"]
+
+    # a version row written by something that skipped the checks: the alias still does not move
+    archive = pack(bad, tmp_path / "bad.tar.gz")
+    sha = registry.artifacts.put_file(archive)
+    when = registry.get("tiny@1").created_at
+    with registry.engine.begin() as conn:
+        conn.execute(model_versions.insert().values(
+            name="tiny", version=2, bundle_sha256=sha, size_bytes=archive.stat().st_size, tags={},
+            meta=Bundle.load(bad).meta, created_at=when))
+    with pytest.raises(BundleError, match=message):
+        registry.set_alias("tiny", "production", 2)
+    assert registry.get("tiny@production").version == 1
+
+
+def test_the_trial_load_skips_raw_inputs_and_accepts_any_open_batch_axis(registry: Registry,
+                                                                         tmp_path: Path) -> None:
+    sig = {"inputs": [{"name": "input", "dtype": "float32", "shape": [-1, FEATURES], "kind": "features"},
+                      {"name": "image", "dtype": "uint8", "shape": [-1, 28, 28], "kind": "raw"}],
+           "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, 10]}], "onnx_input": "input"}
+    raw = make_mismatched_bundle(tmp_path / "raw", signature=sig)  # `image` is no graph input: preprocessed
+    trial_load(Bundle.load(raw))
+    assert registry.register(raw, alias="production").aliases == ["production"]
+    open_graph = make_mismatched_bundle(tmp_path / "open", graph={"open_classes": True})  # width known at run time
+    trial_load(Bundle.load(open_graph))
+    assert registry.register(open_graph, alias="production").version == 2
 
 
 def test_a_model_that_does_not_load_never_gets_an_alias(registry: Registry, bundles: list[Path],

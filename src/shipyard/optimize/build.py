@@ -23,9 +23,10 @@ from shipyard.data import PreprocessSpec, load
 from shipyard.errors import ShipyardError, UsageError
 from shipyard.monitor import reference
 from shipyard.optimize import variants as V
-from shipyard.optimize.choose import choose
+from shipyard.optimize.choose import OBJECTIVES, choose
 from shipyard.optimize.evaluate import Measured, measure, predict, session
 from shipyard.optimize.export import INPUT, OUTPUT, check_parity, export_onnx, torch_probabilities
+from shipyard.registry.models import check_name
 from shipyard.settings import Settings
 from shipyard.train.models import build_model
 from shipyard.train.recipe import Recipe
@@ -54,9 +55,13 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         raise UsageError(f"unknown variant(s) {unknown}: choose from {', '.join(V.VARIANTS)}")
     if "fp32" not in variants:
         raise UsageError("the fp32 variant is the accuracy reference; it cannot be left out")
-    name = name or default_name(run)
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
-        raise UsageError(f"model name {name!r}: use lowercase letters, digits, '.', '_' and '-'")
+    if optimize_for not in OBJECTIVES:
+        raise UsageError(f"--optimize-for {optimize_for!r}: choose {' or '.join(OBJECTIVES)}")
+    name = check_name(name or default_name(run))
+    dest = Path(output) if output else Path(run.run_dir or ".") / "bundle"
+    tarball = dest.name.endswith((".tar.gz", ".tgz"))
+    if output is not None and dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
+        raise UsageError(f"{dest}: already exists; choose a new path for the bundle")
 
     recipe = Recipe.from_dict(run.recipe)
     ds = load(recipe.data, label_column=recipe.label_column, standardize=recipe.standardize)  # type: ignore[arg-type]
@@ -113,19 +118,14 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         np.savez_compressed(ref_path, **ref)  # type: ignore[arg-type]
         meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads,
                      exporter, parity, reference.summary(ref))
-        dest = Path(output) if output else Path(run.run_dir or work) / "bundle"
-        tarball = dest if dest.name.endswith((".tar.gz", ".tgz")) else None
-        folder = Path(run.run_dir or work) / "bundle" if tarball else dest
         staging = work / "staging"
         bundle_mod.write(staging, meta, {bundle_mod.MODEL: files[chosen.name], bundle_mod.WEIGHTS: weights,
                                          bundle_mod.REFERENCE: ref_path})
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging), folder)
-        result = Bundle.load(folder)
         if tarball:
-            bundle_mod.pack(folder, tarball)
+            bundle_mod.pack(staging, dest)
+            result = Bundle.load(dest, unpack_to=Path(tempfile.mkdtemp(prefix="shipyard-bundle-")))
+        else:  # the run's own bundle folder is ours to replace; a user's path must be new
+            result = bundle_mod.place(staging, dest, replace=output is None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result, measured, reason

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -27,8 +26,11 @@ from shipyard.errors import DataError, ShipyardError, UsageError
 from shipyard.monitor import reference
 from shipyard.optimize.evaluate import measure, predict, session
 from shipyard.optimize.export import OUTPUT, PARITY_TOLERANCE
+from shipyard.registry.models import check_name
 
 _FLOAT_TYPES = {TensorProto.FLOAT: "float32"}
+#: ops between a softmax and the graph output that leave probabilities probabilities
+_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Transpose"}
 _NP = {"float32": np.float32}
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -39,8 +41,7 @@ def import_model(path: Path, *, name: str, labels: list[str] | None = None, prep
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
-        raise UsageError(f"model name {name!r}: use lowercase letters, digits, '.', '_' and '-'")
+    check_name(name)
     work = Path(tempfile.mkdtemp(prefix="shipyard-import-"))
     try:
         lineage: dict[str, Any] = {"run_id": None, "parent_version": None, "imported_from": path.name,
@@ -59,6 +60,10 @@ def import_model(path: Path, *, name: str, labels: list[str] | None = None, prep
         onnx.save(model, fixed)
         classes = _classes(labels, classes_n)
         spec = _spec(preprocess, in_shape)
+        if spec.num_features != math.prod(in_shape) or (not spec.flatten and tuple(spec.raw_shape) != in_shape):
+            raise UsageError(f"the preprocessing turns raw {list(spec.raw_shape)} inputs into "
+                             f"{spec.num_features} features, but the model takes {list(in_shape)}")
+        _trial(fixed, in_shape, len(classes))
 
         metrics: dict[str, Any] = {}
         ref_path = None
@@ -110,11 +115,7 @@ def import_model(path: Path, *, name: str, labels: list[str] | None = None, prep
             files[bundle_mod.REFERENCE] = ref_path
         staging = work / "bundle"
         bundle_mod.write(staging, meta, files)
-        if output.exists():
-            shutil.rmtree(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging), output)
-        return Bundle.load(output)
+        return bundle_mod.place(staging, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -142,15 +143,33 @@ def _normalise(path: Path) -> tuple[onnx.ModelProto, str, tuple[int, ...], int |
     dims[0].Clear()
     dims[0].dim_param = "batch"
     in_shape = tuple(int(d.dim_value) for d in dims[1:])
+    if out.type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise DataError(path, f"output {out.name!r} has element type "
+                              f"{TensorProto.DataType.Name(out.type.tensor_type.elem_type)}; float32 is supported")
     out_dims = out.type.tensor_type.shape.dim
-    classes = int(out_dims[-1].dim_value) if out_dims and out_dims[-1].HasField("dim_value") else None
-    producer = next((n for n in graph.node if out.name in n.output), None)
-    added = producer is None or producer.op_type != "Softmax"
+    if len(out_dims) != 2:
+        raise DataError(path, f"output {out.name!r} must be [batch, classes], it has {len(out_dims)} dimensions")
+    classes = int(out_dims[-1].dim_value) if out_dims[-1].HasField("dim_value") else None
+    if classes is not None and classes < 2:
+        raise DataError(path, f"output {out.name!r} has {classes} column; a classifier with a single sigmoid "
+                              "output is not supported: export two class scores")
+    producers = {o: n for n in graph.node for o in n.output}
+    node = producers.get(out.name)
+    while node is not None and node.op_type in _PASS_THROUGH and node.input:
+        node = producers.get(node.input[0])
+    if node is not None and node.op_type == "Sigmoid":
+        raise DataError(path, "the graph ends in a sigmoid; export class scores (logits or softmax) instead")
+    added = node is None or node.op_type != "Softmax"
+    last = out.name
+    if out.name == OUTPUT:  # free the name for our softmax (or keep it when already probabilities)
+        last = f"{OUTPUT}_in"
+        for n in graph.node:
+            n.output[:] = [last if o == OUTPUT else o for o in n.output]
+            n.input[:] = [last if i == OUTPUT else i for i in n.input]
     if added:
-        graph.node.append(helper.make_node("Softmax", [out.name], [OUTPUT], axis=-1, name="shipyard_softmax"))
+        graph.node.append(helper.make_node("Softmax", [last], [OUTPUT], axis=-1, name="shipyard_softmax"))
     else:
-        assert producer is not None
-        producer.output[list(producer.output).index(out.name)] = OUTPUT
+        graph.node.append(helper.make_node("Identity", [last], [OUTPUT], name="shipyard_output"))
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", classes]))
     try:
@@ -158,6 +177,19 @@ def _normalise(path: Path) -> tuple[onnx.ModelProto, str, tuple[int, ...], int |
     except Exception as e:  # noqa: BLE001
         raise DataError(path, f"could not attach the softmax output ({e})") from None
     return model, inp.name, in_shape, classes, added
+
+
+def _trial(path: Path, in_shape: tuple[int, ...], classes: int) -> None:
+    """Run a batch of 2 through the normalised graph: a graph whose batch axis is really fixed
+    fails here, with a clear message, rather than in production."""
+    try:
+        out = predict(session(path), np.zeros((2, *in_shape), np.float32))
+    except Exception as e:  # noqa: BLE001 - ORT raises its own types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(path, "the model does not run on a batch of 2 (is its batch size fixed?): "
+                              f"{first[:200]}") from None
+    if out.shape != (2, classes):
+        raise DataError(path, f"the model answers shape {list(out.shape)} for 2 inputs, expected [2, {classes}]")
 
 
 def _classes(labels: list[str] | None, n: int | None) -> list[str]:
@@ -199,8 +231,10 @@ def _keras_to_onnx(path: Path, work: Path) -> tuple[Path, float]:
         os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
         import keras
-    except ImportError:
-        raise UsageError("importing Keras models needs the keras extra: pip install 'shipyard[keras]'") from None
+    except ImportError as e:
+        if "keras" in str(e).lower() and "backend" not in str(e).lower():
+            raise UsageError("importing Keras models needs the keras extra: pip install 'shipyard[keras]'") from None
+        raise UsageError(f"Keras could not start its backend ({e}); set KERAS_BACKEND=torch") from None
     if keras.backend.backend() != "torch":
         raise UsageError(f"Keras runs on the {keras.backend.backend()!r} backend here; set KERAS_BACKEND=torch")
     import contextlib
@@ -215,7 +249,11 @@ def _keras_to_onnx(path: Path, work: Path) -> tuple[Path, float]:
             model = keras.saving.load_model(str(path), compile=False)
         except Exception as e:  # noqa: BLE001 - keras raises many types for a bad file
             raise DataError(path, f"Keras could not load it ({type(e).__name__}: {str(e)[:200]})") from None
-        shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+        dims = model.inputs[0].shape[1:]
+        if any(d is None for d in dims):
+            raise DataError(path, f"the model's input shape {list(model.inputs[0].shape)} has open dimensions "
+                                  "besides the batch; give the Input layer a fixed shape")
+        shape = tuple(int(d) for d in dims)
         sample = np.random.default_rng(0).random((64, *shape), dtype=np.float32)
         expected = np.asarray(model.predict(sample, verbose=0))
         dest = work / "keras.onnx"

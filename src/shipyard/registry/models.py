@@ -6,8 +6,10 @@ Invariants, relied on by the server and by every later stage:
 - a version row always points at a blob in the artifact store that is complete: blobs are written
   (atomically, content-addressed) before the one transaction that creates the row, and removed only
   after the row is gone and no other row refers to them;
-- an alias only ever points at a version whose bundle verified (manifest) and loaded and ran in ONNX
-  Runtime: `register` and `set_alias` check both before the transaction that moves it;
+- an alias only ever points at a version whose stored blob matched its sha256 (whatever the unpacked
+  cache holds), whose bundle verified (manifest), and which loaded and ran in ONNX Runtime with the
+  inputs, outputs and classes its signature declares: `register` and `set_alias` check all of it
+  before the transaction that moves it;
 - versions are allocated inside that transaction under a lock on the model's row (SQLite: the
   immediate write transaction; PostgreSQL: `SELECT … FOR UPDATE`), so concurrent registrations of
   one name get distinct consecutive numbers, and a number is never handed out twice.
@@ -35,7 +37,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from shipyard.bundle import MODEL, Bundle, BundleError, pack, sha256_file, unpack, verify
+from shipyard.bundle import MANIFEST, META, MODEL, Bundle, BundleError, pack, sha256_file, unpack, verify
 from shipyard.errors import NotFound, ShipyardError, UsageError
 from shipyard.registry.artifacts import ArtifactStore
 from shipyard.registry.db import engine_for
@@ -156,8 +158,10 @@ _ORT_DTYPES: dict[str, Any] = {
 
 def trial_load(bundle: Bundle) -> None:
     """Load the bundle's `model.onnx` in ONNX Runtime and run one batch of zeros (batch size 1)
-    through it. Raises BundleError naming the file when it does not load, does not run, or does
-    not have the inputs and outputs its signature declares."""
+    through it. Raises BundleError naming the file when it does not load or does not run, when
+    the graph's inputs and outputs are not the ones its signature declares (name, dtype, shape;
+    the batch axis, -1 in the signature, may be symbolic or any size in the graph), or when its
+    output is not `[batch, C]` with one column per class in `classes`."""
     import onnxruntime as ort
 
     path = bundle.path / MODEL
@@ -168,30 +172,125 @@ def trial_load(bundle: Bundle) -> None:
         opts.log_severity_level = 4  # our error message says it; ORT's log would say it twice
         sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         inputs, outputs = sess.get_inputs(), sess.get_outputs()
-        feeds = {}
-        for i in inputs:
-            dtype = _ORT_DTYPES.get(i.type)
-            if dtype is None:
-                raise BundleError(f"{path}: input {i.name!r} has type {i.type}, which a trial run cannot feed")
-            shape = [d if isinstance(d, int) and d > 0 else 1 for d in (i.shape or [])]
-            feeds[i.name] = np.zeros(shape, dtype=dtype)
-        results = sess.run(None, feeds)
-    except BundleError:
-        raise
     except Exception as e:  # ORT raises its own exception types for every kind of bad model
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise BundleError(f"{path}: does not load and run in ONNX Runtime: {first[:300]}") from None
+        raise _not_runnable(path, e) from None
+    declared_in, declared_out = _declared(path, bundle.meta)
+    _check_args(path, "input", declared_in, inputs)
+    _check_args(path, "output", declared_out, outputs)
+    classes = bundle.meta.get("classes")
+    if not isinstance(classes, list) or not classes:
+        raise BundleError(f"{bundle.path / META}: 'classes' must be a non-empty list of class names")
+    feeds = {}
+    for i in inputs:
+        dtype = _ORT_DTYPES.get(i.type)
+        if dtype is None:
+            raise BundleError(f"{path}: input {i.name!r} has type {i.type}, which a trial run cannot feed")
+        want = declared_in[i.name]["shape"] if i.name in declared_in else []
+        # batch size 1; other open sizes as the signature fixes them (else 1)
+        shape = [_dim(d) or (_dim(want[k]) if 0 < k < len(want) else None) or 1
+                 for k, d in enumerate(i.shape or [])]
+        feeds[i.name] = np.zeros(shape, dtype=dtype)
+    try:
+        results = sess.run(None, feeds)
+    except Exception as e:
+        raise _not_runnable(path, e) from None
     if not results:
         raise BundleError(f"{path}: produced no outputs on a trial batch")
-    signature = bundle.meta.get("signature")
-    if isinstance(signature, dict):
-        for key, have in (("inputs", [i.name for i in inputs]), ("outputs", [o.name for o in outputs])):
-            for spec in signature.get(key) or []:
-                if isinstance(spec, dict) and spec.get("kind") == "raw":
-                    continue  # raw inputs (e.g. uint8 pixels) are turned into features before the model
-                if isinstance(spec, dict) and "name" in spec and spec["name"] not in have:
-                    raise BundleError(f"{path}: the signature in bundle.json names {key[:-1]} "
-                                      f"{spec['name']!r}, but the model's {key} are {have}")
+    by_name = dict(zip([o.name for o in outputs], results, strict=True))
+    for name, spec in declared_out.items():
+        got = np.asarray(by_name[name])
+        if not _shape_fits(spec["shape"], list(got.shape), result=True):
+            raise BundleError(f"{path}: output {name!r} is declared in {META} with shape {spec['shape']}, "
+                              f"but a trial batch of 1 gives shape {list(got.shape)}")
+    out_name = next(iter(declared_out), outputs[0].name)
+    got = np.asarray(by_name[out_name])
+    if got.ndim != 2 or got.shape[-1] != len(classes):
+        raise BundleError(f"{path}: output {out_name!r} must be probabilities [-1, C] with C = {len(classes)}, "
+                          f"one column per class in {META}, but a trial batch of 1 gives shape "
+                          f"{list(got.shape)}")
+
+
+def _not_runnable(path: Path, e: Exception) -> BundleError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return BundleError(f"{path}: does not load and run in ONNX Runtime: {first[:300]}")
+
+
+def _dim(d: Any) -> int | None:
+    """A fixed size, or None for a dimension of any size (-1 in a signature, a name or None in a graph)."""
+    return d if isinstance(d, int) and not isinstance(d, bool) and d > 0 else None
+
+
+def _shape_fits(declared: list[Any], actual: list[Any], *, result: bool = False) -> bool:
+    """Whether a graph's shape (or, with `result`, an array's) is the declared one. A size the
+    signature fixes must be that size in the graph, or open there; a size it leaves open (-1,
+    e.g. the batch axis) must be open in the graph too, and may be anything in a result."""
+    if len(declared) != len(actual):
+        return False
+    for d, a in zip(declared, actual, strict=True):
+        want, have = _dim(d), _dim(a)
+        if want is None and have is not None and not result:
+            return False
+        if want is not None and have not in (None, want):
+            return False
+    return True
+
+
+def _dtype_name(d: Any) -> str | None:
+    try:
+        return np.dtype(d).name if isinstance(d, str) else None
+    except TypeError:  # not a dtype numpy knows
+        return None
+
+
+def _shape_str(shape: list[Any]) -> str:
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
+
+
+def _declared(path: Path, meta: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The signature's graph inputs (its raw inputs are preprocessed into features before the
+    model, so are not graph inputs) and outputs, by name, each with a dtype and a shape."""
+    signature = meta.get("signature")
+    where = path.parent / META
+    if not isinstance(signature, dict):
+        raise BundleError(f"{where}: 'signature' must be an object with 'inputs' and 'outputs'")
+    found: list[dict[str, dict[str, Any]]] = []
+    for key in ("inputs", "outputs"):
+        specs = signature.get(key) or []
+        if not isinstance(specs, list):
+            raise BundleError(f"{where}: signature {key!r} must be a list")
+        out: dict[str, dict[str, Any]] = {}
+        for spec in specs:
+            if isinstance(spec, dict) and spec.get("kind") == "raw":
+                continue
+            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+                raise BundleError(f"{where}: signature {key!r} holds {spec!r}, which has no name")
+            out[spec["name"]] = spec
+        found.append(out)
+    return found[0], found[1]
+
+
+def _check_args(path: Path, kind: str, declared: dict[str, dict[str, Any]], have: list[Any]) -> None:
+    """Each declared input (output) is one of the graph's, with the declared dtype and shape."""
+    graph = {a.name: a for a in have}
+    for name, spec in declared.items():
+        arg = graph.get(name)
+        if arg is None:
+            raise BundleError(f"{path}: the signature in {META} names {kind} {name!r}, "
+                              f"but the model's {kind}s are {list(graph)}")
+        actual_dtype = _ORT_DTYPES.get(arg.type)
+        actual_dtype_str = np.dtype(actual_dtype).name if actual_dtype is not None else arg.type
+        declared_dtype = _dtype_name(spec.get("dtype"))
+        if declared_dtype is None:
+            raise BundleError(f"{path}: {kind} {name!r} is declared in {META} without a valid dtype "
+                              f"({spec.get('dtype')!r}); the model's is {actual_dtype_str}")
+        shape = spec.get("shape")
+        actual_shape = list(arg.shape or [])
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            raise BundleError(f"{path}: {kind} {name!r} is declared in {META} without a valid shape "
+                              f"({shape!r}); the model's is {_shape_str(actual_shape)}")
+        if declared_dtype != actual_dtype_str or not _shape_fits(shape, actual_shape):
+            raise BundleError(f"{path}: {kind} {name!r} is declared in {META} as {declared_dtype} {shape}, "
+                              f"but the model's is {actual_dtype_str} {_shape_str(actual_shape)}")
 
 
 # -- what the registry returns ------------------------------------------------------------
@@ -433,6 +532,14 @@ class Registry:
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f"{purpose}~{_HOST}~{os.getpid()}~", dir=self.scratch_dir))
 
+    def _discard(self, path: Path) -> None:
+        """Remove a folder of the bundle cache: renamed into scratch space first (atomic, so no
+        reader ever sees it half removed), then deleted. Gone already is fine."""
+        trash = self._scratch("trash")
+        with contextlib.suppress(OSError):
+            os.rename(path, trash / path.name)
+        shutil.rmtree(trash, ignore_errors=True)
+
     def _sweep_scratch(self) -> None:
         if not self.scratch_dir.is_dir():
             return
@@ -464,7 +571,7 @@ class Registry:
                     raise UsageError(f"the bundle's name cannot be a model name ({e}); pass a name") from None
             trial_load(b)
             packed = pack(b.path, scratch / "bundle.tar.gz")
-            sha = self.artifacts.put_file(packed)
+            sha = self._store(packed, src)
             size = packed.stat().st_size
             lineage = b.meta.get("lineage") if isinstance(b.meta.get("lineage"), dict) else {}
             run_id = lineage.get("run_id")
@@ -497,6 +604,8 @@ class Registry:
         check_alias(alias)
         v = _version_arg(version)
         target = self.get(f"{name}@{v}")
+        # the stored blob is the truth, not the unpacked cache: check it even when the cache is warm
+        self._verified_blob(target)
         trial_load(self.load(target))
         with self._tx() as conn:
             self._lock_model(conn, name)
@@ -579,10 +688,7 @@ class Registry:
             self.artifacts.delete(sha)
         cached = self.cache_dir / sha
         if cached.exists():
-            trash = self._scratch("trash")
-            with contextlib.suppress(OSError):
-                os.rename(cached, trash / sha)
-            shutil.rmtree(trash, ignore_errors=True)
+            self._discard(cached)
         return True
 
     # -- reading -----------------------------------------------------------------------------
@@ -663,6 +769,7 @@ class Registry:
 
     # -- bundles -----------------------------------------------------------------------------
     def _verified_blob(self, mv: ModelVersion) -> Path:
+        """The version's stored blob, after checking it is there and matches its sha256."""
         p = self.artifacts.path(mv.bundle_sha256)
         if not p.is_file():
             raise BundleError(f"{mv.ref}: its stored bundle {p} is missing from the artifact store")
@@ -670,6 +777,19 @@ class Registry:
             raise BundleError(f"{mv.ref}: its stored bundle {p} does not match its sha256 "
                               f"{mv.bundle_sha256[:12]}…; it was changed after it was registered")
         return p
+
+    def _store(self, packed: Path, src: Path) -> str:
+        """Store a packed bundle and check what the store then holds. The store keeps a blob it
+        already has, so a copy changed on disk since would otherwise be what the new version points
+        at: it is replaced (atomically) by these bytes, which do match the sha256."""
+        sha = self.artifacts.put_file(packed)
+        p = self.artifacts.path(sha)
+        if not p.is_file() or sha256_file(p) != sha:
+            self.artifacts._atomic_write(p, packed.read_bytes())
+            if not p.is_file() or sha256_file(p) != sha:
+                raise BundleError(f"{src}: storing it as {p} failed: the stored copy does not match "
+                                  f"its sha256 {sha[:12]}…")
+        return sha
 
     def load(self, ref: str | ModelVersion) -> Bundle:
         """The version's bundle, verified, from the unpacked cache (see `bundle_path`)."""
@@ -679,10 +799,7 @@ class Registry:
             try:
                 return Bundle.load(cached)
             except BundleError:  # changed on disk: rebuild it from the stored blob
-                trash = self._scratch("trash")
-                with contextlib.suppress(OSError):
-                    os.rename(cached, trash / "stale")
-                shutil.rmtree(trash, ignore_errors=True)
+                self._discard(cached)
         blob = self._verified_blob(mv)
         work = self._scratch("unpack")
         try:
@@ -703,22 +820,33 @@ class Registry:
         return self.load(ref).path
 
     def download(self, ref: str, dest: str | Path) -> Bundle:
-        """Unpack a verified copy of the version's bundle into `dest` (a new or empty folder)."""
+        """Unpack a verified copy of the version's bundle into `dest` (a new or empty folder).
+        A new folder appears complete or not at all; an existing empty one (`.` included) is
+        filled in place, its manifest last, so it is never replaced under whoever is in it."""
         mv = self.get(ref)
-        dest = Path(dest)
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        dest = Path(dest).resolve()  # `.` has neither a name nor a parent to rename into
+        fill = dest.exists()
+        if fill and (not dest.is_dir() or any(dest.iterdir())):
             raise UsageError(f"{dest}: exists and is not empty; download into a new or empty folder")
         blob = self._verified_blob(mv)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial~{_HOST}~{os.getpid()}~", dir=dest.parent))
+        into = dest if fill else dest.parent
+        into.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{dest.name or 'bundle'}.partial~{_HOST}~{os.getpid()}~", dir=into))
+        moved: list[Path] = []
         try:
             unpack(blob, work)
             verify(work)
-            if dest.exists():
-                dest.rmdir()
-            os.rename(work, dest)
+            if not fill:
+                os.rename(work, dest)
+            else:
+                for p in sorted(work.iterdir(), key=lambda p: (p.name == MANIFEST, p.name)):
+                    os.rename(p, dest / p.name)
+                    moved.append(dest / p.name)
+                work.rmdir()
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
+            for p in moved:
+                p.unlink(missing_ok=True)
             raise
         return Bundle.load(dest)
 
