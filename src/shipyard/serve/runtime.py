@@ -37,10 +37,10 @@ class InputSpec:
 class ModelRuntime:
     """Loads and warms a verified bundle; `predict` is safe to call from several threads."""
 
-    def __init__(self, bundle: Bundle, version: int | None = None, *, threads: int = 1,
+    def __init__(self, bundle: Bundle, version: int | None = None, *, name: str | None = None, threads: int = 1,
                  allow_nonfinite: bool = False) -> None:
         self.bundle = bundle
-        self.name = bundle.name
+        self.name = name or bundle.name  # the registry's name, which may differ from the bundle's
         self.version = version
         self.classes = np.array(bundle.classes, dtype=object)
         self.preprocess = bundle.preprocess

@@ -1,0 +1,135 @@
+"""The inference server as users meet it: a real `shipyard serve` process on a free loopback
+port, talked to by the real tritonclient (V2, JSON and binary) and httpx (v1, bad input)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from shipyard.data import load
+from shipyard.registry import Registry
+from shipyard.serve.runtime import ModelRuntime
+
+from ..conftest import SHIPYARD, _free_port
+
+
+@pytest.fixture(scope="module")
+def server(optimized, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, Path]]:  # type: ignore[no-untyped-def]
+    _, _, bundle, _, _ = optimized
+    home = tmp_path_factory.mktemp("serve") / "home"
+    from shipyard.settings import Settings
+
+    Registry(settings=Settings(home=home)).register(bundle.path, "digits", alias="production")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
+    env["SHIPYARD_HOME"] = str(home)
+    log = (home.parent / "server.log").open("w")
+    proc = subprocess.Popen([*SHIPYARD, "serve", "digits", "--port", str(port)], env=env, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, (home.parent / "server.log").read_text()
+        try:
+            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server did not become ready"
+        time.sleep(0.1)
+    yield base, proc.pid, home
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[np.ndarray, np.ndarray]:
+    s = load("mnist-sample").split()
+    return s.x_val[:16], s.y_val[:16]
+
+
+def client(base: str) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(url=base.removeprefix("http://"))
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_infers_raw_and_features(server, images, optimized, binary: bool) -> None:  # type: ignore[no-untyped-def]
+    base, _, _ = server
+    x, y = images
+    c = client(base)
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("digits")
+    meta = c.get_model_metadata("digits")
+    assert {i["name"] for i in meta["inputs"]} == {"input", "image"}
+    raw = triton.InferInput("image", [16, 28, 28], "UINT8")
+    raw.set_data_from_numpy(x, binary_data=binary)
+    res = c.infer("digits", [raw], outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary),
+                                           triton.InferRequestedOutput("label", binary_data=binary)],
+                  request_id="req-1")
+    probs = res.as_numpy("probabilities")
+    labels = res.as_numpy("label")
+    expected = ModelRuntime(optimized[2]).predict(optimized[2].preprocess.apply(x))
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    assert [v.decode() if isinstance(v, bytes) else v for v in labels] == [str(i) for i in probs.argmax(1)]
+    assert res.get_response()["id"] == "req-1" and res.get_response()["model_version"] == "1"
+    feats = triton.InferInput("input", [16, 784], "FP32")
+    feats.set_data_from_numpy(optimized[2].preprocess.apply(x), binary_data=binary)
+    again = c.infer("digits", [feats]).as_numpy("probabilities")
+    np.testing.assert_array_equal(again, probs)
+
+
+def test_v1_predict_and_request_id(server, images) -> None:  # type: ignore[no-untyped-def]
+    base, _, _ = server
+    x, y = images
+    r = httpx.post(f"{base}/v1/models/digits:predict", json={"instances": x[:3].tolist()})
+    assert r.status_code == 200 and r.headers["x-request-id"] == r.json()["id"]
+    preds = r.json()["predictions"]
+    assert len(preds) == 3 and all(len(p["probabilities"]) == 10 for p in preds)
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "message"), [
+    ("POST", "/v2/models/digits/infer", b"{nope", 400, "not valid JSON"),
+    ("POST", "/v2/models/nosuch/infer", b"{}", 404, "unknown model 'nosuch'"),
+    ("POST", "/v2/models/digits/versions/9/infer", b"{}", 404, "no version '9'"),
+    ("POST", "/v2/models/digits/infer",
+     json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 5], "data": [0] * 5}]}).encode(),
+     400, "must have shape [-1, 784]"),
+    ("POST", "/v2/models/digits/infer",
+     json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [0]}]}).encode(),
+     400, "has no input 'x'"),
+    ("POST", "/v2/models/digits/infer", b"0" * (9 << 20), 413, "over the"),
+    ("GET", "/v2/models/digits/infer", b"", 405, "POST"),
+    ("GET", "/nowhere", b"", 404, "no route"),
+])
+def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
+        server, method: str, path: str, body: bytes, status: int, message: str) -> None:  # type: ignore[no-untyped-def]
+    base, _, _ = server
+    r = httpx.request(method, f"{base}{path}", content=body, timeout=30)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+    assert httpx.get(f"{base}/v2/health/ready").status_code == 200
+
+
+def test_repository_routes_work_with_tritonclient(server) -> None:  # type: ignore[no-untyped-def]
+    base, _, _ = server
+    c = client(base)
+    index = c.get_model_repository_index()
+    assert [m["name"] for m in index] == ["digits"]
+    c.unload_model("digits")
+    assert httpx.post(f"{base}/v2/models/digits/infer", content=b"{}").status_code == 404
+    c.load_model("digits")
+    assert c.is_model_ready("digits")
+
+
+def test_the_server_process_never_loads_torch(server) -> None:  # type: ignore[no-untyped-def]
+    _, pid, _ = server
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "onnxruntime" in maps and "libtorch" not in maps
