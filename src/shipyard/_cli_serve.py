@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
+import sys
 from typing import Annotated
 
 import typer
@@ -20,6 +22,7 @@ def serve(
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads per model.")] = 1,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB (413 above).")] = 8.0,
     auth_inference: Annotated[bool, typer.Option("--auth-inference", help="Require the bearer token for inference too.")] = False,
+    http: Annotated[str, typer.Option(help="HTTP server: granian (fastest, see benchmarks/serve_bench.py) or uvicorn.")] = "granian",
 ) -> None:
     """Serve registered models over the V2 Open Inference Protocol (REST) and v1 :predict.
 
@@ -28,6 +31,8 @@ def serve(
     from shipyard.cli import settings
 
     with reporting(False):
+        if http not in ("granian", "uvicorn"):
+            raise UsageError(f"--http {http!r}: choose granian or uvicorn")
         if workers < 1 or threads < 1 or port < 0 or max_body_mb <= 0:
             raise UsageError("--workers and --threads must be ≥ 1, --port ≥ 0, --max-body-mb > 0")
         token = os.environ.get("SHIPYARD_TOKEN") or None
@@ -48,8 +53,17 @@ def serve(
             os.environ["SHIPYARD_DATABASE_URL"] = s.database_url
         if not token and not loopback:
             err.print("management routes are off: no SHIPYARD_TOKEN and not a loopback address")
+        err.print(f"serving on http://{host}:{port} with {http}, {workers} worker(s), "
+                  f"{threads} ORT thread(s) per model")
+        target = "shipyard.serve.app:app_from_env"
+        if http == "granian":
+            exe = shutil.which("granian", path=os.pathsep.join([os.path.dirname(sys.executable),
+                                                                os.environ.get("PATH", "")]))
+            if exe is None:
+                raise UsageError("granian is not installed: pip install granian, or use --http uvicorn")
+            os.execv(exe, [exe, "--interface", "asgi", "--factory", "--host", host, "--port", str(port),
+                           "--workers", str(workers), "--log-level", "warning", "--no-ws", target])
         import uvicorn
 
-        err.print(f"serving on http://{host}:{port} with {workers} worker(s), {threads} ORT thread(s) per model")
-        uvicorn.run("shipyard.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning", access_log=False, lifespan="on")
+        uvicorn.run(target, factory=True, host=host, port=port, workers=workers, log_level="warning",
+                    access_log=False, lifespan="on")

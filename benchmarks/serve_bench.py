@@ -1,0 +1,162 @@
+"""Our server against bare HTTP handlers on the same stack, with wrk on loopback.
+
+    python benchmarks/serve_bench.py [--seconds 10] [--concurrency 1,16,64]
+
+One worker, ONNX Runtime at 1 thread, the canonical MNIST model (trained for 1 epoch on the
+bundled sample here: the speed does not depend on the weights), single-instance requests (one
+784-float instance, about 7 KB of JSON). Measured in one run: (a) bare handlers that parse the
+body fully and answer a constant (uvicorn + std json, uvicorn + orjson, granian + orjson); (b)
+our V2 JSON route; (c) our V2 binary route; (d) our v1 route; and in-process ONNX Runtime at
+batch 1 and 64 (the compute limit). Prints req/s, p50, p99, errors, and (b)/(a), (c)/(a) at the
+highest concurrency against the fastest bare handler. Needs `wrk` (Debian package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early ({proc.returncode})")
+        try:
+            if url.endswith("/ready"):
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return time.monotonic() - t0
+            else:  # a bare handler answers anything once it listens
+                httpx.get(url, timeout=1)
+                return time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"{url} not ready in {timeout} s")
+
+
+def wrk(url: str, body: bytes, headers: dict[str, str], conns: int, seconds: int, tmp: Path) -> dict[str, float]:
+    (tmp / "body.bin").write_bytes(body)
+    hdrs = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+    (tmp / "post.lua").write_text(
+        'wrk.method = "POST"\n'
+        f'local f = io.open("{tmp / "body.bin"}", "rb"); wrk.body = f:read("*a"); f:close()\n{hdrs}'
+        "done = function(summary, latency, requests)\n"
+        '  io.write(string.format("JSON %d %d %d %d %d %d\\n", summary.requests, summary.duration,\n'
+        "    latency:percentile(50), latency:percentile(99), summary.errors.status,\n"
+        "    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))\n"
+        "end\n")
+    subprocess.run(["wrk", "-t1", f"-c{conns}", "-d2s", "-s", str(tmp / "post.lua"), url], capture_output=True)
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "-s", str(tmp / "post.lua"), url],
+                         capture_output=True, text=True).stdout
+    m = re.search(r"JSON (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)", out)
+    assert m, out
+    reqs, dur_us, p50, p99, status_err, sock_err = map(int, m.groups())
+    return {"rps": reqs / (dur_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000,
+            "errors": status_err + sock_err}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--concurrency", default="1,16,64")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    conc = [int(c) for c in args.concurrency.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    env = {**os.environ, "SHIPYARD_HOME": str(tmp / "home"), "PYTHONPATH": str(HERE)}
+    shipyard = [str(BIN / "shipyard")]
+    run = json.loads(subprocess.run([*shipyard, "train", "--epochs", "1", "-q", "--json"], env=env,
+                                    capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    subprocess.run([*shipyard, "optimize", run["run_id"], "--variants", "fp32", "--bench-seconds", "0.1",
+                    "-o", str(tmp / "m.tar.gz")], env=env, capture_output=True, check=True)
+    subprocess.run([*shipyard, "models", "register", str(tmp / "m.tar.gz"), "--name", "digits", "--alias",
+                    "production"], env=env, capture_output=True, check=True)
+
+    x = np.random.default_rng(0).random((1, 784), dtype=np.float32)
+    json_body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784],
+                                        "data": [round(float(v), 6) for v in x.ravel()]}]}).encode()
+    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784],
+                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    v1_body = json.dumps({"instances": [[round(float(v), 6) for v in x.ravel()]]}).encode()
+    ctype = {"Content-Type": "application/json"}
+    servers = [
+        ("bare uvicorn+json", [str(BIN / "uvicorn"), "_bare:json_app", "--log-level", "warning", "--no-access-log"],
+         [("(a)", "/", json_body, ctype)]),
+        ("bare uvicorn+orjson", [str(BIN / "uvicorn"), "_bare:orjson_app", "--log-level", "warning",
+                                 "--no-access-log"], [("(a)", "/", json_body, ctype)]),
+        ("bare granian+orjson", [str(BIN / "granian"), "--interface", "asgi", "--log-level", "warning",
+                                 "--no-ws", "_bare:orjson_app"], [("(a)", "/", json_body, ctype)]),
+        ("shipyard", [*shipyard, "serve", "digits"], [
+            ("(b) V2 JSON", "/v2/models/digits/infer", json_body, ctype),
+            ("(c) V2 binary", "/v2/models/digits/infer", header + x.tobytes(),
+             {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}),
+            ("(d) v1", "/v1/models/digits:predict", v1_body, ctype)]),
+    ]
+    rows = []
+    for label, cmd, routes in servers:
+        port = free_port()
+        flag = ["--port", str(port)] if "granian" not in cmd[0] else ["--port", str(port), "--host", "127.0.0.1"]
+        proc = subprocess.Popen([*cmd, *flag], env=env, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            ready = wait_ready(f"http://127.0.0.1:{port}/v2/health/ready" if label == "shipyard"
+                               else f"http://127.0.0.1:{port}/", proc)
+            for name, path, body, headers in routes:
+                for c in conc:
+                    r = wrk(f"http://127.0.0.1:{port}{path}", body, headers, c, args.seconds, tmp)
+                    rows.append((f"{name} {label}" if name == "(a)" else name, c, r))
+                    print(f"  {rows[-1][0]:<28} c={c:<3} {r['rps']:>9,.0f} req/s  p99 {r['p99_ms']:.2f} ms",
+                          file=sys.stderr)
+            if label == "shipyard":
+                rss = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+                print(f"  shipyard ready in {ready:.2f} s after start; RSS {rss:.0f} MB", file=sys.stderr)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    import onnxruntime as ort
+
+    model = Path(json.loads(subprocess.run([*shipyard, "models", "show", "digits", "--json"], env=env,
+                                           capture_output=True, text=True).stdout.splitlines()[-1])
+                 .get("bundle_path", "") or "")
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nserve_bench: one worker, ORT 1 thread, single 784-float instance, {args.seconds} s per cell\n")
+    print(f"{'route':<30}{'conc':>5}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, c, r in rows:
+        print(f"{name:<30}{c:>5}{r['rps']:>11,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}")
+    top = max(conc)
+    bare = max((r for n, c, r in rows if n.startswith("(a)") and c == top), key=lambda r: r["rps"])
+    for tag in ("(b) V2 JSON", "(c) V2 binary"):
+        r = next(r for n, c, r in rows if n == tag and c == top)
+        print(f"{tag} / fastest bare at c={top}: req/s {r['rps'] / bare['rps']:.2f}  (goal ≥ 0.6 for (b)), "
+              f"p99 {r['p99_ms'] / max(bare['p99_ms'], 1e-9):.2f}× (goal ≤ 2)")
+    del model, ort
+
+
+if __name__ == "__main__":
+    main()
