@@ -6,9 +6,10 @@ One worker, ONNX Runtime at 1 thread, the canonical MNIST model (trained for 1 e
 bundled sample here: the speed does not depend on the weights), single-instance requests (one
 784-float instance, about 7 KB of JSON). Measured in one run: (a) bare handlers that parse the
 body fully and answer a constant (uvicorn + std json, uvicorn + orjson, granian + orjson); (b)
-our V2 JSON route; (c) our V2 binary route; (d) our v1 route; and in-process ONNX Runtime at
-batch 1 and 64 (the compute limit). Prints req/s, p50, p99, errors, and (b)/(a), (c)/(a) at the
-highest concurrency against the fastest bare handler. Needs `wrk` (Debian package).
+our V2 JSON route; (c) our V2 binary route; (d) our v1 route. (Still to add: in-process ONNX
+Runtime at batch 1 and 64, the compute limit; optimize/evaluate.py measures those today.)
+Prints req/s, p50, p99, errors, and (b)/(a), (c)/(a) at the highest concurrency against the
+fastest bare handler. Needs `wrk` (Debian package).
 """
 
 from __future__ import annotations
@@ -139,11 +140,6 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    import onnxruntime as ort
-
-    model = Path(json.loads(subprocess.run([*shipyard, "models", "show", "digits", "--json"], env=env,
-                                           capture_output=True, text=True).stdout.splitlines()[-1])
-                 .get("bundle_path", "") or "")
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nserve_bench: one worker, ORT 1 thread, single 784-float instance, {args.seconds} s per cell\n")
     print(f"{'route':<30}{'conc':>5}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
@@ -155,7 +151,6 @@ def main() -> None:
         r = next(r for n, c, r in rows if n == tag and c == top)
         print(f"{tag} / fastest bare at c={top}: req/s {r['rps'] / bare['rps']:.2f}  (goal ≥ 0.6 for (b)), "
               f"p99 {r['p99_ms'] / max(bare['p99_ms'], 1e-9):.2f}× (goal ≤ 2)")
-    del model, ort
 
 
 if __name__ == "__main__":

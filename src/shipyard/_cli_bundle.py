@@ -69,12 +69,8 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Check every file against the manifest; exit 1 naming the first bad file."""
-    from shipyard.bundle import Bundle
-
     with reporting(as_json):
-        with tempfile.TemporaryDirectory() as tmp:
-            b = Bundle.load(path, unpack_to=Path(tmp) / "bundle")
-            files = b.files()
+        b, files = _open(path)
         if as_json:
             emit_json({"ok": True, "bundle": str(path), "name": b.name, "files": files})
             return
@@ -87,12 +83,8 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Describe a verified bundle: signature, classes, preprocessing, variants, lineage."""
-    from shipyard.bundle import Bundle
-
     with reporting(as_json):
-        with tempfile.TemporaryDirectory() as tmp:
-            b = Bundle.load(path, unpack_to=Path(tmp) / "bundle")
-            files = b.files()
+        b, files = _open(path)
         if as_json:
             emit_json({"bundle": str(path), "files": files, **b.meta})
             return
@@ -115,6 +107,15 @@ def show(
         out.print(grid)
         if m.get("variants"):
             out.print(variants_table(m["variants"]))
+
+
+def _open(path: Path) -> tuple[Any, dict[str, int]]:
+    """Verify a bundle folder or archive (archives unpack into a temporary folder, removed after)."""
+    from shipyard.bundle import Bundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        b = Bundle.load(path, unpack_to=Path(tmp) / "bundle")
+        return b, b.files()
 
 
 def _spec(p: dict[str, Any] | None) -> str:
