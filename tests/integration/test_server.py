@@ -143,3 +143,19 @@ def test_the_server_processes_never_load_torch(server) -> None:  # type: ignore[
     maps = [Path(f"/proc/{p}/maps").read_text() for p in _family(pid)]
     assert any("onnxruntime" in m for m in maps), "no process holds the model"
     assert not any("libtorch" in m for m in maps)
+
+
+def test_openapi_document_describes_every_route(server) -> None:  # type: ignore[no-untyped-def]
+    base, _, _ = server
+    doc = httpx.get(f"{base}/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    paths = doc["paths"]
+    assert {"/v2/models/{name}/infer", "/v1/models/{name}:predict", "/v2/repository/index"} <= set(paths)
+    for path, ops in paths.items():  # every documented route exists (answers something but "no route")
+        url = base + path.replace("{name}", "digits").replace("{version}", "1")
+        for method in ops:
+            if path.endswith("/unload"):
+                continue  # would unload the model the other tests use
+            r = httpx.request(method.upper(), url, content=b"{}" if method == "post" else None)
+            assert "no route" not in r.text, (method, path)
+            assert r.status_code < 500, (method, path, r.text)

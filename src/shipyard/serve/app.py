@@ -164,6 +164,10 @@ class App:
         if path in ("/v2/health/live", "/v2/health/ready"):
             ready = path.endswith("live") or self.models.ready
             return (200 if ready else 503), dumps({"live": True} if path.endswith("live") else {"ready": ready}), []
+        if path == "/openapi.json":
+            from shipyard.serve.openapi import document
+
+            return 200, dumps(document()), []
         if path == "/v2":
             return 200, dumps({"name": "shipyard", "version": __version__,
                                "extensions": ["binary_tensor_data", "model_repository"]}), []

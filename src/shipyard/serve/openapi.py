@@ -1,0 +1,77 @@
+"""The OpenAPI 3.1 document of every route the server answers (GET /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shipyard import __version__
+
+_ERROR = {"description": "What was wrong",
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+_JSON_OK = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"post": {
+        "summary": "V2 inference (JSON tensors, or the binary tensor data extension)",
+        "parameters": [*params, {"name": "Inference-Header-Content-Length", "in": "header", "required": False,
+                                 "schema": {"type": "integer", "minimum": 1}}],
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        "responses": {"200": {"description": "Outputs `probabilities` and `label`", "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}}}},
+            "400": _ERROR, "401": _ERROR, "404": _ERROR, "413": _ERROR}}}
+
+
+def document() -> dict[str, Any]:
+    get = {"get": {"responses": {"200": _JSON_OK, "404": _ERROR}}}
+    tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string"}, "datatype": {"type": "string", "enum": [
+            "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "parameters": {"type": "object"}, "data": {"type": "array"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "shipyard inference server", "version": __version__,
+                 "description": "V2 Open Inference Protocol (REST) and the v1 :predict route."},
+        "paths": {
+            "/v2/health/live": {"get": {"responses": {"200": _JSON_OK}}},
+            "/v2/health/ready": {"get": {"responses": {"200": _JSON_OK, "503": _JSON_OK}}},
+            "/v2": {"get": {"summary": "Server metadata", "responses": {"200": _JSON_OK}}},
+            "/v2/models/{name}": {"get": {"parameters": [_NAME], "responses": {"200": _JSON_OK, "404": _ERROR}}},
+            "/v2/models/{name}/ready": {"get": {"parameters": [_NAME], "responses": {"200": _JSON_OK, "404": _ERROR}}},
+            "/v2/models/{name}/versions/{version}": {"get": {"parameters": [_NAME, _VERSION],
+                                                             "responses": get["get"]["responses"]}},
+            "/v2/models/{name}/versions/{version}/ready": {"get": {"parameters": [_NAME, _VERSION],
+                                                                   "responses": get["get"]["responses"]}},
+            "/v2/models/{name}/infer": _infer([_NAME]),
+            "/v2/models/{name}/versions/{version}/infer": _infer([_NAME, _VERSION]),
+            "/v1/models/{name}:predict": {"post": {
+                "parameters": [_NAME],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["instances"],
+                    "properties": {"instances": {"type": "array", "minItems": 1}}}}}},
+                "responses": {"200": _JSON_OK, "400": _ERROR, "404": _ERROR, "413": _ERROR}}},
+            "/v2/repository/index": {"post": {"summary": "Models loaded here (management)",
+                                              "responses": {"200": _JSON_OK, "401": _ERROR, "403": _ERROR}}},
+            "/v2/repository/models/{name}/load": {"post": {"parameters": [_NAME], "responses": {
+                "200": _JSON_OK, "401": _ERROR, "403": _ERROR, "404": _ERROR}}},
+            "/v2/repository/models/{name}/unload": {"post": {"parameters": [_NAME], "responses": {
+                "200": _JSON_OK, "401": _ERROR, "403": _ERROR, "404": _ERROR}}},
+            "/openapi.json": {"get": {"responses": {"200": _JSON_OK}}},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "InferRequest": {"type": "object", "required": ["inputs"], "properties": {
+                "id": {"type": "string"}, "parameters": {"type": "object"},
+                "inputs": {"type": "array", "minItems": 1, "items": tensor},
+                "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string"}, "parameters": {"type": "object"}}}}}},
+            "InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+                "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+                "outputs": {"type": "array", "items": tensor}}},
+        }},
+    }
