@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +160,34 @@ def test_openapi_document_describes_every_route(server) -> None:  # type: ignore
             r = httpx.request(method.upper(), url, content=b"{}" if method == "post" else None)
             assert "no route" not in r.text, (method, path)
             assert r.status_code < 500, (method, path, r.text)
+
+
+def test_schemathesis_finds_no_server_error_on_any_route(optimized, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Property-based fuzzing of every route in the OpenAPI document, on a server of its own
+    (the fuzzer unloads and reloads models)."""
+    from shipyard.settings import Settings
+
+    home = tmp_path / "home"
+    Registry(settings=Settings(home=home)).register(optimized[2].path, "digits", alias="production")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")} | {"SHIPYARD_HOME": str(home)}
+    proc = subprocess.Popen([*SHIPYARD, "serve", "digits", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        st = Path(sys.executable).with_name("schemathesis")
+        r = subprocess.run([str(st), "run", f"http://127.0.0.1:{port}/openapi.json", "-c", "not_a_server_error",
+                            "-n", "25", "--no-color", "--seed", "1"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:]
+        assert " passed" in r.stdout and "failed" not in r.stdout.split("SUMMARY")[-1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

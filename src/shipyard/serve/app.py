@@ -167,7 +167,7 @@ class App:
         if path == "/openapi.json":
             from shipyard.serve.openapi import document
 
-            return 200, dumps(document()), []
+            return 200, dumps(document(sorted(self.models.by_name))), []
         if path == "/v2":
             return 200, dumps({"name": "shipyard", "version": __version__,
                                "extensions": ["binary_tensor_data", "model_repository"]}), []

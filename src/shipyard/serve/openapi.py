@@ -26,7 +26,12 @@ def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
             "400": _ERROR, "401": _ERROR, "404": _ERROR, "413": _ERROR}}}
 
 
-def document() -> dict[str, Any]:
+def document(models: list[str] | None = None) -> dict[str, Any]:
+    """The document; `models` (the names served here) become the `name` parameter's examples."""
+    name = dict(_NAME)
+    if models:
+        name["schema"] = {"type": "string", "examples": list(models)}
+        name["examples"] = {m: {"value": m} for m in models}
     get = {"get": {"responses": {"200": _JSON_OK, "404": _ERROR}}}
     tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
         "name": {"type": "string"}, "datatype": {"type": "string", "enum": [
@@ -41,25 +46,25 @@ def document() -> dict[str, Any]:
             "/v2/health/live": {"get": {"responses": {"200": _JSON_OK}}},
             "/v2/health/ready": {"get": {"responses": {"200": _JSON_OK, "503": _JSON_OK}}},
             "/v2": {"get": {"summary": "Server metadata", "responses": {"200": _JSON_OK}}},
-            "/v2/models/{name}": {"get": {"parameters": [_NAME], "responses": {"200": _JSON_OK, "404": _ERROR}}},
-            "/v2/models/{name}/ready": {"get": {"parameters": [_NAME], "responses": {"200": _JSON_OK, "404": _ERROR}}},
-            "/v2/models/{name}/versions/{version}": {"get": {"parameters": [_NAME, _VERSION],
+            "/v2/models/{name}": {"get": {"parameters": [name], "responses": {"200": _JSON_OK, "404": _ERROR}}},
+            "/v2/models/{name}/ready": {"get": {"parameters": [name], "responses": {"200": _JSON_OK, "404": _ERROR}}},
+            "/v2/models/{name}/versions/{version}": {"get": {"parameters": [name, _VERSION],
                                                              "responses": get["get"]["responses"]}},
-            "/v2/models/{name}/versions/{version}/ready": {"get": {"parameters": [_NAME, _VERSION],
+            "/v2/models/{name}/versions/{version}/ready": {"get": {"parameters": [name, _VERSION],
                                                                    "responses": get["get"]["responses"]}},
-            "/v2/models/{name}/infer": _infer([_NAME]),
-            "/v2/models/{name}/versions/{version}/infer": _infer([_NAME, _VERSION]),
+            "/v2/models/{name}/infer": _infer([name]),
+            "/v2/models/{name}/versions/{version}/infer": _infer([name, _VERSION]),
             "/v1/models/{name}:predict": {"post": {
-                "parameters": [_NAME],
+                "parameters": [name],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["instances"],
                     "properties": {"instances": {"type": "array", "minItems": 1}}}}}},
                 "responses": {"200": _JSON_OK, "400": _ERROR, "404": _ERROR, "413": _ERROR}}},
             "/v2/repository/index": {"post": {"summary": "Models loaded here (management)",
                                               "responses": {"200": _JSON_OK, "401": _ERROR, "403": _ERROR}}},
-            "/v2/repository/models/{name}/load": {"post": {"parameters": [_NAME], "responses": {
+            "/v2/repository/models/{name}/load": {"post": {"parameters": [name], "responses": {
                 "200": _JSON_OK, "401": _ERROR, "403": _ERROR, "404": _ERROR}}},
-            "/v2/repository/models/{name}/unload": {"post": {"parameters": [_NAME], "responses": {
+            "/v2/repository/models/{name}/unload": {"post": {"parameters": [name], "responses": {
                 "200": _JSON_OK, "401": _ERROR, "403": _ERROR, "404": _ERROR}}},
             "/openapi.json": {"get": {"responses": {"200": _JSON_OK}}},
         },
