@@ -33,9 +33,11 @@ test: setup system-deps
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
-bench: setup system-deps
+bench: setup
+	bash scripts/system-deps.sh bench
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/quantize_bench.py
+	$(BIN)/python benchmarks/serve_bench.py
 
 clean:
 	rm -rf $(VENV) .shipyard .pytest_cache
