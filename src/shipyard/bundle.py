@@ -141,6 +141,18 @@ def write(folder: Path, meta: dict[str, Any], files: dict[str, bytes | Path]) ->
     return Bundle.load(folder)
 
 
+def signature_inputs(onnx_input: str, feature_shape: tuple[int, ...] | list[int],
+                     spec: PreprocessSpec) -> list[dict[str, Any]]:
+    """The graph's float32 features input, plus the raw form (e.g. `image` uint8 [-1, 28, 28])
+    when the preprocessing spec turns something else into those features."""
+    inputs: list[dict[str, Any]] = [
+        {"name": onnx_input, "dtype": "float32", "shape": [-1, *feature_shape], "kind": "features"}]
+    if list(spec.raw_shape) != list(feature_shape) or spec.raw_dtype != "float32":
+        inputs.append({"name": "image" if len(spec.raw_shape) == 2 else "raw", "dtype": spec.raw_dtype,
+                       "shape": [-1, *spec.raw_shape], "kind": "raw"})
+    return inputs
+
+
 def place(staging: Path, dest: Path, *, replace: bool = False) -> Bundle:
     """Move a finished bundle folder to `dest`. An existing non-empty `dest` is refused (we never
     delete a user's folder) unless `replace`, which callers pass only for folders they own."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,33 +24,41 @@ from shipyard.serve.runtime import ModelRuntime
 from ..conftest import SHIPYARD, _free_port
 
 
-@pytest.fixture(scope="module")
-def server(optimized, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, Path]]:  # type: ignore[no-untyped-def]
-    _, _, bundle, _, _ = optimized
-    home = tmp_path_factory.mktemp("serve") / "home"
+@contextmanager
+def running_server(bundle_path: Path, home: Path) -> Iterator[tuple[str, int]]:
+    """Register the bundle as digits@production in `home` and run `shipyard serve digits` on a
+    free port until it reports ready; stop it afterwards."""
     from shipyard.settings import Settings
 
-    Registry(settings=Settings(home=home)).register(bundle.path, "digits", alias="production")
+    Registry(settings=Settings(home=home)).register(bundle_path, "digits", alias="production")
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
-    env["SHIPYARD_HOME"] = str(home)
-    log = (home.parent / "server.log").open("w")
-    proc = subprocess.Popen([*SHIPYARD, "serve", "digits", "--port", str(port)], env=env, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, (home.parent / "server.log").read_text()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")} | {"SHIPYARD_HOME": str(home)}
+    log_path = home.parent / f"server-{port}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([*SHIPYARD, "serve", "digits", "--port", str(port)], env=env, stdout=log, stderr=log)
+        base = f"http://127.0.0.1:{port}"
         try:
-            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "server did not become ready"
-        time.sleep(0.1)
-    yield base, proc.pid, home
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "server did not become ready"
+                time.sleep(0.1)
+            yield base, proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(optimized, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, Path]]:  # type: ignore[no-untyped-def]
+    home = tmp_path_factory.mktemp("serve") / "home"
+    with running_server(optimized[2].path, home) as (base, pid):
+        yield base, pid, home
 
 
 @pytest.fixture(scope="module")
@@ -165,29 +174,9 @@ def test_openapi_document_describes_every_route(server) -> None:  # type: ignore
 def test_schemathesis_finds_no_server_error_on_any_route(optimized, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Property-based fuzzing of every route in the OpenAPI document, on a server of its own
     (the fuzzer unloads and reloads models)."""
-    from shipyard.settings import Settings
-
-    home = tmp_path / "home"
-    Registry(settings=Settings(home=home)).register(optimized[2].path, "digits", alias="production")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")} | {"SHIPYARD_HOME": str(home)}
-    proc = subprocess.Popen([*SHIPYARD, "serve", "digits", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
+    with running_server(optimized[2].path, tmp_path / "home") as (base, _):
         st = Path(sys.executable).with_name("schemathesis")
-        r = subprocess.run([str(st), "run", f"http://127.0.0.1:{port}/openapi.json", "-c", "not_a_server_error",
+        r = subprocess.run([str(st), "run", f"{base}/openapi.json", "-c", "not_a_server_error",
                             "-n", "25", "--no-color", "--seed", "1"], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-3000:]
         assert " passed" in r.stdout and "failed" not in r.stdout.split("SUMMARY")[-1]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

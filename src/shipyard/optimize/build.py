@@ -134,11 +134,7 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
 def _meta(name: str, run: Run, classes: list[str], spec: PreprocessSpec, chosen: Measured,
           measured: list[Measured], reason: str, objective: str, threads: int, exporter: str,
           parity: dict[str, float], ref_summary: dict[str, Any]) -> dict[str, Any]:
-    inputs: list[dict[str, Any]] = [
-        {"name": INPUT, "dtype": "float32", "shape": [-1, spec.num_features], "kind": "features"}]
-    if list(spec.raw_shape) != [spec.num_features] or spec.raw_dtype != "float32":
-        inputs.append({"name": "image" if len(spec.raw_shape) == 2 else "raw", "dtype": spec.raw_dtype,
-                       "shape": [-1, *spec.raw_shape], "kind": "raw"})
+    inputs = bundle_mod.signature_inputs(INPUT, [spec.num_features], spec)
     versions = dict(run.library_versions or {})
     for dist in ("onnx", "onnxruntime"):
         with suppress(metadata.PackageNotFoundError):

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,10 +23,10 @@ from onnx import TensorProto, helper
 from shipyard import bundle as bundle_mod
 from shipyard.bundle import Bundle, sha256_file
 from shipyard.data import PreprocessSpec, load
-from shipyard.errors import DataError, ShipyardError, UsageError
+from shipyard.errors import DataError, UsageError
 from shipyard.monitor import reference
+from shipyard.optimize._common import OUTPUT, check_parity, quiet
 from shipyard.optimize.evaluate import measure, predict, session
-from shipyard.optimize.export import OUTPUT, PARITY_TOLERANCE
 from shipyard.registry.models import check_name
 
 _FLOAT_TYPES = {TensorProto.FLOAT: "float32"}
@@ -94,11 +95,7 @@ def import_model(path: Path, *, name: str, labels: list[str] | None = None, prep
             m.accuracy = None  # type: ignore[assignment]  # no labelled data given
         m.chosen = True
         variant = m.to_dict()
-        inputs: list[dict[str, Any]] = [{"name": in_name, "dtype": "float32", "shape": [-1, *in_shape],
-                                         "kind": "features"}]
-        if list(spec.raw_shape) != list(in_shape) or spec.raw_dtype != "float32":
-            inputs.append({"name": "image" if len(spec.raw_shape) == 2 else "raw", "dtype": spec.raw_dtype,
-                           "shape": [-1, *spec.raw_shape], "kind": "raw"})
+        inputs = bundle_mod.signature_inputs(in_name, in_shape, spec)
         import onnxruntime
 
         lineage["library_versions"] = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
@@ -227,7 +224,7 @@ def _spec(preprocess: str, in_shape: tuple[int, ...]) -> PreprocessSpec:
 
 def _keras_to_onnx(path: Path, work: Path) -> tuple[Path, float]:
     """Load with Keras 3 on the PyTorch backend, export to ONNX, and prove parity."""
-    if "keras" not in __import__("sys").modules:
+    if "keras" not in sys.modules:
         os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
         import keras
@@ -237,14 +234,7 @@ def _keras_to_onnx(path: Path, work: Path) -> tuple[Path, float]:
         raise UsageError(f"Keras could not start its backend ({e}); set KERAS_BACKEND=torch") from None
     if keras.backend.backend() != "torch":
         raise UsageError(f"Keras runs on the {keras.backend.backend()!r} backend here; set KERAS_BACKEND=torch")
-    import contextlib
-    import logging
-    import sys
-    import warnings
-
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-        warnings.simplefilter("ignore")
-        logging.getLogger("absl").setLevel(logging.ERROR)
+    with quiet("absl"):
         try:
             model = keras.saving.load_model(str(path), compile=False)
         except Exception as e:  # noqa: BLE001 - keras raises many types for a bad file
@@ -258,8 +248,4 @@ def _keras_to_onnx(path: Path, work: Path) -> tuple[Path, float]:
         expected = np.asarray(model.predict(sample, verbose=0))
         dest = work / "keras.onnx"
         model.export(str(dest), format="onnx", verbose=False)
-    got = predict(session(dest), sample)
-    diff = float(np.max(np.abs(expected - got)))
-    if not diff <= PARITY_TOLERANCE:
-        raise ShipyardError(f"{path}: ONNX export differs from Keras by up to {diff:.3g}; refusing to import it")
-    return dest, diff
+    return dest, check_parity(expected, predict(session(dest), sample), str(path), against="Keras")

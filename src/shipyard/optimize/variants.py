@@ -3,36 +3,17 @@ dynamic quantization, and int8 static (QDQ) quantization calibrated on training 
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import sys
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from shipyard.optimize.export import INPUT
+from shipyard.optimize._common import INPUT, quiet
 
 VARIANTS = ("fp32", "int8-dynamic", "int8-static")
 CALIBRATION_SAMPLES = 1000
 #: only the heavy ops: quantizing the softmax output would round probabilities to 1/255 steps
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The quantization tools log and warn freely on stdout; our stdout carries --json."""
-    log = logging.getLogger()
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        log.setLevel(level)
 
 
 def fp32_optimized(src: Path, dest: Path) -> Path:
@@ -49,7 +30,7 @@ def int8_dynamic(src: Path, dest: Path, work: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with _quiet():
+    with quiet():
         pre = work / "pre-dynamic.onnx"
         quant_pre_process(str(src), str(pre))
         quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, per_channel=True,
@@ -77,7 +58,7 @@ def int8_static(src: Path, dest: Path, work: Path, calibration: np.ndarray) -> P
             batch = next(self.batches, None)
             return None if batch is None else {INPUT: np.ascontiguousarray(batch)}
 
-    with _quiet():
+    with quiet():
         pre = work / "pre-static.onnx"
         quant_pre_process(str(src), str(pre))
         quantize_static(str(pre), str(dest), Reader(), quant_format=QuantFormat.QDQ,

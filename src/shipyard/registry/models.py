@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from shipyard._clock import as_utc, utcnow
 from shipyard.bundle import MANIFEST, META, MODEL, Bundle, BundleError, pack, sha256_file, unpack, verify
 from shipyard.errors import NotFound, ShipyardError, UsageError
 from shipyard.registry.artifacts import ArtifactStore
@@ -60,14 +61,6 @@ class RegistryConflict(ShipyardError):
     version an alias points at)."""
 
     http_status = 409
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(t: datetime | None) -> datetime | None:
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -736,7 +729,7 @@ class Registry:
             vrows = conn.execute(sa.select(model_versions).order_by(
                 model_versions.c.name, model_versions.c.version)).mappings().all()
             arows = conn.execute(sa.select(aliases).order_by(aliases.c.name, aliases.c.alias)).mappings().all()
-        found = {r["name"]: Model(name=r["name"], created_at=_aware(r["created_at"]),  # type: ignore[arg-type]
+        found = {r["name"]: Model(name=r["name"], created_at=as_utc(r["created_at"]),  # type: ignore[arg-type]
                                   description=r["description"]) for r in mrows}
         held: dict[tuple[str, int], list[str]] = {}
         for a in arows:
@@ -757,7 +750,7 @@ class Registry:
             rows = conn.execute(q).mappings().all()
             if not rows and conn.execute(sa.select(models.c.name).where(models.c.name == name)).first() is None:
                 raise NotFound(f"no model {name!r} (see `shipyard models list`)")
-        return [ModelEvent(id=r["id"], name=r["name"], kind=r["kind"], at=_aware(r["at"]),  # type: ignore[arg-type]
+        return [ModelEvent(id=r["id"], name=r["name"], kind=r["kind"], at=as_utc(r["at"]),  # type: ignore[arg-type]
                            actor=r["actor"], version=r["version"], alias=r["alias"],
                            from_version=r["from_version"], to_version=r["to_version"], reason=r["reason"],
                            details=r["details"]) for r in reversed(rows)]
@@ -861,7 +854,7 @@ def _refuse_if_aliased(ref: str, held: list[str]) -> None:
 def _to_version(row: Any, held: list[str]) -> ModelVersion:
     return ModelVersion(
         name=row["name"], version=row["version"], bundle_sha256=row["bundle_sha256"],
-        size_bytes=row["size_bytes"], created_at=_aware(row["created_at"]),  # type: ignore[arg-type]
+        size_bytes=row["size_bytes"], created_at=as_utc(row["created_at"]),  # type: ignore[arg-type]
         run_id=row["run_id"], description=row["description"], tags=dict(row["tags"] or {}),
         meta=dict(row["meta"] or {}), aliases=held,
     )

@@ -7,12 +7,13 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from shipyard._clock import as_utc, utcnow
 from shipyard.errors import NotFound, UsageError
 from shipyard.registry.artifacts import ArtifactStore
 from shipyard.registry.db import engine_for
@@ -24,14 +25,6 @@ STATUSES = ("running", "finished", "failed", "interrupted")
 STALE_AFTER = timedelta(hours=1)
 EPOCH_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
               "samples_per_s")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(t: datetime | None) -> datetime | None:
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
 
 
 @dataclass
@@ -242,7 +235,7 @@ class RunStore:
         d = dict(row)
         d.pop("heartbeat_at", None)
         for k in ("created_at", "started_at", "ended_at"):
-            d[k] = _aware(d[k])
+            d[k] = as_utc(d[k])
         return Run(**d, artifacts_root=str(self.settings.artifacts_dir.resolve()))
 
     def _reap(self, run_id: str | None = None) -> None:
@@ -260,7 +253,7 @@ class RunStore:
                 dead = pid is not None and not _pid_alive(pid)
                 why = f"process {pid} on {host} ended without finishing the run"
             else:
-                dead = beat is not None and now - _aware(beat) > STALE_AFTER  # type: ignore[operator]
+                dead = beat is not None and now - as_utc(beat) > STALE_AFTER  # type: ignore[operator]
                 why = f"no heartbeat from {host} since {beat}"
             if dead:
                 with self.engine.begin() as conn:
