@@ -250,7 +250,7 @@ def history(
     limit: Annotated[int | None, typer.Option(help="Only the newest N events.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Every change to a model, oldest first: registrations, alias moves, deletions; who, when, why."""
+    """Every change to a model, oldest first: registrations, alias moves, traffic changes, deletions; who, when, why."""
     with reporting(as_json):
         if limit is not None and limit < 1:
             raise UsageError(f"--limit must be a positive integer, got {limit}")
@@ -273,9 +273,22 @@ def _what(e: ModelEvent) -> str:
         return f"{e.alias}: {src} → {dst}"
     if e.kind == "delete":
         return f"version {e.version} deleted"
+    if e.kind == "traffic" and e.details:
+        return _traffic_what(e.details)
     parts = [f"version {e.version}" if e.version is not None else "", e.alias or "",
              json.dumps(e.details, default=str) if e.details else ""]
     return " ".join(p for p in parts if p)
+
+
+def _traffic_what(d: dict[str, Any]) -> str:
+    """`production=90 candidate=10, shadow mirror (was production=100)`."""
+    def config(c: dict[str, Any]) -> str:
+        weights = c.get("weights") or {}
+        shadow = c.get("shadow")
+        return (" ".join(f"{a}={w}" for a, w in weights.items()) or "–") + (f", shadow {shadow}" if shadow else "")
+
+    prev = d.get("previous") or {}
+    return f"{config(d)} (was {config(prev)})" if prev else config(d)
 
 
 @models_app.command()

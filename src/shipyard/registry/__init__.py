@@ -6,6 +6,7 @@ from shipyard.registry.db import engine_for
 from shipyard.registry.models import (
     AliasChange,
     Comparison,
+    Deployment,
     Model,
     ModelEvent,
     ModelVersion,
@@ -13,5 +14,5 @@ from shipyard.registry.models import (
     RegistryConflict,
 )
 
-__all__ = ["AliasChange", "ArtifactStore", "Comparison", "Model", "ModelEvent", "ModelVersion", "Registry",
-           "RegistryConflict", "engine_for"]
+__all__ = ["AliasChange", "ArtifactStore", "Comparison", "Deployment", "Model", "ModelEvent", "ModelVersion",
+           "Registry", "RegistryConflict", "engine_for"]

@@ -42,17 +42,19 @@ from shipyard.bundle import MANIFEST, META, MODEL, Bundle, BundleError, pack, sh
 from shipyard.errors import NotFound, ShipyardError, UsageError
 from shipyard.registry.artifacts import ArtifactStore
 from shipyard.registry.db import engine_for
-from shipyard.registry.schema import ALIAS_LEN, NAME_LEN, aliases, model_events, model_versions, models
+from shipyard.registry.schema import ALIAS_LEN, NAME_LEN, aliases, deployments, model_events, model_versions, models
 from shipyard.settings import Settings
 
-__all__ = ["AliasChange", "Comparison", "Model", "ModelEvent", "ModelVersion", "Registry",
-           "RegistryConflict", "check_alias", "check_name", "parse_ref", "trial_load"]
+__all__ = ["DEFAULT_WEIGHTS", "AliasChange", "Comparison", "Deployment", "Model", "ModelEvent", "ModelVersion",
+           "Registry", "RegistryConflict", "check_alias", "check_name", "parse_ref", "trial_load"]
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]*")
 _VERSION_RE = re.compile(r"[0-9]+")
 #: `NAME@latest` is the newest version; no alias may take that name
 RESERVED_ALIASES = frozenset({"latest"})
+#: what a model with no stored traffic config serves: everything to `production`
+DEFAULT_WEIGHTS: dict[str, int] = {"production": 100}
 _HOST = socket.gethostname()
 
 
@@ -377,8 +379,8 @@ class Model:
 
 @dataclass
 class ModelEvent:
-    """One change to a model: `register`, `alias`, `unalias`, `delete` (later stages add
-    traffic and gate events)."""
+    """One change to a model: `register`, `alias`, `unalias`, `delete`, `traffic` (its details
+    hold the new weights and shadow and the `previous` ones; later stages add gate events)."""
 
     id: int
     name: str
@@ -413,6 +415,30 @@ class AliasChange:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "alias": self.alias, "from_version": self.from_version,
                 "to_version": self.to_version, "changed": self.changed}
+
+
+@dataclass
+class Deployment:
+    """How a model's traffic is split over its aliases: `weights` {alias: percent} (only shares
+    > 0, summing to 100) and an optional `shadow` alias that sees a copy of every request but
+    whose answers are never returned. Servers route by alias, so moving an alias changes the
+    version behind a share without changing this config. `revision` is 0 for the default (nothing
+    stored: everything to `production`) and grows by one with every change."""
+
+    name: str
+    weights: dict[str, int]
+    shadow: str | None
+    revision: int
+    updated_at: datetime | None
+
+    @property
+    def aliases(self) -> list[str]:
+        """Every alias the config routes to: the weighted ones, then the shadow."""
+        return list(self.weights) + ([self.shadow] if self.shadow and self.shadow not in self.weights else [])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "weights": dict(self.weights), "shadow": self.shadow,
+                "revision": self.revision, "updated_at": _iso(self.updated_at)}
 
 
 #: measurements compared for the shipped variant and for every variant tried
@@ -633,10 +659,104 @@ class Registry:
                 aliases.c.name == name, aliases.c.alias == alias)).scalar()
             if current is None:
                 raise NotFound(f"model {name!r} has no alias {alias!r}{self._aliases_hint(conn, name)}")
+            dep = self._deployment(conn, name)
+            if dep.revision and alias in dep.aliases:
+                # servers would have nothing to send that share (or the shadow copy) to
+                if alias in dep.weights:
+                    role, fix = f"carries {dep.weights[alias]}% of the traffic of {name!r}", "ALIAS=WEIGHT …"
+                else:
+                    role, fix = f"is the shadow of {name!r}", "--no-shadow"
+                raise RegistryConflict(
+                    f"refusing to remove {name}@{alias}: alias {alias!r} {role} "
+                    f"({_config_str(dep.weights, dep.shadow)}); change that first with `shipyard traffic {name} {fix}`")
             conn.execute(aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias))
             self._event(conn, name, "unalias", utcnow(), version=current, alias=alias, from_version=current,
                         reason=reason)
         return AliasChange(name, alias, current, None, changed=True)
+
+    # -- traffic -----------------------------------------------------------------------------
+    def traffic(self, name: str) -> Deployment:
+        """The model's stored traffic config, or the default (everything to `production`, no
+        shadow, revision 0) when none was ever set."""
+        check_name(name)
+        with self._tx() as conn:
+            if conn.execute(sa.select(models.c.name).where(models.c.name == name)).first() is None:
+                raise NotFound(f"no model {name!r} (see `shipyard models list`)")
+            return self._deployment(conn, name)
+
+    def _deployment(self, conn: Connection, name: str) -> Deployment:
+        row = conn.execute(sa.select(deployments).where(deployments.c.name == name)).mappings().first()
+        if row is None:
+            return Deployment(name, dict(DEFAULT_WEIGHTS), None, 0, None)
+        return Deployment(name, {str(k): int(v) for k, v in (row["weights"] or {}).items()}, row["shadow"],
+                          int(row["revision"]), as_utc(row["updated_at"]))
+
+    def set_traffic(self, name: str, weights: dict[str, int], shadow: str | None = None,
+                    reason: str | None = None, *, expect_revision: int | None = None) -> Deployment:
+        """Split the model's traffic over its aliases: `weights` {alias: percent} replaces the whole
+        map (whole percents 0..100 summing to 100; zero shares are dropped) and `shadow` (None: no
+        shadow) names an alias that gets a copy of every request. Every alias named must point at a
+        version now, so a server never has a share with nothing behind it. Checked and written in
+        one transaction under the model's lock, with a `traffic` event holding the previous config.
+        Setting the stored config again changes nothing (no event, same revision).
+
+        `expect_revision` makes it a compare-and-set: refused (RegistryConflict) when the stored
+        revision is another one, so a read-modify-write (the CLI keeping the current shadow, a
+        rollout step) never undoes a change made meanwhile."""
+        check_name(name)
+        wanted = _check_weights(weights)
+        if shadow is not None:
+            check_alias(shadow)
+            if shadow in wanted:
+                raise UsageError(f"alias {shadow!r} cannot both carry {wanted[shadow]}% of the traffic and be the "
+                                 "shadow: a shadow's answers are never returned; give it 0 or pick another shadow")
+        with self._tx() as conn:
+            self._lock_model(conn, name)
+            held = {a: v for a, v in conn.execute(sa.select(aliases.c.alias, aliases.c.version).where(
+                aliases.c.name == name))}
+            for alias in [*wanted, *([shadow] if shadow else [])]:
+                if alias not in held:
+                    raise NotFound(f"model {name!r} has no alias {alias!r}{self._aliases_hint(conn, name)}; "
+                                   f"point it at a version first (`shipyard models alias {name} {alias} VERSION`)")
+            before = self._deployment(conn, name)
+            if expect_revision is not None and before.revision != expect_revision:
+                raise RegistryConflict(
+                    f"the traffic of {name!r} changed meanwhile (now revision {before.revision}: "
+                    f"{_config_str(before.weights, before.shadow)}; expected revision {expect_revision}); "
+                    "look again and retry")
+            if before.revision and before.weights == wanted and before.shadow == shadow:
+                return before
+            now = utcnow()
+            values = {"weights": wanted, "shadow": shadow, "revision": before.revision + 1, "updated_at": now}
+            if before.revision:
+                conn.execute(deployments.update().where(deployments.c.name == name).values(**values))
+            else:
+                conn.execute(deployments.insert().values(name=name, **values))
+            self._event(conn, name, "traffic", now, reason=reason, details={
+                "weights": wanted, "shadow": shadow, "revision": before.revision + 1,
+                "versions": {a: held[a] for a in [*wanted, *([shadow] if shadow else [])]},
+                "previous": {"weights": before.weights, "shadow": before.shadow, "revision": before.revision}})
+            return Deployment(name, wanted, shadow, before.revision + 1, now)
+
+    def change_marker(self, names: list[str]) -> int:
+        """A number that grows whenever anything about these models changes (an alias moves or goes,
+        the traffic config changes, a version is registered or deleted), for servers to poll
+        cheaply: reload what they serve only when it differs from the last one they saw. 0 when
+        none of them has any history.
+
+        It is the sum over the names of each one's newest event id, not the newest id overall:
+        every event is written under its model's lock, so one model's newest id only grows in
+        commit order, but PostgreSQL hands out ids before commit, so across models a smaller id
+        can commit after a larger one was already seen, and a plain maximum would miss it. One
+        query: a lookup per name on the (name, id) index."""
+        wanted = list(dict.fromkeys([names] if isinstance(names, str) else names))
+        if not wanted:
+            return 0
+        newest = [sa.select(sa.func.max(model_events.c.id)).where(model_events.c.name == n).scalar_subquery()
+                  for n in wanted]
+        with self._tx() as conn:
+            row = conn.execute(sa.select(*newest)).one()
+        return sum(int(v) for v in row if v is not None)
 
     # -- deleting ----------------------------------------------------------------------------
     def delete(self, ref: str, reason: str | None = None) -> ModelVersion:
@@ -842,6 +962,24 @@ class Registry:
                 p.unlink(missing_ok=True)
             raise
         return Bundle.load(dest)
+
+
+def _check_weights(weights: dict[str, int]) -> dict[str, int]:
+    """{alias: whole percent 0..100} summing to 100, without the zero shares."""
+    if not isinstance(weights, dict) or not weights:
+        raise UsageError(f"traffic weights must be {{alias: percent}} summing to 100, got {weights!r}")
+    for alias, w in weights.items():
+        check_alias(alias)
+        if not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= 100:
+            raise UsageError(f"the weight of alias {alias!r} must be a whole percent from 0 to 100, got {w!r}")
+    total = sum(weights.values())
+    if total != 100:
+        raise UsageError(f"traffic weights must sum to 100, got {total} ({_config_str(weights, None)})")
+    return {a: w for a, w in weights.items() if w > 0}
+
+
+def _config_str(weights: dict[str, int], shadow: str | None) -> str:
+    return " ".join(f"{a}={w}" for a, w in weights.items()) + (f", shadow {shadow}" if shadow else "")
 
 
 def _refuse_if_aliased(ref: str, held: list[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-HEAD = "0002"
+HEAD = "0003"
 
 metadata = sa.MetaData()
 
@@ -115,4 +115,19 @@ model_events = sa.Table(
     sa.Column("details", sa.JSON),
     # history(name) reads one model's events in order
     sa.Index("ix_model_events_name_id", "name", "id"),
+)
+
+# -- deployments (0003) ---------------------------------------------------------------------
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("name", sa.String(NAME_LEN), sa.ForeignKey("models.name", ondelete="CASCADE"),
+              primary_key=True),
+    # {alias: percent}, only aliases with a share > 0; the shares sum to 100
+    sa.Column("weights", sa.JSON, nullable=False),
+    # an alias that sees a copy of every request, its answers logged and never returned
+    sa.Column("shadow", sa.String(ALIAS_LEN)),
+    # +1 on every change, so a reader can tell two configs apart without comparing them
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
