@@ -35,3 +35,32 @@ def _make(loads):  # type: ignore[no-untyped-def]
 
 json_app = _make(json.loads)
 orjson_app = _make(orjson.loads)
+
+
+def _simdjson_loads(body):  # type: ignore[no-untyped-def]
+    # parse fully (simdjson validates the whole document) and take the tensor as a buffer, as the
+    # server's codec does: the fastest honest parse of this body
+    import numpy as np
+    import simdjson
+
+    doc = simdjson.Parser().parse(body)
+    data = np.frombuffer(doc["inputs"][0]["data"].as_buffer(of_type="d"))
+    return {"inputs": [data.size]}
+
+
+simdjson_app = _make(_simdjson_loads)
+
+
+def starlette_app():  # type: ignore[no-untyped-def]
+    """What most teams start from: Starlette with the standard json module (a factory, so the
+    bench can run without starlette installed)."""
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def infer(request):  # type: ignore[no-untyped-def]
+        doc = json.loads(await request.body())
+        assert doc["inputs"]
+        return Response(ANSWER, media_type="application/json")
+
+    return Starlette(routes=[Route("/{path:path}", infer, methods=["POST", "GET"])])

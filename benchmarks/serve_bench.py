@@ -5,16 +5,19 @@
 One worker, ONNX Runtime at 1 thread, the canonical MNIST model (trained for 1 epoch on the
 bundled sample here: the speed does not depend on the weights), single-instance requests (one
 784-float instance, about 7 KB of JSON). Measured in one run: (a) bare handlers that parse the
-body fully and answer a constant (uvicorn + std json, uvicorn + orjson, granian + orjson); (b)
-our V2 JSON route; (c) our V2 binary route; (d) our v1 route. (Still to add: in-process ONNX
-Runtime at batch 1 and 64, the compute limit; optimize/evaluate.py measures those today.)
-Prints req/s, p50, p99, errors, and (b)/(a), (c)/(a) at the highest concurrency against the
-fastest bare handler. Needs `wrk` (Debian package).
+body fully and answer a constant (uvicorn + Starlette + std json, uvicorn + orjson, granian +
+orjson, granian + simdjson); (b) our V2 JSON route with the defaults a user gets; (c) our V2
+binary route; (d) our v1 route; (e) our V2 JSON route with batching off (--max-batch-size 1),
+which is why batching is on by default; (f) two workers; and the in-process ONNX Runtime
+throughput at batch 1 and 64 (the compute limit). Prints req/s, p50, p99, errors, the ratios
+(b)/(a), (c)/(a) against the fastest bare handler at the highest concurrency, (b)/(e), (f)/(b),
+and each server process's RSS. Needs `wrk` (Debian package).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -103,36 +106,46 @@ def main() -> None:
                                      "parameters": {"binary_data_size": x.nbytes}}]}).encode()
     v1_body = json.dumps({"instances": [[round(float(v), 6) for v in x.ravel()]]}).encode()
     ctype = {"Content-Type": "application/json"}
+    uv = [str(BIN / "uvicorn"), "--log-level", "warning", "--no-access-log"]
+    gr = [str(BIN / "granian"), "--interface", "asgi", "--log-level", "warning", "--no-ws"]
+    v2_json = ("(b) V2 JSON", "/v2/models/digits/infer", json_body, ctype)
     servers = [
-        ("bare uvicorn+json", [str(BIN / "uvicorn"), "_bare:json_app", "--log-level", "warning", "--no-access-log"],
-         [("(a)", "/", json_body, ctype)]),
-        ("bare uvicorn+orjson", [str(BIN / "uvicorn"), "_bare:orjson_app", "--log-level", "warning",
-                                 "--no-access-log"], [("(a)", "/", json_body, ctype)]),
-        ("bare granian+orjson", [str(BIN / "granian"), "--interface", "asgi", "--log-level", "warning",
-                                 "--no-ws", "_bare:orjson_app"], [("(a)", "/", json_body, ctype)]),
+        ("bare uvicorn+starlette+json", [*uv, "--factory", "_bare:starlette_app"], [("(a)", "/", json_body, ctype)]),
+        ("bare uvicorn+orjson", [*uv, "_bare:orjson_app"], [("(a)", "/", json_body, ctype)]),
+        ("bare granian+orjson", [*gr, "_bare:orjson_app"], [("(a)", "/", json_body, ctype)]),
+        ("bare granian+simdjson", [*gr, "_bare:simdjson_app"], [("(a)", "/", json_body, ctype)]),
         ("shipyard", [*shipyard, "serve", "digits"], [
-            ("(b) V2 JSON", "/v2/models/digits/infer", json_body, ctype),
+            v2_json,
             ("(c) V2 binary", "/v2/models/digits/infer", header + x.tobytes(),
              {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}),
             ("(d) v1", "/v1/models/digits:predict", v1_body, ctype)]),
+        ("shipyard unbatched", [*shipyard, "serve", "digits", "--max-batch-size", "1"],
+         [("(e) V2 JSON, batching off", *v2_json[1:])]),
+        ("shipyard 2 workers", [*shipyard, "serve", "digits", "--workers", "2"],
+         [("(f) V2 JSON, 2 workers", *v2_json[1:])]),
     ]
     rows = []
+    rss: dict[str, float] = {}
+    top = max(conc)
     for label, cmd, routes in servers:
         port = free_port()
         flag = ["--port", str(port)] if "granian" not in cmd[0] else ["--port", str(port), "--host", "127.0.0.1"]
         proc = subprocess.Popen([*cmd, *flag], env=env, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            ready = wait_ready(f"http://127.0.0.1:{port}/v2/health/ready" if label == "shipyard"
+            ready = wait_ready(f"http://127.0.0.1:{port}/v2/health/ready" if label.startswith("shipyard")
                                else f"http://127.0.0.1:{port}/", proc)
             for name, path, body, headers in routes:
-                for c in conc:
+                for c in (conc if label != "shipyard 2 workers" else [top]):
                     r = wrk(f"http://127.0.0.1:{port}{path}", body, headers, c, args.seconds, tmp)
                     rows.append((f"{name} {label}" if name == "(a)" else name, c, r))
                     print(f"  {rows[-1][0]:<28} c={c:<3} {r['rps']:>9,.0f} req/s  p99 {r['p99_ms']:.2f} ms",
                           file=sys.stderr)
-            if label == "shipyard":
-                rss = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
-                print(f"  shipyard ready in {ready:.2f} s after start; RSS {rss:.0f} MB", file=sys.stderr)
+            if label.startswith("shipyard"):
+                rss[label] = max(_rss_mb(p) for p in _family(proc.pid))
+                print(f"  {label} ready in {ready:.2f} s after start; largest process RSS {rss[label]:.0f} MB",
+                      file=sys.stderr)
+                if label == "shipyard":
+                    rss["ready_s"] = ready
         finally:
             proc.terminate()
             try:
@@ -140,17 +153,72 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+    compute = in_process(tmp, env, args.seconds)
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nserve_bench: one worker, ORT 1 thread, single 784-float instance, {args.seconds} s per cell\n")
     print(f"{'route':<30}{'conc':>5}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, c, r in rows:
         print(f"{name:<30}{c:>5}{r['rps']:>11,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}")
-    top = max(conc)
-    bare = max((r for n, c, r in rows if n.startswith("(a)") and c == top), key=lambda r: r["rps"])
+    for batch, (ips, us) in compute.items():
+        print(f"{'in-process ORT, batch ' + str(batch):<30}{'':>5}{ips:>11,.0f}  instances/s, {us:.1f} µs per call")
+
+    def at(tag: str) -> dict[str, float]:
+        return next(r for n, c, r in rows if n == tag and c == top)
+
+    bare_name, _, bare = max(((n, c, r) for n, c, r in rows if n.startswith("(a)") and c == top),
+                             key=lambda t: t[2]["rps"])
+    print(f"\nfastest bare handler at c={top}: {bare_name.removeprefix('(a) ')} ({bare['rps']:,.0f} req/s, "
+          f"p99 {bare['p99_ms']:.2f} ms)")
     for tag in ("(b) V2 JSON", "(c) V2 binary"):
-        r = next(r for n, c, r in rows if n == tag and c == top)
-        print(f"{tag} / fastest bare at c={top}: req/s {r['rps'] / bare['rps']:.2f}  (goal ≥ 0.6 for (b)), "
+        r = at(tag)
+        print(f"{tag} / fastest bare: req/s {r['rps'] / bare['rps']:.2f}× (goal ≥ 0.6), "
               f"p99 {r['p99_ms'] / max(bare['p99_ms'], 1e-9):.2f}× (goal ≤ 2)")
+    print(f"(b) batching on / (e) off: {at('(b) V2 JSON')['rps'] / at('(e) V2 JSON, batching off')['rps']:.2f}× req/s")
+    print(f"(f) 2 workers / (b) 1 worker: {at('(f) V2 JSON, 2 workers')['rps'] / at('(b) V2 JSON')['rps']:.2f}× "
+          "(2 cores shared with wrk: a functional figure)")
+    print(f"ready {rss.get('ready_s', 0):.2f} s after start (goal ≤ 1); largest server process RSS: "
+          + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items() if k != "ready_s") + " (goal < 150 each)")
+    errors = sum(r["errors"] for n, c, r in rows if not n.startswith("(a)"))
+    print(f"errors in our rows: {errors} (goal 0)")
+
+
+def _family(pid: int) -> list[int]:
+    """The process and its descendants (granian runs its workers as child processes)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+    except (OSError, IndexError):
+        return 0.0
+
+
+def in_process(tmp: Path, env: dict[str, str], seconds: int) -> dict[int, tuple[float, float]]:
+    """ONNX Runtime alone at batch 1 and 64 on the served bundle, 1 thread: the compute limit."""
+    code = (
+        "import json, sys, time, numpy as np\n"
+        "from shipyard.registry import Registry\n"
+        "from shipyard.serve.runtime import ModelRuntime\n"
+        "reg = Registry(); mv = reg.get('digits@production')\n"
+        "rt = ModelRuntime(reg.load(mv.ref), version=mv.version, threads=1)\n"
+        "out = {}\n"
+        "for b in (1, 64):\n"
+        "    x = np.random.default_rng(0).random((b, 784), dtype=np.float32)\n"
+        "    n, t0 = 0, time.perf_counter()\n"
+        f"    while time.perf_counter() - t0 < {max(1, seconds // 2)}:\n"
+        "        rt.predict(x); n += 1\n"
+        "    dt = time.perf_counter() - t0\n"
+        "    out[b] = (n * b / dt, dt / n * 1e6)\n"
+        "print(json.dumps(out))\n")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return {int(k): tuple(v) for k, v in json.loads(res.stdout.splitlines()[-1]).items()}  # type: ignore[misc]
 
 
 if __name__ == "__main__":

@@ -23,6 +23,15 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB (413 above).")] = 8.0,
     auth_inference: Annotated[bool, typer.Option("--auth-inference", help="Require the bearer token for inference too.")] = False,
     http: Annotated[str, typer.Option(help="HTTP server: granian (fastest, see benchmarks/serve_bench.py) or uvicorn.")] = "granian",
+    max_batch_size: Annotated[int, typer.Option(help="Instances per model call; 1 turns batching off.")] = 64,
+    max_delay_ms: Annotated[float, typer.Option(help="How long a batch may wait for company (0: batch what is waiting, no added latency).")] = 0.0,
+    max_queue: Annotated[int, typer.Option(help="Instances waiting per model version; beyond it 503 + Retry-After.")] = 1024,
+    timeout_ms: Annotated[float, typer.Option(help="Per-request deadline in the queue; past it 504 and the work is dropped.")] = 10_000.0,
+    concurrency: Annotated[int, typer.Option(help="Requests each worker admits at once (the HTTP server's backpressure).")] = 1024,
+    latency_target_ms: Annotated[float | None, typer.Option(help="Adapt the batch delay online to hold p99 under this many ms at the highest throughput it can (--max-delay-ms caps the delay).")] = None,
+    poll_s: Annotated[float, typer.Option(help="How often to look for alias moves and traffic changes in the registry, seconds (0: only on POST /v2/repository/refresh).")] = 2.0,
+    drain_timeout: Annotated[float, typer.Option(help="On SIGTERM, how long queued and in-flight requests may take to finish, seconds.")] = 30.0,
+    drain_grace: Annotated[float, typer.Option(help="On SIGTERM, how long to keep serving with readiness 503 so load balancers stop sending, seconds (Ctrl-C skips it).")] = 2.0,
 ) -> None:
     """Serve registered models over the V2 Open Inference Protocol (REST) and v1 :predict.
 
@@ -35,6 +44,12 @@ def serve(
             raise UsageError(f"--http {http!r}: choose granian or uvicorn")
         if workers < 1 or threads < 1 or port < 0 or max_body_mb <= 0:
             raise UsageError("--workers and --threads must be ≥ 1, --port ≥ 0, --max-body-mb > 0")
+        from shipyard.serve.batching import BatchConfig
+
+        batching = BatchConfig(max_batch_size, max_delay_ms, max_queue, timeout_ms, concurrency,
+                               latency_target_ms).checked()
+        if poll_s < 0 or drain_timeout < 0 or drain_grace < 0:
+            raise UsageError("--poll-s, --drain-timeout and --drain-grace must be ≥ 0")
         token = os.environ.get("SHIPYARD_TOKEN") or None
         try:
             loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -48,22 +63,40 @@ def serve(
             "SHIPYARD_SERVE_THREADS": str(threads), "SHIPYARD_SERVE_MAX_BODY": str(int(max_body_mb * (1 << 20))),
             "SHIPYARD_SERVE_AUTH_INFERENCE": "1" if auth_inference else "0",
             "SHIPYARD_SERVE_MANAGEMENT": "1" if (token or loopback) else "0",
+            "SHIPYARD_SERVE_MAX_BATCH_SIZE": str(batching.max_batch_size),
+            "SHIPYARD_SERVE_MAX_DELAY_MS": str(batching.max_delay_ms),
+            "SHIPYARD_SERVE_MAX_QUEUE": str(batching.max_queue),
+            "SHIPYARD_SERVE_TIMEOUT_MS": str(batching.timeout_ms),
+            "SHIPYARD_SERVE_CONCURRENCY": str(batching.concurrency),
+            "SHIPYARD_SERVE_LATENCY_TARGET_MS": "" if latency_target_ms is None else str(latency_target_ms),
+            "SHIPYARD_SERVE_POLL_S": str(poll_s), "SHIPYARD_SERVE_DRAIN_TIMEOUT_S": str(drain_timeout),
         })
         if s.database_url:
             os.environ["SHIPYARD_DATABASE_URL"] = s.database_url
         if not token and not loopback:
             err.print("management routes are off: no SHIPYARD_TOKEN and not a loopback address")
         err.print(f"serving on http://{host}:{port} with {http}, {workers} worker(s), "
-                  f"{threads} ORT thread(s) per model")
+                  f"{threads} ORT thread(s) per model; batching "
+                  + (f"up to {batching.max_batch_size} instances, {batching.max_delay_ms:g} ms delay"
+                     if batching.enabled else "off")
+                  + f", queue {batching.max_queue}, timeout {batching.timeout_ms:g} ms"
+                  + (f", latency target {latency_target_ms:g} ms" if latency_target_ms else ""))
         target = "shipyard.serve.app:app_from_env"
         if http == "granian":
             exe = shutil.which("granian", path=os.pathsep.join([os.path.dirname(sys.executable),
                                                                 os.environ.get("PATH", "")]))
             if exe is None:
                 raise UsageError("granian is not installed: pip install granian, or use --http uvicorn")
-            os.execv(exe, [exe, "--interface", "asgi", "--factory", "--host", host, "--port", str(port),
-                           "--workers", str(workers), "--log-level", "warning", "--no-ws", target])
-        import uvicorn
+            cmd = [exe, "--interface", "asgi", "--factory", "--host", host, "--port", str(port),
+                   "--workers", str(workers), "--log-level", "warning", "--no-ws",
+                   "--backpressure", str(concurrency), "--workers-kill-timeout", f"{drain_timeout + 5:g}", target]
+        else:
+            cmd = [sys.executable, "-m", "uvicorn", "--factory", target, "--host", host, "--port", str(port),
+                   "--workers", str(workers), "--log-level", "warning", "--no-access-log", "--lifespan", "on",
+                   "--limit-concurrency", str(concurrency), "--timeout-graceful-shutdown", str(int(drain_timeout) + 1)]
+        from shipyard.serve.supervisor import drain_file_for, supervise
 
-        uvicorn.run(target, factory=True, host=host, port=port, workers=workers, log_level="warning",
-                    access_log=False, lifespan="on")
+        drain_file = drain_file_for(s.home.resolve(), os.getpid())
+        os.environ["SHIPYARD_SERVE_DRAIN_FILE"] = str(drain_file)
+        rc = supervise(cmd, dict(os.environ), drain_file, grace_s=drain_grace, drain_timeout_s=drain_timeout)
+    raise typer.Exit(rc)

@@ -60,3 +60,20 @@ class PayloadTooLarge(BadRequest):
     """A request body over the configured limit (HTTP 413)."""
 
     http_status = 413
+
+
+class Overloaded(ShipyardError):
+    """The server's queue is full (HTTP 503 with Retry-After): refused at once, so memory stays
+    bounded and the client can back off."""
+
+    http_status = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(ShipyardError):
+    """A request waited past its deadline and its work was dropped (HTTP 504)."""
+
+    http_status = 504

@@ -4,10 +4,8 @@ port, talked to by the real tritonclient (V2, JSON and binary) and httpx (v1, ba
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +19,7 @@ from shipyard.data import load
 from shipyard.registry import Registry
 from shipyard.serve.runtime import ModelRuntime
 
-from ..conftest import SHIPYARD, _free_port
+from ..serving import serve
 
 
 @contextmanager
@@ -31,27 +29,8 @@ def running_server(bundle_path: Path, home: Path) -> Iterator[tuple[str, int]]:
     from shipyard.settings import Settings
 
     Registry(settings=Settings(home=home)).register(bundle_path, "digits", alias="production")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")} | {"SHIPYARD_HOME": str(home)}
-    log_path = home.parent / f"server-{port}.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([*SHIPYARD, "serve", "digits", "--port", str(port)], env=env, stdout=log, stderr=log)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "server did not become ready"
-                time.sleep(0.1)
-            yield base, proc.pid
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with serve(home, "digits") as srv:
+        yield srv.base, srv.proc.pid
 
 
 @pytest.fixture(scope="module")

@@ -1,35 +1,43 @@
 """The HTTP transport: a raw ASGI app (no framework: on a 7 KB JSON body the framework and the
-JSON codec are the cost, not the 11 µs model). It only translates bytes and status codes; the
-logic lives in `handlers`, `runtime` and `codec`.
+JSON codec are the cost, not the 11 µs model). It translates bytes and status codes; what is
+served lives in `fleet`, the protocol logic in `handlers` and `codec`, batching in `batching`.
 
 Routes: V2 Open Inference Protocol (health, server and model metadata, model ready, infer with
-JSON or binary tensors, repository index/load/unload) and the v1 `:predict` route."""
+JSON or binary tensors, repository index/load/unload), the v1 `:predict` route, and management
+routes to re-read the registry and to set a model's traffic split."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shipyard import __version__
-from shipyard.errors import BadRequest, NotFound, PayloadTooLarge, ShipyardError
-from shipyard.serve.codec import decode_v1, decode_v2, dumps
-from shipyard.serve.handlers import infer_v2, predict_v1
+from shipyard.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ShipyardError, UsageError
+from shipyard.serve.batching import BatchConfig
+from shipyard.serve.codec import decode_v1, decode_v2, dumps, parse_json
+from shipyard.serve.fleet import Fleet, Spec
+from shipyard.serve.handlers import prepare_v1, prepare_v2, request_id, respond_v1, respond_v2
 from shipyard.serve.runtime import ModelRuntime
 
 log = logging.getLogger("shipyard.serve")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
 MAX_BODY = 8 << 20
+ROUTE_KEY = b"x-shipyard-route-key"
 
 _MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
 _V1 = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?::(?P<verb>predict))?$")
-_REPO = re.compile(r"^/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload)$")
+_REPO = re.compile(r"^/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload|traffic)$")
+_JSON = [(b"content-type", b"application/json")]
 
 
 class Unauthorized(ShipyardError):
@@ -44,99 +52,150 @@ class MethodNotAllowed(ShipyardError):
     http_status = 405
 
 
-class Models:
-    """What this process serves: name → {version: runtime}, and each name's default version.
-    `loader(ref)` returns (runtime) for a registry reference such as `digits@production`."""
+class Unavailable(ShipyardError):
+    http_status = 503
 
-    def __init__(self, refs: list[str], loader: Callable[[str], ModelRuntime]) -> None:
-        self.refs = refs
-        self.loader = loader
-        self.by_name: dict[str, dict[str, ModelRuntime]] = {}
-        self.default: dict[str, str] = {}
-        self.ready = False
 
-    def load_all(self) -> None:
-        for ref in self.refs:
-            self.load(ref)
-        self.ready = True
+def _parse_path(path: str) -> tuple[str, str | None, str | None]:
+    """(kind, model name, version) for a path; kinds: infer, ready, meta, v1, v1meta, other."""
+    if m := _MODEL.match(path):
+        rest = m["rest"]
+        return ("infer" if rest == "/infer" else "ready" if rest == "/ready" else "meta"), m["name"], m["version"]
+    if m := _V1.match(path):
+        return ("v1" if m["verb"] else "v1meta"), m["name"], None
+    return "other", None, None
 
-    def load(self, ref: str) -> ModelRuntime:
-        rt = self.loader(ref)
-        version = str(rt.version)
-        # the new version is loaded and warm before it becomes visible (swap, never a gap)
-        self.by_name.setdefault(rt.name, {})[version] = rt
-        self.default[rt.name] = version
-        log.info("serving %s version %s (%s)", rt.name, version, rt.bundle.meta.get("variant"))
-        return rt
 
-    def unload(self, name: str) -> None:
-        if name not in self.by_name:
-            raise NotFound(f"model {name!r} is not loaded")
-        del self.by_name[name]
-        del self.default[name]
-
-    def get(self, name: str, version: str | None) -> ModelRuntime:
-        versions = self.by_name.get(name)
-        if not versions:
-            served = ", ".join(sorted(self.by_name)) or "none"
-            raise NotFound(f"unknown model {name!r} (served: {served})")
-        key = version or self.default[name]
-        if key not in versions:
-            raise NotFound(f"model {name!r} has no version {key!r} here (served: {', '.join(sorted(versions))})")
-        return versions[key]
+def _freeze_heap() -> None:
+    """Move everything loaded so far (libraries, models) out of the garbage collector's sight:
+    otherwise each full collection walks it all, and those pauses set the p99 (measured at
+    c=64: 17.8 ms p99 without, 7.8 ms with; the bare handler's is 7.8 ms)."""
+    gc.collect()
+    gc.freeze()
 
 
 class App:
     """The ASGI application; `create_app` builds it."""
 
-    def __init__(self, models: Models, *, max_body: int = MAX_BODY, token: str | None = None,
-                 require_token_for_inference: bool = False, management: bool = True) -> None:
-        self.models = models
+    def __init__(self, fleet: Fleet, *, max_body: int = MAX_BODY, token: str | None = None,
+                 require_token_for_inference: bool = False, management: bool = True,
+                 poll_s: float = 2.0, drain_timeout_s: float = 30.0, drain_file: str | None = None) -> None:
+        self.fleet = fleet
         self.management = management
         self.max_body = max_body
         self.token = token
         self.require_token_for_inference = require_token_for_inference
+        self.poll_s = poll_s
+        self.drain_timeout_s = drain_timeout_s
+        self._draining = False
+        self.drain_file = drain_file  # created by the supervisor on SIGTERM, for every worker
+        self.inflight = 0
+        self.shadow_stats = {"mirrored": 0, "dropped": 0, "compared": 0, "agreed": 0, "failed": 0}
+        self._paths: dict[str, tuple[str, str | None, str | None]] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
 
+    # -- ASGI --------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
-            return
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
             return
-        headers: list[tuple[bytes, bytes]] = []
+        self.inflight += 1
+        headers: Headers = _JSON
         try:
             status, body, headers = await self._route(scope, receive)
         except ShipyardError as e:
             status, body = e.http_status, dumps({"error": str(e)})
+            if isinstance(e, Overloaded):
+                headers = [*_JSON, (b"retry-after", str(e.retry_after).encode())]
         except Exception as e:  # noqa: BLE001 - a bug must not take the server down
             log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
             status, body = 500, dumps({"error": f"internal error: {type(e).__name__}"})
+        finally:
+            self.inflight -= 1
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()), *headers]})
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                loop = asyncio.get_running_loop()
                 try:
-                    await asyncio.get_running_loop().run_in_executor(None, self.models.load_all)
+                    await loop.run_in_executor(None, self.fleet.refresh)
+                    await loop.run_in_executor(None, self.fleet.check_marker)
                 except Exception as e:  # noqa: BLE001 - report and refuse to start
                     log.error("start-up failed: %s", e)
                     await send({"type": "lifespan.startup.failed", "message": str(e)})
                     return
+                _freeze_heap()
+                if self.poll_s > 0:
+                    self._poller = loop.create_task(self._poll())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.drain()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    @property
+    def draining(self) -> bool:
+        if not self._draining and self.drain_file is not None and os.path.exists(self.drain_file):
+            self._draining = True
+        return self._draining
+
+    async def drain(self) -> None:
+        """Stop following the registry; wait (up to the drain timeout) for requests in flight and
+        queued batches and shadows to finish."""
+        self._draining = True
+        if self._poller is not None:
+            self._poller.cancel()
+        deadline = time.monotonic() + self.drain_timeout_s
+        while time.monotonic() < deadline:
+            busy = self.inflight or self._shadow_tasks or any(
+                rt.batcher is not None and not rt.batcher.idle for rt in self._runtimes())
+            if not busy:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            log.warning("drain timeout (%.0f s) reached with %d request(s) in flight", self.drain_timeout_s,
+                        self.inflight)
+        for rt in self._runtimes():
+            if rt.batcher is not None:
+                rt.batcher.close()
+
+    def _runtimes(self) -> list[ModelRuntime]:
+        return [*self.fleet.loaded.values(), *self.fleet.retired]
+
+    async def _poll(self) -> None:
+        """Follow the registry: one cheap query per interval; re-resolve only when it changed."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                if await loop.run_in_executor(None, self.fleet.check_marker) and \
+                        await loop.run_in_executor(None, self.fleet.refresh):
+                    _freeze_heap()
+                self.fleet.errors.pop("registry", None)
+            except Exception as e:  # noqa: BLE001 - the database may be away: keep serving what we have
+                self.fleet.errors["registry"] = f"cannot read the registry: {e}"
+                log.warning("cannot read the registry (still serving what is loaded): %s", e)
+            self.fleet.reap()
+
+    # -- helpers -----------------------------------------------------------------------------
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         for k, v in scope["headers"]:
             if k == b"content-length" and v.isdigit() and int(v) > self.max_body:
                 raise PayloadTooLarge(f"request body of {int(v):,} bytes is over the {self.max_body:,}-byte limit")
-        chunks: list[bytes] = []
-        size = 0
+        message = await receive()
+        if not message.get("more_body"):  # the usual case: the whole body in one message
+            body: bytes = message.get("body", b"")
+            if len(body) > self.max_body:
+                raise PayloadTooLarge(f"request body is over the {self.max_body:,}-byte limit")
+            return body
+        chunks: list[bytes] = [message.get("body", b"")]
+        size = len(chunks[0])
         while True:
             message = await receive()
             chunk = message.get("body", b"")
@@ -159,86 +218,198 @@ class App:
         if not hmac.compare_digest(auth.encode(), f"Bearer {self.token}".encode()):
             raise Unauthorized("missing or wrong bearer token")
 
-    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        method, path = scope["method"], scope["path"]
-        if path in ("/v2/health/live", "/v2/health/ready"):
-            ready = path.endswith("live") or self.models.ready
-            return (200 if ready else 503), dumps({"live": True} if path.endswith("live") else {"ready": ready}), []
+    async def _predict(self, rt: ModelRuntime, features: Any) -> Any:
+        batcher = rt.batcher
+        if batcher is None:
+            return rt.predict(features)
+        return await batcher.infer(features)
+
+    def _mirror(self, name: str, features: Any, labels: Any) -> None:
+        """Send a copy to the model's shadow, if it has one; never delays the primary answer (its
+        own bounded queue: when full the copy is dropped and counted)."""
+        table = self.fleet.served.get(name)
+        if table is None or table.shadow is None:
+            return
+        self.shadow_stats["mirrored"] += 1
+        task = asyncio.get_running_loop().create_task(self._shadow(table.shadow.runtime, features, labels))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, rt: ModelRuntime, features: Any, labels: Any) -> None:
+        try:
+            probs = await self._predict(rt, features)
+        except Overloaded:
+            self.shadow_stats["dropped"] += 1
+            return
+        except Exception as e:  # noqa: BLE001 - a failing shadow is counted, never seen by clients
+            self.shadow_stats["failed"] += 1
+            log.warning("shadow %s version %s failed: %s", rt.name, rt.version, e)
+            return
+        theirs = rt.labels(probs)
+        self.shadow_stats["compared"] += len(theirs)
+        self.shadow_stats["agreed"] += int((theirs == labels).sum())
+
+    # -- routing -----------------------------------------------------------------------------
+    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, Headers]:
+        path = scope["path"]
+        parsed = self._paths.get(path)
+        if parsed is None:
+            parsed = _parse_path(path)
+            if len(self._paths) > 4096:  # paths come from clients: keep the cache bounded
+                self._paths.clear()
+            self._paths[path] = parsed
+        kind, name, version = parsed
+        if kind == "infer":
+            return await self._infer_v2(scope, receive, name, version)  # type: ignore[arg-type]
+        if kind == "v1":
+            return await self._infer_v1(scope, receive, name)  # type: ignore[arg-type]
+        method = scope["method"]
+        if kind == "meta":
+            rt = self.fleet.get(name, version)  # type: ignore[arg-type]
+            meta = rt.metadata()
+            table = self.fleet.served.get(name)  # type: ignore[arg-type]
+            if table is not None:
+                meta["parameters"]["deployment"] = table.describe()
+            if rt.batcher is not None:
+                live = {"current_delay_ms": round(rt.batcher.delay_s * 1000, 3), "stats": dict(rt.batcher.stats)}
+                if rt.batcher.controller is not None:
+                    live["decisions"] = {**rt.batcher.controller.counts,
+                                         "last": list(rt.batcher.controller.decisions)[-5:]}
+                meta["parameters"]["batching"] = {**meta["parameters"]["batching"], **live}
+            return 200, dumps(meta), _JSON
+        if kind == "ready":
+            self.fleet.get(name, version)  # type: ignore[arg-type]
+            return 200, dumps({"name": name, "ready": True}), _JSON
+        if kind == "v1meta":
+            rt = self.fleet.get(name)  # type: ignore[arg-type]
+            return 200, dumps({"name": rt.name, "ready": True, "version": str(rt.version)}), _JSON
+        if path == "/v2/health/live":
+            return 200, dumps({"live": True}), _JSON
+        if path == "/v2/health/ready":
+            ready = self.fleet.ready and not self.draining
+            detail = {"ready": ready, "draining": self.draining, **self.fleet.health(),
+                      "shadow": self.shadow_stats, "pid": os.getpid()}
+            return (200 if ready else 503), dumps(detail), _JSON
         if path == "/openapi.json":
             from shipyard.serve.openapi import document
 
-            return 200, dumps(document(sorted(self.models.by_name))), []
+            return 200, dumps(document(sorted(self.fleet.served))), _JSON
         if path == "/v2":
             return 200, dumps({"name": "shipyard", "version": __version__,
-                               "extensions": ["binary_tensor_data", "model_repository"]}), []
-        if m := _MODEL.match(path):
-            name, version, rest = m["name"], m["version"], m["rest"]
-            rt = self.models.get(name, version)
-            if rest == "/ready":
-                return 200, dumps({"name": name, "ready": True}), []
-            if rest is None:
-                return 200, dumps(rt.metadata()), []
-            if method != "POST":
-                raise MethodNotAllowed("infer takes POST")
-            if self.require_token_for_inference:
-                self._check_token(scope)
-            body = await self._body(scope, receive)
-            header_len = None
-            for k, v in scope["headers"]:
-                if k == b"inference-header-content-length":
-                    if not v.isdigit():
-                        raise BadRequest("Inference-Header-Content-Length must be an integer")
-                    header_len = int(v)
-            req = decode_v2(body, header_len)
-            out, out_header, rid = infer_v2(rt, req)
-            extra = [(b"x-request-id", rid.encode())]
-            if out_header is not None:
-                extra.append((b"inference-header-content-length", str(out_header).encode()))
-            return 200, out, extra
-        if m := _V1.match(path):
-            rt = self.models.get(m["name"], None)
-            if m["verb"] is None:
-                return 200, dumps({"name": rt.name, "ready": True, "version": str(rt.version)}), []
-            if method != "POST":
-                raise MethodNotAllowed(":predict takes POST")
-            if self.require_token_for_inference:
-                self._check_token(scope)
-            out, rid = predict_v1(rt, decode_v1(await self._body(scope, receive)))
-            return 200, out, [(b"x-request-id", rid.encode())]
+                               "extensions": ["binary_tensor_data", "model_repository"]}), _JSON
+        return await self._manage(scope, receive, method, path)
+
+    async def _infer_v2(self, scope: Scope, receive: Receive, name: str, version: str | None
+                        ) -> tuple[int, bytes, Headers]:
+        if scope["method"] != "POST":
+            raise MethodNotAllowed("infer takes POST")
+        if self.require_token_for_inference:
+            self._check_token(scope)
+        header_len = key = None
+        for k, v in scope["headers"]:
+            if k == b"inference-header-content-length":
+                if not v.isdigit():
+                    raise BadRequest("Inference-Header-Content-Length must be an integer")
+                header_len = int(v)
+            elif k == ROUTE_KEY:
+                key = v
+        rt = self.fleet.get(name, version, key)
+        req = decode_v2(await self._body(scope, receive), header_len)
+        features, wanted = prepare_v2(rt, req)
+        probs = await self._predict(rt, features)
+        rid = request_id(req.id)
+        out, out_header = respond_v2(rt, probs, wanted, rid)
+        if version is None:
+            self._mirror(name, features, rt.labels(probs))
+        headers = [*_JSON, (b"x-request-id", rid.encode())]
+        if out_header is not None:
+            headers = [(b"content-type", b"application/octet-stream"), (b"x-request-id", rid.encode()),
+                       (b"inference-header-content-length", str(out_header).encode())]
+        return 200, out, headers
+
+    async def _infer_v1(self, scope: Scope, receive: Receive, name: str) -> tuple[int, bytes, Headers]:
+        if scope["method"] != "POST":
+            raise MethodNotAllowed(":predict takes POST")
+        if self.require_token_for_inference:
+            self._check_token(scope)
+        key = next((v for k, v in scope["headers"] if k == ROUTE_KEY), None)
+        rt = self.fleet.get(name, None, key)
+        features = prepare_v1(rt, decode_v1(await self._body(scope, receive)))
+        probs = await self._predict(rt, features)
+        rid = request_id(None)
+        self._mirror(name, features, rt.labels(probs))
+        return 200, respond_v1(rt, probs, rid), [*_JSON, (b"x-request-id", rid.encode())]
+
+    async def _manage(self, scope: Scope, receive: Receive, method: str, path: str) -> tuple[int, bytes, Headers]:
+        loop = asyncio.get_running_loop()
         if path == "/v2/repository/index":
             self._check_management(scope)
-            return 200, dumps([{"name": n, "version": self.models.default[n], "state": "READY"}
-                               for n in sorted(self.models.by_name)]), []
-        if m := _REPO.match(path):
+            return 200, dumps([{"name": n, "version": str(t.pick().version), "state": "READY"}
+                               for n, t in sorted(self.fleet.served.items())]), _JSON
+        if path == "/v2/repository/refresh":
             self._check_management(scope)
             if method != "POST":
+                raise MethodNotAllowed("refresh takes POST")
+            changed = await loop.run_in_executor(None, self.fleet.refresh)
+            return 200, dumps({"changed": changed, **self.fleet.health()}), _JSON
+        if m := _REPO.match(path):
+            self._check_management(scope)
+            name, action = m["name"], m["action"]
+            if action == "traffic":
+                return await self._traffic(scope, receive, method, name)
+            if method != "POST":
                 raise MethodNotAllowed("repository actions take POST")
-            if m["action"] == "unload":
-                self.models.unload(m["name"])
+            if action == "unload":
+                self.fleet.unload(name)
             else:
-                ref = m["name"] if "@" in m["name"] else f"{m['name']}@production"
-                await asyncio.get_running_loop().run_in_executor(None, self.models.load, ref)
-            return 200, b"{}", []
+                try:
+                    spec = Spec.parse(name)
+                except UsageError as e:
+                    raise BadRequest(str(e)) from None
+                await loop.run_in_executor(None, self.fleet.add, spec)
+            return 200, b"{}", _JSON
         raise NotFound(f"no route {method} {path}")
+
+    async def _traffic(self, scope: Scope, receive: Receive, method: str, name: str) -> tuple[int, bytes, Headers]:
+        """GET: the model's deployment config; POST `{"weights": {alias: percent}, "shadow": alias}`:
+        write it to the registry (recorded in history) and apply it here at once."""
+        loop = asyncio.get_running_loop()
+        reg = self.fleet.registry
+        if method == "POST":
+            doc = parse_json(await self._body(scope, receive))
+            if not isinstance(doc, dict) or not isinstance(doc.get("weights"), dict):
+                raise BadRequest('send {"weights": {"ALIAS": PERCENT, …}, "shadow": ALIAS or null}')
+            weights, shadow, reason = doc["weights"], doc.get("shadow"), doc.get("reason")
+            if not all(isinstance(w, int) and not isinstance(w, bool) for w in weights.values()) or \
+                    not (shadow is None or isinstance(shadow, str)) or not (reason is None or isinstance(reason, str)):
+                raise BadRequest("weights must be whole percentages, shadow an alias name or null, reason a string")
+            try:
+                await loop.run_in_executor(None, lambda: reg.set_traffic(name, weights, shadow=shadow,
+                                                                         reason=reason))
+            except UsageError as e:
+                raise BadRequest(str(e)) from None
+            await loop.run_in_executor(None, self.fleet.refresh)
+        elif method != "GET":
+            raise MethodNotAllowed("traffic takes GET or POST")
+        dep = await loop.run_in_executor(None, reg.traffic, name)
+        return 200, dumps(dep.to_dict()), _JSON
 
 
 def create_app(registry: Any = None, models: list[str] | None = None, settings: Any = None, *,
                threads: int = 1, token: str | None = None, max_body: int = MAX_BODY,
-               require_token_for_inference: bool = False, management: bool = True) -> App:
-    """The server application over `registry`, serving `models` (`NAME` for its production alias,
-    `NAME@ALIAS` or `NAME@VERSION`); embed it in any ASGI server or run it with `shipyard serve`."""
+               require_token_for_inference: bool = False, management: bool = True,
+               batching: BatchConfig | None = None, poll_s: float = 2.0, drain_timeout_s: float = 30.0,
+               drain_file: str | None = None) -> App:
+    """The server application over `registry`, serving `models` (`NAME` follows its deployment
+    config, `NAME@ALIAS` one alias, `NAME@VERSION` one version; None: every model with a
+    `production` alias); embed it in any ASGI server or run it with `shipyard serve`."""
     from shipyard.registry import Registry
 
     reg = registry or Registry(settings=settings)
-
-    def loader(ref: str) -> ModelRuntime:
-        ref = ref if "@" in ref else f"{ref}@production"
-        mv = reg.get(ref)
-        return ModelRuntime(reg.load(mv.ref), version=mv.version, name=mv.name, threads=threads)
-
-    refs = models if models is not None else [f"{m.name}@production" for m in reg.list() if "production" in m.aliases]
-    return App(Models(refs, loader), max_body=max_body, token=token,
-               require_token_for_inference=require_token_for_inference, management=management)
+    specs = [Spec.parse(r) for r in models] if models else None
+    fleet = Fleet(reg, specs, threads=threads, batching=batching)
+    return App(fleet, max_body=max_body, token=token, require_token_for_inference=require_token_for_inference,
+               management=management, poll_s=poll_s, drain_timeout_s=drain_timeout_s, drain_file=drain_file)
 
 
 def app_from_env() -> App:
@@ -246,10 +417,22 @@ def app_from_env() -> App:
     from shipyard.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    refs = [r for r in os.environ.get("SHIPYARD_SERVE_MODELS", "").split(",") if r]
+    env = os.environ
+    refs = [r for r in env.get("SHIPYARD_SERVE_MODELS", "").split(",") if r]
+    batching = BatchConfig(
+        max_batch_size=int(env.get("SHIPYARD_SERVE_MAX_BATCH_SIZE", BatchConfig.max_batch_size)),
+        max_delay_ms=float(env.get("SHIPYARD_SERVE_MAX_DELAY_MS", BatchConfig.max_delay_ms)),
+        max_queue=int(env.get("SHIPYARD_SERVE_MAX_QUEUE", BatchConfig.max_queue)),
+        timeout_ms=float(env.get("SHIPYARD_SERVE_TIMEOUT_MS", BatchConfig.timeout_ms)),
+        concurrency=int(env.get("SHIPYARD_SERVE_CONCURRENCY", BatchConfig.concurrency)),
+        latency_target_ms=float(env["SHIPYARD_SERVE_LATENCY_TARGET_MS"]) if env.get("SHIPYARD_SERVE_LATENCY_TARGET_MS")
+        else None)
     return create_app(None, refs or None, Settings.from_env(),
-                      threads=int(os.environ.get("SHIPYARD_SERVE_THREADS", "1")),
-                      token=os.environ.get("SHIPYARD_TOKEN") or None,
-                      max_body=int(os.environ.get("SHIPYARD_SERVE_MAX_BODY", str(MAX_BODY))),
-                      require_token_for_inference=os.environ.get("SHIPYARD_SERVE_AUTH_INFERENCE") == "1",
-                      management=os.environ.get("SHIPYARD_SERVE_MANAGEMENT", "1") == "1")
+                      threads=int(env.get("SHIPYARD_SERVE_THREADS", "1")),
+                      token=env.get("SHIPYARD_TOKEN") or None,
+                      max_body=int(env.get("SHIPYARD_SERVE_MAX_BODY", str(MAX_BODY))),
+                      require_token_for_inference=env.get("SHIPYARD_SERVE_AUTH_INFERENCE") == "1",
+                      management=env.get("SHIPYARD_SERVE_MANAGEMENT", "1") == "1",
+                      batching=batching, poll_s=float(env.get("SHIPYARD_SERVE_POLL_S", "2")),
+                      drain_timeout_s=float(env.get("SHIPYARD_SERVE_DRAIN_TIMEOUT_S", "30")),
+                      drain_file=env.get("SHIPYARD_SERVE_DRAIN_FILE") or None)

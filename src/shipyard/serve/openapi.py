@@ -10,6 +10,8 @@ _ERROR = {"description": "What was wrong",
           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+_ROUTE_KEY = {"name": "X-Shipyard-Route-Key", "in": "header", "required": False, "schema": {"type": "string"},
+              "description": "Sticky routing: requests with the same key reach the same version of a traffic split"}
 _JSON_OK = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
 
 
@@ -17,13 +19,15 @@ def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
     return {"post": {
         "summary": "V2 inference (JSON tensors, or the binary tensor data extension)",
         "parameters": [*params, {"name": "Inference-Header-Content-Length", "in": "header", "required": False,
-                                 "schema": {"type": "integer", "minimum": 1}}],
+                                 "schema": {"type": "integer", "minimum": 1}}, _ROUTE_KEY],
         "requestBody": {"required": True, "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
         "responses": {"200": {"description": "Outputs `probabilities` and `label`", "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}}}},
-            "400": _ERROR, "401": _ERROR, "404": _ERROR, "413": _ERROR}}}
+            "400": _ERROR, "401": _ERROR, "404": _ERROR, "413": _ERROR,
+            "503": {**_ERROR, "description": "Queue full: retry after the Retry-After header's seconds"},
+            "504": {**_ERROR, "description": "Waited past the request deadline; the work was dropped"}}}}
 
 
 def document(models: list[str] | None = None) -> dict[str, Any]:
@@ -55,17 +59,33 @@ def document(models: list[str] | None = None) -> dict[str, Any]:
             "/v2/models/{name}/infer": _infer([name]),
             "/v2/models/{name}/versions/{version}/infer": _infer([name, _VERSION]),
             "/v1/models/{name}:predict": {"post": {
-                "parameters": [name],
+                "parameters": [name, _ROUTE_KEY],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["instances"],
                     "properties": {"instances": {"type": "array", "minItems": 1}}}}}},
-                "responses": {"200": _JSON_OK, "400": _ERROR, "404": _ERROR, "413": _ERROR}}},
+                "responses": {"200": _JSON_OK, "400": _ERROR, "404": _ERROR, "413": _ERROR, "503": _ERROR,
+                              "504": _ERROR}}},
             "/v2/repository/index": {"post": {"summary": "Models loaded here (management)",
                                               "responses": {"200": _JSON_OK, "401": _ERROR, "403": _ERROR}}},
             "/v2/repository/models/{name}/load": {"post": {"parameters": [name], "responses": {
                 "200": _JSON_OK, "401": _ERROR, "403": _ERROR, "404": _ERROR}}},
             "/v2/repository/models/{name}/unload": {"post": {"parameters": [name], "responses": {
                 "200": _JSON_OK, "401": _ERROR, "403": _ERROR, "404": _ERROR}}},
+            "/v2/repository/refresh": {"post": {
+                "summary": "Re-read the registry now: alias moves and traffic changes (management)",
+                "responses": {"200": _JSON_OK, "401": _ERROR, "403": _ERROR}}},
+            "/v2/repository/models/{name}/traffic": {
+                "get": {"summary": "The model's deployment config (management)", "parameters": [name],
+                        "responses": {"200": _JSON_OK, "401": _ERROR, "403": _ERROR, "404": _ERROR}},
+                "post": {"summary": "Set the traffic split and shadow, recorded in the registry's history",
+                         "parameters": [name],
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                             "type": "object", "required": ["weights"], "properties": {
+                                 "weights": {"type": "object", "additionalProperties": {
+                                     "type": "integer", "minimum": 0, "maximum": 100}},
+                                 "shadow": {"type": ["string", "null"]}, "reason": {"type": "string"}}}}}},
+                         "responses": {"200": _JSON_OK, "400": _ERROR, "401": _ERROR, "403": _ERROR,
+                                       "404": _ERROR, "409": _ERROR}}},
             "/openapi.json": {"get": {"responses": {"200": _JSON_OK}}},
         },
         "components": {"schemas": {

@@ -57,6 +57,8 @@ class ModelRuntime:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(bundle.model_path), opts, providers=["CPUExecutionProvider"])
         self.output = self.session.get_outputs()[0].name
+        self.batcher: Any = None  # set by the server: a shipyard.serve.batching.Batcher, or None to run inline
+        self.serving: dict[str, Any] = {}  # how the server runs it (batching), shown in metadata
         self.warm()
 
     def warm(self) -> None:
@@ -64,6 +66,10 @@ class ModelRuntime:
         spec = self.inputs[self.onnx_input]
         for n in (1, 8, 64):
             self.predict(np.zeros((n, *spec.shape), dtype=np.float32))
+
+    def warm_batch(self, n: int) -> None:
+        """Run one batch of `n` (the server times this to decide where batches run)."""
+        self.predict(np.zeros((n, *self.inputs[self.onnx_input].shape), dtype=np.float32))
 
     def features(self, name: str, array: np.ndarray) -> np.ndarray:
         """Validate one request input and turn it into the graph's float32 features."""
@@ -103,7 +109,7 @@ class ModelRuntime:
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
                         {"name": LABEL, "datatype": "BYTES", "shape": [-1]}],
             "parameters": {"classes": list(self.classes), "variant": self.bundle.meta.get("variant"),
-                           "preprocess": self.bundle.meta.get("preprocess")},
+                           "preprocess": self.bundle.meta.get("preprocess"), **self.serving},
         }
 
 

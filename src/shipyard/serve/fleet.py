@@ -1,0 +1,288 @@
+"""What one server process serves, and how it follows the registry.
+
+A server is started with specs: `NAME` (follow the model's deployment config: the aliases it
+routes traffic to, with their weights, and its shadow), `NAME@ALIAS` (follow one alias) or
+`NAME@VERSION` (pinned). `refresh` resolves the specs against the registry, loads and warms any
+version not loaded yet, and only then swaps the routing table in one assignment, so a request
+sees either the old table or the new one, never a gap. Versions no longer routed to are retired:
+requests already holding them finish there, and they are freed once idle. A version that fails to
+load or verify leaves the old table serving and is reported (log, health detail, `errors`)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shipyard.errors import NotFound, ShipyardError, UsageError
+from shipyard.serve.batching import INLINE_LIMIT_S, BatchConfig, Batcher
+from shipyard.serve.runtime import ModelRuntime
+
+log = logging.getLogger("shipyard.serve")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One served name: follow its deployment config (`alias` and `version` None), one alias,
+    or one pinned version."""
+
+    name: str
+    alias: str | None = None
+    version: int | None = None
+
+    @classmethod
+    def parse(cls, ref: str) -> Spec:
+        name, _, sel = ref.partition("@")
+        if not name:
+            raise UsageError(f"{ref!r}: expected NAME, NAME@ALIAS or NAME@VERSION")
+        if not sel:
+            return cls(name)
+        if sel.isdigit():
+            return cls(name, version=int(sel))
+        return cls(name, alias=sel)
+
+    def __str__(self) -> str:
+        return self.name + (f"@{self.alias}" if self.alias else f"@{self.version}" if self.version else "")
+
+
+@dataclass
+class Route:
+    alias: str
+    weight: int
+    runtime: ModelRuntime
+
+
+@dataclass
+class Served:
+    """The routing table of one model name; replaced whole, never edited in place."""
+
+    name: str
+    routes: list[Route]
+    shadow: Route | None = None
+    revision: int = 0
+    versions: dict[str, ModelRuntime] = field(default_factory=dict)  # every routed or shadowed version
+
+    def __post_init__(self) -> None:
+        for r in [*self.routes, *([self.shadow] if self.shadow else [])]:
+            self.versions[str(r.runtime.version)] = r.runtime
+        live = [r for r in self.routes if r.weight > 0]
+        self._single = live[0].runtime if len(live) == 1 else None
+        self._cum: list[tuple[int, ModelRuntime]] = []
+        total = 0
+        for r in live:
+            total += r.weight
+            self._cum.append((total, r.runtime))
+        self._total = total
+
+    def pick(self, key: bytes | None = None) -> ModelRuntime:
+        """The version for an unversioned request: by weight, at random, or by a stable hash of
+        `key` so one user keeps one version (crc32: the same in every process and release)."""
+        if self._single is not None:
+            return self._single
+        point = (zlib.crc32(key) % self._total) if key else random.randrange(self._total)
+        for bound, rt in self._cum:
+            if point < bound:
+                return rt
+        return self._cum[-1][1]
+
+    def describe(self) -> dict[str, Any]:
+        return {"routes": [{"alias": r.alias, "weight": r.weight, "version": r.runtime.version} for r in self.routes],
+                "shadow": ({"alias": self.shadow.alias, "version": self.shadow.runtime.version}
+                           if self.shadow else None),
+                "revision": self.revision}
+
+
+class Fleet:
+    """Every model this process serves. `registry` is a `shipyard.registry.Registry`; `specs`
+    None means every model that has a `production` alias (looked up at each refresh)."""
+
+    def __init__(self, registry: Any, specs: list[Spec] | None, *, threads: int = 1,
+                 batching: BatchConfig | None = None,
+                 runtime_factory: Callable[..., ModelRuntime] = ModelRuntime) -> None:
+        self.registry = registry
+        self.specs = specs
+        self.threads = threads
+        self.batching = (batching or BatchConfig()).checked()
+        self.runtime_factory = runtime_factory
+        self.served: dict[str, Served] = {}
+        self.loaded: dict[tuple[str, int], ModelRuntime] = {}  # (name, version) → runtime, shared by routes
+        self.retired: list[ModelRuntime] = []
+        self.errors: dict[str, str] = {}  # name → why its last refresh failed (the old table still serves)
+        self.ready = False
+        self.marker: int | None = None
+        self.extra: dict[str, Spec] = {}  # loaded through the repository route when following production
+        self.excluded: set[str] = set()  # unloaded through the repository route
+        self._lock = threading.Lock()  # one refresh at a time (poller and management calls)
+
+    # -- resolving --------------------------------------------------------------------------
+    def _specs(self) -> list[Spec]:
+        if self.specs is not None:
+            return self.specs
+        found = [Spec(m.name) for m in self.registry.list() if "production" in m.aliases]
+        return [s for s in found if s.name not in self.excluded and s.name not in self.extra] + \
+            list(self.extra.values())
+
+    def _wanted(self, spec: Spec) -> tuple[list[tuple[str, int, int]], tuple[str, int] | None, int]:
+        """(routes as (alias, weight, version), shadow as (alias, version), config revision)."""
+        reg = self.registry
+        if spec.version is not None:
+            mv = reg.get(f"{spec.name}@{spec.version}")
+            return [(str(mv.version), 100, mv.version)], None, 0
+        if spec.alias is not None:
+            mv = reg.get(f"{spec.name}@{spec.alias}")
+            return [(spec.alias, 100, mv.version)], None, 0
+        dep = reg.traffic(spec.name)
+        routes = [(alias, w, reg.get(f"{spec.name}@{alias}").version) for alias, w in dep.weights.items()]
+        shadow = (dep.shadow, reg.get(f"{spec.name}@{dep.shadow}").version) if dep.shadow else None
+        return routes, shadow, dep.revision
+
+    def _runtime(self, name: str, version: int) -> ModelRuntime:
+        key = (name, version)
+        rt = self.loaded.get(key)
+        if rt is None:
+            t0 = time.perf_counter()
+            bundle = self.registry.load(f"{name}@{version}")  # verifies the stored bundle
+            rt = self.runtime_factory(bundle, version=version, name=name, threads=self.threads)
+            self._attach_batcher(rt)
+            log.info("loaded %s version %d (%s) in %.2f s; batching %s", name, version,
+                     bundle.meta.get("variant"), time.perf_counter() - t0,
+                     self.batching.to_dict() if self.batching.enabled else "off")
+        return rt
+
+    def _attach_batcher(self, rt: ModelRuntime) -> None:
+        cfg = self.batching
+        rt.serving["batching"] = cfg.to_dict()
+        if not cfg.enabled:
+            return
+        # a model whose full batch costs more than a couple of ms runs off the event loop
+        t0 = time.perf_counter()
+        rt.warm_batch(cfg.max_batch_size)
+        inline = time.perf_counter() - t0 < INLINE_LIMIT_S
+        rt.batcher = Batcher(rt.predict, cfg, inline=inline)
+        rt.serving["batching"]["runs"] = "inline" if inline else "thread"
+
+    def refresh(self) -> list[str]:
+        """Bring every served name up to date with the registry; returns what changed. Safe to call
+        from any thread; raises only when nothing at all could be served at start-up."""
+        with self._lock:
+            changed = []
+            try:
+                specs = self._specs()
+            except ShipyardError as e:
+                self.errors["*"] = str(e)
+                log.error("cannot list models to serve: %s", e)
+                if not self.ready:
+                    raise
+                return []
+            self.errors.pop("*", None)
+            for spec in specs:
+                try:
+                    if self._refresh_one(spec):
+                        changed.append(spec.name)
+                    self.errors.pop(spec.name, None)
+                except ShipyardError as e:
+                    self.errors[spec.name] = str(e)
+                    log.error("cannot update %s: %s (still serving what was there)", spec, e)
+                    if not self.ready:
+                        raise
+            if self.specs is None:  # a model that lost its production alias stops being served
+                gone = set(self.served) - {s.name for s in specs}
+                for name in gone:
+                    self._retire(self.served.pop(name))
+                    changed.append(name)
+            self.ready = True
+            return changed
+
+    def _refresh_one(self, spec: Spec) -> bool:
+        routes, shadow, revision = self._wanted(spec)
+        old = self.served.get(spec.name)
+        if old is not None and old.revision == revision and \
+                [(r.alias, r.weight, r.runtime.version) for r in old.routes] == routes and \
+                ((old.shadow.alias, old.shadow.runtime.version) if old.shadow else None) == shadow:
+            return False
+        # load and warm everything first; any failure leaves `old` in place
+        new_routes = [Route(a, w, self._runtime(spec.name, v)) for a, w, v in routes]
+        new_shadow = Route(shadow[0], 0, self._runtime(spec.name, shadow[1])) if shadow else None
+        table = Served(spec.name, new_routes, new_shadow, revision)
+        for rt in table.versions.values():
+            self.loaded[(spec.name, int(rt.version or 0))] = rt
+        self.served[spec.name] = table  # the switch: one assignment
+        log.info("%s now serves %s", spec.name, table.describe())
+        if old is not None:
+            self._retire(old, keep=table)
+        return True
+
+    def _retire(self, old: Served, keep: Served | None = None) -> None:
+        still = set(keep.versions) if keep else set()
+        for v, rt in old.versions.items():
+            if v not in still:
+                self.loaded.pop((old.name, int(rt.version or 0)), None)
+                self.retired.append(rt)
+                log.info("retiring %s version %s once its requests finish", old.name, v)
+
+    def reap(self) -> None:
+        """Free retired versions whose queues are empty (requests holding them keep them alive)."""
+        keep = []
+        for rt in self.retired:
+            if rt.batcher is None or rt.batcher.idle:
+                if rt.batcher is not None:
+                    rt.batcher.close()
+                log.info("freed %s version %s", rt.name, rt.version)
+            else:
+                keep.append(rt)
+        self.retired = keep
+
+    def check_marker(self) -> bool:
+        """Whether anything changed in the registry for the served names since the last look
+        (one indexed query; the poller calls this every interval)."""
+        # following every production alias (no specs), a model registered meanwhile counts too
+        names = [s.name for s in self.specs] if self.specs is not None else [m.name for m in self.registry.list()]
+        marker = self.registry.change_marker(names)
+        changed = marker != self.marker
+        self.marker = marker
+        return changed
+
+    # -- routing ------------------------------------------------------------------------------
+    def get(self, name: str, version: str | None = None, key: bytes | None = None) -> ModelRuntime:
+        table = self.served.get(name)
+        if table is None:
+            served = ", ".join(sorted(self.served)) or "none"
+            raise NotFound(f"unknown model {name!r} (served: {served})")
+        if version is None:
+            return table.pick(key)
+        rt = table.versions.get(version)
+        if rt is None:
+            raise NotFound(f"model {name!r} has no version {version!r} here (served: "
+                           f"{', '.join(sorted(table.versions))})")
+        return rt
+
+    def unload(self, name: str) -> None:
+        table = self.served.pop(name, None)
+        if table is None:
+            raise NotFound(f"model {name!r} is not loaded")
+        self._retire(table)
+        if self.specs is not None:
+            self.specs = [s for s in self.specs if s.name != name]
+        else:
+            self.extra.pop(name, None)
+            self.excluded.add(name)
+
+    def add(self, spec: Spec) -> None:
+        """Serve one more spec (the repository `load` route), or re-resolve one already served."""
+        with self._lock:
+            if self.specs is not None:
+                self.specs = [s for s in self.specs if s.name != spec.name] + [spec]
+            else:
+                self.excluded.discard(spec.name)
+                self.extra[spec.name] = spec
+            self._refresh_one(spec)
+            self.errors.pop(spec.name, None)
+
+    def health(self) -> dict[str, Any]:
+        return {"ready": self.ready, "models": {n: t.describe() for n, t in sorted(self.served.items())},
+                "errors": dict(self.errors), "retiring": len(self.retired)}
