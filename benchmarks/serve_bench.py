@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -60,6 +61,18 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
     raise SystemExit(f"{url} not ready in {timeout} s")
 
 
+def pinned(cpu: int, cmd: list[str]) -> list[str]:
+    """Pin a process to one CPU: the load generator on one core, the one-worker server on the
+    other, so neither steals the other's core (unpinned, the same server varies 8,500–12,500
+    req/s run to run on this 2-core machine; pinned it holds within a few percent)."""
+    if PIN and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu), *cmd]
+    return cmd
+
+
+PIN = (os.cpu_count() or 1) >= 2
+
+
 def wrk(url: str, body: bytes, headers: dict[str, str], conns: int, seconds: int, tmp: Path) -> dict[str, float]:
     (tmp / "body.bin").write_bytes(body)
     hdrs = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
@@ -71,8 +84,9 @@ def wrk(url: str, body: bytes, headers: dict[str, str], conns: int, seconds: int
         "    latency:percentile(50), latency:percentile(99), summary.errors.status,\n"
         "    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))\n"
         "end\n")
-    subprocess.run(["wrk", "-t1", f"-c{conns}", "-d2s", "-s", str(tmp / "post.lua"), url], capture_output=True)
-    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "-s", str(tmp / "post.lua"), url],
+    subprocess.run(pinned(1, ["wrk", "-t1", f"-c{conns}", "-d2s", "-s", str(tmp / "post.lua"), url]),
+                   capture_output=True)
+    out = subprocess.run(pinned(1, ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "-s", str(tmp / "post.lua"), url]),
                          capture_output=True, text=True).stdout
     m = re.search(r"JSON (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)", out)
     assert m, out
@@ -130,7 +144,10 @@ def main() -> None:
     for label, cmd, routes in servers:
         port = free_port()
         flag = ["--port", str(port)] if "granian" not in cmd[0] else ["--port", str(port), "--host", "127.0.0.1"]
-        proc = subprocess.Popen([*cmd, *flag], env=env, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # one worker on CPU 0; two workers get both cores (shared with wrk: a functional figure)
+        full = [*cmd, *flag] if "--workers" in cmd else pinned(0, [*cmd, *flag])
+        log = (tmp / f"{label.replace(' ', '_')}.log").open("w")
+        proc = subprocess.Popen(full, env=env, cwd=HERE, stdout=log, stderr=log)
         try:
             ready = wait_ready(f"http://127.0.0.1:{port}/v2/health/ready" if label.startswith("shipyard")
                                else f"http://127.0.0.1:{port}/", proc)
@@ -147,15 +164,17 @@ def main() -> None:
                 if label == "shipyard":
                     rss["ready_s"] = ready
         finally:
-            proc.terminate()
+            proc.send_signal(signal.SIGINT)  # SIGTERM would make shipyard wait out its drain grace
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            log.close()
     compute = in_process(tmp, env, args.seconds)
     shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\nserve_bench: one worker, ORT 1 thread, single 784-float instance, {args.seconds} s per cell\n")
+    pin = "server pinned to CPU 0, wrk to CPU 1" if PIN and shutil.which("taskset") else "unpinned"
+    print(f"\nserve_bench: one worker, ORT 1 thread, single 784-float instance, {args.seconds} s per cell, {pin}\n")
     print(f"{'route':<30}{'conc':>5}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, c, r in rows:
         print(f"{name:<30}{c:>5}{r['rps']:>11,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}")
