@@ -4,6 +4,8 @@ set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+# the monitoring test scrapes a live server with a real Prometheus
+command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 # benchmarks only: the wrk load generator for serve_bench
 if [ "${1:-}" = "bench" ]; then command -v wrk >/dev/null || need+=(wrk); fi
 if [ ${#need[@]} -gt 0 ]; then

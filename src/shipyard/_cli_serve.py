@@ -31,6 +31,12 @@ def serve(
     latency_target_ms: Annotated[float | None, typer.Option(help="Adapt the batch delay online to hold p99 under this many ms at the highest throughput it can (--max-delay-ms caps the delay).")] = None,
     poll_s: Annotated[float, typer.Option(help="How often to look for alias moves and traffic changes in the registry, seconds (0: only on POST /v2/repository/refresh).")] = 2.0,
     drain_timeout: Annotated[float, typer.Option(help="On SIGTERM, how long queued and in-flight requests may take to finish, seconds.")] = 30.0,
+    metrics: Annotated[bool, typer.Option("--metrics/--no-metrics", help="Prometheus metrics at /metrics.")] = True,
+    log: Annotated[bool, typer.Option("--log/--no-log", help="Keep the prediction log (needed for feedback, drift and retraining).")] = True,
+    log_sample: Annotated[float, typer.Option(help="Share of requests whose full input is kept until retention (0..1).")] = 0.1,
+    log_ring: Annotated[int, typer.Option(help="Full inputs of the most recent requests kept per model, besides the sample.")] = 50_000,
+    log_retention_days: Annotated[float, typer.Option(help="Prediction log rows older than this are removed.")] = 30.0,
+    feedback_horizon_h: Annotated[float, typer.Option(help="Labels for predictions older than this are refused as late.")] = 168.0,
     drain_grace: Annotated[float, typer.Option(help="On SIGTERM, how long to keep serving with readiness 503 so load balancers stop sending, seconds (Ctrl-C skips it).")] = 2.0,
 ) -> None:
     """Serve registered models over the V2 Open Inference Protocol (REST) and v1 :predict.
@@ -50,6 +56,9 @@ def serve(
                                latency_target_ms).checked()
         if poll_s < 0 or drain_timeout < 0 or drain_grace < 0:
             raise UsageError("--poll-s, --drain-timeout and --drain-grace must be ≥ 0")
+        if not 0 <= log_sample <= 1 or log_ring < 0 or log_retention_days <= 0 or feedback_horizon_h <= 0:
+            raise UsageError("--log-sample must be in 0..1, --log-ring ≥ 0, --log-retention-days and "
+                             "--feedback-horizon-h > 0")
         token = os.environ.get("SHIPYARD_TOKEN") or None
         try:
             loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -70,6 +79,9 @@ def serve(
             "SHIPYARD_SERVE_CONCURRENCY": str(batching.concurrency),
             "SHIPYARD_SERVE_LATENCY_TARGET_MS": "" if latency_target_ms is None else str(latency_target_ms),
             "SHIPYARD_SERVE_POLL_S": str(poll_s), "SHIPYARD_SERVE_DRAIN_TIMEOUT_S": str(drain_timeout),
+            "SHIPYARD_SERVE_LOG": "1" if log else "0", "SHIPYARD_SERVE_METRICS": "1" if metrics else "0", "SHIPYARD_SERVE_LOG_SAMPLE": str(log_sample),
+            "SHIPYARD_SERVE_LOG_RING": str(log_ring), "SHIPYARD_SERVE_LOG_RETENTION_DAYS": str(log_retention_days),
+            "SHIPYARD_SERVE_FEEDBACK_HORIZON_H": str(feedback_horizon_h),
         })
         if s.database_url:
             os.environ["SHIPYARD_DATABASE_URL"] = s.database_url
@@ -98,5 +110,13 @@ def serve(
 
         drain_file = drain_file_for(s.home.resolve(), os.getpid())
         os.environ["SHIPYARD_SERVE_DRAIN_FILE"] = str(drain_file)
-        rc = supervise(cmd, dict(os.environ), drain_file, grace_s=drain_grace, drain_timeout_s=drain_timeout)
+        # every worker writes its metrics here; /metrics on any of them merges them all
+        metrics_dir = drain_file.with_name(f"metrics-{os.getpid()}")
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        try:
+            rc = supervise(cmd, dict(os.environ), drain_file, grace_s=drain_grace, drain_timeout_s=drain_timeout)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     raise typer.Exit(rc)

@@ -20,6 +20,8 @@ from typing import Any
 
 from shipyard import __version__
 from shipyard.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ShipyardError, UsageError
+from shipyard.monitor import metrics
+from shipyard.monitor.predlog import LogConfig, PredictionLog, record_feedback
 from shipyard.serve.batching import BatchConfig
 from shipyard.serve.codec import decode_v1, decode_v2, dumps, parse_json
 from shipyard.serve.fleet import Fleet, Spec
@@ -34,7 +36,7 @@ Headers = list[tuple[bytes, bytes]]
 MAX_BODY = 8 << 20
 ROUTE_KEY = b"x-shipyard-route-key"
 
-_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
+_MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer|/feedback)?$")
 _V1 = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?::(?P<verb>predict))?$")
 _REPO = re.compile(r"^/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload|traffic)$")
 _JSON = [(b"content-type", b"application/json")]
@@ -60,7 +62,8 @@ def _parse_path(path: str) -> tuple[str, str | None, str | None]:
     """(kind, model name, version) for a path; kinds: infer, ready, meta, v1, v1meta, other."""
     if m := _MODEL.match(path):
         rest = m["rest"]
-        return ("infer" if rest == "/infer" else "ready" if rest == "/ready" else "meta"), m["name"], m["version"]
+        kind = {"/infer": "infer", "/ready": "ready", "/feedback": "feedback"}.get(rest or "", "meta")
+        return kind, m["name"], m["version"]
     if m := _V1.match(path):
         return ("v1" if m["verb"] else "v1meta"), m["name"], None
     return "other", None, None
@@ -79,8 +82,15 @@ class App:
 
     def __init__(self, fleet: Fleet, *, max_body: int = MAX_BODY, token: str | None = None,
                  require_token_for_inference: bool = False, management: bool = True,
-                 poll_s: float = 2.0, drain_timeout_s: float = 30.0, drain_file: str | None = None) -> None:
+                 poll_s: float = 2.0, drain_timeout_s: float = 30.0, drain_file: str | None = None,
+                 predlog: PredictionLog | None = None, feedback_horizon_s: float = 7 * 86400,
+                 metrics_enabled: bool = True) -> None:
         self.fleet = fleet
+        self.predlog = predlog
+        if predlog is not None:
+            fleet.results_hook = predlog.record_batch  # batched requests are logged a batch at a time
+        self.feedback_horizon_s = feedback_horizon_s
+        self.request_metrics = metrics.RequestMetrics(metrics_enabled)
         self.management = management
         self.max_body = max_body
         self.token = token
@@ -93,6 +103,7 @@ class App:
         self.shadow_stats = {"mirrored": 0, "dropped": 0, "compared": 0, "agreed": 0, "failed": 0}
         self._paths: dict[str, tuple[str, str | None, str | None]] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
     # -- ASGI --------------------------------------------------------------------------------
@@ -103,20 +114,30 @@ class App:
             return
         self.inflight += 1
         headers: Headers = _JSON
+        t0 = time.perf_counter()
         try:
             status, body, headers = await self._route(scope, receive)
         except ShipyardError as e:
             status, body = e.http_status, dumps({"error": str(e)})
             if isinstance(e, Overloaded):
                 headers = [*_JSON, (b"retry-after", str(e.retry_after).encode())]
+            self._count_error(scope["path"], status, t0)
         except Exception as e:  # noqa: BLE001 - a bug must not take the server down
             log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
             status, body = 500, dumps({"error": f"internal error: {type(e).__name__}"})
+            self._count_error(scope["path"], status, t0)
         finally:
             self.inflight -= 1
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+    def _count_error(self, path: str, status: int, t0: float) -> None:
+        kind, name, _ = self._paths.get(path) or _parse_path(path)
+        if kind in ("infer", "v1"):
+            served = name if name in self.fleet.served else "(unknown)"  # client-chosen names stay out of labels
+            self.request_metrics.observe(served, "", "v2" if kind == "infer" else "v1", status,
+                                         time.perf_counter() - t0)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -133,9 +154,16 @@ class App:
                 _freeze_heap()
                 if self.poll_s > 0:
                     self._poller = loop.create_task(self._poll())
+                if self.request_metrics.enabled:
+                    self._ticker = loop.create_task(self._tick())
+                if self.predlog is not None:
+                    self.predlog.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.drain()
+                if self.predlog is not None:
+                    await self.predlog.stop()
+                metrics.worker_exited(os.getpid())
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -149,8 +177,9 @@ class App:
         """Stop following the registry; wait (up to the drain timeout) for requests in flight and
         queued batches and shadows to finish."""
         self._draining = True
-        if self._poller is not None:
-            self._poller.cancel()
+        for task in (self._poller, self._ticker):
+            if task is not None:
+                task.cancel()
         deadline = time.monotonic() + self.drain_timeout_s
         while time.monotonic() < deadline:
             busy = self.inflight or self._shadow_tasks or any(
@@ -182,6 +211,16 @@ class App:
                 self.fleet.errors["registry"] = f"cannot read the registry: {e}"
                 log.warning("cannot read the registry (still serving what is loaded): %s", e)
             self.fleet.reap()
+
+    async def _tick(self) -> None:
+        """Once a second: the gauges that describe this worker (queue depth, in flight, aliases)."""
+        while True:
+            metrics.INFLIGHT.set(self.inflight)
+            try:
+                self.fleet.export_gauges()
+            except Exception as e:  # noqa: BLE001 - metrics must never take serving down
+                log.warning("cannot export gauges: %s", e)
+            await asyncio.sleep(1.0)
 
     # -- helpers -----------------------------------------------------------------------------
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
@@ -218,11 +257,19 @@ class App:
         if not hmac.compare_digest(auth.encode(), f"Bearer {self.token}".encode()):
             raise Unauthorized("missing or wrong bearer token")
 
-    async def _predict(self, rt: ModelRuntime, features: Any) -> Any:
+    async def _predict(self, rt: ModelRuntime, features: Any, rid: str | None = None) -> Any:
+        """The model's probabilities; `rid` (None for shadow copies) tags the request for the
+        prediction log, which batched requests reach through the batcher's hook."""
         batcher = rt.batcher
         if batcher is None:
-            return rt.predict(features)
-        return await batcher.infer(features)
+            probs = rt.predict(features)
+            if rid is not None and self.predlog is not None:
+                self.predlog.record(rt, rid, features, probs)
+            return probs
+        return await batcher.infer(features, rid)
+
+    def _done(self, rt: ModelRuntime, route: str, t0: float) -> None:
+        self.request_metrics.observe(rt.name, str(rt.version), route, 200, time.perf_counter() - t0)
 
     def _mirror(self, name: str, features: Any, labels: Any) -> None:
         """Send a copy to the model's shadow, if it has one; never delays the primary answer (its
@@ -237,17 +284,22 @@ class App:
 
     async def _shadow(self, rt: ModelRuntime, features: Any, labels: Any) -> None:
         try:
-            probs = await self._predict(rt, features)
+            probs = await self._predict(rt, features, None)
         except Overloaded:
             self.shadow_stats["dropped"] += 1
+            metrics.SHADOW.labels(rt.name, "dropped").inc()
             return
         except Exception as e:  # noqa: BLE001 - a failing shadow is counted, never seen by clients
             self.shadow_stats["failed"] += 1
+            metrics.SHADOW.labels(rt.name, "failed").inc()
             log.warning("shadow %s version %s failed: %s", rt.name, rt.version, e)
             return
         theirs = rt.labels(probs)
+        agreed = int((theirs == labels).sum())
         self.shadow_stats["compared"] += len(theirs)
-        self.shadow_stats["agreed"] += int((theirs == labels).sum())
+        self.shadow_stats["agreed"] += agreed
+        metrics.SHADOW.labels(rt.name, "compared").inc(len(theirs))
+        metrics.SHADOW.labels(rt.name, "agreed").inc(agreed)
 
     # -- routing -----------------------------------------------------------------------------
     async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, Headers]:
@@ -264,6 +316,11 @@ class App:
         if kind == "v1":
             return await self._infer_v1(scope, receive, name)  # type: ignore[arg-type]
         method = scope["method"]
+        if kind == "feedback":
+            return await self._feedback(scope, receive, name)  # type: ignore[arg-type]
+        if path == "/metrics":
+            body, ctype = metrics.render()
+            return 200, body, [(b"content-type", ctype.encode())]
         if kind == "meta":
             rt = self.fleet.get(name, version)  # type: ignore[arg-type]
             meta = rt.metadata()
@@ -313,14 +370,16 @@ class App:
                 header_len = int(v)
             elif k == ROUTE_KEY:
                 key = v
+        t0 = time.perf_counter()
         rt = self.fleet.get(name, version, key)
         req = decode_v2(await self._body(scope, receive), header_len)
         features, wanted = prepare_v2(rt, req)
-        probs = await self._predict(rt, features)
         rid = request_id(req.id)
+        probs = await self._predict(rt, features, rid)
         out, out_header = respond_v2(rt, probs, wanted, rid)
         if version is None:
             self._mirror(name, features, rt.labels(probs))
+        self._done(rt, "v2", t0)
         headers = [*_JSON, (b"x-request-id", rid.encode())]
         if out_header is not None:
             headers = [(b"content-type", b"application/octet-stream"), (b"x-request-id", rid.encode()),
@@ -332,13 +391,60 @@ class App:
             raise MethodNotAllowed(":predict takes POST")
         if self.require_token_for_inference:
             self._check_token(scope)
+        t0 = time.perf_counter()
         key = next((v for k, v in scope["headers"] if k == ROUTE_KEY), None)
         rt = self.fleet.get(name, None, key)
         features = prepare_v1(rt, decode_v1(await self._body(scope, receive)))
-        probs = await self._predict(rt, features)
         rid = request_id(None)
+        probs = await self._predict(rt, features, rid)
         self._mirror(name, features, rt.labels(probs))
+        self._done(rt, "v1", t0)
         return 200, respond_v1(rt, probs, rid), [*_JSON, (b"x-request-id", rid.encode())]
+
+    async def _feedback(self, scope: Scope, receive: Receive, name: str) -> tuple[int, bytes, Headers]:
+        """`{"feedback": [{"id": REQUEST_ID, "label": CLASS}, …]}`: true labels for earlier
+        predictions, joined with the prediction log in the database (any worker may hold it)."""
+        if scope["method"] != "POST":
+            raise MethodNotAllowed("feedback takes POST")
+        if self.require_token_for_inference:
+            self._check_token(scope)
+        rt = self.fleet.get(name)
+        if self.predlog is None:
+            raise NotFound("this server keeps no prediction log (started with --no-log), so it takes no feedback")
+        doc = parse_json(await self._body(scope, receive))
+        items = doc.get("feedback") if isinstance(doc, dict) else None
+        if not isinstance(items, list) or not items:
+            raise BadRequest('send {"feedback": [{"id": REQUEST_ID, "label": CLASS}, …]}')
+        if len(items) > 10_000:
+            raise BadRequest(f"at most 10,000 labels per request, got {len(items):,}")
+        pairs = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str) or "label" not in item:
+                raise BadRequest(f"feedback[{i}] needs a string 'id' and a 'label'")
+            pairs.append((item["id"], item["label"]))
+        loop = asyncio.get_running_loop()
+        log_, engine = self.predlog, self.predlog.engine
+        classes = [str(c) for c in rt.classes]
+
+        def store(batch: list[tuple[Any, Any]]) -> Any:
+            log_.flush()  # this worker's own recent predictions first
+            return record_feedback(engine, name, classes, batch, horizon_s=self.feedback_horizon_s)
+
+        result = await loop.run_in_executor(None, store, pairs)
+        unknown = [(it["id"], dict(pairs)[it["id"]]) for it in result.items if it["status"] == "unknown"]
+        if unknown:  # another worker may not have written its log yet: one more look after its flush
+            await asyncio.sleep(log_.config.flush_s * 2 + 0.2)
+            retry = {it["id"]: it for it in (await loop.run_in_executor(None, store, unknown)).items}
+            result.items = [retry.get(it["id"], it) if it["status"] == "unknown" else it for it in result.items]
+        counts = result.counts
+        for outcome, n in counts.items():
+            if n:
+                metrics.FEEDBACK.labels(name, outcome).inc(n)
+        status = 200
+        if len(result.items) == 1 and counts["accepted"] == 0:
+            status = {"unknown": 404, "late": 410, "invalid": 400}[result.items[0]["status"]]
+            return status, dumps({"error": result.items[0]["error"], **counts}), _JSON
+        return status, dumps({**counts, "items": [it for it in result.items if it["status"] != "accepted"]}), _JSON
 
     async def _manage(self, scope: Scope, receive: Receive, method: str, path: str) -> tuple[int, bytes, Headers]:
         loop = asyncio.get_running_loop()
@@ -399,7 +505,8 @@ def create_app(registry: Any = None, models: list[str] | None = None, settings: 
                threads: int = 1, token: str | None = None, max_body: int = MAX_BODY,
                require_token_for_inference: bool = False, management: bool = True,
                batching: BatchConfig | None = None, poll_s: float = 2.0, drain_timeout_s: float = 30.0,
-               drain_file: str | None = None) -> App:
+               drain_file: str | None = None, log_config: LogConfig | None = None,
+               feedback_horizon_s: float = 7 * 86400, metrics_enabled: bool = True) -> App:
     """The server application over `registry`, serving `models` (`NAME` follows its deployment
     config, `NAME@ALIAS` one alias, `NAME@VERSION` one version; None: every model with a
     `production` alias); embed it in any ASGI server or run it with `shipyard serve`."""
@@ -407,9 +514,12 @@ def create_app(registry: Any = None, models: list[str] | None = None, settings: 
 
     reg = registry or Registry(settings=settings)
     specs = [Spec.parse(r) for r in models] if models else None
-    fleet = Fleet(reg, specs, threads=threads, batching=batching)
+    fleet = Fleet(reg, specs, threads=threads, batching=batching, metrics_enabled=metrics_enabled)
+    log_config = log_config or LogConfig()
+    predlog = PredictionLog(reg.engine, log_config) if log_config.enabled else None
     return App(fleet, max_body=max_body, token=token, require_token_for_inference=require_token_for_inference,
-               management=management, poll_s=poll_s, drain_timeout_s=drain_timeout_s, drain_file=drain_file)
+               management=management, poll_s=poll_s, drain_timeout_s=drain_timeout_s, drain_file=drain_file,
+               predlog=predlog, feedback_horizon_s=feedback_horizon_s, metrics_enabled=metrics_enabled)
 
 
 def app_from_env() -> App:
@@ -435,4 +545,10 @@ def app_from_env() -> App:
                       management=env.get("SHIPYARD_SERVE_MANAGEMENT", "1") == "1",
                       batching=batching, poll_s=float(env.get("SHIPYARD_SERVE_POLL_S", "2")),
                       drain_timeout_s=float(env.get("SHIPYARD_SERVE_DRAIN_TIMEOUT_S", "30")),
-                      drain_file=env.get("SHIPYARD_SERVE_DRAIN_FILE") or None)
+                      drain_file=env.get("SHIPYARD_SERVE_DRAIN_FILE") or None,
+                      log_config=LogConfig(enabled=env.get("SHIPYARD_SERVE_LOG", "1") == "1",
+                                           sample=float(env.get("SHIPYARD_SERVE_LOG_SAMPLE", "0.1")),
+                                           ring=int(env.get("SHIPYARD_SERVE_LOG_RING", "50000")),
+                                           retention_days=float(env.get("SHIPYARD_SERVE_LOG_RETENTION_DAYS", "30"))),
+                      feedback_horizon_s=float(env.get("SHIPYARD_SERVE_FEEDBACK_HORIZON_H", "168")) * 3600,
+                      metrics_enabled=env.get("SHIPYARD_SERVE_METRICS", "1") == "1")

@@ -156,6 +156,7 @@ class _Item:
     features: np.ndarray
     future: asyncio.Future[np.ndarray]
     deadline: float
+    tag: Any = None  # the caller's label for this request (its id), handed to `on_results`
 
 
 class Batcher:
@@ -163,8 +164,14 @@ class Batcher:
     model; `clock` is injectable so the timing logic is tested without the wall clock."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], config: BatchConfig, *,
-                 clock: Callable[[], float] = time.monotonic, inline: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, inline: bool = True,
+                 on_batch: Callable[[int, float], None] | None = None,
+                 on_results: Callable[[list[Any], list[int], np.ndarray, np.ndarray], None] | None = None) -> None:
         self.run = run
+        self.on_batch = on_batch  # (instances, seconds in the model): the metrics hook
+        # (tags, instances per request, features, outputs) of each batch that ran: the prediction
+        # log's hook, so it gets a few large arrays instead of one small one per request
+        self.on_results = on_results
         self.config = config
         self.clock = clock
         self.inline = inline
@@ -176,16 +183,16 @@ class Batcher:
         self.scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
         self.per_instance_s = 0.0  # moving average, for Retry-After
         self.stats = {"requests": 0, "batches": 0, "instances": 0, "rejected": 0, "expired": 0}
-        self.batch_sizes: list[int] = []  # recent sizes, read and cleared by the metrics exporter
         self._pool: ThreadPoolExecutor | None = None
         self.controller: DelayController | None = None
+        self.exported_decisions: dict[str, int] = {}  # the controller's counts already in the metrics
         if config.latency_target_ms is not None:
             self.controller = DelayController(config.latency_target_ms, config.max_delay_ms,
                                               min(config.max_batch_size, config.concurrency), clock=clock)
             self.delay_s = 0.0
 
     # -- submitting --------------------------------------------------------------------------
-    async def infer(self, features: np.ndarray) -> np.ndarray:
+    async def infer(self, features: np.ndarray, tag: Any = None) -> np.ndarray:
         n = len(features)
         if n > self.config.max_queue:
             raise BadRequest(f"the request holds {n} instances; this server queues at most "
@@ -196,7 +203,7 @@ class Batcher:
                              "retry shortly", retry_after=self.retry_after())
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        self.pending.append(_Item(features, future, self.clock() + self.timeout_s))
+        self.pending.append(_Item(features, future, self.clock() + self.timeout_s, tag))
         self.queued += n
         self.stats["requests"] += 1
         if not self.busy:
@@ -254,7 +261,7 @@ class Batcher:
             except Exception as e:  # noqa: BLE001 - the requests get the error, the server goes on
                 self._fail(batch, e)
             else:
-                self._deliver(batch, out, time.perf_counter() - t0)
+                self._deliver(batch, out, time.perf_counter() - t0, features)
             self._next()
             return
         self.busy = True
@@ -263,14 +270,15 @@ class Batcher:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="shipyard-batch")
         t0 = time.perf_counter()
         job = loop.run_in_executor(self._pool, self.run, features)
-        job.add_done_callback(lambda f: self._finished(batch, f, time.perf_counter() - t0))
+        job.add_done_callback(lambda f: self._finished(batch, f, time.perf_counter() - t0, features))
 
-    def _finished(self, batch: list[_Item], job: asyncio.Future[np.ndarray], elapsed: float) -> None:
+    def _finished(self, batch: list[_Item], job: asyncio.Future[np.ndarray], elapsed: float,
+                  features: np.ndarray) -> None:
         self.busy = False
         if (e := job.exception()) is not None:
             self._fail(batch, e)
         else:
-            self._deliver(batch, job.result(), elapsed)
+            self._deliver(batch, job.result(), elapsed, features)
         self._next()
 
     def _next(self) -> None:
@@ -283,12 +291,14 @@ class Batcher:
                 self.scheduled = loop.call_at(loop.time() + max(0.0, oldest + self.delay_s - self.clock()),
                                               self._flush)
 
-    def _deliver(self, batch: list[_Item], out: np.ndarray, elapsed: float) -> None:
+    def _deliver(self, batch: list[_Item], out: np.ndarray, elapsed: float, features: np.ndarray) -> None:
         n = len(out)
         self.stats["batches"] += 1
         self.stats["instances"] += n
-        if len(self.batch_sizes) < 10_000:
-            self.batch_sizes.append(n)
+        if self.on_batch is not None:
+            self.on_batch(n, elapsed)
+        if self.on_results is not None:
+            self.on_results([i.tag for i in batch], [len(i.features) for i in batch], features, out)
         if self.controller is not None:
             now = self.clock()
             self.controller.observe([now - (i.deadline - self.timeout_s) for i in batch], n)

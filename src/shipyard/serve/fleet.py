@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shipyard.errors import NotFound, ShipyardError, UsageError
+from shipyard.monitor import metrics
 from shipyard.serve.batching import INLINE_LIMIT_S, BatchConfig, Batcher
 from shipyard.serve.runtime import ModelRuntime
 
@@ -102,13 +103,15 @@ class Fleet:
     None means every model that has a `production` alias (looked up at each refresh)."""
 
     def __init__(self, registry: Any, specs: list[Spec] | None, *, threads: int = 1,
-                 batching: BatchConfig | None = None,
+                 batching: BatchConfig | None = None, metrics_enabled: bool = True,
                  runtime_factory: Callable[..., ModelRuntime] = ModelRuntime) -> None:
         self.registry = registry
         self.specs = specs
         self.threads = threads
         self.batching = (batching or BatchConfig()).checked()
         self.runtime_factory = runtime_factory
+        self.metrics_enabled = metrics_enabled
+        self.results_hook: Callable[..., None] | None = None  # the prediction log's record_batch
         self.served: dict[str, Served] = {}
         self.loaded: dict[tuple[str, int], ModelRuntime] = {}  # (name, version) → runtime, shared by routes
         self.retired: list[ModelRuntime] = []
@@ -146,9 +149,15 @@ class Fleet:
         rt = self.loaded.get(key)
         if rt is None:
             t0 = time.perf_counter()
-            bundle = self.registry.load(f"{name}@{version}")  # verifies the stored bundle
-            rt = self.runtime_factory(bundle, version=version, name=name, threads=self.threads)
-            self._attach_batcher(rt)
+            try:
+                bundle = self.registry.load(f"{name}@{version}")  # verifies the stored bundle
+                rt = self.runtime_factory(bundle, version=version, name=name, threads=self.threads)
+                self._attach_batcher(rt)
+            except Exception:
+                metrics.MODEL_LOADS.labels(name, str(version), "failed").inc()
+                raise
+            metrics.MODEL_LOADS.labels(name, str(version), "ok").inc()
+            metrics.MODEL_LOAD_SECONDS.labels(name).observe(time.perf_counter() - t0)
             log.info("loaded %s version %d (%s) in %.2f s; batching %s", name, version,
                      bundle.meta.get("variant"), time.perf_counter() - t0,
                      self.batching.to_dict() if self.batching.enabled else "off")
@@ -163,7 +172,16 @@ class Fleet:
         t0 = time.perf_counter()
         rt.warm_batch(cfg.max_batch_size)
         inline = time.perf_counter() - t0 < INLINE_LIMIT_S
-        rt.batcher = Batcher(rt.predict, cfg, inline=inline)
+        size = metrics.BATCH_SIZE.labels(rt.name, str(rt.version))
+        seconds = metrics.INFERENCE_SECONDS.labels(rt.name, str(rt.version))
+
+        def on_batch(n: int, elapsed: float) -> None:
+            size.observe(n)
+            seconds.observe(elapsed)
+
+        hook = self.results_hook
+        rt.batcher = Batcher(rt.predict, cfg, inline=inline, on_batch=on_batch if self.metrics_enabled else None,
+                             on_results=(lambda tags, counts, f, p: hook(rt, tags, counts, f, p)) if hook else None)
         rt.serving["batching"]["runs"] = "inline" if inline else "thread"
 
     def refresh(self) -> list[str]:
@@ -282,6 +300,29 @@ class Fleet:
                 self.extra[spec.name] = spec
             self._refresh_one(spec)
             self.errors.pop(spec.name, None)
+
+    def export_gauges(self) -> None:
+        """Set the gauges that describe this process's view (called once a second)."""
+        for name, table in self.served.items():
+            for r in table.routes:
+                metrics.ALIAS_VERSION.labels(name, r.alias).set(r.runtime.version or 0)
+                metrics.TRAFFIC_WEIGHT.labels(name, r.alias).set(r.weight)
+            if table.shadow is not None:
+                metrics.ALIAS_VERSION.labels(name, table.shadow.alias).set(table.shadow.runtime.version or 0)
+                metrics.TRAFFIC_WEIGHT.labels(name, table.shadow.alias).set(0)
+        for rt in [*self.loaded.values(), *self.retired]:
+            b = rt.batcher
+            if b is None:
+                continue
+            v = str(rt.version)
+            metrics.QUEUE_DEPTH.labels(rt.name, v).set(b.queued)
+            metrics.BATCH_DELAY.labels(rt.name, v).set(b.delay_s)
+            if b.controller is not None:
+                seen = b.exported_decisions
+                for action, count in b.controller.counts.items():
+                    if count > seen.get(action, 0):
+                        metrics.DELAY_DECISIONS.labels(rt.name, v, action).inc(count - seen.get(action, 0))
+                        seen[action] = count
 
     def health(self) -> dict[str, Any]:
         return {"ready": self.ready, "models": {n: t.describe() for n, t in sorted(self.served.items())},

@@ -59,6 +59,7 @@ class ModelRuntime:
         self.output = self.session.get_outputs()[0].name
         self.batcher: Any = None  # set by the server: a shipyard.serve.batching.Batcher, or None to run inline
         self.serving: dict[str, Any] = {}  # how the server runs it (batching), shown in metadata
+        self._pca: tuple[np.ndarray, np.ndarray] | tuple[()] | None = None
         self.warm()
 
     def warm(self) -> None:
@@ -94,6 +95,21 @@ class ModelRuntime:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.onnx_input: features})[0]
+
+    def project(self, features: np.ndarray) -> np.ndarray | None:
+        """Features on the bundle's reference PCA basis, as float16 (what the prediction log keeps
+        per request); None when the bundle has no reference profile."""
+        if self._pca is None:
+            try:
+                with np.load(self.bundle.path / "reference.npz") as ref:
+                    basis = ref["pca_components"].astype(np.float32).T.copy()
+                    self._pca = (ref["pca_mean"].astype(np.float32) @ basis, basis)
+            except (OSError, KeyError, ValueError):
+                self._pca = ()
+        if not self._pca:
+            return None
+        offset, basis = self._pca  # (x - mean) @ B as x @ B - mean @ B: no centred copy of x
+        return (features.reshape(len(features), -1) @ basis - offset).astype(np.float16)
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         return self.classes[probabilities.argmax(axis=1)]
