@@ -8,7 +8,8 @@ bundled sample here: the speed does not depend on the weights), single-instance 
 body fully and answer a constant (uvicorn + Starlette + std json, uvicorn + orjson, granian +
 orjson, granian + simdjson); (b) our V2 JSON route with the defaults a user gets; (c) our V2
 binary route; (d) our v1 route; (e) our V2 JSON route with batching off (--max-batch-size 1),
-which is why batching is on by default; (f) two workers; and the in-process ONNX Runtime
+which is why batching is on by default; (f) two workers; (g) our V2 JSON route with monitoring off
+(--no-log --no-metrics), for the cost of monitoring; and the in-process ONNX Runtime
 throughput at batch 1 and 64 (the compute limit). Prints req/s, p50, p99, errors, the ratios
 (b)/(a), (c)/(a) against the fastest bare handler at the highest concurrency, (b)/(e), (f)/(b),
 and each server process's RSS. Needs `wrk` (Debian package).
@@ -135,6 +136,8 @@ def main() -> None:
             ("(d) v1", "/v1/models/digits:predict", v1_body, ctype)]),
         ("shipyard unbatched", [*shipyard, "serve", "digits", "--max-batch-size", "1"],
          [("(e) V2 JSON, batching off", *v2_json[1:])]),
+        ("shipyard unmonitored", [*shipyard, "serve", "digits", "--no-log", "--no-metrics"],
+         [("(g) V2 JSON, monitoring off", *v2_json[1:])]),
         ("shipyard 2 workers", [*shipyard, "serve", "digits", "--workers", "2"],
          [("(f) V2 JSON, 2 workers", *v2_json[1:])]),
     ]
@@ -152,7 +155,7 @@ def main() -> None:
             ready = wait_ready(f"http://127.0.0.1:{port}/v2/health/ready" if label.startswith("shipyard")
                                else f"http://127.0.0.1:{port}/", proc)
             for name, path, body, headers in routes:
-                for c in (conc if label != "shipyard 2 workers" else [top]):
+                for c in (conc if label not in ("shipyard 2 workers", "shipyard unmonitored") else [top]):
                     r = wrk(f"http://127.0.0.1:{port}{path}", body, headers, c, args.seconds, tmp)
                     rows.append((f"{name} {label}" if name == "(a)" else name, c, r))
                     print(f"  {rows[-1][0]:<28} c={c:<3} {r['rps']:>9,.0f} req/s  p99 {r['p99_ms']:.2f} ms",
@@ -193,6 +196,8 @@ def main() -> None:
         print(f"{tag} / fastest bare: req/s {r['rps'] / bare['rps']:.2f}× (goal ≥ 0.6), "
               f"p99 {r['p99_ms'] / max(bare['p99_ms'], 1e-9):.2f}× (goal ≤ 2)")
     print(f"(b) batching on / (e) off: {at('(b) V2 JSON')['rps'] / at('(e) V2 JSON, batching off')['rps']:.2f}× req/s")
+    print(f"(b) monitoring on (defaults: metrics + prediction log) / (g) off: "
+          f"{at('(b) V2 JSON')['rps'] / at('(g) V2 JSON, monitoring off')['rps']:.2f}× req/s (goal ≥ 0.90)")
     print(f"(f) 2 workers / (b) 1 worker: {at('(f) V2 JSON, 2 workers')['rps'] / at('(b) V2 JSON')['rps']:.2f}× "
           "(2 cores shared with wrk: a functional figure)")
     print(f"ready {rss.get('ready_s', 0):.2f} s after start (goal ≤ 1); largest server process RSS: "

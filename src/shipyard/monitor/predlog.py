@@ -15,21 +15,20 @@ labels received by any of them, meet there (`feedback`)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import threading
 import time
+import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 import sqlalchemy as sa
 
-from shipyard.registry.schema import feedback, prediction_inputs, predictions
+from shipyard.registry.schema import feedback, prediction_chunks, prediction_inputs
 
 log = logging.getLogger("shipyard.monitor")
 
@@ -128,11 +127,8 @@ class PredictionLog:
             await asyncio.sleep(self.config.flush_s)
             batch = self._take()
             if batch:
-                t0 = time.perf_counter()
-                rows, chunks = self._rows(batch)
-                self.build_s += time.perf_counter() - t0
                 try:
-                    await loop.run_in_executor(self._pool, self._write, batch, rows, chunks)
+                    await loop.run_in_executor(self._pool, self._build_and_write, batch)
                 except Exception as e:  # noqa: BLE001 - the database may be away: keep serving, retry later
                     self._requeue(batch)
                     log.warning("prediction log: cannot write (%s); %d record(s) waiting", e, len(self.pending))
@@ -160,12 +156,18 @@ class PredictionLog:
             self.pending.appendleft(rec)
             self._pending_rows += len(rec[3])
 
+    def _build_and_write(self, batch: list[tuple[Any, ...]]) -> None:
+        t0 = time.perf_counter()
+        rows, chunks = self._rows(batch)
+        self.build_s += time.perf_counter() - t0
+        self._write(batch, rows, chunks)
+
     def _write(self, batch: list[tuple[Any, ...]], rows: list[tuple[Any, ...]], chunks: list[dict[str, Any]]) -> None:
         t0 = time.perf_counter()
         with self._lock:
             self._insert(rows, chunks)
         self.insert_s += time.perf_counter() - t0
-        self.written += len(rows)
+        self.written += sum(r["n"] for r in rows)
         by_model: dict[str, int] = {}
         for rec in batch:
             by_model[rec[0].name] = by_model.get(rec[0].name, 0) + len(rec[3])
@@ -184,12 +186,12 @@ class PredictionLog:
         except Exception:
             self._requeue(batch)
             raise
-        return len(rows)
+        return sum(r["n"] for r in rows)
 
-    def _rows(self, batch: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
-        """Records → prediction rows and input chunks. Per-instance work happens in numpy and in
-        C-level iteration (zip, map): a Python loop per row cost more than the request itself."""
-        rows: list[tuple[Any, ...]] = []
+    def _rows(self, batch: list[tuple[Any, ...]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Records → one columnar prediction chunk per model version, and input chunks. All the
+        per-instance work is numpy or C-level iteration."""
+        out: list[dict[str, Any]] = []
         chunks: list[dict[str, Any]] = []
         by_rt: dict[int, list[tuple[Any, ...]]] = {}
         for rec in batch:
@@ -213,13 +215,17 @@ class PredictionLog:
             ids = self._prefix | np.arange(self._next_id, self._next_id + n, dtype=np.int64)
             self._next_id += n
             sampled = self._rng.random(n) < cfg.sample
-            rows.extend(zip(ids.tolist(), rids, itertools.repeat(rt.name), itertools.repeat(int(rt.version or 0)),
-                            ts.tolist(), probs.argmax(axis=1).tolist(), probs.max(axis=1).tolist(), sampled.tolist()))
+            encoded = [r.encode() for r in rids]
             proj = rt.project(feats) if getattr(rt, "project", None) else None
-            if proj is not None:  # what drift windows read: every row's projection, float16, columnar
-                chunks.append({"model": rt.name, "version": int(rt.version or 0), "kind": "proj",
-                               "ts_first": float(ts[0]), "ts_last": float(ts[-1]), "n": n, "ids": ids.tobytes(),
-                               "shape": [proj.shape[1]], "lo": 0.0, "hi": 0.0, "data": proj.tobytes()})
+            version = int(rt.version or 0)
+            out.append({
+                "model": rt.name, "version": version, "ts_first": float(ts[0]), "ts_last": float(ts[-1]), "n": n,
+                "ids": ids.tobytes(), "request_ids": b"\n".join(encoded),
+                "id_hashes": np.fromiter(map(zlib.crc32, encoded), np.uint32, n).tobytes(),
+                "ts": ts.astype("<f8").tobytes(), "predicted": probs.argmax(axis=1).astype("<i4").tobytes(),
+                "confidence": probs.max(axis=1).astype("<f4").tobytes(), "sampled": sampled.tobytes(),
+                "projection": proj.astype("<f2").tobytes() if proj is not None else None,
+                "proj_dim": proj.shape[1] if proj is not None else 0})
             ring = self._ring_share(n)
             for kind, mask in (("ring", ring), ("sample", sampled)):
                 if mask is None or not mask.any():
@@ -227,11 +233,11 @@ class PredictionLog:
                 x = feats[mask]
                 lo, hi = float(x.min()), float(x.max())
                 scale = (hi - lo) / 255 or 1.0
-                chunks.append({"model": rt.name, "version": int(rt.version or 0), "kind": kind,
+                chunks.append({"model": rt.name, "version": version, "kind": kind,
                                "ts_first": float(ts[mask][0]), "ts_last": float(ts[mask][-1]), "n": int(mask.sum()),
                                "ids": ids[mask].tobytes(), "shape": shape, "lo": lo, "hi": hi,
                                "data": np.rint((x - lo) / scale).astype(np.uint8).tobytes()})
-        return rows, chunks
+        return out, chunks
 
     def _ring_share(self, n: int) -> np.ndarray | None:
         """Which of `n` new records go to the recent-inputs ring: all of them up to `ring_rate` per
@@ -249,47 +255,129 @@ class PredictionLog:
         self.ring_skipped += n - int(allowed)
         return self._rng.random(n) < allowed / n
 
-    def _insert(self, rows: list[tuple[Any, ...]], chunks: list[dict[str, Any]]) -> None:
-        """All rows in one statement that unpacks a JSON array inside the database: one call that
-        releases the GIL once, where executemany released and re-took it per row (and on a busy
-        server each re-take waits its turn behind the event loop)."""
+    def _insert(self, rows: list[dict[str, Any]], chunks: list[dict[str, Any]]) -> None:
         with self.engine.begin() as conn:
             if rows:
-                conn.exec_driver_sql(self._bulk_sql, (orjson.dumps(rows).decode(),))
+                conn.execute(prediction_chunks.insert(), rows)
             if chunks:
                 conn.execute(prediction_inputs.insert(), chunks)
 
-    @property
-    def _bulk_sql(self) -> str:
-        cols = "id, request_id, model, version, ts, predicted, confidence, sampled"
-        if self.engine.dialect.name == "postgresql":
-            return (f"INSERT INTO predictions ({cols}) SELECT (v->>0)::bigint, v->>1, v->>2, (v->>3)::int, "
-                    "(v->>4)::float8, (v->>5)::int, (v->>6)::float8, (v->>7)::boolean "
-                    "FROM jsonb_array_elements(%s::jsonb) AS v")
-        return (f"INSERT INTO predictions ({cols}) SELECT value->>0, value->>1, value->>2, value->>3, value->>4, "
-                "value->>5, value->>6, value->>7 FROM json_each(?)")
-
     def retain(self) -> None:
-        """Drop rows past the age limit or beyond the per-model row cap, ring chunks beyond the
-        ring's size, and sample chunks whose predictions are gone."""
+        """Drop chunks past the age limit, the oldest beyond the per-model row cap (and the sample
+        inputs of the predictions dropped), and ring chunks beyond the ring's size."""
         cfg = self.config
-        p, c = predictions, prediction_inputs
+        p, c = prediction_chunks, prediction_inputs
         with self.engine.begin() as conn:
             old = time.time() - cfg.retention_days * 86400
-            conn.execute(p.delete().where(p.c.ts < old))
+            conn.execute(p.delete().where(p.c.ts_last < old))
             conn.execute(c.delete().where(c.c.ts_last < old))
             for (model,) in conn.execute(sa.select(p.c.model).distinct()).all():
-                cutoff = conn.execute(sa.select(p.c.ts).where(p.c.model == model).order_by(p.c.ts.desc())
-                                      .offset(cfg.max_rows).limit(1)).scalar()
-                if cutoff is not None:
-                    conn.execute(p.delete().where(p.c.model == model, p.c.ts <= cutoff))
-                    conn.execute(c.delete().where(c.c.model == model, c.c.kind == "sample", c.c.ts_last <= cutoff))
-                kept = 0
-                for cid, n in conn.execute(sa.select(c.c.id, c.c.n).where(c.c.model == model, c.c.kind == "ring")
-                                           .order_by(c.c.ts_last.desc())).all():
-                    if kept >= cfg.ring:
-                        conn.execute(c.delete().where(c.c.id == cid))
-                    kept += n
+                for table, limit, extra in ((p, cfg.max_rows, None), (c, cfg.ring, c.c.kind == "ring")):
+                    q = sa.select(table.c.id, table.c.n, table.c.ts_last).where(table.c.model == model)
+                    if extra is not None:
+                        q = q.where(extra)
+                    kept, cutoff = 0, None
+                    for cid, n, ts_last in conn.execute(q.order_by(table.c.ts_last.desc(), table.c.id.desc())):
+                        if kept >= limit:
+                            cutoff = (cid, ts_last) if cutoff is None else cutoff
+                            conn.execute(table.delete().where(table.c.id == cid))
+                        kept += n
+                    if table is p and cutoff is not None:
+                        conn.execute(c.delete().where(c.c.model == model, c.c.kind == "sample",
+                                                      c.c.ts_last <= cutoff[1]))
+
+
+@dataclass
+class Logged:
+    """Prediction log rows as arrays (from `read`)."""
+
+    request_ids: list[str]
+    ids: np.ndarray
+    version: np.ndarray
+    ts: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    sampled: np.ndarray
+    projection: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+
+def read(engine: sa.Engine, model: str, *, since: float | None = None, until: float | None = None,
+         version: int | None = None, projection: bool = False) -> Logged:
+    """The logged predictions of `model` in a time range, oldest first."""
+    p = prediction_chunks
+    cols = [p.c.version, p.c.n, p.c.request_ids, p.c.ids, p.c.ts, p.c.predicted, p.c.confidence, p.c.sampled,
+            p.c.proj_dim] + ([p.c.projection] if projection else [])
+    q = sa.select(*cols).where(p.c.model == model)
+    if since is not None:
+        q = q.where(p.c.ts_last >= since)
+    if until is not None:
+        q = q.where(p.c.ts_first <= until)
+    if version is not None:
+        q = q.where(p.c.version == version)
+    parts: dict[str, list[Any]] = {k: [] for k in ("rids", "ids", "version", "ts", "pred", "conf", "sampled", "proj")}
+    with engine.connect() as conn:
+        for row in conn.execute(q.order_by(p.c.ts_first, p.c.id)):
+            parts["rids"].extend(row.request_ids.decode().split("\n"))
+            parts["ids"].append(np.frombuffer(row.ids, "<i8"))
+            parts["version"].append(np.full(row.n, row.version, np.int32))
+            parts["ts"].append(np.frombuffer(row.ts, "<f8"))
+            parts["pred"].append(np.frombuffer(row.predicted, "<i4"))
+            parts["conf"].append(np.frombuffer(row.confidence, "<f4"))
+            parts["sampled"].append(np.frombuffer(row.sampled, bool))
+            if projection:
+                dim = row.proj_dim
+                parts["proj"].append(np.frombuffer(row.projection, "<f2").reshape(row.n, dim) if row.projection
+                                     else np.full((row.n, dim), np.nan, np.float16))
+
+    def cat(key: str, dtype: Any) -> np.ndarray:
+        return np.concatenate(parts[key]) if parts[key] else np.zeros(0, dtype)
+
+    logged = Logged(parts["rids"], cat("ids", np.int64), cat("version", np.int32), cat("ts", np.float64),
+                    cat("pred", np.int32), cat("conf", np.float32), cat("sampled", bool),
+                    np.concatenate(parts["proj"]) if projection and parts["proj"] and parts["proj"][0].shape[1]
+                    else None)  # None too when the bundle has no reference profile
+    keep = np.ones(len(logged), bool)
+    if since is not None:
+        keep &= logged.ts >= since
+    if until is not None:
+        keep &= logged.ts <= until
+    if keep.all():
+        return logged
+    idx = np.flatnonzero(keep)
+    return Logged([logged.request_ids[i] for i in idx], logged.ids[idx], logged.version[idx], logged.ts[idx],
+                  logged.predicted[idx], logged.confidence[idx], logged.sampled[idx],
+                  logged.projection[idx] if logged.projection is not None else None)
+
+
+def find(engine: sa.Engine, model: str, request_ids: list[str], *, since: float | None = None
+         ) -> dict[str, tuple[float, int, int]]:
+    """request id → (time, predicted class, version) of its newest logged prediction. Scans the
+    chunks' crc32 arrays (bounded by the log's row cap) and checks each hit's id text."""
+    p = prediction_chunks
+    wanted = {r: zlib.crc32(r.encode()) for r in request_ids}
+    hashes = np.fromiter(wanted.values(), np.uint32, len(wanted))
+    found: dict[str, tuple[float, int, int]] = {}
+    q = sa.select(p.c.id_hashes, p.c.request_ids, p.c.ts, p.c.predicted, p.c.version).where(p.c.model == model)
+    if since is not None:
+        q = q.where(p.c.ts_last >= since)
+    with engine.connect() as conn:
+        for row in conn.execute(q.order_by(p.c.ts_last.desc(), p.c.id.desc())):
+            hit = np.flatnonzero(np.isin(np.frombuffer(row.id_hashes, "<u4"), hashes))
+            if not len(hit):
+                continue
+            rids = row.request_ids.split(b"\n")
+            ts = np.frombuffer(row.ts, "<f8")
+            pred = np.frombuffer(row.predicted, "<i4")
+            for j in hit[::-1]:  # newest first within the chunk
+                rid = rids[j].decode()
+                if rid in wanted and rid not in found:
+                    found[rid] = (float(ts[j]), int(pred[j]), int(row.version))
+            if len(found) == len(wanted):
+                break
+    return found
 
 
 def inputs_for(engine: sa.Engine, model: str, ids: list[int]) -> dict[int, np.ndarray]:
@@ -344,29 +432,22 @@ def record_feedback(engine: sa.Engine, model: str, classes: list[str], items: li
             labels[rid] = index[key]
             results.append({"id": rid, "status": "accepted"})
     if labels:
-        with engine.begin() as conn:
-            seen: dict[str, float] = {}
-            ids = list(labels)
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                q = (sa.select(predictions.c.request_id, sa.func.max(predictions.c.ts))
-                     .where(predictions.c.model == model, predictions.c.request_id.in_(chunk))
-                     .group_by(predictions.c.request_id))
-                seen.update({r: float(t) for r, t in conn.execute(q).all()})
-            rows = []
-            for item in results:
-                rid = item["id"]
-                if item["status"] != "accepted":
-                    continue
-                if rid not in seen:
-                    item["status"] = "unknown"
-                    item["error"] = f"no logged prediction of {model!r} has id {rid!r}"
-                elif now - seen[rid] > horizon_s:
-                    item["status"] = "late"
-                    item["error"] = f"the prediction is older than the feedback horizon ({horizon_s / 3600:g} h)"
-                else:
-                    rows.append({"model": model, "request_id": rid, "label": labels[rid], "ts": now})
-            if rows:
+        seen = find(engine, model, list(labels), since=now - horizon_s - 86400)
+        rows = []
+        for item in results:
+            rid = item["id"]
+            if item["status"] != "accepted":
+                continue
+            if rid not in seen:
+                item["status"] = "unknown"
+                item["error"] = f"no logged prediction of {model!r} has id {rid!r}"
+            elif now - seen[rid][0] > horizon_s:
+                item["status"] = "late"
+                item["error"] = f"the prediction is older than the feedback horizon ({horizon_s / 3600:g} h)"
+            else:
+                rows.append({"model": model, "request_id": rid, "label": labels[rid], "ts": now})
+        if rows:
+            with engine.begin() as conn:
                 conn.execute(feedback.delete().where(feedback.c.model == model,
                                                      feedback.c.request_id.in_([r["request_id"] for r in rows])))
                 conn.execute(feedback.insert(), rows)
@@ -375,23 +456,21 @@ def record_feedback(engine: sa.Engine, model: str, classes: list[str], items: li
 
 def accuracy(engine: sa.Engine, model: str, *, version: int | None = None, last: int | None = None,
              classes: list[str] | None = None) -> dict[str, Any]:
-    """Realised accuracy from labels joined with predictions: overall and per true class, over
-    the `last` labelled predictions (all when None). A label counts even when the prediction's
-    input is no longer kept: the predicted class is in the row."""
-    p, f = predictions, feedback
-    q = sa.select(f.c.label, p.c.predicted, p.c.version).select_from(
-        f.join(p, sa.and_(p.c.model == f.c.model, p.c.request_id == f.c.request_id))).where(f.c.model == model)
-    if version is not None:
-        q = q.where(p.c.version == version)
-    q = q.order_by(p.c.ts.desc())
-    if last is not None:
-        q = q.limit(last)
+    """Realised accuracy from labels joined with the log: overall and per true class, over the
+    `last` labelled predictions (all when None). A label counts even when the prediction's
+    input is no longer kept: the predicted class is in the log."""
     with engine.connect() as conn:
-        rows = conn.execute(q).all()
+        labelled = dict(conn.execute(sa.select(feedback.c.request_id, feedback.c.label)
+                                     .where(feedback.c.model == model)).all())
+    hits = find(engine, model, list(labelled)) if labelled else {}
+    rows = sorted(((ts, labelled[rid], pred) for rid, (ts, pred, v) in hits.items()
+                   if version is None or v == version), reverse=True)
+    if last is not None:
+        rows = rows[:last]
     if not rows:
         return {"n_labels": 0, "realised": None, "per_class": {}}
-    y = np.array([r[0] for r in rows])
-    pred = np.array([r[1] for r in rows])
+    y = np.array([r[1] for r in rows])
+    pred = np.array([r[2] for r in rows])
     per_class = {}
     for c in np.unique(y):
         name = classes[c] if classes and c < len(classes) else str(c)

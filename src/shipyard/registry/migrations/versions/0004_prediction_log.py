@@ -18,18 +18,24 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
-        "predictions",
-        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
-        sa.Column("request_id", sa.String(128), nullable=False),
+        "prediction_chunks",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("model", sa.String(128), nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
-        sa.Column("ts", sa.Float, nullable=False),
-        sa.Column("predicted", sa.Integer, nullable=False),
-        sa.Column("confidence", sa.Float, nullable=False),
-        sa.Column("sampled", sa.Boolean, nullable=False),
+        sa.Column("ts_first", sa.Float, nullable=False),
+        sa.Column("ts_last", sa.Float, nullable=False),
+        sa.Column("n", sa.Integer, nullable=False),
+        sa.Column("ids", sa.LargeBinary, nullable=False),
+        sa.Column("request_ids", sa.LargeBinary, nullable=False),
+        sa.Column("id_hashes", sa.LargeBinary, nullable=False),
+        sa.Column("ts", sa.LargeBinary, nullable=False),
+        sa.Column("predicted", sa.LargeBinary, nullable=False),
+        sa.Column("confidence", sa.LargeBinary, nullable=False),
+        sa.Column("sampled", sa.LargeBinary, nullable=False),
+        sa.Column("projection", sa.LargeBinary),
+        sa.Column("proj_dim", sa.Integer, nullable=False),
     )
-    op.create_index("ix_predictions_request_id", "predictions", ["request_id"])
-    op.create_index("ix_predictions_model_ts", "predictions", ["model", "ts"])
+    op.create_index("ix_prediction_chunks_model_ts", "prediction_chunks", ["model", "ts_last"])
     op.create_table(
         "prediction_inputs",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -61,6 +67,5 @@ def downgrade() -> None:
     op.drop_table("feedback")
     op.drop_index("ix_prediction_inputs_model_kind_ts", "prediction_inputs")
     op.drop_table("prediction_inputs")
-    op.drop_index("ix_predictions_model_ts", "predictions")
-    op.drop_index("ix_predictions_request_id", "predictions")
-    op.drop_table("predictions")
+    op.drop_index("ix_prediction_chunks_model_ts", "prediction_chunks")
+    op.drop_table("prediction_chunks")
