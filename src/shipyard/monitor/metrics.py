@@ -6,15 +6,16 @@ merges them all, so a scrape sees the whole server whichever worker answers. Gau
 describe a worker's state (queue depth, requests in flight) sum over live workers; the
 registry's view (the version behind an alias, traffic weights) takes the most recent value.
 
-The hot path pays one counter increment and one histogram observation per request (about
-2 µs together, measured); batch-level series are observed per batch; gauges are set once a
-second by a background tick, never per request."""
+The hot path only counts in plain Python (a dict increment and a list append per request, a
+list append per batch); a background tick hands the counts to prometheus-client once a second,
+and sets the gauges then too, never per request."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as _mp
 
@@ -83,28 +84,70 @@ def worker_exited(pid: int) -> None:
         _mp.mark_process_dead(pid)
 
 
+def observe_many(child: Any, values: list[float]) -> None:
+    """Add many observations to one histogram child at once: counts per bucket with numpy, one
+    increment per touched bucket (prometheus-client has no bulk observe; this uses its value
+    slots, and falls back to observing one by one if they ever change)."""
+    if not values:
+        return
+    buckets, total, bounds = (getattr(child, a, None) for a in ("_buckets", "_sum", "_upper_bounds"))
+    if buckets is None or total is None or bounds is None:
+        for v in values:
+            child.observe(v)
+        return
+    arr = np.asarray(values, dtype=np.float64)
+    counts = np.bincount(np.searchsorted(np.asarray(bounds), arr, side="left"), minlength=len(bounds))
+    for i in np.flatnonzero(counts[:len(bounds)]):
+        buckets[i].inc(float(counts[i]))
+    total.inc(float(arr.sum()))
+
+
 class RequestMetrics:
-    """Cached label children for the per-request series (a `labels()` lookup costs as much as
-    the increment)."""
+    """Per-request series, counted in plain Python on the hot path (a dict increment and a list
+    append) and handed to prometheus-client once a second by `flush` (measured: observing each
+    request directly cost 3 µs of the ~80 µs a request takes at c=64)."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._requests: dict[tuple[str, str, str, int], Any] = {}
-        self._latency: dict[tuple[str, str], Any] = {}
+        self._counts: dict[tuple[str, str, str, int], int] = {}
+        self._latency: dict[tuple[str, str], list[float]] = {}
+        self._children: dict[Any, Any] = {}
 
     def observe(self, model: str, version: str, route: str, status: int, seconds: float) -> None:
         if not self.enabled:
             return
         key = (model, version, route, status)
-        child = self._requests.get(key)
-        if child is None:
-            if len(self._requests) > 10_000:  # names come from clients (404s): stay bounded
-                self._requests.clear()
-            child = self._requests[key] = REQUESTS.labels(model, version, route, str(status))
-        child.inc()
+        self._counts[key] = self._counts.get(key, 0) + 1
         if status == 200:
-            lkey = (model, route)
-            hist = self._latency.get(lkey)
-            if hist is None:
-                hist = self._latency[lkey] = REQUEST_SECONDS.labels(model, route)
-            hist.observe(seconds)
+            lat = self._latency.get((model, route))
+            if lat is None:
+                lat = self._latency[(model, route)] = []
+            lat.append(seconds)
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        latency, self._latency = self._latency, {}
+        for (model, version, route, status), n in counts.items():
+            REQUESTS.labels(model, version, route, str(status)).inc(n)
+        for (model, route), values in latency.items():
+            observe_many(REQUEST_SECONDS.labels(model, route), values)
+
+
+class BatchMetrics:
+    """Batch size and model time per version, kept like `RequestMetrics` and flushed with it."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.sizes: list[float] = []
+        self.seconds: list[float] = []
+        self._size = BATCH_SIZE.labels(model, version)
+        self._time = INFERENCE_SECONDS.labels(model, version)
+
+    def __call__(self, n: int, elapsed: float) -> None:
+        self.sizes.append(n)
+        self.seconds.append(elapsed)
+
+    def flush(self) -> None:
+        sizes, self.sizes = self.sizes, []
+        seconds, self.seconds = self.seconds, []
+        observe_many(self._size, sizes)
+        observe_many(self._time, seconds)

@@ -163,6 +163,7 @@ class App:
                 await self.drain()
                 if self.predlog is not None:
                     await self.predlog.stop()
+                self._export_metrics()
                 metrics.worker_exited(os.getpid())
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -215,12 +216,17 @@ class App:
     async def _tick(self) -> None:
         """Once a second: the gauges that describe this worker (queue depth, in flight, aliases)."""
         while True:
+            self._export_metrics()
+            await asyncio.sleep(1.0)
+
+    def _export_metrics(self) -> None:
+        if self.request_metrics.enabled:
             metrics.INFLIGHT.set(self.inflight)
             try:
+                self.request_metrics.flush()
                 self.fleet.export_gauges()
             except Exception as e:  # noqa: BLE001 - metrics must never take serving down
-                log.warning("cannot export gauges: %s", e)
-            await asyncio.sleep(1.0)
+                log.warning("cannot export metrics: %s", e)
 
     # -- helpers -----------------------------------------------------------------------------
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
@@ -319,6 +325,7 @@ class App:
         if kind == "feedback":
             return await self._feedback(scope, receive, name)  # type: ignore[arg-type]
         if path == "/metrics":
+            self._export_metrics()  # this worker's latest counts; the others' are at most a second old
             body, ctype = metrics.render()
             return 200, body, [(b"content-type", ctype.encode())]
         if kind == "meta":

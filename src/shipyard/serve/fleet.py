@@ -172,13 +172,7 @@ class Fleet:
         t0 = time.perf_counter()
         rt.warm_batch(cfg.max_batch_size)
         inline = time.perf_counter() - t0 < INLINE_LIMIT_S
-        size = metrics.BATCH_SIZE.labels(rt.name, str(rt.version))
-        seconds = metrics.INFERENCE_SECONDS.labels(rt.name, str(rt.version))
-
-        def on_batch(n: int, elapsed: float) -> None:
-            size.observe(n)
-            seconds.observe(elapsed)
-
+        on_batch = rt.serving_metrics = metrics.BatchMetrics(rt.name, str(rt.version))
         hook = self.results_hook
         rt.batcher = Batcher(rt.predict, cfg, inline=inline, on_batch=on_batch if self.metrics_enabled else None,
                              on_results=(lambda tags, counts, f, p: hook(rt, tags, counts, f, p)) if hook else None)
@@ -314,6 +308,8 @@ class Fleet:
             b = rt.batcher
             if b is None:
                 continue
+            if rt.serving_metrics is not None:
+                rt.serving_metrics.flush()
             v = str(rt.version)
             metrics.QUEUE_DEPTH.labels(rt.name, v).set(b.queued)
             metrics.BATCH_DELAY.labels(rt.name, v).set(b.delay_s)

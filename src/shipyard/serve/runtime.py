@@ -58,6 +58,7 @@ class ModelRuntime:
         self.session = ort.InferenceSession(str(bundle.model_path), opts, providers=["CPUExecutionProvider"])
         self.output = self.session.get_outputs()[0].name
         self.batcher: Any = None  # set by the server: a shipyard.serve.batching.Batcher, or None to run inline
+        self.serving_metrics: Any = None  # set by the server: its batch metrics, flushed once a second
         self.serving: dict[str, Any] = {}  # how the server runs it (batching), shown in metadata
         self._pca: tuple[np.ndarray, np.ndarray] | tuple[()] | None = None
         self.warm()
