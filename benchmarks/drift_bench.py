@@ -1,0 +1,186 @@
+"""Drift detection on Fashion-MNIST: how fast each shift is seen, and how often a window with no
+shift alarms.
+
+    python benchmarks/drift_bench.py [--epochs 3] [--null-windows 500]
+
+Trains the canonical model on Fashion-MNIST (train split), builds its bundle (the reference
+profile: PCA of training inputs, held-out confidence and class mix), then streams the Fashion-
+MNIST test set (never used to build the reference) unchanged and shifted: Gaussian noise
+(σ 0.1, 0.3), rotation (15°, 45°), brightness/contrast, inverted images, label-prior shift (two
+classes only), and MNIST digits (a new domain). For windows of 100 and 250 it reports, per
+stream: samples until the first alarm, the share of windows that alarm, which tests fired, and
+the estimated accuracy (from calibrated confidence) next to the true one. For the no-shift stream
+it resamples `--null-windows` windows and prints the false-alarm rate with a 95% Wilson interval.
+
+Two settings side by side: textbook (each test at p ≤ 0.01) and calibrated (each test's
+threshold set by `shipyard.monitor.drift.calibrate` on windows drawn from the validation split,
+so the union of the three tests alarms on about `--alpha` of no-shift windows). Goals (issue 5):
+false alarms ≤ 1% (upper end of the interval); strong shifts (σ 0.3, 45°, inverted, 2 classes,
+MNIST) alarmed within 100 samples; mild ones (σ 0.1, 15°, brightness) in ≥ 90% of 250-sample
+windows. Fixed seeds: the same streams and windows every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+STRONG = ("noise σ0.3", "rotate 45°", "inverted", "two classes", "MNIST digits")
+MILD = ("noise σ0.1", "rotate 15°", "brightness")
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def streams(x: np.ndarray, y: np.ndarray, mnist: np.ndarray, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Raw uint8 images [N, 28, 28] (and labels) for each stream, in a fixed shuffled order."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    x, y = x[order], y[order]
+    f = x.astype(np.float32) / 255
+
+    def to_u8(a: np.ndarray) -> np.ndarray:
+        return (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+
+    def rotate(deg: float) -> np.ndarray:
+        return np.stack([ndimage.rotate(img, deg, reshape=False, order=1, mode="constant") for img in x[:3000]])
+
+    two = np.isin(y, [0, 1])
+    return {
+        "no shift": (x, y),
+        "noise σ0.1": (to_u8(f + rng.normal(0, 0.1, f.shape)), y),
+        "noise σ0.3": (to_u8(f + rng.normal(0, 0.3, f.shape)), y),
+        "rotate 15°": (rotate(15), y[:3000]),
+        "rotate 45°": (rotate(45), y[:3000]),
+        "brightness": (to_u8(f * 0.7 + 0.25), y),
+        "inverted": (255 - x, y),
+        "two classes": (x[two], y[two]),
+        "MNIST digits": (mnist, np.full(len(mnist), -1)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--null-windows", type=int, default=500)
+    ap.add_argument("--alpha", type=float, default=0.002, help="target false-alarm share of the calibrated union")
+    args = ap.parse_args()
+
+    import shipyard
+    from shipyard.data import load
+    from shipyard.monitor import drift
+    from shipyard.serve.runtime import ModelRuntime
+    from shipyard.settings import Settings
+
+    home = Path(tempfile.mkdtemp(prefix="drift-bench-"))
+    settings = Settings(home=home)
+    t0 = time.perf_counter()
+    run = shipyard.train(data="fashion-mnist", epochs=args.epochs, settings=settings, progress=False)
+    bundle, _, _ = shipyard.optimize(run, variants=("fp32",), bench_seconds=0.05, settings=settings,
+                                     output=home / "fashion.tar.gz")
+    print(f"trained and bundled in {time.perf_counter() - t0:.0f} s; val accuracy "
+          f"{run.best_val_accuracy:.4f}", file=sys.stderr)
+    rt = ModelRuntime(bundle)
+    ref = dict(np.load(bundle.path / "reference.npz"))
+    spec = bundle.preprocess
+    assert spec is not None
+    ds = load("fashion-mnist")
+    splits = ds.split(run.recipe.get("val_fraction"), run.recipe.get("split_seed", 0))
+    mnist = load("mnist-sample").x
+
+    def observe(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        feats = spec.apply(raw)
+        probs = np.concatenate([rt.predict(feats[i:i + 1024]) for i in range(0, len(feats), 1024)])
+        proj = rt.project(feats)
+        assert proj is not None
+        return proj.astype(np.float32), probs.argmax(1), probs.max(1)
+
+    ref_proj = ref["projected"]
+    ref_freq = ref["class_frequencies"]
+    ref_conf = ref["val_confidence"]
+    val_proj, val_pred, val_conf = observe(splits.x_val)
+
+    def tests(proj: np.ndarray, pred: np.ndarray, conf: np.ndarray, th: dict[str, float]) -> dict[str, bool]:
+        return {"input": drift.input_drift(ref_proj, proj, threshold=th["input"]).alarm,
+                "prediction": drift.prediction_drift(ref_freq, pred, threshold=th["prediction"]).alarm,
+                "confidence": drift.confidence_drift(ref_conf, conf, threshold=th["confidence"]).alarm}
+
+    data = {name: (observe(x), yy) for name, (x, yy) in streams(splits.x_test, splits.y_test, mnist).items()}
+    null = data["no shift"][0]
+    for w in (100, 250):
+        textbook = {"input": 0.01, "prediction": 0.01, "confidence": 0.01}
+        each = args.alpha / 3
+        rows_val = np.arange(len(val_proj))
+        tc = time.perf_counter()
+        calibrated = {
+            "input": drift.calibrate(lambda i: drift.input_drift(ref_proj, val_proj[i]).p_value, rows_val, w,
+                                     alpha=each, draws=1000, seed=1),
+            "prediction": drift.calibrate(lambda i: drift.prediction_drift(ref_freq, val_pred[i]).p_value, rows_val,
+                                          w, alpha=each, draws=1000, seed=2),
+            "confidence": drift.calibrate(lambda i: drift.confidence_drift(ref_conf, val_conf[i]).p_value, rows_val,
+                                          w, alpha=each, draws=1000, seed=3),
+        }
+        print(f"\nwindow {w}: calibrated thresholds (p) " + ", ".join(f"{k} {v:.2e}" for k, v in calibrated.items())
+              + f" in {time.perf_counter() - tc:.1f} s", file=sys.stderr)
+        for label, th in (("textbook", textbook), ("calibrated", calibrated)):
+            rng = np.random.default_rng(7)
+            proj, pred, conf = null
+            alarms = 0
+            tw = time.perf_counter()
+            for _ in range(args.null_windows):
+                i = rng.choice(len(proj), w, replace=False)
+                alarms += any(tests(proj[i], pred[i], conf[i], th).values())
+            per_window_ms = (time.perf_counter() - tw) / args.null_windows * 1000
+            lo, hi = wilson(alarms, args.null_windows)
+            print(f"\n== window {w}, {label}: no-shift false alarms {alarms}/{args.null_windows} = "
+                  f"{alarms / args.null_windows:.2%} (95% {lo:.2%}–{hi:.2%}; goal: upper ≤ 1%); "
+                  f"{per_window_ms:.1f} ms per window")
+            print(f"{'stream':<14}{'first alarm':>12}{'alarmed':>10}  {'tests that fired':<34}"
+                  f"{'est acc':>8}{'true acc':>9}")
+            for name, ((proj, pred, conf), yy) in data.items():
+                n_win = len(proj) // w
+                fired = {"input": 0, "prediction": 0, "confidence": 0}
+                first = None
+                hits = 0
+                for k in range(n_win):
+                    s = slice(k * w, (k + 1) * w)
+                    r = tests(proj[s], pred[s], conf[s], th)
+                    if any(r.values()):
+                        hits += 1
+                        first = first if first is not None else (k + 1) * w
+                    for t, a in r.items():
+                        fired[t] += a
+                est = drift.estimated_accuracy(conf, ref["calibration_edges"], ref["calibration_accuracy"])
+                true = float((pred == yy).mean()) if (yy >= 0).all() else float("nan")
+                mark = ""
+                if name in STRONG and w == 100:
+                    mark = " ✓" if first == 100 else " ✗ (goal: within 100)"
+                if name in MILD and w == 250:
+                    mark = " ✓" if hits >= 0.9 * n_win else " ✗ (goal: ≥ 90%)"
+                fired_s = " ".join(f"{t[:4]} {v / n_win:.0%}" for t, v in fired.items())
+                print(f"{name:<14}{first if first else '-':>12}{hits / max(n_win, 1):>10.0%}  {fired_s:<34}"
+                      f"{est if est is not None else float('nan'):>8.3f}{true:>9.3f}{mark}")
+    if os.environ.get("KEEP") is None:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
