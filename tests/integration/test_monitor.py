@@ -129,8 +129,11 @@ def test_projections_come_from_the_bundles_reference_profile(optimized, tmp_path
     log.flush()
     logged = read(reg.engine, "fashion", projection=True)
     with np.load(optimized[2].path / "reference.npz") as ref:
-        expected = (x - ref["pca_mean"]) @ ref["pca_components"].T
-    assert logged.projection is not None and logged.projection.shape == expected.shape
+        centred = x.astype(np.float64) - ref["pca_mean"]
+        coords = centred @ ref["pca_components"].T.astype(np.float64)
+        residual = np.linalg.norm(centred - coords @ ref["pca_components"].astype(np.float64), axis=1)
+    expected = np.column_stack([coords, residual])  # the last column: distance from the PCA subspace
+    assert logged.projection is not None and logged.projection.shape == (10, coords.shape[1] + 1)
     np.testing.assert_allclose(logged.projection.astype(np.float32), expected, rtol=2e-2, atol=2e-2)
 
 

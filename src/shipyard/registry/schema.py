@@ -152,7 +152,8 @@ prediction_chunks = sa.Table(
     sa.Column("predicted", sa.LargeBinary, nullable=False),  # int32 class index
     sa.Column("confidence", sa.LargeBinary, nullable=False),  # float32
     sa.Column("sampled", sa.LargeBinary, nullable=False),  # bool: full input kept beyond the ring
-    sa.Column("projection", sa.LargeBinary),  # float16 n × proj_dim on the reference PCA basis
+    # float16 n × proj_dim: PCA coordinates on the reference basis, then the reconstruction error
+    sa.Column("projection", sa.LargeBinary),
     sa.Column("proj_dim", sa.Integer, nullable=False),
     sa.Index("ix_prediction_chunks_model_ts", "model", "ts_last"),
 )
