@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from shipyard.monitor.predlog import LogConfig, PredictionLog, accuracy, read, record_feedback
+from shipyard.monitor.reference import profile
 from shipyard.registry import Registry
 from shipyard.registry.schema import prediction_chunks, prediction_inputs
 from shipyard.serve.runtime import ModelRuntime
@@ -132,9 +133,15 @@ def test_projections_come_from_the_bundles_reference_profile(optimized, tmp_path
         centred = x.astype(np.float64) - ref["pca_mean"]
         coords = centred @ ref["pca_components"].T.astype(np.float64)
         residual = np.linalg.norm(centred - coords @ ref["pca_components"].astype(np.float64), axis=1)
+        held_out = ref["val_profile"]
+        same = profile(ref["pca_mean"], ref["pca_components"], x)
     expected = np.column_stack([coords, residual])  # the last column: distance from the PCA subspace
     assert logged.projection is not None and logged.projection.shape == (10, coords.shape[1] + 1)
     np.testing.assert_allclose(logged.projection.astype(np.float32), expected, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(same, expected, rtol=1e-9, atol=1e-9)  # one formula at bundle and serve time
+    # the bundle carries the held-out validation inputs' profile, the reference drift tests need
+    assert held_out.shape[1] == coords.shape[1] + 1 and len(held_out) > 100
+    assert np.isfinite(held_out.astype(np.float32)).all() and (held_out[:, -1] > 0).all()
 
 
 def test_late_labels_are_refused_and_labels_count_after_the_input_is_gone(home) -> None:  # type: ignore[no-untyped-def]

@@ -16,9 +16,13 @@ CALIBRATION_BINS = 10
 
 
 def build(x_train: np.ndarray, val_probabilities: np.ndarray, y_val: np.ndarray, *, seed: int = 0,
-          sample_size: int = SAMPLE_SIZE, components: int = COMPONENTS) -> dict[str, np.ndarray]:
+          sample_size: int = SAMPLE_SIZE, components: int = COMPONENTS,
+          x_val: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """x_train: preprocessed training features (flattened here); val_probabilities: the
-    chosen variant's probabilities on the validation split."""
+    chosen variant's probabilities on the validation split; x_val: its preprocessed features,
+    whose profile (PCA coordinates and reconstruction error) is the held-out reference that
+    drift tests compare live windows with and calibrate their thresholds on (the training
+    sample is in-sample to the PCA, so its reconstruction errors are too small)."""
     x_train = x_train.reshape(len(x_train), -1)
     rng = np.random.default_rng(seed)
     n = min(sample_size, len(x_train))
@@ -39,7 +43,11 @@ def build(x_train: np.ndarray, val_probabilities: np.ndarray, y_val: np.ndarray,
     hits = np.bincount(which, weights=correct, minlength=CALIBRATION_BINS)
     accuracy = np.divide(hits, counts, out=np.full(CALIBRATION_BINS, np.nan), where=counts > 0)
     classes = val_probabilities.shape[1]
+    extra: dict[str, np.ndarray] = {}
+    if x_val is not None:
+        extra["val_profile"] = profile(mean, basis, x_val).astype(np.float16)
     return {
+        **extra,
         "schema_version": np.array(SCHEMA_VERSION),
         "sample": sample,
         "pca_mean": mean.astype(np.float32),
@@ -65,6 +73,7 @@ def summary(ref: dict[str, np.ndarray]) -> dict[str, Any]:
         "file": "reference.npz",
         "sample_size": int(len(ref["sample"])),
         "pca_components": int(len(ref["pca_components"])),
+        "val_profile_size": int(len(ref["val_profile"])) if "val_profile" in ref else 0,
         "pca_explained_variance_ratio": float(ref["pca_explained_variance"].sum() / ref["pca_total_variance"]),
         "class_frequencies": [round(float(f), 6) for f in ref["class_frequencies"]],
         "val_accuracy": float((ref["val_predictions"] == ref["val_labels"]).mean()),
@@ -75,6 +84,15 @@ def summary(ref: dict[str, np.ndarray]) -> dict[str, Any]:
             for i in range(len(count))
         ],
     }
+
+
+def profile(mean: np.ndarray, components: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Each input's PCA coordinates and, as the last column, its distance from the PCA subspace
+    (float64 here; the server computes the same in float32 per request, `ModelRuntime.project`)."""
+    centred = x.reshape(len(x), -1).astype(np.float64) - mean
+    coords = centred @ components.T.astype(np.float64)
+    residual = np.sqrt(np.maximum((centred**2).sum(1) - (coords**2).sum(1), 0))
+    return np.column_stack([coords, residual])
 
 
 def project(ref: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:

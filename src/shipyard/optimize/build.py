@@ -113,7 +113,7 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         chosen.chosen = True
         console.print(f"chose [bold]{chosen.name}[/]: {reason}")
 
-        ref = reference.build(x_train, probs[chosen.name], y_val, seed=recipe.seed)
+        ref = reference.build(x_train, probs[chosen.name], y_val, seed=recipe.seed, x_val=x_val)
         ref_path = work / "reference.npz"
         np.savez_compressed(ref_path, **ref)  # type: ignore[arg-type]
         meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads,

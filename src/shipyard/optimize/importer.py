@@ -84,7 +84,7 @@ def import_model(path: Path, *, name: str, labels: list[str] | None = None, prep
                 metrics["test_accuracy"] = float((test_probs.argmax(1) == splits.y_test).mean())
             metrics["val_accuracy"] = m.accuracy
             x_train = spec.apply(splits.x_train)
-            ref = reference.build(x_train.reshape(len(x_train), -1), probs, splits.y_val)
+            ref = reference.build(x_train.reshape(len(x_train), -1), probs, splits.y_val, x_val=x_val)
             ref_path = work / "reference.npz"
             np.savez_compressed(ref_path, **ref)  # type: ignore[arg-type]
             ref_summary = reference.summary(ref)
