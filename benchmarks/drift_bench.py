@@ -88,6 +88,7 @@ def main() -> None:
     import shipyard
     from shipyard.data import load
     from shipyard.monitor import drift
+    from shipyard.monitor.reference import profile
     from shipyard.serve.runtime import ModelRuntime
     from shipyard.settings import Settings
 
@@ -104,25 +105,23 @@ def main() -> None:
     spec = bundle.preprocess
     assert spec is not None
     ds = load("fashion-mnist")
-    splits = ds.split(run.recipe.get("val_fraction"), run.recipe.get("split_seed", 0))
     mnist = load("mnist-sample").x
 
-    mean, basis = ref["pca_mean"].astype(np.float64), ref["pca_components"].astype(np.float64)
-
     def observe(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per instance: the input's PCA projection plus, as one more column, its distance from
-        the PCA subspace (the reconstruction error, what the projection cannot see, e.g. noise),
-        the predicted class and the confidence."""
+        """Per instance: the input's profile (PCA coordinates and, as one more column, its
+        distance from the PCA subspace: what the projection cannot see, e.g. noise), the
+        predicted class and the confidence."""
         feats = spec.apply(raw)
         probs = np.concatenate([rt.predict(feats[i:i + 1024]) for i in range(0, len(feats), 1024)])
-        centred = feats.reshape(len(feats), -1).astype(np.float64) - mean
-        proj = centred @ basis.T
-        residual = np.sqrt(np.maximum((centred**2).sum(1) - (proj**2).sum(1), 0))
-        return np.column_stack([proj, residual]).astype(np.float32), probs.argmax(1), probs.max(1)
+        # float16 like the prediction log and the bundle's held-out profile
+        prof = profile(ref["pca_mean"], ref["pca_components"], feats).astype(np.float16).astype(np.float32)
+        return prof, probs.argmax(1), probs.max(1)
 
     ref_freq = ref["class_frequencies"]
     ref_conf = ref["val_confidence"]
-    val_proj, val_pred, val_conf = observe(splits.x_val)
+    # the bundle's held-out profile: the validation split's inputs, predictions and confidences
+    val_proj = ref["val_profile"].astype(np.float32)
+    val_pred, val_conf = ref["val_predictions"], ref["val_confidence"]
     # held-out halves: one is the input test's reference, the other calibrates the thresholds (a
     # window drawn from the reference itself would look more alike than live traffic does)
     half = np.random.default_rng(11).permutation(len(val_proj))
@@ -134,7 +133,7 @@ def main() -> None:
                 "prediction": drift.prediction_drift(ref_freq, pred, threshold=th["prediction"]).alarm,
                 "confidence": drift.confidence_drift(ref_conf, conf, threshold=th["confidence"]).alarm}
 
-    data = {name: (observe(x), yy) for name, (x, yy) in streams(splits.x_test, splits.y_test, mnist).items()}
+    data = {name: (observe(x), yy) for name, (x, yy) in streams(ds.x_test, ds.y_test, mnist).items()}
     null = data["no shift"][0]
     for w in (100, 250):
         textbook = {"input": 0.01, "prediction": 0.01, "confidence": 0.01}

@@ -93,8 +93,3 @@ def profile(mean: np.ndarray, components: np.ndarray, x: np.ndarray) -> np.ndarr
     coords = centred @ components.T.astype(np.float64)
     residual = np.sqrt(np.maximum((centred**2).sum(1) - (coords**2).sum(1), 0))
     return np.column_stack([coords, residual])
-
-
-def project(ref: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Project preprocessed inputs on the reference PCA basis (what the prediction log keeps)."""
-    return ((x.reshape(len(x), -1) - ref["pca_mean"]) @ ref["pca_components"].T).astype(np.float32)

@@ -54,10 +54,6 @@ class MethodNotAllowed(ShipyardError):
     http_status = 405
 
 
-class Unavailable(ShipyardError):
-    http_status = 503
-
-
 def _parse_path(path: str) -> tuple[str, str | None, str | None]:
     """(kind, model name, version) for a path; kinds: infer, ready, meta, v1, v1meta, other."""
     if m := _MODEL.match(path):
@@ -277,13 +273,14 @@ class App:
     def _done(self, rt: ModelRuntime, route: str, t0: float) -> None:
         self.request_metrics.observe(rt.name, str(rt.version), route, 200, time.perf_counter() - t0)
 
-    def _mirror(self, name: str, features: Any, labels: Any) -> None:
+    def _mirror(self, name: str, primary: ModelRuntime, features: Any, probs: Any) -> None:
         """Send a copy to the model's shadow, if it has one; never delays the primary answer (its
         own bounded queue: when full the copy is dropped and counted)."""
         table = self.fleet.served.get(name)
         if table is None or table.shadow is None:
             return
         self.shadow_stats["mirrored"] += 1
+        labels = primary.labels(probs)  # only when there is a shadow to compare with
         task = asyncio.get_running_loop().create_task(self._shadow(table.shadow.runtime, features, labels))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
@@ -385,7 +382,7 @@ class App:
         probs = await self._predict(rt, features, rid)
         out, out_header = respond_v2(rt, probs, wanted, rid)
         if version is None:
-            self._mirror(name, features, rt.labels(probs))
+            self._mirror(name, rt, features, probs)
         self._done(rt, "v2", t0)
         headers = [*_JSON, (b"x-request-id", rid.encode())]
         if out_header is not None:
@@ -404,7 +401,7 @@ class App:
         features = prepare_v1(rt, decode_v1(await self._body(scope, receive)))
         rid = request_id(None)
         probs = await self._predict(rt, features, rid)
-        self._mirror(name, features, rt.labels(probs))
+        self._mirror(name, rt, features, probs)
         self._done(rt, "v1", t0)
         return 200, respond_v1(rt, probs, rid), [*_JSON, (b"x-request-id", rid.encode())]
 
