@@ -64,12 +64,49 @@ def tiny_meta(name: str, classes: int, size_bytes: int, **extra: Any) -> dict[st
     }
 
 
-def make_bundle(folder: Path, name: str = "tiny", classes: int = 10, seed: int = 0, **meta: Any) -> Path:
+def make_bundle(folder: Path, name: str = "tiny", classes: int = 10, seed: int = 0, *, reference: bool = False,
+                **meta: Any) -> Path:
     """Write a valid bundle folder at `folder` (new or empty) and return its path. Different
-    seeds give different weights, hence different bytes and sha256."""
+    seeds give different weights, hence different bytes and sha256. `reference` adds a real
+    reference profile built from the bundled MNIST sample (`reference_data`), so monitoring has
+    something to compare with."""
     model = tiny_onnx(classes, seed)
-    bundle.write(Path(folder), tiny_meta(name, classes, len(model), **meta), {bundle.MODEL: model})
+    files: dict[str, Any] = {bundle.MODEL: model}
+    if reference:
+        import onnxruntime as ort
+
+        from shipyard.monitor import reference as reference_mod
+
+        x_train, x_val, y_val = reference_data()
+        probs = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"input": x_val})[0]
+        ref = reference_mod.build(x_train, probs, y_val % classes, x_val=x_val)
+        path = Path(folder).parent / f".{Path(folder).name}-reference.npz"
+        np.savez_compressed(path, **ref)  # type: ignore[arg-type]
+        files[bundle.REFERENCE] = path
+        meta.setdefault("reference", reference_mod.summary(ref))
+    bundle.write(Path(folder), tiny_meta(name, classes, len(model), **meta), files)
     return Path(folder)
+
+
+def reference_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST-sample features: 2,000 training rows for the PCA, 1,500 held-out validation rows
+    (their profile is what drift is tested against); the other 1,500 rows are live traffic
+    (`traffic_data`)."""
+    from shipyard.data.sources import mnist_sample
+
+    ds = mnist_sample()
+    order = np.random.default_rng(5).permutation(len(ds.x))
+    x = (ds.x[order].reshape(len(order), -1) / 255.0).astype(np.float32)
+    return x[:2000], x[2000:3500], ds.y[order][2000:3500]
+
+
+def traffic_data() -> tuple[np.ndarray, np.ndarray]:
+    """The MNIST-sample rows that `reference_data` leaves out, as raw uint8 images and labels."""
+    from shipyard.data.sources import mnist_sample
+
+    ds = mnist_sample()
+    order = np.random.default_rng(5).permutation(len(ds.x))
+    return ds.x[order][3500:], ds.y[order][3500:]
 
 
 def make_mismatched_bundle(folder: Path, *, graph: dict[str, Any] | None = None, **meta: Any) -> Path:

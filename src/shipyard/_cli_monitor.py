@@ -15,7 +15,7 @@ import typer
 from shipyard._output import emit_json, err, reporting
 from shipyard.errors import NotFound, UsageError
 
-monitor_app = typer.Typer(help="Monitoring: the prediction log, labels and accuracy.", no_args_is_help=True,
+monitor_app = typer.Typer(help="Monitoring: drift, accuracy and alerts, the prediction log and labels.", no_args_is_help=True,
                           rich_markup_mode=None)
 
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
@@ -100,3 +100,103 @@ def export(
         if as_json:
             emit_json({"model": name, "rows": len(logged), "labelled": n_labels, "path": str(output.resolve()),
                        "format": kind})
+
+
+def _fmt_test(t: dict | None) -> str:  # type: ignore[type-arg]
+    if not t:
+        return "-"
+    return f"{'ALARM ' if t['alarm'] else ''}p={t['p_value']:.1e}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+@monitor_app.command("status")
+def status_cmd(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the state as one JSON object on stdout.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 3 when any version alarms or an alert is open.")] = False,
+) -> None:
+    """The current state of NAME as the evaluator last persisted it: per version the drift tests
+    of the newest window, realised and estimated accuracy, and the open alerts."""
+    from rich.table import Table
+
+    from shipyard._output import out
+    from shipyard.cli import settings
+    from shipyard.monitor.api import Monitor
+
+    with reporting(as_json):
+        st = Monitor(settings=settings()).status(name)
+        if as_json:
+            emit_json(st)
+        else:
+            table = Table(title=f"{name}: monitoring", title_justify="left")
+            for col in ("version", "aliases", "windows", "last window", "input", "prediction", "confidence",
+                        "estimated acc", "realised acc (labels)"):
+                table.add_column(col)
+            for ver, s in st["versions"].items():
+                w, d, a = s["window"], s["drift"], s["accuracy"]
+                table.add_row(ver, ",".join(s["aliases"]) or "-", str(s["windows"]),
+                              f"{w.get('n', '-')} (+{s['pending']} pending)" + (" STALE" if s["stale"] else ""),
+                              _fmt_test(d.get("input")), _fmt_test(d.get("prediction")),
+                              _fmt_test(d.get("confidence")), _pct(a["estimated"]),
+                              f"{_pct(a['realised'])} ({a['n_labels']})")
+            out.print(table)
+            if not st["versions"]:
+                err.print("no evaluated windows yet: is a server (or `shipyard monitor run`) evaluating it?")
+            for al in st["alerts"]:
+                out.print(f"[red]alert[/] {al['rule']} ({al['severity']}): {al['message']}")
+        if check and (st["alerts"] or any(s["alarm"] for s in st["versions"].values())):
+            raise typer.Exit(3)
+
+
+@monitor_app.command("run")
+def run_cmd(
+    names: Annotated[list[str] | None, typer.Argument(help="Models to evaluate (default: every model with a production alias).")] = None,
+    window: Annotated[int, typer.Option(help="Predictions per drift window.")] = 250,
+    window_max_age_s: Annotated[float, typer.Option(help="A window not full after this many seconds is tested with what it has.")] = 300.0,
+    once: Annotated[bool, typer.Option("--once", help="One evaluation round, then exit (cron, scripts).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --once: print the states as JSON.")] = False,
+) -> None:
+    """Run the drift evaluator in the foreground, for servers started with --no-evaluate or to
+    watch from another host. Takes the same lease as the servers: exactly one process computes
+    each model's windows."""
+    from shipyard.cli import settings
+    from shipyard.monitor.evaluator import Evaluator, MonitorConfig
+    from shipyard.registry import Registry
+
+    with reporting(as_json):
+        if window < 50 or window_max_age_s <= 0:
+            raise UsageError("--window must be ≥ 50 and --window-max-age-s > 0")
+        reg = Registry(settings=settings())
+        known = {m.name: m for m in reg.list()}
+        for n in names or []:
+            if n not in known:
+                raise NotFound(f"no model {n!r} (see `shipyard models list`)")
+        watched = list(names or [n for n, m in known.items() if "production" in m.aliases])
+        if not watched:
+            raise UsageError("no model to evaluate: name one, or give a model a production alias")
+        ev = Evaluator(reg, lambda: watched, MonitorConfig(window=window, max_age_s=window_max_age_s))
+        if once:
+            states = ev.tick()
+            ev.stop()
+            if as_json:
+                emit_json({"evaluated": {n: {str(v): s for v, s in st.items()} for n, st in states.items()},
+                           "held_elsewhere": [n for n in watched if n not in states]})
+            else:
+                for n in watched:
+                    err.print(f"{n}: " + ("evaluated" if n in states else "evaluated by another process"))
+            return
+        err.print(f"evaluating {', '.join(watched)} every {ev.config.tick_s:g} s (Ctrl-C stops)")
+        try:
+            while True:
+                try:
+                    ev.tick()
+                except Exception as e:  # noqa: BLE001 - the database may be away for a while: keep trying
+                    err.print(f"[yellow]evaluation failed:[/] {e}; retrying")
+                time.sleep(ev.config.tick_s)
+        except KeyboardInterrupt:
+            err.print("stopped")
+        finally:
+            ev.stop()

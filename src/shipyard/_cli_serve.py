@@ -38,6 +38,9 @@ def serve(
     log_retention_days: Annotated[float, typer.Option(help="Prediction log rows older than this are removed.")] = 30.0,
     feedback_horizon_h: Annotated[float, typer.Option(help="Labels for predictions older than this are refused as late.")] = 168.0,
     drain_grace: Annotated[float, typer.Option(help="On SIGTERM, how long to keep serving with readiness 503 so load balancers stop sending, seconds (Ctrl-C skips it).")] = 2.0,
+    evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Run the drift evaluator in the server (one worker per model computes, by lease); off: run `shipyard monitor run` elsewhere.")] = True,
+    window: Annotated[int, typer.Option(help="Predictions per drift window.")] = 250,
+    window_max_age_s: Annotated[float, typer.Option(help="A window not full after this many seconds is tested with what it has (at least 50).")] = 300.0,
 ) -> None:
     """Serve registered models over the V2 Open Inference Protocol (REST) and v1 :predict.
 
@@ -59,6 +62,8 @@ def serve(
         if not 0 <= log_sample <= 1 or log_ring < 0 or log_retention_days <= 0 or feedback_horizon_h <= 0:
             raise UsageError("--log-sample must be in 0..1, --log-ring ≥ 0, --log-retention-days and "
                              "--feedback-horizon-h > 0")
+        if window < 50 or window_max_age_s <= 0:
+            raise UsageError("--window must be ≥ 50 and --window-max-age-s > 0")
         token = os.environ.get("SHIPYARD_TOKEN") or None
         try:
             loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -82,6 +87,8 @@ def serve(
             "SHIPYARD_SERVE_LOG": "1" if log else "0", "SHIPYARD_SERVE_METRICS": "1" if metrics else "0", "SHIPYARD_SERVE_LOG_SAMPLE": str(log_sample),
             "SHIPYARD_SERVE_LOG_RING": str(log_ring), "SHIPYARD_SERVE_LOG_RETENTION_DAYS": str(log_retention_days),
             "SHIPYARD_SERVE_FEEDBACK_HORIZON_H": str(feedback_horizon_h),
+            "SHIPYARD_SERVE_EVALUATE": "1" if evaluate else "0", "SHIPYARD_SERVE_WINDOW": str(window),
+            "SHIPYARD_SERVE_WINDOW_MAX_AGE_S": str(window_max_age_s),
         })
         if s.database_url:
             os.environ["SHIPYARD_DATABASE_URL"] = s.database_url

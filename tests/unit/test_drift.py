@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shipyard.monitor import drift
 from shipyard.monitor.drift import calibrate, confidence_drift, estimated_accuracy, input_drift, prediction_drift
 
 RNG = np.random.default_rng(0)
@@ -72,3 +73,37 @@ def test_estimated_accuracy_weights_each_prediction_by_its_confidence_bins_accur
     assert estimated_accuracy(conf, edges, bin_acc) == pytest.approx((0.4 + 0.7 + 0.7 + 0.95 + 0.95) / 5)
     assert estimated_accuracy(np.array([0.1]), edges, bin_acc) is None
     assert estimated_accuracy(np.array([]), edges, bin_acc) is None
+
+
+def test_vectorized_calibration_gives_the_same_p_values_as_one_window_at_a_time() -> None:
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(600, 5)).astype(np.float16).astype(np.float32)
+    null = rng.normal(size=(600, 5)).astype(np.float16).astype(np.float32)
+    null[:, 2] = np.round(null[:, 2] * 2) / 2  # heavy ties, as float16 projections have
+    wins = np.stack([rng.choice(600, 40, replace=False) for _ in range(25)])
+    d = drift._ks_null_stat(ref, null, wins)
+    np.testing.assert_allclose(drift._ks_p(d, 600, 40, 5), [drift.input_drift(ref, null[w]).p_value for w in wins],
+                               rtol=1e-9, atol=1e-12)
+    freq = np.array([0.5, 0.3, 0.15, 0.05])
+    pred = rng.integers(0, 4, 600)
+    np.testing.assert_allclose(drift._chi2_null_p(freq, pred, wins),
+                               [drift.prediction_drift(freq, pred[w]).p_value for w in wins], rtol=1e-9)
+
+
+def test_calibrate_all_matches_the_generic_calibration_and_alarms_on_a_shift() -> None:
+    rng = np.random.default_rng(4)
+    prof = rng.normal(size=(2000, 4)).astype(np.float32)
+    conf = rng.uniform(0.5, 1, 2000).astype(np.float32)
+    pred = rng.integers(0, 3, 2000)
+    ref = drift.Reference(prof[:1000], conf[:1000], np.bincount(pred, minlength=3) / 2000, prof[1000:], pred[1000:],
+                          conf[1000:], np.linspace(0, 1, 11), np.linspace(0.1, 1, 10))
+    th = drift.calibrate_all(ref, 50, alpha=0.03, draws=400, seed=5)
+    generic = drift.calibrate(lambda i: drift.input_drift(ref.profile, ref.null_profile[i]).p_value,
+                              np.arange(1000), 50, alpha=0.01, draws=400, seed=5)
+    assert th.input == pytest.approx(generic) and th.window == 50 and 0 < th.input <= 0.01
+    calm = drift.evaluate(ref, th, prof[1000:1050], pred[1000:1050], conf[1000:1050])
+    shifted = drift.evaluate(ref, th, prof[1000:1050] + 1.0, pred[1000:1050], conf[1000:1050])
+    assert not calm["input"].alarm and shifted["input"].alarm
+    assert set(calm) == {"input", "prediction", "confidence"}
+    with pytest.raises(ValueError, match="need at least 2000 held-out rows"):
+        drift.calibrate_all(ref, 2000)

@@ -17,6 +17,7 @@ and takes the p-value that only a chosen share of them fall below."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -124,3 +125,157 @@ def estimated_accuracy(confidence: np.ndarray, edges: np.ndarray, bin_accuracy: 
     if not known.any():
         return None
     return float(acc[which][known].mean())
+
+
+# -- the product's use: a reference from the bundle, thresholds calibrated at once ----------------
+TESTS = ("input", "prediction", "confidence")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a model version's live windows are compared with, from its bundle's reference
+    profile. The held-out validation rows are split in two fixed halves: one is the reference the
+    input and confidence tests compare with, the other is the no-shift data their thresholds
+    are calibrated on (a window drawn from the reference itself would look more alike than live
+    traffic does)."""
+
+    profile: np.ndarray  # held-out PCA coordinates + reconstruction error (reference half)
+    confidence: np.ndarray  # held-out top probabilities (reference half)
+    class_frequencies: np.ndarray
+    null_profile: np.ndarray  # the calibration half
+    null_predicted: np.ndarray
+    null_confidence: np.ndarray
+    calibration_edges: np.ndarray
+    calibration_accuracy: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, ref: dict[str, np.ndarray], *, seed: int = 11) -> Reference:
+        """From `reference.npz`'s arrays. Needs the held-out profile (`val_profile`, bundles
+        built since it existed): without it the input test has no held-out sample."""
+        if "val_profile" not in ref:
+            raise ValueError("the bundle's reference profile has no held-out profile (val_profile); "
+                             "rebuild the bundle with this version of shipyard")
+        prof = ref["val_profile"].astype(np.float32)
+        order = np.random.default_rng(seed).permutation(len(prof))
+        a, b = order[: len(order) // 2], order[len(order) // 2:]
+        conf = ref["val_confidence"].astype(np.float32)
+        return cls(prof[a], conf[a], ref["class_frequencies"].astype(np.float64), prof[b],
+                   ref["val_predictions"][b].astype(np.int64), conf[b], ref["calibration_edges"],
+                   ref["calibration_accuracy"])
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Per-test p-value thresholds for windows of `window` rows, calibrated so the union of the
+    three tests alarms on about `alpha` of no-shift windows (each test gets alpha / 3)."""
+
+    window: int
+    alpha: float
+    draws: int
+    input: float
+    prediction: float
+    confidence: float
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ks_p(statistic: np.ndarray | float, n_ref: int, window: int, columns: int) -> np.ndarray:
+    """The KS p-value `input_drift` / `confidence_drift` report for a statistic (the largest over
+    `columns` columns, Bonferroni)."""
+    m, n = sorted([float(n_ref), float(window)], reverse=True)
+    return np.minimum(stats.kstwo.sf(statistic, np.round(m * n / (m + n))) * columns, 1.0)
+
+
+def _ks_null_stat(reference: np.ndarray, null: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """The KS statistic of each window (rows of `windows` index `null`) against `reference`, all
+    windows at once, the largest over columns: the same numbers `input_drift` /
+    `confidence_drift` give one window at a time. Each window is sorted; the largest gap
+    between the two empirical CDFs lies at a window value, just at it (the last of a run of
+    ties) or just before it (the first of the run), so only those need the reference's CDF."""
+    reference = reference.reshape(len(reference), -1)
+    null = null.reshape(len(null), -1)
+    draws, w = windows.shape
+    n_ref, k = reference.shape
+    worst = np.zeros(draws)
+    steps = np.arange(w) / w
+    for c in range(k):
+        ref_sorted = np.sort(reference[:, c])
+        right = np.searchsorted(ref_sorted, null[:, c], side="right") / n_ref  # P_ref(X <= x)
+        left = np.searchsorted(ref_sorted, null[:, c], side="left") / n_ref  # P_ref(X < x)
+        x = null[:, c][windows]
+        order = np.argsort(x, axis=1, kind="stable")
+        rows = np.take_along_axis(windows, order, axis=1)
+        xs = np.take_along_axis(x, order, axis=1)
+        change = xs[:, 1:] != xs[:, :-1]
+        last = np.column_stack([change, np.ones(draws, bool)])
+        first = np.column_stack([np.ones(draws, bool), change])
+        gap_at = np.where(last, np.abs(steps + 1 / w - right[rows]), 0.0)
+        gap_before = np.where(first, np.abs(steps - left[rows]), 0.0)
+        np.maximum(worst, np.maximum(gap_at.max(1), gap_before.max(1)), out=worst)
+    return worst
+
+
+def _chi2_null_p(frequencies: np.ndarray, predicted: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """`prediction_drift`'s p-value for every window at once (same pooling of sparse classes)."""
+    freq = np.asarray(frequencies, dtype=np.float64)
+    freq = freq / freq.sum()
+    draws, w = windows.shape
+    classes = len(freq)
+    p = predicted[windows]
+    observed = np.bincount((p + (np.arange(draws) * classes)[:, None]).ravel(),
+                           minlength=draws * classes).reshape(draws, classes).astype(np.float64)
+    expected = freq * w
+    small = expected < 5
+    if small.any():
+        observed = np.column_stack([observed[:, ~small], observed[:, small].sum(1)])
+        expected = np.append(expected[~small], expected[small].sum())
+        keep = expected > 0
+        observed, expected = observed[:, keep], expected[keep]
+    if len(expected) < 2:
+        return np.ones(draws)
+    chi2 = ((observed - expected) ** 2 / expected).sum(axis=1)
+    return stats.chi2.sf(chi2, len(expected) - 1)
+
+
+def calibrate_all(ref: Reference, window: int, *, alpha: float = 0.002, draws: int = 3000,
+                  seed: int = 0) -> Thresholds:
+    """Thresholds for the three tests on windows of `window` rows, from `draws` windows drawn
+    (without replacement within a window) from the held-out calibration half. Takes about a
+    second where one window at a time took a minute."""
+    t0 = time.perf_counter()
+    if not 0 < alpha < 1:
+        raise ValueError("alpha must be in (0, 1)")
+    n = len(ref.null_profile)
+    if n < window:
+        raise ValueError(f"need at least {window} held-out rows to calibrate windows of {window}, got {n}")
+    rng = np.random.default_rng(seed)
+    windows = np.stack([rng.choice(n, window, replace=False) for _ in range(draws)])
+    each = alpha / len(TESTS)
+
+    rank = int(np.floor(each * (draws - 1)))  # np.quantile(p, each, method="lower") of the draws' p-values
+
+    def ks(reference: np.ndarray, null: np.ndarray) -> float:
+        # p falls as the statistic grows: the p-quantile is the p of the matching largest statistic
+        d = np.sort(_ks_null_stat(reference, null, windows))[::-1][rank]
+        columns = reference.shape[1] if reference.ndim == 2 else 1
+        return float(min(each, _ks_p(d, len(reference), window, columns)))
+
+    return Thresholds(
+        window, alpha, draws,
+        input=ks(ref.profile, ref.null_profile),
+        prediction=float(min(each, np.sort(_chi2_null_p(ref.class_frequencies, ref.null_predicted, windows))[rank])),
+        confidence=ks(ref.confidence, ref.null_confidence),
+        seconds=time.perf_counter() - t0)
+
+
+def evaluate(ref: Reference, th: Thresholds, projection: np.ndarray | None, predicted: np.ndarray,
+             confidence: np.ndarray) -> dict[str, TestResult]:
+    """The three tests on one window (the input test only when the log holds projections)."""
+    out = {}
+    if projection is not None and projection.shape[1] == ref.profile.shape[1]:
+        out["input"] = input_drift(ref.profile, projection, threshold=th.input)
+    out["prediction"] = prediction_drift(ref.class_frequencies, predicted, threshold=th.prediction)
+    out["confidence"] = confidence_drift(ref.confidence, confidence, threshold=th.confidence)
+    return out

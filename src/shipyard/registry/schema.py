@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-HEAD = "0004"
+HEAD = "0005"
 
 metadata = sa.MetaData()
 
@@ -188,4 +188,83 @@ feedback = sa.Table(
     sa.Column("label", sa.Integer, nullable=False),  # class index; a second label replaces the first
     sa.Column("ts", sa.Float, nullable=False),
     sa.Index("ix_feedback_model_ts", "model", "ts"),
+)
+
+# -- monitoring state, leases, alerts (0005) ---------------------------------------------------
+# A lease names one job that exactly one process may do at a time ("monitor:NAME",
+# "rollout:NAME"): the holder renews it before `expires_at`; anyone may take an expired one.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("acquired_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+# One row per evaluated window of one model version: the three drift tests, accuracy estimated
+# from confidence and realised from labels at the time.
+monitor_windows = sa.Table(
+    "monitor_windows",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(NAME_LEN), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("ts_first", sa.Float, nullable=False),
+    sa.Column("ts_last", sa.Float, nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("evaluated_at", sa.Float, nullable=False),
+    sa.Column("alarm", sa.Boolean, nullable=False),
+    sa.Column("results", sa.JSON, nullable=False),
+    sa.Index("ix_monitor_windows_model_ts", "model", "ts_last"),
+)
+
+# The evaluator's current view of each served version (what `monitor status` prints), replaced
+# on every evaluation; `cursor` is the last prediction chunk it has read.
+monitor_state = sa.Table(
+    "monitor_state",
+    metadata,
+    sa.Column("model", sa.String(NAME_LEN), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("state", sa.JSON, nullable=False),
+    sa.Column("cursor", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(NAME_LEN), nullable=False),
+    sa.Column("version", sa.Integer),
+    sa.Column("rule", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # firing | resolved
+    sa.Column("opened_at", sa.Float, nullable=False),
+    sa.Column("last_seen_at", sa.Float, nullable=False),
+    sa.Column("resolved_at", sa.Float),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Column("notified", sa.String(32)),  # webhook outcome: sent | failed | none
+    sa.Index("ix_alerts_model_status", "model", "status"),
+)
+
+# What each server worker answered, per model version per interval (a few seconds): the
+# request counts by outcome and a latency histogram, so error-rate and latency rules, the
+# dashboard and the report see every worker and replica through the database.
+serving_stats = sa.Table(
+    "serving_stats",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(NAME_LEN), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("worker", sa.String(64), nullable=False),
+    sa.Column("ts_start", sa.Float, nullable=False),
+    sa.Column("ts_end", sa.Float, nullable=False),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),  # 5xx
+    sa.Column("rejected", sa.Integer, nullable=False),  # 4xx: bad input (NaN, shape, dtype, range)
+    sa.Column("latency", sa.JSON, nullable=False),  # counts per bucket of `LATENCY_BUCKETS_MS`
+    sa.Index("ix_serving_stats_model_ts", "model", "ts_end"),
 )

@@ -21,6 +21,7 @@ from typing import Any
 from shipyard import __version__
 from shipyard.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ShipyardError, UsageError
 from shipyard.monitor import metrics
+from shipyard.monitor.evaluator import Evaluator, MonitorConfig
 from shipyard.monitor.predlog import LogConfig, PredictionLog, record_feedback
 from shipyard.serve.batching import BatchConfig
 from shipyard.serve.codec import decode_v1, decode_v2, dumps, parse_json
@@ -80,9 +81,10 @@ class App:
                  require_token_for_inference: bool = False, management: bool = True,
                  poll_s: float = 2.0, drain_timeout_s: float = 30.0, drain_file: str | None = None,
                  predlog: PredictionLog | None = None, feedback_horizon_s: float = 7 * 86400,
-                 metrics_enabled: bool = True) -> None:
+                 metrics_enabled: bool = True, evaluator: Any = None) -> None:
         self.fleet = fleet
         self.predlog = predlog
+        self.evaluator = evaluator  # a shipyard.monitor.evaluator.Evaluator: computes when it holds the lease
         if predlog is not None:
             fleet.results_hook = predlog.record_batch  # batched requests are logged a batch at a time
         self.feedback_horizon_s = feedback_horizon_s
@@ -154,11 +156,15 @@ class App:
                     self._ticker = loop.create_task(self._tick())
                 if self.predlog is not None:
                     self.predlog.start()
+                if self.evaluator is not None:
+                    self.evaluator.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.drain()
                 if self.predlog is not None:
                     await self.predlog.stop()
+                if self.evaluator is not None:
+                    await asyncio.get_running_loop().run_in_executor(None, self.evaluator.stop)
                 self._export_metrics()
                 metrics.worker_exited(os.getpid())
                 await send({"type": "lifespan.shutdown.complete"})
@@ -510,10 +516,13 @@ def create_app(registry: Any = None, models: list[str] | None = None, settings: 
                require_token_for_inference: bool = False, management: bool = True,
                batching: BatchConfig | None = None, poll_s: float = 2.0, drain_timeout_s: float = 30.0,
                drain_file: str | None = None, log_config: LogConfig | None = None,
-               feedback_horizon_s: float = 7 * 86400, metrics_enabled: bool = True) -> App:
+               feedback_horizon_s: float = 7 * 86400, metrics_enabled: bool = True,
+               monitor: MonitorConfig | None = None, evaluate: bool = True) -> App:
     """The server application over `registry`, serving `models` (`NAME` follows its deployment
     config, `NAME@ALIAS` one alias, `NAME@VERSION` one version; None: every model with a
-    `production` alias); embed it in any ASGI server or run it with `shipyard serve`."""
+    `production` alias); embed it in any ASGI server or run it with `shipyard serve`. With the
+    prediction log on and `evaluate`, the server also runs the drift evaluator (`monitor`), which
+    computes in the one worker that holds each deployment's lease."""
     from shipyard.registry import Registry
 
     reg = registry or Registry(settings=settings)
@@ -521,9 +530,11 @@ def create_app(registry: Any = None, models: list[str] | None = None, settings: 
     fleet = Fleet(reg, specs, threads=threads, batching=batching, metrics_enabled=metrics_enabled)
     log_config = log_config or LogConfig()
     predlog = PredictionLog(reg.engine, log_config) if log_config.enabled else None
+    evaluator = Evaluator(reg, lambda: list(fleet.served), monitor) if predlog is not None and evaluate else None
     return App(fleet, max_body=max_body, token=token, require_token_for_inference=require_token_for_inference,
                management=management, poll_s=poll_s, drain_timeout_s=drain_timeout_s, drain_file=drain_file,
-               predlog=predlog, feedback_horizon_s=feedback_horizon_s, metrics_enabled=metrics_enabled)
+               predlog=predlog, feedback_horizon_s=feedback_horizon_s, metrics_enabled=metrics_enabled,
+               evaluator=evaluator)
 
 
 def app_from_env() -> App:
@@ -555,4 +566,8 @@ def app_from_env() -> App:
                                            ring=int(env.get("SHIPYARD_SERVE_LOG_RING", "50000")),
                                            retention_days=float(env.get("SHIPYARD_SERVE_LOG_RETENTION_DAYS", "30"))),
                       feedback_horizon_s=float(env.get("SHIPYARD_SERVE_FEEDBACK_HORIZON_H", "168")) * 3600,
-                      metrics_enabled=env.get("SHIPYARD_SERVE_METRICS", "1") == "1")
+                      metrics_enabled=env.get("SHIPYARD_SERVE_METRICS", "1") == "1",
+                      evaluate=env.get("SHIPYARD_SERVE_EVALUATE", "1") == "1",
+                      monitor=MonitorConfig(window=int(env.get("SHIPYARD_SERVE_WINDOW", MonitorConfig.window)),
+                                            max_age_s=float(env.get("SHIPYARD_SERVE_WINDOW_MAX_AGE_S",
+                                                                    MonitorConfig.max_age_s))))

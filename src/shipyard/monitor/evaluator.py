@@ -1,0 +1,339 @@
+"""The evaluator: turns the shared prediction log into windows, tests each window against the
+version's reference profile, keeps realised and estimated accuracy, and persists the result, so
+that servers, `monitor status`, the dashboard and `autopilot` all read one state.
+
+One evaluator per deployment: every server worker (and `shipyard monitor run`) runs the loop,
+but only the holder of the lease `monitor:NAME` computes; the others wait and take over within
+one lease time if the holder dies. Windows are counted in predictions (`window`, tumbling), with
+a time bound: a window that has not filled after `max_age_s` is evaluated with what it has
+(at least `min_window`), so quiet models are still watched. When traffic brings more than a
+window per tick, the newest full window is tested and the older rows are counted as skipped:
+detection latency matters, not testing every row.
+
+Thresholds come from `drift.calibrate_all` on the bundle's held-out profile, once per window
+size (about a second), so a newly deployed version is monitored with no setup."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from shipyard.monitor import drift, metrics
+from shipyard.monitor import predlog as predlog_mod
+from shipyard.registry import leases
+from shipyard.registry.schema import monitor_state, monitor_windows, prediction_chunks
+
+log = logging.getLogger("shipyard.monitor")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """How windows are cut and tested. Defaults suit the canonical model (see drift_bench)."""
+
+    window: int = 250  # predictions per window
+    max_age_s: float = 300.0  # a window older than this is evaluated with what it has …
+    min_window: int = 50  # … if it has at least this many
+    alpha: float = 0.002  # share of no-shift windows allowed to alarm (all three tests together)
+    draws: int = 2000  # calibration windows per window size
+    accuracy_last: int = 500  # realised accuracy over the newest N labelled predictions
+    accuracy_every_s: float = 5.0
+    tick_s: float = 1.0
+    lease_ttl_s: float = 10.0
+    retention_days: float = 30.0  # evaluated windows kept this long
+
+    def check(self) -> None:
+        problems = []
+        if self.window < 10:
+            problems.append(f"window must be at least 10 predictions, got {self.window}")
+        if not 2 <= self.min_window <= self.window:
+            problems.append(f"min_window must be in 2..window ({self.window}), got {self.min_window}")
+        if not 0 < self.alpha < 0.5:
+            problems.append(f"alpha must be in (0, 0.5), got {self.alpha}")
+        if self.draws < 100:
+            problems.append(f"draws must be at least 100, got {self.draws}")
+        if self.tick_s <= 0 or self.lease_ttl_s <= 2 * self.tick_s:
+            problems.append(f"lease_ttl_s ({self.lease_ttl_s}) must exceed twice tick_s ({self.tick_s})")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass
+class _Version:
+    """What the evaluator keeps in memory for one model version."""
+
+    reference: drift.Reference | None
+    note: str | None  # why drift is not tested, when it is not
+    classes: list[str]
+    val_accuracy: float | None
+    thresholds: dict[int, drift.Thresholds] = field(default_factory=dict)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+    buffered: int = 0
+    windows: int = 0
+    skipped: int = 0
+    seen: int = 0
+    last: dict[str, Any] | None = None  # the newest window's results
+    accuracy: dict[str, Any] = field(default_factory=lambda: {"realised": None, "n_labels": 0, "per_class": {}})
+    accuracy_at: float = 0.0
+
+
+def _reference_of(bundle: Any) -> tuple[drift.Reference | None, str | None]:
+    ref = bundle.reference if bundle is not None else None
+    if ref is None:
+        return None, "the bundle has no reference profile"
+    try:
+        return drift.Reference.from_arrays(ref), None
+    except ValueError as e:
+        return None, str(e)
+
+
+class Evaluator:
+    """Run `tick()` every `tick_s` (the server's thread, or `shipyard monitor run`)."""
+
+    def __init__(self, registry: Any, names: Callable[[], Iterable[str]], config: MonitorConfig | None = None, *,
+                 holder: str | None = None, on_state: Callable[[str, dict[int, dict[str, Any]]], None] | None = None
+                 ) -> None:
+        self.registry = registry
+        self.engine: sa.Engine = registry.engine
+        self.names = names
+        self.config = config or MonitorConfig()
+        self.config.check()
+        self.holder = holder or leases.new_holder("monitor")
+        self.on_state = on_state  # called after each persisted evaluation (alert rules hook in here)
+        self._held: set[str] = set()
+        self._cursor: dict[str, int] = {}
+        self._versions: dict[tuple[str, int], _Version] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_retention = 0.0
+
+    # -- the loop ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run in a daemon thread at a lower CPU priority (serving comes first)."""
+        self._thread = threading.Thread(target=self._run, name="shipyard-evaluator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for name in list(self._held):
+            with contextlib.suppress(Exception):
+                leases.release(self.engine, f"monitor:{name}", self.holder)
+        self._held.clear()
+
+    def _run(self) -> None:
+        predlog_mod._lower_priority()
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as e:  # noqa: BLE001 - the database may be away: keep trying
+                log.warning("monitor: evaluation failed (%s); retrying", e)
+            self._stop.wait(self.config.tick_s)
+
+    def tick(self, now: float | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+        """One round over every watched model this process holds the lease of; returns the
+        states it persisted (tests call this directly)."""
+        out = {}
+        for name in self.names():
+            if not leases.acquire(self.engine, f"monitor:{name}", self.holder, self.config.lease_ttl_s):
+                if name in self._held:
+                    log.info("monitor: %s is now evaluated elsewhere", name)
+                    self._held.discard(name)
+                continue
+            if name not in self._held:
+                self._take_over(name)
+            out[name] = self._evaluate(name, time.time() if now is None else now)
+        if time.monotonic() - self._last_retention > 3600:
+            self._last_retention = time.monotonic()
+            self._retain()
+        return out
+
+    def _take_over(self, name: str) -> None:
+        """Start where the previous holder stopped: its cursor into the log (rows it had buffered
+        but not yet windowed are read again only if no window covered them)."""
+        with self.engine.connect() as conn:
+            cursor = conn.execute(sa.select(sa.func.max(monitor_state.c.cursor))
+                                  .where(monitor_state.c.model == name)).scalar()
+        self._cursor[name] = int(cursor or 0)
+        for key in [k for k in self._versions if k[0] == name]:
+            del self._versions[key]
+        self._held.add(name)
+        log.info("monitor: evaluating %s (lease %s, from log chunk %d)", name, self.holder, self._cursor[name])
+
+    # -- one model -----------------------------------------------------------------------------
+    def _version(self, name: str, version: int) -> _Version:
+        key = (name, version)
+        if key not in self._versions:
+            try:
+                bundle = self.registry.load(f"{name}@{version}")
+            except Exception as e:  # noqa: BLE001 - a deleted version: still count its predictions
+                bundle, err = None, str(e)
+            else:
+                err = None
+            ref, note = _reference_of(bundle)
+            meta = bundle.meta if bundle is not None else {}
+            val_acc = ((meta.get("reference") or {}).get("val_accuracy")
+                       if isinstance(meta.get("reference"), dict) else None)
+            self._versions[key] = _Version(ref, err or note, list(meta.get("classes") or []), val_acc)
+        return self._versions[key]
+
+    def _read_new(self, name: str) -> dict[int, list[tuple[np.ndarray, ...]]]:
+        """Chunks after the cursor, as arrays per version."""
+        p = prediction_chunks
+        q = (sa.select(p.c.id, p.c.version, p.c.n, p.c.ts, p.c.predicted, p.c.confidence, p.c.projection,
+                       p.c.proj_dim)
+             .where(p.c.model == name, p.c.id > self._cursor.get(name, 0)).order_by(p.c.id).limit(500))
+        out: dict[int, list[tuple[np.ndarray, ...]]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(q):
+                self._cursor[name] = row.id
+                proj = (np.frombuffer(row.projection, "<f2").reshape(row.n, row.proj_dim).astype(np.float32)
+                        if row.projection and row.proj_dim else None)
+                out.setdefault(row.version, []).append(
+                    (np.frombuffer(row.ts, "<f8"), np.frombuffer(row.predicted, "<i4"),
+                     np.frombuffer(row.confidence, "<f4"), proj))
+        return out
+
+    def _thresholds(self, v: _Version, n: int) -> drift.Thresholds | None:
+        if v.reference is None:
+            return None
+        if n not in v.thresholds:
+            c = self.config
+            try:
+                v.thresholds[n] = drift.calibrate_all(v.reference, n, alpha=c.alpha, draws=c.draws)
+            except ValueError as e:  # too few held-out rows for this window size
+                v.note = str(e)
+                return None
+            log.info("monitor: calibrated thresholds for windows of %d in %.1f s: %s", n, v.thresholds[n].seconds,
+                     {t: f"{getattr(v.thresholds[n], t):.2e}" for t in drift.TESTS})
+        return v.thresholds[n]
+
+    def _evaluate(self, name: str, now: float) -> dict[int, dict[str, Any]]:
+        c = self.config
+        for version, parts in self._read_new(name).items():
+            v = self._version(name, version)
+            v.parts.extend(parts)
+            n_new = sum(len(part[0]) for part in parts)
+            v.buffered += n_new
+            v.seen += n_new
+        windows: list[dict[str, Any]] = []
+        states: dict[int, dict[str, Any]] = {}
+        for (model, version), v in self._versions.items():
+            if model != name:
+                continue
+            oldest = float(v.parts[0][0][0]) if v.parts else None
+            full = v.buffered >= c.window
+            stale = oldest is not None and now - oldest >= c.max_age_s and v.buffered >= c.min_window
+            if full or stale:
+                windows.append(self._window(name, version, v, c.window if full else v.buffered, now))
+            if now - v.accuracy_at >= c.accuracy_every_s:
+                v.accuracy_at = now
+                v.accuracy = predlog_mod.accuracy(self.engine, name, version=version, last=c.accuracy_last,
+                                                  classes=v.classes or None)
+            states[version] = self._state(name, version, v, now)
+        self._persist(name, windows, states, now)
+        self._gauges(name, states)
+        if self.on_state is not None:
+            self.on_state(name, states)
+        return states
+
+    def _window(self, name: str, version: int, v: _Version, size: int, now: float) -> dict[str, Any]:
+        """Test the newest `size` buffered rows; drop everything buffered."""
+        ts = np.concatenate([p[0] for p in v.parts])
+        pred = np.concatenate([p[1] for p in v.parts])
+        conf = np.concatenate([p[2] for p in v.parts])
+        projs = [p[3] for p in v.parts]
+        proj = np.concatenate(projs) if all(p is not None for p in projs) else None
+        v.skipped += len(ts) - size
+        v.parts, v.buffered = [], 0
+        sl = slice(len(ts) - size, len(ts))
+        th = self._thresholds(v, size)
+        tests = drift.evaluate(v.reference, th, proj[sl] if proj is not None else None, pred[sl], conf[sl]) \
+            if th is not None and v.reference is not None else {}
+        est = (drift.estimated_accuracy(conf[sl], v.reference.calibration_edges, v.reference.calibration_accuracy)
+               if v.reference is not None else None)
+        alarm = any(t.alarm for t in tests.values())
+        v.windows += 1
+        v.last = {"n": size, "ts_first": float(ts[sl][0]), "ts_last": float(ts[sl][-1]), "evaluated_at": now,
+                  "drift": {k: t.to_dict() for k, t in tests.items()}, "alarm": alarm, "estimated_accuracy": est,
+                  "thresholds": th.to_dict() if th is not None else None}
+        if alarm:
+            log.warning("monitor: %s v%d drift alarm on %d predictions: %s", name, version, size,
+                        ", ".join(f"{k} p={t.p_value:.2e} ≤ {t.threshold:.2e}" for k, t in tests.items() if t.alarm))
+        return {"model": name, "version": version, "ts_first": v.last["ts_first"], "ts_last": v.last["ts_last"],
+                "n": size, "evaluated_at": now, "alarm": alarm,
+                "results": {"drift": v.last["drift"], "estimated_accuracy": est,
+                            "realised_accuracy": v.accuracy.get("realised"), "n_labels": v.accuracy.get("n_labels", 0)}}
+
+    def _state(self, name: str, version: int, v: _Version, now: float) -> dict[str, Any]:
+        last = v.last or {}
+        return {
+            "model": name, "version": version, "updated_at": now, "evaluator": self.holder,
+            "window": {"size": self.config.window, "max_age_s": self.config.max_age_s,
+                       **{k: last[k] for k in ("n", "ts_first", "ts_last", "evaluated_at") if k in last}},
+            "pending": v.buffered, "predictions_seen": v.seen, "windows": v.windows, "skipped": v.skipped,
+            "drift": last.get("drift", {}), "alarm": bool(last.get("alarm", False)),
+            "thresholds": last.get("thresholds"), "note": v.note,
+            "accuracy": {"realised": v.accuracy.get("realised"), "estimated": last.get("estimated_accuracy"),
+                         "n_labels": v.accuracy.get("n_labels", 0), "per_class": v.accuracy.get("per_class", {}),
+                         "validation": v.val_accuracy},
+        }
+
+    def _persist(self, name: str, windows: list[dict[str, Any]], states: dict[int, dict[str, Any]],
+                 now: float) -> None:
+        cursor = self._cursor.get(name, 0)
+        with self.engine.begin() as conn:
+            if windows:
+                conn.execute(monitor_windows.insert(), windows)
+            if states:
+                conn.execute(monitor_state.delete().where(monitor_state.c.model == name,
+                                                          monitor_state.c.version.in_(list(states))))
+                conn.execute(monitor_state.insert(), [{"model": name, "version": ver, "state": s, "cursor": cursor,
+                                                       "updated_at": now} for ver, s in states.items()])
+
+    def _gauges(self, name: str, states: dict[int, dict[str, Any]]) -> None:
+        for version, s in states.items():
+            ver = str(version)
+            for test, r in s["drift"].items():
+                metrics.DRIFT_SCORE.labels(name, ver, test).set(r["score"])
+                metrics.DRIFT_ALARM.labels(name, ver, test).set(1.0 if r["alarm"] else 0.0)
+            for kind in ("realised", "estimated"):
+                value = s["accuracy"][kind]
+                if value is not None:
+                    metrics.ACCURACY.labels(name, ver, kind).set(value)
+
+    def _retain(self) -> None:
+        old = time.time() - self.config.retention_days * 86400
+        with self.engine.begin() as conn:
+            conn.execute(monitor_windows.delete().where(monitor_windows.c.ts_last < old))
+
+
+# -- readers: status for the CLI, the server, the dashboard -----------------------------------------
+def status(engine: sa.Engine, name: str) -> dict[int, dict[str, Any]]:
+    """The persisted state of every evaluated version of `name` (newest evaluation)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(monitor_state.c.version, monitor_state.c.state)
+                            .where(monitor_state.c.model == name).order_by(monitor_state.c.version)).all()
+    return {int(v): dict(s) for v, s in rows}
+
+
+def windows(engine: sa.Engine, name: str, *, since: float | None = None, version: int | None = None,
+            limit: int = 10_000) -> list[dict[str, Any]]:
+    """Evaluated windows of `name`, oldest first."""
+    w = monitor_windows
+    q = sa.select(w).where(w.c.model == name)
+    if since is not None:
+        q = q.where(w.c.ts_last >= since)
+    if version is not None:
+        q = q.where(w.c.version == version)
+    with engine.connect() as conn:
+        rows = conn.execute(q.order_by(w.c.ts_last.desc(), w.c.id.desc()).limit(limit)).mappings().all()
+    return [dict(r) for r in reversed(rows)]
