@@ -200,3 +200,84 @@ def run_cmd(
             err.print("stopped")
         finally:
             ev.stop()
+
+
+EXAMPLE_RULES = '''# shipyard alert rules: `shipyard serve --alerts FILE`, checked with `shipyard monitor rules FILE`
+[webhook]                      # optional: POSTed as JSON when an alert opens and when it resolves
+url = "http://127.0.0.1:9000/shipyard"
+timeout_s = 2.0
+retries = 3
+
+[defaults]
+cooldown_s = 600               # firing again this soon after resolving reopens the same alert
+severity = "warning"
+
+[[rule]]
+name = "drift"
+kind = "drift"
+tests = ["input", "prediction", "confidence"]
+windows = 2                    # consecutive alarming windows
+
+[[rule]]
+name = "accuracy-estimated"
+kind = "accuracy"
+source = "estimated"           # from calibrated confidence: no labels needed
+below_validation_by = 0.10     # or: below = 0.80
+
+[[rule]]
+name = "accuracy-realised"
+kind = "accuracy"
+source = "realised"            # from feedback labels
+below = 0.80
+last = 500
+min_labels = 100
+
+[[rule]]
+name = "server-errors"
+kind = "error_rate"
+severity = "critical"
+above = 0.01
+over_s = 60
+
+[[rule]]
+name = "latency"
+kind = "latency_p99"
+above_ms = 50
+over_s = 60
+
+[[rule]]
+name = "bad-input"
+kind = "rejections"            # 400/413: NaN, wrong shape or dtype, oversized
+above = 0.05
+over_s = 300
+'''
+
+
+@monitor_app.command("rules")
+def rules_cmd(
+    path: Annotated[Path | None, typer.Argument(help="Alert rules file (TOML) to check; none: the built-in rules.")] = None,
+    example: Annotated[bool, typer.Option("--example", help="Print an example rules file with every kind of rule.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the parsed rules as JSON.")] = False,
+) -> None:
+    """Check an alert rules file and show what each rule watches (exit 2 naming the bad key)."""
+    from dataclasses import asdict
+
+    from shipyard._output import out
+    from shipyard.monitor import alerts as alerts_mod
+
+    with reporting(as_json):
+        if example:
+            typer.echo(EXAMPLE_RULES, nl=False)
+            return
+        config = alerts_mod.load(path) if path else alerts_mod.DEFAULT_RULES
+        if as_json:
+            emit_json({"rules": [asdict(r) for r in config.rules], "cooldown_s": config.cooldown_s,
+                       "webhook": None if config.webhook is None else {"url": config.webhook.url,
+                                                                       "timeout_s": config.webhook.timeout_s,
+                                                                       "retries": config.webhook.retries}})
+            return
+        for r in config.rules:
+            scope = "" if r.models == ("*",) else f" [models {', '.join(r.models)}]"
+            out.print(f"{r.name} ({r.severity}): {r.describe()}{scope}")
+        out.print(f"webhook: {config.webhook.url if config.webhook else 'none (alerts are stored and logged)'}; "
+                  f"cooldown {config.cooldown_s:g} s")

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import shutil
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -41,6 +42,7 @@ def serve(
     evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Run the drift evaluator in the server (one worker per model computes, by lease); off: run `shipyard monitor run` elsewhere.")] = True,
     window: Annotated[int, typer.Option(help="Predictions per drift window.")] = 250,
     window_max_age_s: Annotated[float, typer.Option(help="A window not full after this many seconds is tested with what it has (at least 50).")] = 300.0,
+    alerts: Annotated[Path | None, typer.Option(help="Alert rules (TOML; see `shipyard monitor rules --example`). Default: drift in 2 windows, estimated accuracy 10 points under validation, server errors over 5%.")] = None,
 ) -> None:
     """Serve registered models over the V2 Open Inference Protocol (REST) and v1 :predict.
 
@@ -64,6 +66,10 @@ def serve(
                              "--feedback-horizon-h > 0")
         if window < 50 or window_max_age_s <= 0:
             raise UsageError("--window must be ≥ 50 and --window-max-age-s > 0")
+        if alerts is not None:
+            from shipyard.monitor.alerts import load as load_alerts
+
+            load_alerts(alerts)  # a bad file stops here with a message naming the key, not in every worker
         token = os.environ.get("SHIPYARD_TOKEN") or None
         try:
             loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -89,6 +95,7 @@ def serve(
             "SHIPYARD_SERVE_FEEDBACK_HORIZON_H": str(feedback_horizon_h),
             "SHIPYARD_SERVE_EVALUATE": "1" if evaluate else "0", "SHIPYARD_SERVE_WINDOW": str(window),
             "SHIPYARD_SERVE_WINDOW_MAX_AGE_S": str(window_max_age_s),
+            "SHIPYARD_SERVE_ALERTS": str(alerts.resolve()) if alerts else "",
         })
         if s.database_url:
             os.environ["SHIPYARD_DATABASE_URL"] = s.database_url

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from shipyard.monitor import alerts as alerts_mod
 from shipyard.monitor import drift, metrics
 from shipyard.monitor import predlog as predlog_mod
 from shipyard.registry import leases
@@ -46,6 +47,7 @@ class MonitorConfig:
     accuracy_last: int = 500  # realised accuracy over the newest N labelled predictions
     accuracy_every_s: float = 5.0
     tick_s: float = 1.0
+    alerts_every_s: float = 5.0  # alert rules are checked this often, and after every window
     lease_ttl_s: float = 10.0
     retention_days: float = 30.0  # evaluated windows kept this long
 
@@ -79,6 +81,7 @@ class _Version:
     windows: int = 0
     skipped: int = 0
     seen: int = 0
+    rows_at: float = 0.0  # when it last had new predictions
     last: dict[str, Any] | None = None  # the newest window's results
     accuracy: dict[str, Any] = field(default_factory=lambda: {"realised": None, "n_labels": 0, "per_class": {}})
     accuracy_at: float = 0.0
@@ -98,7 +101,7 @@ class Evaluator:
     """Run `tick()` every `tick_s` (the server's thread, or `shipyard monitor run`)."""
 
     def __init__(self, registry: Any, names: Callable[[], Iterable[str]], config: MonitorConfig | None = None, *,
-                 holder: str | None = None, on_state: Callable[[str, dict[int, dict[str, Any]]], None] | None = None
+                 holder: str | None = None, alerts: alerts_mod.AlertConfig | None = alerts_mod.DEFAULT_RULES
                  ) -> None:
         self.registry = registry
         self.engine: sa.Engine = registry.engine
@@ -106,7 +109,8 @@ class Evaluator:
         self.config = config or MonitorConfig()
         self.config.check()
         self.holder = holder or leases.new_holder("monitor")
-        self.on_state = on_state  # called after each persisted evaluation (alert rules hook in here)
+        self.alerter = alerts_mod.Alerter(self.engine, alerts) if alerts is not None else None
+        self._alerts_at: dict[str, float] = {}
         self._held: set[str] = set()
         self._cursor: dict[str, int] = {}
         self._versions: dict[tuple[str, int], _Version] = {}
@@ -128,6 +132,8 @@ class Evaluator:
             with contextlib.suppress(Exception):
                 leases.release(self.engine, f"monitor:{name}", self.holder)
         self._held.clear()
+        if self.alerter is not None:
+            self.alerter.close()
 
     def _run(self) -> None:
         predlog_mod._lower_priority()
@@ -224,6 +230,7 @@ class Evaluator:
             n_new = sum(len(part[0]) for part in parts)
             v.buffered += n_new
             v.seen += n_new
+            v.rows_at = now
         windows: list[dict[str, Any]] = []
         states: dict[int, dict[str, Any]] = {}
         for (model, version), v in self._versions.items():
@@ -241,8 +248,12 @@ class Evaluator:
             states[version] = self._state(name, version, v, now)
         self._persist(name, windows, states, now)
         self._gauges(name, states)
-        if self.on_state is not None:
-            self.on_state(name, states)
+        if self.alerter is not None and (windows or now - self._alerts_at.get(name, 0.0) >= c.alerts_every_s):
+            self._alerts_at[name] = now
+            active = {ver for (m, ver), v in self._versions.items()
+                      if m == name and now - v.rows_at <= max(2 * c.max_age_s, 60)}
+            findings = alerts_mod.check(self.engine, self.alerter.config, name, states, active=active, now=now)
+            self.alerter.apply(name, findings, now)
         return states
 
     def _window(self, name: str, version: int, v: _Version, size: int, now: float) -> dict[str, Any]:
@@ -305,7 +316,7 @@ class Evaluator:
             for test, r in s["drift"].items():
                 metrics.DRIFT_SCORE.labels(name, ver, test).set(r["score"])
                 metrics.DRIFT_ALARM.labels(name, ver, test).set(1.0 if r["alarm"] else 0.0)
-            for kind in ("realised", "estimated"):
+            for kind in ("realised", "estimated", "validation"):
                 value = s["accuracy"][kind]
                 if value is not None:
                     metrics.ACCURACY.labels(name, ver, kind).set(value)

@@ -110,8 +110,10 @@ class RequestMetrics:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._counts: dict[tuple[str, str, str, int], int] = {}
-        self._latency: dict[tuple[str, str], list[float]] = {}
+        self._latency: dict[tuple[str, str, str], list[float]] = {}
         self._children: dict[Any, Any] = {}
+        # also handed the flushed counts and latencies (the serving statistics kept in the database)
+        self.sink: Any = None
 
     def observe(self, model: str, version: str, route: str, status: int, seconds: float) -> None:
         if not self.enabled:
@@ -119,9 +121,9 @@ class RequestMetrics:
         key = (model, version, route, status)
         self._counts[key] = self._counts.get(key, 0) + 1
         if status == 200:
-            lat = self._latency.get((model, route))
+            lat = self._latency.get((model, version, route))
             if lat is None:
-                lat = self._latency[(model, route)] = []
+                lat = self._latency[(model, version, route)] = []
             lat.append(seconds)
 
     def flush(self) -> None:
@@ -129,8 +131,13 @@ class RequestMetrics:
         latency, self._latency = self._latency, {}
         for (model, version, route, status), n in counts.items():
             REQUESTS.labels(model, version, route, str(status)).inc(n)
-        for (model, route), values in latency.items():
+        by_route: dict[tuple[str, str], list[float]] = {}
+        for (model, _version, route), values in latency.items():
+            by_route.setdefault((model, route), []).extend(values)
+        for (model, route), values in by_route.items():
             observe_many(REQUEST_SECONDS.labels(model, route), values)
+        if self.sink is not None:
+            self.sink(counts, latency)
 
 
 class BatchMetrics:

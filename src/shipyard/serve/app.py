@@ -21,8 +21,12 @@ from typing import Any
 from shipyard import __version__
 from shipyard.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ShipyardError, UsageError
 from shipyard.monitor import metrics
+from shipyard.monitor import stats as stats_mod
+from shipyard.monitor.alerts import DEFAULT_RULES, AlertConfig
+from shipyard.monitor.alerts import load as load_alerts
 from shipyard.monitor.evaluator import Evaluator, MonitorConfig
 from shipyard.monitor.predlog import LogConfig, PredictionLog, record_feedback
+from shipyard.monitor.stats import ServingStats
 from shipyard.serve.batching import BatchConfig
 from shipyard.serve.codec import decode_v1, decode_v2, dumps, parse_json
 from shipyard.serve.fleet import Fleet, Spec
@@ -89,6 +93,10 @@ class App:
             fleet.results_hook = predlog.record_batch  # batched requests are logged a batch at a time
         self.feedback_horizon_s = feedback_horizon_s
         self.request_metrics = metrics.RequestMetrics(metrics_enabled)
+        # the same counts, every few seconds into the database (alert rules, status, report, dashboard)
+        self.serving_stats = ServingStats() if metrics_enabled else None
+        if self.serving_stats is not None:
+            self.request_metrics.sink = self.serving_stats.add
         self.management = management
         self.max_body = max_body
         self.token = token
@@ -165,7 +173,7 @@ class App:
                     await self.predlog.stop()
                 if self.evaluator is not None:
                     await asyncio.get_running_loop().run_in_executor(None, self.evaluator.stop)
-                self._export_metrics()
+                self._export_metrics(final=True)
                 metrics.worker_exited(os.getpid())
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -221,7 +229,7 @@ class App:
             self._export_metrics()
             await asyncio.sleep(1.0)
 
-    def _export_metrics(self) -> None:
+    def _export_metrics(self, *, final: bool = False) -> None:
         if self.request_metrics.enabled:
             metrics.INFLIGHT.set(self.inflight)
             try:
@@ -229,6 +237,17 @@ class App:
                 self.fleet.export_gauges()
             except Exception as e:  # noqa: BLE001 - metrics must never take serving down
                 log.warning("cannot export metrics: %s", e)
+            if self.serving_stats is not None and (rows := self.serving_stats.take(force=final)):
+                if final:
+                    self._write_stats(rows)
+                else:  # off the event loop; a lost interval costs a few seconds of statistics, nothing else
+                    asyncio.get_running_loop().run_in_executor(None, self._write_stats, rows)
+
+    def _write_stats(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            stats_mod.write(self.fleet.registry.engine, rows)
+        except Exception as e:  # noqa: BLE001 - the database may be away
+            log.warning("cannot write serving statistics: %s", e)
 
     # -- helpers -----------------------------------------------------------------------------
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
@@ -517,7 +536,8 @@ def create_app(registry: Any = None, models: list[str] | None = None, settings: 
                batching: BatchConfig | None = None, poll_s: float = 2.0, drain_timeout_s: float = 30.0,
                drain_file: str | None = None, log_config: LogConfig | None = None,
                feedback_horizon_s: float = 7 * 86400, metrics_enabled: bool = True,
-               monitor: MonitorConfig | None = None, evaluate: bool = True) -> App:
+               monitor: MonitorConfig | None = None, evaluate: bool = True,
+               alerts: AlertConfig | None = DEFAULT_RULES) -> App:
     """The server application over `registry`, serving `models` (`NAME` follows its deployment
     config, `NAME@ALIAS` one alias, `NAME@VERSION` one version; None: every model with a
     `production` alias); embed it in any ASGI server or run it with `shipyard serve`. With the
@@ -530,7 +550,8 @@ def create_app(registry: Any = None, models: list[str] | None = None, settings: 
     fleet = Fleet(reg, specs, threads=threads, batching=batching, metrics_enabled=metrics_enabled)
     log_config = log_config or LogConfig()
     predlog = PredictionLog(reg.engine, log_config) if log_config.enabled else None
-    evaluator = Evaluator(reg, lambda: list(fleet.served), monitor) if predlog is not None and evaluate else None
+    evaluator = (Evaluator(reg, lambda: list(fleet.served), monitor, alerts=alerts)
+                 if predlog is not None and evaluate else None)
     return App(fleet, max_body=max_body, token=token, require_token_for_inference=require_token_for_inference,
                management=management, poll_s=poll_s, drain_timeout_s=drain_timeout_s, drain_file=drain_file,
                predlog=predlog, feedback_horizon_s=feedback_horizon_s, metrics_enabled=metrics_enabled,
@@ -570,4 +591,6 @@ def app_from_env() -> App:
                       evaluate=env.get("SHIPYARD_SERVE_EVALUATE", "1") == "1",
                       monitor=MonitorConfig(window=int(env.get("SHIPYARD_SERVE_WINDOW", MonitorConfig.window)),
                                             max_age_s=float(env.get("SHIPYARD_SERVE_WINDOW_MAX_AGE_S",
-                                                                    MonitorConfig.max_age_s))))
+                                                                    MonitorConfig.max_age_s))),
+                      alerts=load_alerts(env["SHIPYARD_SERVE_ALERTS"]) if env.get("SHIPYARD_SERVE_ALERTS")
+                      else DEFAULT_RULES)

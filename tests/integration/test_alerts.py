@@ -1,0 +1,230 @@
+"""Monitoring, step 3: alert rules from TOML, one alert per incident (stored, logged, POSTed to a
+webhook once, with a cooldown), serving statistics in the database, `monitor status`, and the
+exports for Prometheus (checked by the real `promtool`) and Grafana."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from shipyard.errors import ConfigError
+from shipyard.monitor import alerts, exports, stats
+from shipyard.monitor.api import Monitor
+from shipyard.monitor.evaluator import Evaluator, MonitorConfig
+from shipyard.monitor.predlog import PredictionLog
+from shipyard.registry import Registry
+from shipyard.serve.runtime import ModelRuntime
+from shipyard.settings import Settings
+
+from ..bundles import make_bundle, traffic_data
+from ..conftest import run_cli
+from ..serving import serve, server_env
+
+
+class Receiver:
+    """A local webhook receiver that counts what it is sent (and can fail on purpose)."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.fail_first = fail_first
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if outer.fail_first > 0:
+                    outer.fail_first -= 1
+                    self.send_response(503)
+                else:
+                    outer.received.append(json.loads(body))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, n: int, timeout: float = 30) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < n:
+            assert time.monotonic() < deadline, self.received
+            time.sleep(0.05)
+        return self.received
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Any:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def _config(url: str, *rules: str, cooldown: float = 600) -> alerts.AlertConfig:
+    text = f'[webhook]\nurl = "{url}"\nretries = 2\ntimeout_s = 2\n[defaults]\ncooldown_s = {cooldown}\n' + \
+        "\n".join(rules)
+    return alerts.parse(__import__("tomllib").loads(text))
+
+
+DRIFT = '[[rule]]\nname = "drift"\nkind = "drift"\nwindows = 1\n'
+
+
+# -- the rules file ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "key", "why"), [
+    ('[[rule]]\nkind = "drift"\nwindows = 0\n', "rule[0].windows", "must be in 1..100"),
+    ('[[rule]]\nkind = "speed"\n', "rule[0].kind", "must be one of"),
+    ('[[rule]]\nkind = "accuracy"\n', "rule[0].below", "exactly one of below and below_validation_by"),
+    ('[[rule]]\nkind = "latency_p99"\n', "rule[0].above_ms", "needs above_ms"),
+    ('[[rule]]\nkind = "error_rate"\nabove = "lots"\n', "rule[0].above", "must be a number"),
+    ('[[rule]]\nkind = "drift"\ntests = ["vibes"]\n', "rule[0].tests", "drawn from input"),
+    ('[[rule]]\nkind = "drift"\nwindow = 2\n', "rule[0].window", "unknown key"),
+    ('[webhook]\nurl = "ftp://x"\n[[rule]]\nkind = "drift"\n', "webhook.url", r"http\(s\) URL"),
+    ('[[rule]]\nname = "a"\nkind = "drift"\n[[rule]]\nname = "a"\nkind = "drift"\n', "rule[1].name", "two rules"),
+    ('[alerting]\nx = 1\n', "alerting", "unknown section"),
+    ("", "rule", "at least one"),
+])
+def test_a_bad_rules_file_is_refused_naming_the_key(tmp_path: Path, text: str, key: str, why: str) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=why) as e:
+        alerts.load(path)
+    assert e.value.key == key
+
+
+def test_the_example_rules_check_and_export_to_rules_promtool_accepts(tmp_path: Path, cli_env: dict[str, str]
+                                                                      ) -> None:
+    example = run_cli(["monitor", "rules", "--example"], cli_env).stdout
+    (tmp_path / "rules.toml").write_text(example)
+    parsed = json.loads(run_cli(["monitor", "rules", str(tmp_path / "rules.toml"), "--json"], cli_env).stdout)
+    assert {r["kind"] for r in parsed["rules"]} == set(alerts.KINDS)
+    bad = run_cli(["monitor", "rules", str(tmp_path / "missing.toml")], cli_env, check=False)
+    assert bad.returncode == 2 and "missing.toml" in bad.stderr
+    run_cli(["export", "prometheus-rules", "--alerts", str(tmp_path / "rules.toml"), "-o",
+             str(tmp_path / "rules.yml")], cli_env)
+    checked = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yml")], capture_output=True,
+                             text=True)
+    assert checked.returncode == 0 and "SUCCESS: 6 rules found" in checked.stdout, checked.stdout + checked.stderr
+    # every PromQL expression of the Grafana dashboard parses too (as recording rules)
+    dash = json.loads(run_cli(["export", "grafana"], cli_env).stdout)
+    assert len(dash["panels"]) >= 10 and all(p["targets"] for p in dash["panels"])
+    recording = {"groups": [{"name": "dash", "rules": [{"record": f"shipyard:panel{i}", "expr": e}
+                                                       for i, e in enumerate(exports.all_exprs())]}]}
+    (tmp_path / "dash.yml").write_text(json.dumps(recording))  # JSON is YAML
+    checked = subprocess.run(["promtool", "check", "rules", str(tmp_path / "dash.yml")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# -- one incident, one alert -------------------------------------------------------------------------
+def test_one_incident_is_one_alert_and_one_notification(tmp_path: Path, receiver: Receiver) -> None:
+    reg = Registry(settings=Settings(home=tmp_path / "home"))
+    config = _config(receiver.url, DRIFT, cooldown=60)
+    alerter = alerts.Alerter(reg.engine, config)
+    rule = config.rules[0]
+
+    def finding(firing: bool) -> list[alerts.Finding]:
+        return [alerts.Finding(rule, 1, firing, "input drift" if firing else "calm", {})]
+
+    alerter.apply("digits", finding(True), now=1000.0)
+    alerter.apply("digits", finding(True), now=1005.0)  # still the same incident
+    got = receiver.wait(1)
+    assert got[0]["status"] == "firing" and got[0]["alert"]["rule"] == "drift" and got[0]["alert"]["version"] == 1
+    mon = Monitor(reg)
+    [open_] = mon.alerts("digits")
+    assert open_["last_seen_at"] == 1005.0 and open_["status"] == "firing"
+    alerter.apply("digits", finding(False), now=1010.0)
+    assert receiver.wait(2)[1]["status"] == "resolved" and mon.alerts("digits") == []
+    alerter.apply("digits", finding(True), now=1030.0)  # back within the cooldown: the same alert reopens
+    assert len(mon.alerts("digits", include_resolved=True)) == 1 and mon.alerts("digits")[0]["status"] == "firing"
+    alerter.apply("digits", finding(False), now=1040.0)
+    alerter.apply("digits", finding(True), now=1200.0)  # after the cooldown: a new incident
+    alerter.close()
+    assert len(mon.alerts("digits", include_resolved=True)) == 2
+    assert [r["status"] for r in receiver.received] == ["firing", "resolved", "resolved", "firing"]
+    assert mon.alerts("digits")[0]["notified"] == "sent"
+
+
+def test_a_failing_webhook_is_retried_and_the_outcome_recorded(tmp_path: Path) -> None:
+    flaky = Receiver(fail_first=2)
+    try:
+        reg = Registry(settings=Settings(home=tmp_path / "home"))
+        alerter = alerts.Alerter(reg.engine, _config(flaky.url, DRIFT))
+        alerter.apply("digits", [alerts.Finding(alerter.config.rules[0], 1, True, "drift", {})], now=10.0)
+        alerter.close()
+        assert len(flaky.received) == 1  # the third attempt got through
+        assert Monitor(reg).alerts("digits")[0]["notified"] == "sent"
+        dead = alerts.Alerter(reg.engine, _config("http://127.0.0.1:9/nothing-listens", DRIFT))
+        dead.apply("other", [alerts.Finding(dead.config.rules[0], 1, True, "drift", {})], now=10.0)
+        dead.close()
+        assert Monitor(reg).alerts("other")[0]["notified"] == "failed"
+    finally:
+        flaky.close()
+
+
+def test_two_evaluators_raise_one_drift_alert(tmp_path: Path, receiver: Receiver) -> None:
+    reg = Registry(settings=Settings(home=tmp_path / "home"))
+    reg.register(make_bundle(tmp_path / "a", reference=True), "digits", alias="production")
+    rt = ModelRuntime(reg.load("digits@1"), 1, name="digits")
+    log = PredictionLog(reg.engine)
+    config = MonitorConfig(window=100, draws=500, accuracy_every_s=0)
+    a = Evaluator(reg, lambda: ["digits"], config, holder="a", alerts=_config(receiver.url, DRIFT))
+    b = Evaluator(reg, lambda: ["digits"], config, holder="b", alerts=_config(receiver.url, DRIFT))
+    images, _ = traffic_data()
+    feats = (255 - images[:300]).reshape(300, -1).astype(np.float32) / 255
+    for i in range(3):  # three windows of inverted digits: one incident
+        part = feats[i * 100:(i + 1) * 100]
+        log.record_batch(rt, [f"r{i}-{j}" for j in range(100)], [1] * 100, part, rt.predict(part))
+        log.flush()
+        a.tick()
+        b.tick()
+    a.stop()
+    b.stop()
+    assert len(receiver.wait(1)) == 1 and receiver.received[0]["alert"]["details"]["tests"]
+    st = Monitor(reg).status("digits")
+    assert [al["rule"] for al in st["alerts"]] == ["drift"] and st["versions"]["1"]["alarm"]
+
+
+# -- serving statistics and serving rules, through a real server ---------------------------------------
+def test_rejected_inputs_raise_an_alert_from_every_workers_statistics(tmp_path: Path, receiver: Receiver) -> None:
+    home = tmp_path / "home"
+    reg = Registry(settings=Settings(home=home))
+    reg.register(make_bundle(tmp_path / "a"), "digits", alias="production")
+    rules = tmp_path / "rules.toml"
+    rules.write_text(f'[webhook]\nurl = "{receiver.url}"\n[[rule]]\nname = "bad-input"\nkind = "rejections"\n'
+                     'above = 0.2\nover_s = 300\nmin_requests = 20\n')
+    env = server_env(home)
+    with serve(home, "digits", "--workers", "2", "--alerts", str(rules), env=env) as srv:
+        row = np.full(784, 0.5).tolist()
+        for i in range(40):
+            bad = i % 2 == 0
+            doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784] if not bad else [1, 783],
+                               "data": row if not bad else row[:783]}]}
+            r = httpx.post(f"{srv.base}/v2/models/digits/infer", json=doc)  # fresh connections: both workers
+            assert r.status_code == (400 if bad else 200)
+        got = receiver.wait(1, timeout=60)
+        assert got[0]["alert"]["rule"] == "bad-input" and got[0]["alert"]["version"] is None
+        summary = stats.summary(reg.engine, "digits", since=time.time() - 300)
+        assert summary.requests == 40 and summary.rejected == 20 and summary.errors == 0
+        assert summary.quantile_ms(0.99) is not None
+        status = json.loads(run_cli(["monitor", "status", "digits", "--json"], env).stdout)
+        assert [a["rule"] for a in status["alerts"]] == ["bad-input"]
+        assert status["alerts"][0]["details"]["rejected"] >= 10
+    assert len(receiver.received) == 1
+    bad_file = tmp_path / "bad.toml"
+    bad_file.write_text('[[rule]]\nkind = "latency_p99"\n')
+    r = run_cli(["serve", "digits", "--alerts", str(bad_file)], env, check=False)
+    assert r.returncode == 2 and "rule[0].above_ms" in r.stderr
