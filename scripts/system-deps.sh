@@ -6,6 +6,9 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 # the monitoring test scrapes a live server with a real Prometheus
 command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || need+=(prometheus)
+# the dashboard test opens /dashboard in a real headless browser
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 # benchmarks only: the wrk load generator for serve_bench
 if [ "${1:-}" = "bench" ]; then command -v wrk >/dev/null || need+=(wrk); fi
 if [ ${#need[@]} -gt 0 ]; then

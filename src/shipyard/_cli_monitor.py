@@ -281,3 +281,70 @@ def rules_cmd(
             out.print(f"{r.name} ({r.severity}): {r.describe()}{scope}")
         out.print(f"webhook: {config.webhook.url if config.webhook else 'none (alerts are stored and logged)'}; "
                   f"cooldown {config.cooldown_s:g} s")
+
+
+@monitor_app.command("report")
+def report_cmd(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    html: Annotated[Path, typer.Option("--html", help="The report file to write (self-contained HTML).")],
+    since: Annotated[str, typer.Option(help="From when: a span ago (30m, 2h, 7d) or an ISO time.")] = "24h",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+) -> None:
+    """Write a report of NAME in production: latency, traffic, drift scores, accuracy (estimated
+    and realised), the versions behind each alias and the alerts, over time. One HTML file with
+    its plots inline: open it anywhere, attach it to a ticket."""
+    from shipyard.cli import settings
+    from shipyard.monitor.api import Monitor
+
+    with reporting(as_json):
+        start = parse_since(since)
+        path = Monitor(settings=settings()).report(name, html, since=start)
+        err.print(f"wrote the report of {name} to {path}")
+        if as_json:
+            emit_json({"model": name, "path": str(path.resolve()), "since": start})
+
+
+def trace(
+    request_id: Annotated[str, typer.Argument(help="The request id (the V2 `id`, or the X-Request-Id the server answered).")],
+    model: Annotated[str | None, typer.Option(help="Look in this model's log only (faster).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the trace as one JSON object on stdout.")] = False,
+) -> None:
+    """Where a logged prediction came from: the version that answered, its bundle and variant,
+    the training run and data fingerprint, the label if one arrived, and the monitoring window
+    and alerts it fell in."""
+    from datetime import UTC, datetime
+
+    from shipyard._output import out
+    from shipyard.cli import settings
+    from shipyard.monitor.api import Monitor
+
+    with reporting(as_json):
+        t = Monitor(settings=settings()).trace(request_id, model=model)
+        if as_json:
+            emit_json(t)
+            return
+
+        def when(ts: float) -> str:
+            return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+        out.print(f"[bold]{t['request_id']}[/]: {t['model']} v{t['version']} predicted {t['predicted']!r} at "
+                  f"{when(t['time'])}")
+        if t["label"]:
+            mark = "correct" if t["label"]["correct"] else "wrong"
+            out.print(f"  label     {t['label']['label']!r} ({mark}), received {when(t['label']['received_at'])}")
+        b = t["bundle"]
+        out.print(f"  bundle    {b['sha256'][:16]}… variant {b['variant']}, aliases now: {', '.join(b['aliases']) or '-'}"
+                  if b else "  bundle    (the version has been deleted)")
+        r = t["run"]
+        out.print(f"  run       {r['id']} ({r.get('status', '?')}), data {r.get('data_source', '?')}" if r
+                  else "  run       none recorded (imported or hand-made bundle)")
+        out.print(f"  data      fingerprint {t['data_fingerprint'] or '-'}")
+        w = t["window"]
+        if w:
+            fired = [k for k, v in w["drift"].items() if v["alarm"]]
+            out.print(f"  window    #{w['id']}: {w['n']} predictions {when(w['ts_first'])} – {when(w['ts_last'])}, "
+                      + (f"[red]drift alarm ({', '.join(fired)})[/]" if fired else "no drift alarm"))
+        else:
+            out.print("  window    not evaluated yet (or no evaluator ran)")
+        for a in t["alerts"]:
+            out.print(f"  alert     {a['rule']} ({a['severity']}, {a['status']}): {a['message']}")

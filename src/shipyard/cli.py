@@ -37,6 +37,7 @@ app.add_typer(models_app, name="models")
 app.command()(_cli_serve.serve)
 app.add_typer(_cli_monitor.monitor_app, name="monitor")
 app.add_typer(_cli_export.export_app, name="export")
+app.command("trace")(_cli_monitor.trace)
 app.command()(_cli_traffic.traffic)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on the last line of stdout.")]

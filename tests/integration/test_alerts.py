@@ -217,7 +217,10 @@ def test_rejected_inputs_raise_an_alert_from_every_workers_statistics(tmp_path: 
             assert r.status_code == (400 if bad else 200)
         got = receiver.wait(1, timeout=60)
         assert got[0]["alert"]["rule"] == "bad-input" and got[0]["alert"]["version"] is None
-        summary = stats.summary(reg.engine, "digits", since=time.time() - 300)
+        deadline = time.monotonic() + 30
+        while (summary := stats.summary(reg.engine, "digits", since=time.time() - 300)).requests < 40:
+            assert time.monotonic() < deadline, summary  # each worker writes its statistics every 5 s
+            time.sleep(0.2)
         assert summary.requests == 40 and summary.rejected == 20 and summary.errors == 0
         assert summary.quantile_ms(0.99) is not None
         status = json.loads(run_cli(["monitor", "status", "digits", "--json"], env).stdout)

@@ -56,7 +56,7 @@ def test_no_shift_windows_stay_quiet_and_inverted_images_alarm(deployed) -> None
     _send(log, rt, images[:300], "calm")
     ev.tick()
     state = status(reg.engine, "digits")[1]
-    assert state["windows"] == 1 and state["skipped"] == 200  # the newest full window of 300 rows
+    assert state["windows"] == 3 and state["skipped"] == 0 and state["pending"] == 0  # 300 rows, 3 windows
     assert set(state["drift"]) == {"input", "prediction", "confidence"}
     assert not state["alarm"], state["drift"]
     th = state["thresholds"]
@@ -69,9 +69,22 @@ def test_no_shift_windows_stay_quiet_and_inverted_images_alarm(deployed) -> None
     assert state["alarm"] and state["drift"]["input"]["alarm"], state["drift"]
     assert state["drift"]["input"]["p_value"] <= state["drift"]["input"]["threshold"]
     rows = windows(reg.engine, "digits")
-    assert [w["alarm"] for w in rows] == [False, True] and rows[1]["n"] == 100
+    assert [w["alarm"] for w in rows] == [False, False, False, True] and rows[3]["n"] == 100
     text = metrics.render()[0].decode()
     assert 'shipyard_drift_alarm{model="digits",test="input",version="1"} 1.0' in text
+
+
+def test_a_flood_is_tested_by_its_newest_windows_and_the_rest_counted(deployed) -> None:  # type: ignore[no-untyped-def]
+    reg, rt = deployed
+    log = PredictionLog(reg.engine)
+    ev = Evaluator(reg, lambda: ["digits"], MonitorConfig(window=100, draws=500, max_windows_per_tick=2))
+    images, _ = traffic_data()
+    _send(log, rt, images[:450], "flood")
+    ev.tick()
+    state = status(reg.engine, "digits")[1]
+    assert (state["windows"], state["skipped"], state["pending"]) == (2, 200, 50)
+    first, second = windows(reg.engine, "digits")
+    assert first["ts_last"] <= second["ts_first"]  # consecutive, oldest first
 
 
 def test_labels_give_realised_accuracy_next_to_the_estimate(deployed) -> None:  # type: ignore[no-untyped-def]

@@ -268,7 +268,7 @@ def check(engine: sa.Engine, config: AlertConfig, name: str, states: dict[int, d
 def _drift(engine: sa.Engine, rule: Rule, name: str, version: int) -> Finding:
     w = monitor_windows
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(w.c.results, w.c.ts_last).where(w.c.model == name, w.c.version == version)
+        rows = conn.execute(sa.select(w.c.results, w.c.id).where(w.c.model == name, w.c.version == version)
                             .order_by(w.c.ts_last.desc(), w.c.id.desc()).limit(rule.windows)).all()
     fired = [[t for t in rule.tests if (res.get("drift", {}).get(t) or {}).get("alarm")] for res, _ in rows]
     firing = len(rows) == rule.windows and all(fired)
@@ -278,7 +278,8 @@ def _drift(engine: sa.Engine, rule: Rule, name: str, version: int) -> Finding:
                for t in tests if t in newest}
     msg = (f"v{version}: {', '.join(tests)} drift in the last {rule.windows} window(s)" if firing
            else f"v{version}: no drift alarm in the last {rule.windows} window(s)")
-    return Finding(rule, version, firing, msg, {"tests": tests, "newest": details})
+    return Finding(rule, version, firing, msg, {"tests": tests, "newest": details,
+                                                "windows": [wid for _, wid in rows] if firing else []})
 
 
 def _accuracy(engine: sa.Engine, rule: Rule, name: str, version: int, state: dict[str, Any]) -> Finding:
@@ -342,8 +343,12 @@ class Alerter:
                 latest = conn.execute(sa.select(a).where(*key).order_by(a.c.id.desc()).limit(1)).mappings().first()
                 if f.firing:
                     if latest is not None and latest["status"] == "firing":
+                        details = dict(f.details)
+                        if "windows" in details:  # every window that took part in the incident (for trace)
+                            seen = (latest["details"] or {}).get("windows", [])
+                            details["windows"] = (seen + [w for w in details["windows"] if w not in seen])[-1000:]
                         conn.execute(a.update().where(a.c.id == latest["id"])
-                                     .values(last_seen_at=now, message=f.message, details=f.details))
+                                     .values(last_seen_at=now, message=f.message, details=details))
                     elif latest is not None and latest["resolved_at"] and \
                             now - latest["resolved_at"] < self.config.cooldown_s:
                         conn.execute(a.update().where(a.c.id == latest["id"])

@@ -4,6 +4,7 @@ evaluator persisted in the registry's database, so it sees every worker and repl
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -63,3 +64,84 @@ class Monitor:
         """Evaluated windows, oldest first (the report's and dashboard's drift history)."""
         self._model(name)
         return evaluator_mod.windows(self.engine, name, since=since, version=version)
+
+    def report(self, name: str, path: str | Path, *, since: float | None = None) -> Path:
+        """Write a self-contained HTML report of `name` (latency, traffic, drift, accuracy,
+        versions and alerts over time; default: the last 24 hours)."""
+        from shipyard.monitor import report as report_mod
+
+        self._model(name)
+        data = report_mod.collect(self, name, since=time.time() - 86400 if since is None else since)
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(report_mod.render(data))
+        tmp.replace(out)
+        return out
+
+    def trace(self, request_id: str, *, model: str | None = None) -> dict[str, Any]:
+        """Where one logged prediction came from and what it fell in: the version that answered,
+        its bundle and variant, the training run and its data fingerprint, the label if one came,
+        the evaluated window that holds it and the alerts open at the time."""
+        from shipyard.monitor import predlog
+        from shipyard.registry.schema import feedback, monitor_windows, runs
+
+        names = [model] if model else [m.name for m in self.registry.list()]
+        if model:
+            self._model(model)
+        hit = None
+        for name in names:
+            found = predlog.find(self.engine, name, [request_id])
+            if request_id in found:
+                hit = (name, *found[request_id])
+                break
+        if hit is None:
+            where = f"model {model!r}" if model else "any model"
+            raise NotFound(f"no logged prediction of {where} has request id {request_id!r} (the log keeps "
+                           "what retention allows; ids of multi-instance requests are ID/0, ID/1, …)")
+        name, ts, predicted, version = hit
+        try:
+            mv = self.registry.get(f"{name}@{version}")
+        except NotFound:
+            mv = None  # the version was deleted since
+        meta = mv.meta if mv is not None else {}
+        classes = list(meta.get("classes") or [])
+        w = monitor_windows
+        with self.engine.connect() as conn:
+            label = conn.execute(sa.select(feedback.c.label, feedback.c.ts).where(
+                feedback.c.model == name, feedback.c.request_id == request_id)).first()
+            window = conn.execute(sa.select(w).where(w.c.model == name, w.c.version == version, w.c.ts_first <= ts,
+                                                     w.c.ts_last >= ts).order_by(w.c.id).limit(1)).mappings().first()
+            candidates = conn.execute(sa.select(alerts).where(
+                alerts.c.model == name, sa.or_(alerts.c.version.is_(None), alerts.c.version == version),
+                sa.or_(alerts.c.resolved_at.is_(None), alerts.c.resolved_at >= ts))
+                .order_by(alerts.c.opened_at)).mappings().all()
+            # alerts open when it was answered, and the drift alerts its own window took part in
+            open_alerts = [a for a in candidates if a["opened_at"] <= ts or (
+                window is not None and window["id"] in (a["details"] or {}).get("windows", []))]
+            run_id = mv.run_id if mv is not None else None
+            run = conn.execute(sa.select(runs.c.id, runs.c.status, runs.c.data_source, runs.c.data_fingerprint,
+                                         runs.c.recipe, runs.c.best_val_accuracy, runs.c.test_accuracy)
+                               .where(runs.c.id == run_id)).mappings().first() if run_id else None
+
+        def cls(i: int | None) -> str | None:
+            return None if i is None else classes[i] if i < len(classes) else str(i)
+
+        lineage = meta.get("lineage") or {}
+        return {
+            "request_id": request_id, "model": name, "version": version, "time": ts, "predicted": cls(predicted),
+            "label": None if label is None else {"label": cls(label.label), "received_at": label.ts,
+                                                 "correct": label.label == predicted},
+            "bundle": None if mv is None else {"sha256": mv.bundle_sha256, "variant": mv.variant,
+                                               "size_bytes": mv.size_bytes, "aliases": mv.aliases,
+                                               "registered_at": mv.created_at.isoformat()},
+            "run": dict(run) if run is not None else
+            ({"id": run_id, "note": "not in this registry"} if run_id else None),
+            "data_fingerprint": (run or {}).get("data_fingerprint") or lineage.get("data_fingerprint"),
+            "lineage": lineage,
+            "window": None if window is None else {
+                "id": window["id"], "ts_first": window["ts_first"], "ts_last": window["ts_last"], "n": window["n"],
+                "alarm": window["alarm"], "drift": window["results"].get("drift", {}),
+                "estimated_accuracy": window["results"].get("estimated_accuracy")},
+            "alerts": [dict(a) for a in open_alerts],
+        }

@@ -6,9 +6,10 @@ One evaluator per deployment: every server worker (and `shipyard monitor run`) r
 but only the holder of the lease `monitor:NAME` computes; the others wait and take over within
 one lease time if the holder dies. Windows are counted in predictions (`window`, tumbling), with
 a time bound: a window that has not filled after `max_age_s` is evaluated with what it has
-(at least `min_window`), so quiet models are still watched. When traffic brings more than a
-window per tick, the newest full window is tested and the older rows are counted as skipped:
-detection latency matters, not testing every row.
+(at least `min_window`), so quiet models are still watched. When traffic brings more than
+`max_windows_per_tick` windows per tick, only the newest are tested and the older rows are
+counted as skipped: at thousands of requests a second, detection latency matters, not testing
+every row.
 
 Thresholds come from `drift.calibrate_all` on the bundle's held-out profile, once per window
 size (about a second), so a newly deployed version is monitored with no setup."""
@@ -47,6 +48,7 @@ class MonitorConfig:
     accuracy_last: int = 500  # realised accuracy over the newest N labelled predictions
     accuracy_every_s: float = 5.0
     tick_s: float = 1.0
+    max_windows_per_tick: int = 4  # beyond this many full windows per tick, the oldest rows are skipped
     alerts_every_s: float = 5.0  # alert rules are checked this often, and after every window
     lease_ttl_s: float = 10.0
     retention_days: float = 30.0  # evaluated windows kept this long
@@ -237,10 +239,9 @@ class Evaluator:
             if model != name:
                 continue
             oldest = float(v.parts[0][0][0]) if v.parts else None
-            full = v.buffered >= c.window
             stale = oldest is not None and now - oldest >= c.max_age_s and v.buffered >= c.min_window
-            if full or stale:
-                windows.append(self._window(name, version, v, c.window if full else v.buffered, now))
+            if v.buffered >= c.window or stale:
+                windows.extend(self._windows(name, version, v, now, stale))
             if now - v.accuracy_at >= c.accuracy_every_s:
                 v.accuracy_at = now
                 v.accuracy = predlog_mod.accuracy(self.engine, name, version=version, last=c.accuracy_last,
@@ -256,16 +257,35 @@ class Evaluator:
             self.alerter.apply(name, findings, now)
         return states
 
-    def _window(self, name: str, version: int, v: _Version, size: int, now: float) -> dict[str, Any]:
-        """Test the newest `size` buffered rows; drop everything buffered."""
+    def _windows(self, name: str, version: int, v: _Version, now: float, stale: bool) -> list[dict[str, Any]]:
+        """Cut the buffer into full windows, oldest first (at most `max_windows_per_tick`: beyond
+        that the oldest rows are skipped and counted), keep the remainder for the next one; a
+        stale buffer is one window of whatever it holds."""
         ts = np.concatenate([p[0] for p in v.parts])
         pred = np.concatenate([p[1] for p in v.parts])
         conf = np.concatenate([p[2] for p in v.parts])
         projs = [p[3] for p in v.parts]
         proj = np.concatenate(projs) if all(p is not None for p in projs) else None
-        v.skipped += len(ts) - size
-        v.parts, v.buffered = [], 0
-        sl = slice(len(ts) - size, len(ts))
+        size = self.config.window if len(ts) >= self.config.window else len(ts)
+        full = len(ts) // size
+        start = max(0, full - self.config.max_windows_per_tick) * size
+        v.skipped += start
+        out = []
+        for s0 in range(start, full * size, size):
+            sl = slice(s0, s0 + size)
+            out.append(self._window(name, version, v, now, ts[sl], pred[sl], conf[sl],
+                                    proj[sl] if proj is not None else None))
+        rest = slice(full * size, len(ts))
+        v.parts = [(ts[rest], pred[rest], conf[rest], proj[rest] if proj is not None else None)] \
+            if rest.start < len(ts) else []
+        v.buffered = len(ts) - full * size
+        return out
+
+    def _window(self, name: str, version: int, v: _Version, now: float, ts: np.ndarray, pred: np.ndarray,
+                conf: np.ndarray, proj: np.ndarray | None) -> dict[str, Any]:
+        """Test one window (the rows of one model version, oldest first)."""
+        size = len(ts)
+        sl = slice(0, size)
         th = self._thresholds(v, size)
         tests = drift.evaluate(v.reference, th, proj[sl] if proj is not None else None, pred[sl], conf[sl]) \
             if th is not None and v.reference is not None else {}

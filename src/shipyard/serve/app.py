@@ -45,6 +45,7 @@ _MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+)
 _V1 = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?::(?P<verb>predict))?$")
 _REPO = re.compile(r"^/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload|traffic)$")
 _JSON = [(b"content-type", b"application/json")]
+_HTML = [(b"content-type", b"text/html; charset=utf-8")]
 
 
 class Unauthorized(ShipyardError):
@@ -376,6 +377,8 @@ class App:
             detail = {"ready": ready, "draining": self.draining, **self.fleet.health(),
                       "shadow": self.shadow_stats, "pid": os.getpid()}
             return (200 if ready else 503), dumps(detail), _JSON
+        if path == "/dashboard" or path == "/dashboard/fragment":
+            return await self._dashboard(scope, path)
         if path == "/openapi.json":
             from shipyard.serve.openapi import document
 
@@ -384,6 +387,27 @@ class App:
             return 200, dumps({"name": "shipyard", "version": __version__,
                                "extensions": ["binary_tensor_data", "model_repository"]}), _JSON
         return await self._manage(scope, receive, method, path)
+
+    async def _dashboard(self, scope: Scope, path: str) -> tuple[int, bytes, Headers]:
+        from urllib.parse import parse_qs
+
+        from shipyard.serve import dashboard
+
+        if path == "/dashboard":
+            return 200, dashboard.page(sorted(self.fleet.served)).encode(), _HTML
+        query = parse_qs(scope.get("query_string", b"").decode(errors="replace"))
+        name = query.get("model", [""])[0]
+        if name not in self.fleet.served:
+            raise NotFound(f"this server does not serve {name!r}")
+        try:
+            minutes = float(query.get("minutes", ["60"])[0])
+        except ValueError:
+            raise BadRequest("minutes must be a number") from None
+        if not 1 <= minutes <= 30 * 1440:
+            raise BadRequest("minutes must be in 1..43200")
+        html = await asyncio.get_running_loop().run_in_executor(None, dashboard.fragment, self.fleet.registry, name,
+                                                                minutes)
+        return 200, html.encode(), _HTML
 
     async def _infer_v2(self, scope: Scope, receive: Receive, name: str, version: str | None
                         ) -> tuple[int, bytes, Headers]:

@@ -13,6 +13,7 @@ _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type"
 _ROUTE_KEY = {"name": "X-Shipyard-Route-Key", "in": "header", "required": False, "schema": {"type": "string"},
               "description": "Sticky routing: requests with the same key reach the same version of a traffic split"}
 _JSON_OK = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+_HTML_OK = {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
 def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
@@ -87,6 +88,15 @@ def document(models: list[str] | None = None) -> dict[str, Any]:
                          "responses": {"200": _JSON_OK, "400": _ERROR, "401": _ERROR, "403": _ERROR,
                                        "404": _ERROR, "409": _ERROR}}},
             "/openapi.json": {"get": {"responses": {"200": _JSON_OK}}},
+            "/dashboard": {"get": {"summary": "Live charts of the served models (HTML; refreshes itself)",
+                                   "responses": {"200": _HTML_OK}}},
+            "/dashboard/fragment": {"get": {
+                "summary": "The dashboard's charts and tables for one model (HTML fragment)",
+                "parameters": [
+                    {"name": "model", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {"name": "minutes", "in": "query", "schema": {"type": "number", "minimum": 1,
+                                                                  "maximum": 43200}}],
+                "responses": {"200": _HTML_OK, "400": _ERROR, "404": _ERROR}}},
         },
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},

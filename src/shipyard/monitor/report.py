@@ -1,0 +1,147 @@
+"""What happened to a model in production over a time range, from the database every worker and
+replica writes to: traffic and latency (serving statistics), drift and accuracy (evaluated
+windows), versions (registry history), alerts. `collect` gathers it; `charts_html` draws it
+(the dashboard refreshes that fragment); `render` makes a self-contained HTML report of it."""
+
+from __future__ import annotations
+
+import math
+import time
+from html import escape
+from typing import Any
+
+from shipyard.monitor import charts, stats
+from shipyard.monitor import evaluator as evaluator_mod
+from shipyard.monitor.api import Monitor
+from shipyard.monitor.drift import TESTS
+
+
+def collect(monitor: Monitor, name: str, *, since: float, step_s: float | None = None) -> dict[str, Any]:
+    """Everything the report and dashboard show for `name` since `since` (unix seconds)."""
+    now = time.time()
+    step = step_s or max(5.0, round((now - since) / 120 / 5) * 5)  # about 120 points across the range
+    engine = monitor.engine
+    status = monitor.status(name)
+    events = []
+    for ev in monitor.registry.history(name):
+        at = ev.at.timestamp()
+        if at >= since and ev.alias:
+            events.append({"t": at, "kind": ev.kind, "alias": ev.alias, "from": ev.from_version,
+                           "to": ev.to_version, "reason": ev.reason})
+    with engine.connect() as conn:
+        import sqlalchemy as sa
+
+        from shipyard.registry.schema import alerts
+
+        alert_rows = [dict(r) for r in conn.execute(
+            sa.select(alerts).where(alerts.c.model == name, sa.or_(alerts.c.resolved_at.is_(None),
+                                                                   alerts.c.resolved_at >= since))
+            .order_by(alerts.c.opened_at)).mappings()]
+    return {"model": name, "since": since, "until": now, "step_s": step, "status": status,
+            "serving": stats.series(engine, name, since=since, step_s=step),
+            "totals": stats.summary(engine, name, since=since).to_dict(),
+            "windows": evaluator_mod.windows(engine, name, since=since), "events": events, "alerts": alert_rows}
+
+
+def _markers(data: dict[str, Any]) -> list[tuple[float, str]]:
+    return [(e["t"], f"{e['alias']}→v{e['to']}" if e["to"] is not None else f"{e['alias']} removed")
+            for e in data["events"]]
+
+
+def charts_html(data: dict[str, Any]) -> str:
+    """The charts, as inline SVG in a flex grid."""
+    serving, wins, marks = data["serving"], data["windows"], _markers(data)
+    out = [charts.line_chart("Requests/s", {"requests/s": [(p["t"], p["rps"]) for p in serving]},
+                             markers=marks, chart_id="chart-rps", y_min=0),
+           charts.line_chart("Latency (server side)", {"p50": [(p["t"], p["p50_ms"]) for p in serving],
+                                                       "p99": [(p["t"], p["p99_ms"]) for p in serving]},
+                             unit=" ms", markers=marks, chart_id="chart-latency", y_min=0),
+           charts.line_chart("Error rate", {"5xx share": [(p["t"], p["error_rate"]) for p in serving]},
+                             chart_id="chart-errors", y_min=0)]
+    versions = sorted({v for p in serving for v in p["versions"]}, key=int)
+    split = {f"v{v}": [(p["t"], 100.0 * p["versions"].get(v, 0) / max(sum(p["versions"].values()), 1))
+                       for p in serving] for v in versions}
+    out.append(charts.line_chart("Traffic split by version", split, unit="%", y_min=0, y_max=100,
+                                 markers=marks, chart_id="chart-split"))
+    drift: dict[str, list[tuple[float, float | None]]] = {}
+    thresholds: list[tuple[float, str]] = []
+    for w in wins:
+        for test in TESTS:
+            r = w["results"].get("drift", {}).get(test)
+            if r is None:
+                continue
+            drift.setdefault(f"v{w['version']} {test}", []).append(
+                (w["ts_last"], -math.log10(max(r["p_value"], 1e-300))))
+    if wins and wins[-1]["results"].get("drift"):
+        newest = wins[-1]["results"]["drift"]
+        strictest = min(r["threshold"] for r in newest.values())
+        thresholds.append((-math.log10(strictest), "strictest alarm threshold"))
+    out.append(charts.line_chart("Drift: −log10 p per window (higher = further from the reference)", drift,
+                                 hlines=thresholds, markers=marks, chart_id="chart-drift", y_min=0))
+    acc: dict[str, list[tuple[float, float | None]]] = {}
+    for w in wins:
+        res = w["results"]
+        acc.setdefault(f"v{w['version']} estimated", []).append((w["ts_last"], res.get("estimated_accuracy")))
+        if res.get("realised_accuracy") is not None:
+            acc.setdefault(f"v{w['version']} realised", []).append((w["ts_last"], res["realised_accuracy"]))
+    val = [(float(s["accuracy"]["validation"]), f"v{v} validation") for v, s in data["status"]["versions"].items()
+           if s["accuracy"].get("validation") is not None]
+    out.append(charts.line_chart("Accuracy: estimated from confidence, realised from labels", acc, y_min=0, y_max=1,
+                                 hlines=val[:2], markers=marks, chart_id="chart-accuracy"))
+    timeline: dict[str, list[tuple[float, float | None]]] = {}
+    for e in data["events"]:
+        timeline.setdefault(e["alias"], []).append((e["t"], float(e["to"]) if e["to"] is not None else None))
+    for pts in timeline.values():
+        if pts and pts[-1][1] is not None:
+            pts.append((data["until"], pts[-1][1]))
+    out.append(charts.line_chart("Version behind each alias", timeline, chart_id="chart-versions", step=True))
+    return '<div class="grid2">' + "".join(f'<div class="card">{c}</div>' for c in out) + "</div>"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1%}"
+
+
+def _ts(t: float | None) -> str:
+    return "–" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def state_html(data: dict[str, Any]) -> str:
+    """The current state (status) and the alerts, as tables."""
+    rows = []
+    for ver, s in data["status"]["versions"].items():
+        d = s["drift"]
+        cells = "".join(
+            f'<td class="{"alarm" if d[t]["alarm"] else "ok"}">{"ALARM " if d[t]["alarm"] else ""}'
+            f'p={d[t]["p_value"]:.1e}</td>' if t in d else "<td>–</td>" for t in TESTS)
+        a = s["accuracy"]
+        rows.append(f"<tr><td>v{escape(ver)}</td><td>{escape(', '.join(s['aliases']) or '–')}</td>"
+                    f"<td>{s['windows']}</td>{cells}<td>{_pct(a['estimated'])}</td>"
+                    f"<td>{_pct(a['realised'])} ({a['n_labels']})</td><td>{_pct(a.get('validation'))}</td></tr>")
+    table = ("<table><tr><th>version</th><th>aliases</th><th>windows</th><th>input</th><th>prediction</th>"
+             "<th>confidence</th><th>estimated acc</th><th>realised acc (labels)</th><th>validation acc</th></tr>"
+             + "".join(rows) + "</table>") if rows else "<p class=sub>no evaluated windows yet</p>"
+    alerts = "".join(
+        f"<tr><td class={'alarm' if a['status'] == 'firing' else 'ok'}>{escape(a['status'])}</td>"
+        f"<td>{escape(a['rule'])}</td><td>{escape(a['severity'])}</td><td>{_ts(a['opened_at'])}</td>"
+        f"<td>{_ts(a['resolved_at'])}</td><td>{escape(a['message'])}</td></tr>" for a in data["alerts"])
+    alerts_table = ("<table><tr><th>status</th><th>rule</th><th>severity</th><th>opened</th><th>resolved</th>"
+                    "<th>message</th></tr>" + alerts + "</table>") if alerts else "<p class=sub>no alerts</p>"
+    t = data["totals"]
+    totals = (f"<p class=sub>{t['requests']:,} requests, {t['errors']:,} server errors, {t['rejected']:,} "
+              f"rejected inputs; p50 {t['p50_ms'] or 0:.2f} ms, p99 {t['p99_ms'] or 0:.2f} ms (server side)</p>")
+    return f"<h2>Now</h2>{table}{totals}<h2>Alerts</h2>{alerts_table}"
+
+
+def render(data: dict[str, Any]) -> str:
+    """A self-contained HTML report (inline CSS and SVG, no script, nothing fetched)."""
+    events = "".join(f"<tr><td>{_ts(e['t'])}</td><td>{escape(e['alias'])}</td><td>{e['from'] or '–'}</td>"
+                     f"<td>{e['to'] if e['to'] is not None else '–'}</td><td>{escape(e['reason'] or '')}</td></tr>"
+                     for e in data["events"])
+    events_table = ("<table><tr><th>when</th><th>alias</th><th>from</th><th>to</th><th>reason</th></tr>"
+                    + events + "</table>") if events else "<p class=sub>no alias moves in this range</p>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>shipyard: {escape(data['model'])}</title>"
+            f"<style>{charts.STYLE}</style></head><body><h1>{escape(data['model'])}: production report</h1>"
+            f"<p class=sub>{_ts(data['since'])} – {_ts(data['until'])}; generated by shipyard monitor report</p>"
+            f"{state_html(data)}<h2>Over time</h2>{charts_html(data)}<h2>Versions</h2>{events_table}"
+            "</body></html>\n")

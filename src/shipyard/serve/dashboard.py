@@ -1,0 +1,59 @@
+"""`GET /dashboard`: live charts of a served model, refreshing by themselves. The page is one
+HTML document with a few lines of script that fetch `/dashboard/fragment` (server-rendered SVG
+charts and tables, the same code as `shipyard monitor report`) every few seconds. Everything it
+loads comes from this server: no CDN, works air-gapped."""
+
+from __future__ import annotations
+
+import json
+import time
+from html import escape
+from typing import Any
+
+from shipyard.monitor import charts
+
+REFRESH_S = 5
+
+
+def page(models: list[str]) -> str:
+    options = "".join(f"<option>{escape(m)}</option>" for m in models)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>shipyard dashboard</title>
+<style>{charts.STYLE} header{{display:flex;gap:16px;align-items:center}} select{{font-size:14px}}</style></head>
+<body><header><h1>shipyard</h1>
+<label>model <select id="model">{options}</select></label>
+<label>range <select id="minutes"><option value="15">15 min</option><option value="60" selected>1 h</option>
+<option value="360">6 h</option><option value="1440">24 h</option></select></label>
+<span class="sub" id="updated">loading…</span></header>
+<div id="content">{'' if models else '<p class=sub>this server serves no model yet</p>'}</div>
+<script>
+const models = {json.dumps(models)};
+async function refresh() {{
+  const model = document.getElementById("model").value;
+  if (!model) return;
+  const minutes = document.getElementById("minutes").value;
+  try {{
+    const r = await fetch("/dashboard/fragment?model=" + encodeURIComponent(model) + "&minutes=" + minutes);
+    if (!r.ok) throw new Error(r.status + " " + (await r.text()));
+    document.getElementById("content").innerHTML = await r.text();
+    document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+  }} catch (e) {{
+    document.getElementById("updated").textContent = "cannot refresh: " + e.message;
+  }}
+}}
+document.getElementById("model").onchange = refresh;
+document.getElementById("minutes").onchange = refresh;
+refresh();
+setInterval(refresh, {REFRESH_S * 1000});
+</script></body></html>
+"""
+
+
+def fragment(registry: Any, name: str, minutes: float) -> str:
+    """The state tables and charts of `name` over the last `minutes` (runs off the event loop:
+    it reads the database)."""
+    from shipyard.monitor import report
+    from shipyard.monitor.api import Monitor
+
+    mon = Monitor(registry)
+    data = report.collect(mon, name, since=time.time() - minutes * 60)
+    return report.state_html(data) + "<h2>Over time</h2>" + report.charts_html(data)
