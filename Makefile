@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-# Debian packages the tests use: a real PostgreSQL, a real Prometheus and the Fashion-MNIST files.
+# Debian packages the tests use: a real PostgreSQL, Prometheus, Chromium (dashboard) and the Fashion-MNIST files.
 system-deps:
 	bash scripts/system-deps.sh
 

@@ -56,7 +56,10 @@ def line_chart(title: str, series: dict[str, Sequence[Point]], *, unit: str = ""
     lo = min(ys) if y_min is None else y_min
     hi = max(ys) if y_max is None else y_max
     if hi - lo < 1e-12:
-        lo, hi = lo - (abs(lo) * 0.1 or 1), hi + (abs(hi) * 0.1 or 1)
+        if y_min is not None:
+            hi = lo + (abs(lo) * 0.1 or 1)
+        else:
+            lo, hi = lo - (abs(lo) * 0.1 or 1), hi + (abs(hi) * 0.1 or 1)
 
     def x(t: float) -> float:
         return left + (t - t0) / (t1 - t0) * pw
@@ -69,9 +72,9 @@ def line_chart(title: str, series: dict[str, Sequence[Point]], *, unit: str = ""
         v = lo + (hi - lo) * frac
         parts.append(f'<text x="{left - 4}" y="{y(v) + 4:.1f}" text-anchor="end" class="axis">{_fmt(v)}{unit}</text>')
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" class="grid"/>')
-    for frac in (0, 0.5, 1):
+    for frac, anchor in ((0, "start"), (0.5, "middle"), (1, "end")):
         t = t0 + (t1 - t0) * frac
-        parts.append(f'<text x="{x(t):.1f}" y="{top + ph + 14}" text-anchor="middle" class="axis">{_clock(t)}</text>')
+        parts.append(f'<text x="{x(t):.1f}" y="{top + ph + 14}" text-anchor="{anchor}" class="axis">{_clock(t)}</text>')
     for v, label in hlines:
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" class="ref"/>'
                      f'<text x="{left + pw - 2}" y="{y(v) - 3:.1f}" text-anchor="end" class="reflabel">'

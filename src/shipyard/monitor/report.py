@@ -76,8 +76,9 @@ def charts_html(data: dict[str, Any]) -> str:
         newest = wins[-1]["results"]["drift"]
         strictest = min(r["threshold"] for r in newest.values())
         thresholds.append((-math.log10(strictest), "strictest alarm threshold"))
+    top = max([3 * t for t, _ in thresholds] + [10.0])  # off-scale alarms sit on the top edge (hover shows the value)
     out.append(charts.line_chart("Drift: −log10 p per window (higher = further from the reference)", drift,
-                                 hlines=thresholds, markers=marks, chart_id="chart-drift", y_min=0))
+                                 hlines=thresholds, markers=marks, chart_id="chart-drift", y_min=0, y_max=top))
     acc: dict[str, list[tuple[float, float | None]]] = {}
     for w in wins:
         res = w["results"]
