@@ -107,3 +107,20 @@ def test_calibrate_all_matches_the_generic_calibration_and_alarms_on_a_shift() -
     assert set(calm) == {"input", "prediction", "confidence"}
     with pytest.raises(ValueError, match="need at least 2000 held-out rows"):
         drift.calibrate_all(ref, 2000)
+
+
+def test_the_ks_tests_give_scipys_numbers_with_ties() -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(8)
+    ref = rng.normal(size=(700, 6)).astype(np.float16).astype(np.float64)
+    for shift in (0.0, 0.2, 0.6):
+        win = rng.normal(shift, 1, size=(90, 6)).astype(np.float16).astype(np.float64)
+        win[:, 1] = np.round(win[:, 1])  # ties inside the window and with the reference
+        res = stats.ks_2samp(ref, win, axis=0, method="asymp")
+        got = input_drift(ref, win)
+        assert got.score == pytest.approx(np.max(res.statistic), abs=1e-12)
+        assert got.p_value == pytest.approx(min(1.0, np.min(res.pvalue) * 6), rel=1e-9, abs=1e-300)
+        one = stats.ks_2samp(ref[:, 0], win[:, 0], method="asymp")
+        conf = confidence_drift(ref[:, 0], win[:, 0])
+        assert (conf.score, conf.p_value) == (pytest.approx(one.statistic), pytest.approx(one.pvalue, rel=1e-9))
