@@ -126,9 +126,11 @@ def test_projections_come_from_the_bundles_reference_profile(optimized, tmp_path
     rt = ModelRuntime(reg.load("fashion@production"), version=1, name="fashion")
     log = PredictionLog(reg.engine, LogConfig())
     x = RNG.random((10, 784)).astype(np.float32)
-    log.record_batch(rt, [f"p{i}" for i in range(10)], [1] * 10, x, rt.predict(x))
+    for lo, hi in ((0, 4), (4, 10)):  # two model calls: projected block by block in one flush
+        log.record_batch(rt, [f"p{i}" for i in range(lo, hi)], [1] * (hi - lo), x[lo:hi], rt.predict(x[lo:hi]))
     log.flush()
     logged = read(reg.engine, "fashion", projection=True)
+    assert logged.request_ids == [f"p{i}" for i in range(10)]
     with np.load(optimized[2].path / "reference.npz") as ref:
         centred = x.astype(np.float64) - ref["pca_mean"]
         coords = centred @ ref["pca_components"].T.astype(np.float64)

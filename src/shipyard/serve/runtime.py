@@ -5,6 +5,7 @@ Protocol-agnostic: the V2 and v1 routes both end here. No torch."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,31 +98,52 @@ class ModelRuntime:
     def predict(self, features: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.onnx_input: features})[0]
 
-    def project(self, features: np.ndarray) -> np.ndarray | None:
+    def project(self, features: np.ndarray | Sequence[np.ndarray]) -> np.ndarray | None:
         """What the prediction log keeps of each input: its coordinates on the bundle's reference
         PCA basis and, as one more column, its distance from that subspace (the reconstruction
         error: noise and new domains live mostly outside the top components; drift_bench
         measured σ 0.1 noise caught in 20% of windows without it, 100% with it). float16, n×(k+1);
-        None when the bundle has no reference profile."""
+        None when the bundle has no reference profile. `features` may be a list of arrays (the
+        model calls of one log flush): each is multiplied in place, without joining them first."""
         if self._pca is None:
-            try:
-                with np.load(self.bundle.path / "reference.npz") as ref:
-                    mean = ref["pca_mean"].astype(np.float32)
-                    basis = ref["pca_components"].astype(np.float32).T
-                    # one matmul gives the coordinates and x·mean (for |x - mean|²)
-                    self._pca = (np.ascontiguousarray(np.column_stack([basis, mean])), mean @ basis,
-                                 float(mean @ mean))
-            except (OSError, KeyError, ValueError):
-                self._pca = ()
+            self._pca = self._load_pca()
         if not self._pca:
             return None
         both, offset, mean_sq = self._pca
-        x = features.reshape(len(features), -1).astype(np.float32, copy=False)
-        xb = x @ both
-        proj = xb[:, :-1] - offset  # (x - mean) @ B without a centred copy of x
-        centred_sq = np.einsum("ij,ij->i", x, x) - 2 * xb[:, -1] + mean_sq
+        parts = [features] if isinstance(features, np.ndarray) else list(features)
+        n = sum(len(f) for f in parts)
+        xb = np.empty((n, both.shape[1]), np.float32)
+        sq = np.empty(n, np.float32)
+        start = 0
+        for f in parts:  # two numpy calls per part: x·[B | mean] and |x|²
+            x = f.reshape(len(f), -1).astype(np.float32, copy=False)
+            end = start + len(x)
+            np.matmul(x, both, out=xb[start:end])
+            np.einsum("ij,ij->i", x, x, out=sq[start:end])
+            start = end
+        proj = xb[:, :-1]
+        proj -= offset  # (x - mean) @ B without a centred copy of x
+        centred_sq = sq - 2 * xb[:, -1] + mean_sq
         residual = np.sqrt(np.maximum(centred_sq - np.einsum("ij,ij->i", proj, proj), 0))
-        return np.column_stack([proj, residual]).astype(np.float16)
+        out = np.empty((n, both.shape[1]), np.float16)
+        out[:, :-1] = proj
+        out[:, -1] = residual
+        return out
+
+    def _load_pca(self) -> tuple[np.ndarray, np.ndarray, float] | tuple[()]:
+        try:
+            with np.load(self.bundle.path / "reference.npz") as ref:
+                mean = ref["pca_mean"].astype(np.float32)
+                basis = ref["pca_components"].astype(np.float32).T
+        except (OSError, KeyError, ValueError):
+            return ()
+        # one matmul gives the coordinates and x·mean (for |x - mean|²). Subnormal weights (pixels
+        # that never vary) are zeroed: 72 of them made the matmul 2.5× slower (1.6 µs per
+        # instance instead of 0.65)
+        both = np.column_stack([basis, mean])
+        both[np.abs(both) < np.finfo(np.float32).tiny] = 0
+        mean = both[:, -1]
+        return np.ascontiguousarray(both), mean @ both[:, :-1], float(mean @ mean)
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         return self.classes[probabilities.argmax(axis=1)]
