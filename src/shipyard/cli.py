@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from shipyard import __version__, _cli_bundle, _cli_export, _cli_monitor, _cli_serve, _cli_traffic
+from shipyard import __version__, _cli_bundle, _cli_export, _cli_monitor, _cli_serve, _cli_traffic, _cli_update
 from shipyard._cli_models import models_app
 from shipyard._output import emit_json, err, out, pct, reporting
 from shipyard.errors import UsageError
@@ -38,6 +38,7 @@ app.command()(_cli_serve.serve)
 app.add_typer(_cli_monitor.monitor_app, name="monitor")
 app.add_typer(_cli_export.export_app, name="export")
 app.command("trace")(_cli_monitor.trace)
+app.command("retrain")(_cli_update.retrain)
 app.command()(_cli_traffic.traffic)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on the last line of stdout.")]

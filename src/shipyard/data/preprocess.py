@@ -55,6 +55,23 @@ class PreprocessSpec:
             x = (x - mean) / std
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    def invert(self, features: np.ndarray) -> np.ndarray:
+        """Features back to raw inputs (`raw_shape`, `raw_dtype`): what retraining needs from the
+        prediction log, which keeps features. Exact for 8-bit sources up to rounding."""
+        x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+        if self.standardize != "none":
+            if self.mean is None or self.std is None:
+                raise UsageError("the preprocessing spec standardizes but was never fitted")
+            x = x * np.asarray(self.std, dtype=np.float64).reshape(-1) + np.asarray(self.mean, dtype=np.float64
+                                                                                   ).reshape(-1)
+        if self.scale != 1.0:
+            x = x / self.scale
+        dtype = np.dtype(self.raw_dtype)
+        if dtype.kind in "ui":
+            info = np.iinfo(dtype)
+            x = np.clip(np.rint(x), info.min, info.max)
+        return x.astype(dtype).reshape(len(x), *self.raw_shape)
+
     def fitted(self, raw_train: np.ndarray) -> PreprocessSpec:
         """Return the spec with standardization statistics computed on the training split."""
         if self.standardize == "none":

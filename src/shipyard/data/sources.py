@@ -163,7 +163,8 @@ def idx(directory: Path) -> Dataset:
 
 
 def npz(path: Path) -> Dataset:
-    """A Keras-style `mnist.npz`: `x_train`, `y_train`, and optionally `x_test`, `y_test`."""
+    """A Keras-style `mnist.npz`: `x_train`, `y_train`, and optionally `x_test`, `y_test` and
+    `classes` (names)."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -189,8 +190,13 @@ def npz(path: Path) -> Dataset:
     y = _labels(path, arrays["y_train"], "y_train")
     y_test = _labels(path, arrays["y_test"], "y_test") if "y_test" in arrays else None
     num_classes = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
-    return Dataset(f"npz:{path}", x, y, [str(i) for i in range(num_classes)], _spec_for(x),
-                   arrays.get("x_test"), y_test, origin=str(path))
+    classes = [str(i) for i in range(num_classes)]
+    if "classes" in arrays:  # optional class names (retraining keeps the champion's)
+        names = arrays["classes"]
+        if names.dtype.kind not in "US" or names.ndim != 1 or len(names) < num_classes:
+            raise DataError(path, f"classes must be a 1-d array of at least {num_classes} names")
+        classes = [str(c) for c in names]
+    return Dataset(f"npz:{path}", x, y, classes, _spec_for(x), arrays.get("x_test"), y_test, origin=str(path))
 
 
 def csv(path: Path, *, label_column: str = "label") -> Dataset:

@@ -43,8 +43,11 @@ def default_name(run: Run) -> str:
 def optimize(run: Run | str, *, name: str | None = None, output: Path | None = None,
              optimize_for: str = "throughput", variants: tuple[str, ...] = V.VARIANTS,
              threads: int = 1, bench_seconds: float = 0.5, settings: Settings | None = None,
-             console: Console | None = None) -> tuple[Bundle, list[Measured], str]:
-    """Returns the written bundle, the measured variants, and the reason for the choice."""
+             console: Console | None = None, lineage: dict[str, Any] | None = None
+             ) -> tuple[Bundle, list[Measured], str]:
+    """Returns the written bundle, the measured variants, and the reason for the choice.
+    `lineage` adds to the bundle's lineage (retraining: the parent version, the production
+    window trained on)."""
     settings = settings or Settings.from_env()
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)
     store = RunStore(settings)
@@ -118,6 +121,7 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         np.savez_compressed(ref_path, **ref)  # type: ignore[arg-type]
         meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads,
                      exporter, parity, reference.summary(ref))
+        meta["lineage"].update(lineage or {})
         staging = work / "staging"
         bundle_mod.write(staging, meta, {bundle_mod.MODEL: files[chosen.name], bundle_mod.WEIGHTS: weights,
                                          bundle_mod.REFERENCE: ref_path})

@@ -649,6 +649,17 @@ class Registry:
                     to_version=version, reason=reason)
         return AliasChange(name, alias, current, version, changed=True)
 
+    def record(self, name: str, kind: str, *, version: int | None = None, reason: str | None = None,
+               details: dict[str, Any] | None = None) -> None:
+        """Add an event to `name`'s history for what later stages decide (retrain, gate
+        verdicts, rollout steps), so `shipyard models history` tells the whole story."""
+        check_name(name)
+        if not kind or len(kind) > 32:
+            raise UsageError(f"event kind {kind!r} must be 1..32 characters")
+        with self._tx() as conn:
+            self._lock_model(conn, name)
+            self._event(conn, name, kind, utcnow(), version=version, reason=reason, details=details)
+
     def unalias(self, name: str, alias: str, reason: str | None = None) -> AliasChange:
         """Remove an alias (nothing is served under it any more)."""
         check_name(name)

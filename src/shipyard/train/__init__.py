@@ -17,11 +17,13 @@ RESUMABLE_OVERRIDES = {"epochs", "patience"}
 
 
 def train(recipe: Recipe | None = None, *, like: str | None = None, resume: str | None = None,
-          settings: Settings | None = None, progress: bool = True, **overrides: Any) -> Run:
+          settings: Settings | None = None, progress: bool = True, init_weights: Any = None,
+          **overrides: Any) -> Run:
     """Train a model and return its tracked run.
 
     `shipyard.train(data="fashion-mnist", epochs=5)` trains the canonical MLP; `like=RUN` replays
-    that run's recipe with `overrides` applied; `resume=RUN` continues an interrupted run."""
+    that run's recipe with `overrides` applied; `resume=RUN` continues an interrupted run;
+    `init_weights` (a state dict file) warm-starts instead of initialising at random."""
     from shipyard.train.loop import fit
 
     settings = settings or Settings.from_env()
@@ -55,9 +57,10 @@ def train(recipe: Recipe | None = None, *, like: str | None = None, resume: str 
         base = Recipe.from_dict(parent.recipe).with_overrides(**overrides)
         same_data = base.data == parent.recipe.get("data")
         return fit(base, settings, parent_run_id=parent.id,
-                   expect_fingerprint=parent.data_fingerprint if same_data else None, progress=progress)
+                   expect_fingerprint=parent.data_fingerprint if same_data else None, progress=progress,
+                   init_weights=init_weights)
     base = (recipe or Recipe()).with_overrides(**overrides)
-    return fit(base, settings, progress=progress)
+    return fit(base, settings, progress=progress, init_weights=init_weights)
 
 
 def runs(*, status: str | None = None, limit: int = 50, settings: Settings | None = None) -> list[Run]:

@@ -93,9 +93,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Mod
 
 def fit(recipe: Recipe, settings: Settings, *, resume: str | None = None,
         parent_run_id: str | None = None, expect_fingerprint: str | None = None,
-        console: Console | None = None, progress: bool = True) -> Run:
+        console: Console | None = None, progress: bool = True, init_weights: str | Path | None = None) -> Run:
     """Train per `recipe`, tracking everything; return the stored run. With `resume`, continue
-    that interrupted run from its last completed epoch with the same recipe."""
+    that interrupted run from its last completed epoch with the same recipe. `init_weights`: a
+    state dict to start from instead of random weights (warm-start retraining)."""
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)
     store = RunStore(settings)
     threads = recipe.threads or settings.threads
@@ -129,6 +130,13 @@ def fit(recipe: Recipe, settings: Settings, *, resume: str | None = None,
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     state = _State()
 
+    if init_weights is not None and resume is None:
+        try:
+            model.load_state_dict(torch.load(init_weights, map_location=device, weights_only=True))
+        except (RuntimeError, OSError, KeyError) as e:
+            raise UsageError(f"cannot start from the weights in {init_weights}: they do not fit a "
+                             f"{recipe.model} with these arguments ({str(e).splitlines()[0]})") from None
+        console.print(f"warm start from {init_weights}")
     if resume is not None:
         run_id = resume
         _restore(resume_path(store.get(run_id)), model, opt, sched, gen, state)

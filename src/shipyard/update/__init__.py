@@ -1,0 +1,1 @@
+"""The `update` stage: retrain from production data, gate, canary, promote or roll back."""

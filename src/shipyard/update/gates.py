@@ -1,0 +1,45 @@
+"""Gates a challenger must pass before it replaces the champion.
+
+Offline: accuracy of both on the recent holdout (labelled production samples never trained on)
+and on the original validation split; the challenger may not be worse on either by more than
+`tolerance` (absolute accuracy)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from shipyard.update.data import Labelled
+
+
+def _accuracy(bundle: Any, x_raw: np.ndarray, y: np.ndarray) -> float | None:
+    if len(y) == 0:
+        return None
+    from shipyard.serve.runtime import ModelRuntime
+
+    rt = ModelRuntime(bundle)
+    spec = bundle.preprocess
+    feats = spec.apply(x_raw)
+    pred = np.concatenate([rt.predict(feats[i:i + 1024]).argmax(1) for i in range(0, len(feats), 1024)])
+    return float((pred == y).mean())
+
+
+def offline(champion: Any, challenger: Any, recent: Labelled, original: Any, recipe: dict[str, Any], *,
+            tolerance: float = 0.01) -> dict[str, Any]:
+    """Compare the two bundles; returns accuracies, `passed` and the reason."""
+    splits = original.split(recipe.get("val_fraction"), recipe.get("split_seed", 0))
+    sets = {"recent_holdout": (recent.x, recent.y), "validation": (splits.x_val, splits.y_val)}
+    out: dict[str, Any] = {"tolerance": tolerance, "sets": {}}
+    failures = []
+    for label, (x, y) in sets.items():
+        a, b = _accuracy(champion, x, y), _accuracy(challenger, x, y)
+        out["sets"][label] = {"n": int(len(y)), "champion": a, "challenger": b,
+                              "delta": None if a is None or b is None else b - a}
+        if a is not None and b is not None and b < a - tolerance:
+            failures.append(f"{label}: {b:.1%} against the champion's {a:.1%} (more than {tolerance:.1%} worse)")
+    out["passed"] = not failures
+    parts = [f"{k} {v['challenger']:.1%} vs {v['champion']:.1%}" for k, v in out["sets"].items()
+             if v["challenger"] is not None]
+    out["reason"] = "; ".join(failures) if failures else "not worse on " + ", ".join(parts)
+    return out

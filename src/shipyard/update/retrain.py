@@ -1,0 +1,170 @@
+"""`shipyard retrain NAME`: a challenger from the champion, trained on the original data plus the
+labelled production samples, warm-started from the champion's weights with the champion's recipe,
+optimized, bundled and registered behind `candidate` with its lineage; then the offline gate
+compares it with the champion on the recent holdout and the original validation split.
+
+The newest 20% of labelled production samples (by prediction time) are never trained on: they are
+the recent holdout every later gate compares on."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from shipyard.errors import DataError, NotFound, ShipyardError, UsageError
+from shipyard.settings import Settings
+from shipyard.update import gates
+from shipyard.update.data import Labelled, labelled
+
+
+@dataclass
+class RetrainResult:
+    """What `retrain` made and why."""
+
+    name: str
+    champion: int
+    version: int | None  # the registered challenger
+    run_id: str | None
+    alias: str
+    samples: dict[str, Any]
+    gate: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "champion": self.champion, "version": self.version, "run_id": self.run_id,
+                "alias": self.alias, "samples": self.samples, "offline_gate": self.gate,
+                "seconds": round(self.seconds, 1)}
+
+
+def server_running(home: Path) -> bool:
+    """True when a `shipyard serve` of this home runs on this host (its metrics folder exists and
+    its process lives)."""
+    run = home / "run"
+    for d in run.glob("metrics-*") if run.is_dir() else []:
+        try:
+            os.kill(int(d.name.split("-", 1)[1]), 0)
+            return True
+        except (ValueError, ProcessLookupError, PermissionError):
+            continue
+    return False
+
+
+def retrain(name: str, *, registry: Any = None, settings: Settings | None = None, champion: str = "production",
+            data: str | None = None, since: float | None = None, holdout: float = 0.2, min_labels: int = 20,
+            alias: str = "candidate", tolerance: float = 0.01, progress: bool = True,
+            console: Console | None = None, **overrides: Any) -> RetrainResult:
+    """Retrain NAME's champion (the version behind `champion`) on its original data plus the
+    labelled production samples since `since`; register the result behind `alias` and run the
+    offline gate. `overrides` change the champion's recipe (epochs, lr, …)."""
+    import shipyard
+    from shipyard.data import load
+    from shipyard.registry import Registry
+
+    t0 = time.perf_counter()
+    console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+    settings = settings or Settings.from_env()
+    reg = registry or Registry(settings=settings)
+    if not 0 < holdout < 1:
+        raise UsageError(f"--holdout must be in (0, 1), got {holdout}")
+    champ = reg.get(f"{name}@{champion}")
+    bundle = reg.load(champ)
+    weights = bundle.path / "weights.pt"
+    lineage = bundle.meta.get("lineage") or {}
+    if not weights.is_file():
+        raise UsageError(f"{champ.ref} cannot be retrained: its bundle has no weights (weights.pt), e.g. a model "
+                         "imported from elsewhere; train a new run instead")
+    recipe = lineage.get("recipe")
+    if not recipe:
+        raise UsageError(f"{champ.ref} cannot be retrained: its bundle records no training recipe")
+    source = data or lineage.get("data_source") or recipe.get("data")
+    try:
+        original = load(source, label_column=recipe.get("label_column", "label"),
+                        standardize=recipe.get("standardize"))
+    except (DataError, UsageError) as e:
+        raise UsageError(f"{champ.ref} was trained on {source!r}, which cannot be read here ({e}); pass "
+                         "--data SOURCE with the same classes") from None
+    if list(original.classes) != list(bundle.classes):
+        raise UsageError(f"the data {source!r} has classes {original.classes[:5]}…, the champion "
+                         f"{bundle.classes[:5]}…: retraining must keep the champion's classes")
+    spec = bundle.preprocess
+    if spec is None:
+        raise UsageError(f"{champ.ref} has no preprocessing spec: its logged inputs cannot be turned back "
+                         "into training data")
+    prod = labelled(reg.engine, name, spec, since=since)
+    if len(prod) < min_labels:
+        raise UsageError(f"only {len(prod)} labelled production samples with kept inputs ({prod.labels_total} "
+                         f"labels in all) for {name}; need at least {min_labels} (send feedback, or lower "
+                         "--min-labels)")
+    train_part, recent = prod.split(holdout)
+    console.print(f"retraining {champ.ref}: {len(original.y):,} original samples + {len(train_part):,} labelled "
+                  f"production samples; {len(recent):,} newest held out")
+
+    home = settings.home
+    work = home / "retrain" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {
+        "x_train": np.concatenate([original.x, train_part.x.astype(original.x.dtype)]),
+        "y_train": np.concatenate([original.y, train_part.y]),
+        "classes": np.array(original.classes),
+    }
+    if original.x_test is not None and original.y_test is not None:
+        arrays["x_test"], arrays["y_test"] = original.x_test, original.y_test
+    np.savez(work / "data.npz", **arrays)  # type: ignore[arg-type]
+
+    busy = server_running(home)
+    if busy:  # serving latency first: one thread at low priority
+        overrides.setdefault("threads", 1)
+        with contextlib.suppress(OSError):
+            os.nice(10)
+        console.print("a server runs on this host: training with 1 thread at low priority")
+    parent_run = champ.run_id
+    run = shipyard.train(like=parent_run, data=f"npz:{work / 'data.npz'}", init_weights=weights,
+                         settings=settings, progress=progress, **{k: v for k, v in overrides.items() if v is not None}
+                         ) if parent_run and _run_exists(settings, parent_run) else \
+        shipyard.train(shipyard.Recipe.from_dict({**recipe, "data": f"npz:{work / 'data.npz'}"}),
+                       init_weights=weights, settings=settings, progress=progress,
+                       **{k: v for k, v in overrides.items() if v is not None})
+    window_start, window_end = prod.window
+    new_lineage = {"parent_version": champ.version, "parent_bundle": champ.bundle_sha256,
+                   "production_window": {"since": window_start, "until": window_end,
+                                         "trained_on": len(train_part), "held_out": len(recent),
+                                         "holdout_since": recent.window[0]},
+                   "original_data": source}
+    new_bundle = shipyard.optimize(run, name=name, output=work / f"{name}.tar.gz", settings=settings,
+                                   lineage=new_lineage, variants=tuple(v["name"] for v in bundle.meta.get(
+                                       "variants", [{"name": "fp32"}])) or ("fp32",))
+    samples = {"original": int(len(original.y)), "production_train": len(train_part),
+               "recent_holdout": len(recent), "labels_total": prod.labels_total,
+               "window": {"since": window_start, "until": window_end}}
+    mv = reg.register(new_bundle.path if new_bundle.path.is_dir() else work / f"{name}.tar.gz", name,
+                      description=f"retrained from v{champ.version} on {len(train_part)} production samples",
+                      tags={"parent_version": str(champ.version), "run": run.id}, reason="retrain")
+    verdict = gates.offline(reg.load(champ), reg.load(mv), recent, original, recipe, tolerance=tolerance)
+    reg.record(name, "gate", version=mv.version, reason=verdict["reason"],
+               details={"gate": "offline", **verdict})
+    reg.set_alias(name, alias, mv.version, reason=f"retrained from v{champ.version}; offline gate "
+                                                   f"{'passed' if verdict['passed'] else 'FAILED'}")
+    console.print(f"registered {mv.ref} behind {alias!r}; offline gate "
+                  + ("[green]passed[/]" if verdict["passed"] else f"[red]failed[/]: {verdict['reason']}"))
+    return RetrainResult(name, champ.version, mv.version, run.id, alias, samples, verdict,
+                         time.perf_counter() - t0)
+
+
+def _run_exists(settings: Settings, run_id: str) -> bool:
+    from shipyard.train import get_run
+
+    try:
+        get_run(run_id, settings=settings)
+        return True
+    except (NotFound, ShipyardError):
+        return False
+
+
+__all__ = ["Labelled", "RetrainResult", "retrain", "server_running"]
