@@ -39,6 +39,8 @@ app.add_typer(_cli_monitor.monitor_app, name="monitor")
 app.add_typer(_cli_export.export_app, name="export")
 app.command("trace")(_cli_monitor.trace)
 app.command("retrain")(_cli_update.retrain)
+app.command("rollout")(_cli_update.rollout)
+app.command("rollback")(_cli_update.rollback)
 app.command()(_cli_traffic.traffic)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on the last line of stdout.")]

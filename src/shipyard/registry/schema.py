@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-HEAD = "0005"
+HEAD = "0006"
 
 metadata = sa.MetaData()
 
@@ -267,4 +267,25 @@ serving_stats = sa.Table(
     sa.Column("rejected", sa.Integer, nullable=False),  # 4xx: bad input (NaN, shape, dtype, range)
     sa.Column("latency", sa.JSON, nullable=False),  # counts per bucket of `LATENCY_BUCKETS_MS`
     sa.Index("ix_serving_stats_model_ts", "model", "ts_end"),
+)
+
+# -- rollouts (0006) ----------------------------------------------------------------------------
+# One row per model: the current (or last) rollout of a candidate, step by step, so `rollout
+# status|abort|resume` work from any process and a crashed rollout can be resumed.
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("name", sa.String(NAME_LEN), sa.ForeignKey("models.name", ondelete="CASCADE"), primary_key=True),
+    sa.Column("candidate", sa.Integer, nullable=False),
+    sa.Column("champion", sa.Integer, nullable=False),
+    sa.Column("steps", sa.JSON, nullable=False),  # canary weights, percent
+    sa.Column("step", sa.Integer, nullable=False),  # index into steps of the step under way
+    sa.Column("status", sa.String(16), nullable=False),  # running | promoted | rolled_back | aborted | failed
+    sa.Column("config", sa.JSON, nullable=False),  # gates, minimums, timeouts
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("step_started_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("holder", sa.String(255)),
+    sa.Column("reason", sa.Text),
+    sa.Column("verdicts", sa.JSON, nullable=False),  # one per finished step
 )

@@ -43,3 +43,42 @@ def offline(champion: Any, challenger: Any, recent: Labelled, original: Any, rec
              if v["challenger"] is not None]
     out["reason"] = "; ".join(failures) if failures else "not worse on " + ", ".join(parts)
     return out
+
+
+def champion_data(registry: Any, name: str, champion: Any, bundle: Any, data: str | None = None
+                  ) -> tuple[Any, dict[str, Any], str]:
+    """The champion's original dataset, recipe and source (`data` overrides the source)."""
+    from shipyard.data import load
+    from shipyard.errors import DataError, UsageError
+
+    lineage = bundle.meta.get("lineage") or {}
+    recipe = lineage.get("recipe")
+    if not recipe:
+        raise UsageError(f"{champion.ref} records no training recipe (imported or hand-made bundle)")
+    source = data or lineage.get("data_source") or recipe.get("data")
+    try:
+        original = load(source, label_column=recipe.get("label_column", "label"),
+                        standardize=recipe.get("standardize"))
+    except (DataError, UsageError) as e:
+        raise UsageError(f"{champion.ref} was trained on {source!r}, which cannot be read here ({e}); pass "
+                         "--data SOURCE with the same classes") from None
+    if list(original.classes) != list(bundle.classes):
+        raise UsageError(f"the data {source!r} has classes {original.classes[:5]}…, the champion "
+                         f"{bundle.classes[:5]}…: they must be the same")
+    return original, recipe, source
+
+
+def offline_gate(registry: Any, name: str, candidate: int, *, champion_alias: str = "production",
+                 holdout: float = 0.2, tolerance: float = 0.01, data: str | None = None) -> dict[str, Any]:
+    """Run the offline gate of `name@candidate` against the champion now (for a candidate that
+    did not come from `retrain`), and record the verdict in history."""
+    from shipyard.update.data import labelled
+
+    champ = registry.get(f"{name}@{champion_alias}")
+    champ_bundle = registry.load(champ)
+    original, recipe, _ = champion_data(registry, name, champ, champ_bundle, data)
+    _, recent = labelled(registry.engine, name, champ_bundle.preprocess).split(holdout)
+    verdict = offline(champ_bundle, registry.load(f"{name}@{candidate}"), recent, original, recipe,
+                      tolerance=tolerance)
+    registry.record(name, "gate", version=candidate, reason=verdict["reason"], details={"gate": "offline", **verdict})
+    return verdict

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from shipyard.errors import DataError, NotFound, ShipyardError, UsageError
+from shipyard.errors import NotFound, ShipyardError, UsageError
 from shipyard.settings import Settings
 from shipyard.update import gates
 from shipyard.update.data import Labelled, labelled
@@ -64,7 +64,6 @@ def retrain(name: str, *, registry: Any = None, settings: Settings | None = None
     labelled production samples since `since`; register the result behind `alias` and run the
     offline gate. `overrides` change the champion's recipe (epochs, lr, …)."""
     import shipyard
-    from shipyard.data import load
     from shipyard.registry import Registry
 
     t0 = time.perf_counter()
@@ -76,23 +75,10 @@ def retrain(name: str, *, registry: Any = None, settings: Settings | None = None
     champ = reg.get(f"{name}@{champion}")
     bundle = reg.load(champ)
     weights = bundle.path / "weights.pt"
-    lineage = bundle.meta.get("lineage") or {}
     if not weights.is_file():
         raise UsageError(f"{champ.ref} cannot be retrained: its bundle has no weights (weights.pt), e.g. a model "
                          "imported from elsewhere; train a new run instead")
-    recipe = lineage.get("recipe")
-    if not recipe:
-        raise UsageError(f"{champ.ref} cannot be retrained: its bundle records no training recipe")
-    source = data or lineage.get("data_source") or recipe.get("data")
-    try:
-        original = load(source, label_column=recipe.get("label_column", "label"),
-                        standardize=recipe.get("standardize"))
-    except (DataError, UsageError) as e:
-        raise UsageError(f"{champ.ref} was trained on {source!r}, which cannot be read here ({e}); pass "
-                         "--data SOURCE with the same classes") from None
-    if list(original.classes) != list(bundle.classes):
-        raise UsageError(f"the data {source!r} has classes {original.classes[:5]}…, the champion "
-                         f"{bundle.classes[:5]}…: retraining must keep the champion's classes")
+    original, recipe, source = gates.champion_data(reg, name, champ, bundle, data)
     spec = bundle.preprocess
     if spec is None:
         raise UsageError(f"{champ.ref} has no preprocessing spec: its logged inputs cannot be turned back "
