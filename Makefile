@@ -19,12 +19,7 @@ system-deps:
 	bash scripts/system-deps.sh
 
 demo: setup
-	$(BIN)/shipyard train
-	$(BIN)/shipyard runs show latest
-	$(BIN)/shipyard runs plot latest
-	$(BIN)/shipyard optimize latest --output .shipyard/digits.tar.gz
-	$(BIN)/shipyard models register .shipyard/digits.tar.gz --name digits --alias production --reason "make demo"
-	$(BIN)/shipyard models list
+	$(BIN)/shipyard quickstart
 
 test: setup system-deps
 	$(BIN)/ruff check src tests benchmarks

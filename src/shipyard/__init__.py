@@ -16,7 +16,7 @@ from shipyard.train import Recipe, Run, get_run, runs, train
 
 __version__ = "0.1.0"
 __all__ = ["Bundle", "Recipe", "Registry", "Run", "Settings", "ShipyardError", "data", "get_run", "optimize",
-           "retrain", "runs", "train"]
+           "retrain", "rollback", "rollout", "runs", "train"]
 
 
 def retrain(name: str, **kwargs: Any) -> Any:
@@ -26,3 +26,22 @@ def retrain(name: str, **kwargs: Any) -> Any:
     from shipyard.update.retrain import retrain as _retrain
 
     return _retrain(name, **kwargs)
+
+
+def rollout(name: str, *, registry: Any = None, settings: Settings | None = None, offline_gate: bool = True,
+            log: Any = None, **config: Any) -> dict[str, Any]:
+    """`shipyard.rollout("digits", steps=(10, 50, 100))`: canary NAME@candidate step by step
+    through the online gates and promote it, or put its weight back to 0 and raise
+    `RolloutFailed` with the reason. `config`: fields of `shipyard.update.rollout.RolloutConfig`."""
+    from shipyard.update.rollout import Rollout, RolloutConfig
+
+    reg = registry or Registry(settings=settings)
+    return Rollout(reg, name, RolloutConfig(**config), log=log or (lambda m: None)).start(offline_gate=offline_gate)
+
+
+def rollback(name: str, *, registry: Any = None, settings: Settings | None = None,
+             reason: str | None = None) -> dict[str, Any]:
+    """`shipyard.rollback("digits")`: `production` back to the version before its last move."""
+    from shipyard.update.rollout import rollback as _rollback
+
+    return _rollback(registry or Registry(settings=settings), name, reason)

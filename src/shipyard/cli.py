@@ -41,6 +41,7 @@ app.command("trace")(_cli_monitor.trace)
 app.command("retrain")(_cli_update.retrain)
 app.command("rollout")(_cli_update.rollout)
 app.command("rollback")(_cli_update.rollback)
+app.command("quickstart")(_cli_update.quickstart)
 app.command()(_cli_traffic.traffic)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on the last line of stdout.")]

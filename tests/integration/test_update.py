@@ -110,7 +110,8 @@ def test_shift_retrain_canary_promote_and_rollback_without_a_failed_request(depl
         assert lineage["parent_version"] == 1 and lineage["production_window"]["trained_on"] > 0
 
         config = ro.RolloutConfig(steps=(50, 100), min_requests=80, min_labels=40, step_timeout_s=180)
-        final = ro.Rollout(reg, "digits", config, log=lambda m: None).start()
+        final = shipyard.rollout("digits", registry=reg, **{k: getattr(config, k) for k in (
+            "steps", "min_requests", "min_labels", "step_timeout_s")})
         assert final["status"] == "promoted", final
         assert [v["weight"] for v in final["verdicts"]] == [50, 100]
         assert all(g["passed"] for v in final["verdicts"] for g in v["gates"])
@@ -119,7 +120,7 @@ def test_shift_retrain_canary_promote_and_rollback_without_a_failed_request(depl
         served_before = users.versions.get("2", 0)
         _wait("v2 serving everything", lambda: users.versions.get("2", 0) > served_before + 50)
 
-        back = json.loads(run_cli(["rollback", "digits", "--reason", "test", "--json"], env).stdout)
+        back = shipyard.rollback("digits", registry=reg, reason="test")
         assert (back["from_version"], back["to_version"]) == (2, 1)
         ones = users.versions.get("1", 0)
         _wait("v1 serving again", lambda: users.versions.get("1", 0) > ones + 50)
@@ -172,4 +173,8 @@ def test_rollout_refuses_bad_settings_and_a_second_rollout(deployed) -> None:  #
     assert r.returncode != 0 and "no alias 'candidate'" in r.stderr
     r = run_cli(["rollback", "digits"], env, check=False)
     assert r.returncode == 2 and "no earlier version" in r.stderr
+    reg.register(reg.load("digits@1").path, "digits", alias="production")  # v2, same bundle
+    back = json.loads(run_cli(["rollback", "digits", "--reason", "test", "--json"], env).stdout)
+    assert (back["from_version"], back["to_version"]) == (2, 1) and reg.get("digits@production").version == 1
+    assert reg.history("digits")[-2].reason == "test"
     assert json.loads(run_cli(["rollout", "status", "digits", "--json"], env).stdout)["rollout"] is None
