@@ -159,3 +159,37 @@ def quickstart(
         facts = qs.run(settings(), name=name, epochs=epochs, shift_degrees=shift)
         if as_json:
             emit_json(qs.summary(facts))
+
+
+def autopilot(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    policy: Annotated[str | None, typer.Option(help="Policy file (TOML): triggers, limits, retrain and rollout settings. Default: drift or accuracy alerts, 200 labels, 1 h cooldown, 3 retrains a day.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what it would do; change nothing.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Decide (and act) once, then exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --once: print the decision as JSON.")] = False,
+) -> None:
+    """Watch NAME's alerts and, when a drift or accuracy alert is open and enough labels have come
+    back, retrain → offline gate → rollout, within the policy's cooldown and daily budget. Every
+    decision is logged with its reason and recorded in `models history`. Ctrl-C stops it."""
+    from shipyard.cli import settings
+    from shipyard.registry import Registry
+    from shipyard.update.autopilot import Autopilot, Policy, load_policy
+
+    with reporting(as_json):
+        pol = load_policy(policy) if policy else Policy()
+        s = settings()
+        reg = Registry(settings=s)
+        reg.get(f"{name}@production")
+        pilot = Autopilot(reg, name, pol, settings=s, dry_run=dry_run, log=lambda m: err.print(m))
+        if once:
+            d = pilot.run(once=True)
+            if as_json:
+                emit_json({"name": name, "action": d.action, "reason": d.reason, "dry_run": dry_run, **d.details})
+            if d.action in ("rolled_back", "stop"):
+                raise typer.Exit(1)
+            return
+        err.print(f"autopilot on {name}: checking every {pol.poll_s:g} s (Ctrl-C stops)")
+        try:
+            pilot.run()
+        except KeyboardInterrupt:
+            err.print("stopped")

@@ -42,6 +42,7 @@ app.command("retrain")(_cli_update.retrain)
 app.command("rollout")(_cli_update.rollout)
 app.command("rollback")(_cli_update.rollback)
 app.command("quickstart")(_cli_update.quickstart)
+app.command("autopilot")(_cli_update.autopilot)
 app.command()(_cli_traffic.traffic)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on the last line of stdout.")]
