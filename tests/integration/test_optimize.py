@@ -64,6 +64,10 @@ def test_bundle_contents(optimized) -> None:  # type: ignore[no-untyped-def]
     assert ref["calibration_count"].sum() == len(ref["val_predictions"]) == 1000
     summary = meta["reference"]
     assert summary["sample_size"] == 2000 and 0.5 < summary["pca_explained_variance_ratio"] < 1.0
+    # drift thresholds for the usual windows are calibrated at bundle time, not by the server
+    assert [t["window"] for t in summary["drift_thresholds"]] == [100, 250]
+    assert all(0 < t[k] <= t["alpha"] / 3 for t in summary["drift_thresholds"]
+               for k in ("input", "prediction", "confidence"))
 
 
 def test_tarball_round_trip_is_deterministic(optimized, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -124,3 +124,21 @@ def test_the_ks_tests_give_scipys_numbers_with_ties() -> None:
         one = stats.ks_2samp(ref[:, 0], win[:, 0], method="asymp")
         conf = confidence_drift(ref[:, 0], win[:, 0])
         assert (conf.score, conf.p_value) == (pytest.approx(one.statistic), pytest.approx(one.pvalue, rel=1e-9))
+
+
+def test_thresholds_computed_at_bundle_time_are_used_as_they_are() -> None:
+    from shipyard.monitor import reference
+
+    rng = np.random.default_rng(9)
+    x = rng.random((900, 784)).astype(np.float32)
+    probs = rng.dirichlet(np.ones(10), size=800).astype(np.float32)
+    ref = reference.build(x, probs, rng.integers(0, 10, 800), x_val=rng.random((800, 784)).astype(np.float32))
+    ref["drift_thresholds"] = drift.precalibrate(ref, (100, 250), alpha=0.002, draws=300)
+    assert ref["drift_thresholds"].shape == (2, 6)
+    r = drift.Reference.from_arrays(ref)
+    pre = r.thresholds(100, alpha=0.002, draws=300)
+    fresh = drift.calibrate_all(r, 100, alpha=0.002, draws=300)
+    assert pre.seconds == 0 and (pre.input, pre.prediction, pre.confidence) == pytest.approx(
+        (fresh.input, fresh.prediction, fresh.confidence))
+    assert r.thresholds(100, alpha=0.002, draws=400).seconds > 0  # other settings: calibrated now
+    assert reference.summary(ref)["drift_thresholds"][1]["window"] == 250

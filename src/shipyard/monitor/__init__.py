@@ -1,7 +1,16 @@
 """The `monitor` stage: metrics, the prediction log and feedback, the reference profile that
-bundles carry, drift detectors, the evaluator that windows live traffic, and `Monitor`, the
-Python API over the persisted state."""
+bundles carry, drift detectors, the evaluator that windows live traffic, alerts, and `Monitor`,
+the Python API over the persisted state. Imported lazily: a server worker loads only what it
+uses."""
 
-from shipyard.monitor.api import Monitor
+from typing import Any
 
 __all__ = ["Monitor"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Monitor":
+        from shipyard.monitor.api import Monitor
+
+        return Monitor
+    raise AttributeError(name)

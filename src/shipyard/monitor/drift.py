@@ -19,11 +19,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
+
+
+def _scipy_stats() -> Any:
+    """scipy.stats, imported on first use: it costs ~40 MB and 0.5 s, which a server worker should
+    pay only if it is the one evaluating drift."""
+    from scipy import stats
+
+    return stats
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ def prediction_drift(reference_frequencies: np.ndarray, predicted: np.ndarray, *
         observed, expected = observed[keep], expected[keep]
     if len(expected) < 2:
         return _result("prediction", 0.0, 1.0, threshold, n)
-    chi2, p = stats.chisquare(observed, expected)
+    chi2, p = _scipy_stats().chisquare(observed, expected)
     return _result("prediction", float(chi2), float(p), threshold, n)
 
 
@@ -168,6 +175,8 @@ class Reference:
     null_confidence: np.ndarray
     calibration_edges: np.ndarray
     calibration_accuracy: np.ndarray
+    # thresholds calibrated when the bundle was built: (window, alpha, draws) → Thresholds
+    precalibrated: dict[tuple[int, float, int], Thresholds] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_arrays(cls, ref: dict[str, np.ndarray], *, seed: int = 11) -> Reference:
@@ -180,9 +189,32 @@ class Reference:
         order = np.random.default_rng(seed).permutation(len(prof))
         a, b = order[: len(order) // 2], order[len(order) // 2:]
         conf = ref["val_confidence"].astype(np.float32)
+        pre = {}
+        for window, alpha, draws, t_in, t_pred, t_conf in ref.get("drift_thresholds", np.zeros((0, 6))):
+            key = (int(window), float(alpha), int(draws))
+            pre[key] = Thresholds(key[0], key[1], key[2], float(t_in), float(t_pred), float(t_conf))
         return cls(prof[a], conf[a], ref["class_frequencies"].astype(np.float64), prof[b],
                    ref["val_predictions"][b].astype(np.int64), conf[b], ref["calibration_edges"],
-                   ref["calibration_accuracy"])
+                   ref["calibration_accuracy"], pre)
+
+    def thresholds(self, window: int, *, alpha: float, draws: int) -> Thresholds:
+        """Calibrated thresholds for windows of `window`: from the bundle when it carries them for
+        these settings, else calibrated now (about a second)."""
+        hit = self.precalibrated.get((window, alpha, draws))
+        return hit if hit is not None else calibrate_all(self, window, alpha=alpha, draws=draws)
+
+
+def precalibrate(ref: dict[str, np.ndarray], windows: tuple[int, ...] = (100, 250), *, alpha: float = 0.002,
+                 draws: int = 2000) -> np.ndarray:
+    """Thresholds for the usual window sizes, computed when the bundle is built so a server never
+    spends its CPU on them: rows of (window, alpha, draws, input, prediction, confidence)."""
+    r = Reference.from_arrays(ref)
+    rows = []
+    for w in windows:
+        if len(r.null_profile) >= w:
+            th = calibrate_all(r, w, alpha=alpha, draws=draws)
+            rows.append([w, alpha, draws, th.input, th.prediction, th.confidence])
+    return np.array(rows, dtype=np.float64).reshape(len(rows), 6)
 
 
 @dataclass(frozen=True)
@@ -206,7 +238,7 @@ def _ks_p(statistic: np.ndarray | float, n_ref: int, window: int, columns: int) 
     """The KS p-value `input_drift` / `confidence_drift` report for a statistic (the largest over
     `columns` columns, Bonferroni)."""
     m, n = sorted([float(n_ref), float(window)], reverse=True)
-    return np.minimum(stats.kstwo.sf(statistic, np.round(m * n / (m + n))) * columns, 1.0)
+    return np.minimum(_scipy_stats().kstwo.sf(statistic, np.round(m * n / (m + n))) * columns, 1.0)
 
 
 def _ks_null_stat(reference: np.ndarray, null: np.ndarray, windows: np.ndarray) -> np.ndarray:
@@ -257,7 +289,7 @@ def _chi2_null_p(frequencies: np.ndarray, predicted: np.ndarray, windows: np.nda
     if len(expected) < 2:
         return np.ones(draws)
     chi2 = ((observed - expected) ** 2 / expected).sum(axis=1)
-    return stats.chi2.sf(chi2, len(expected) - 1)
+    return _scipy_stats().chi2.sf(chi2, len(expected) - 1)
 
 
 def calibrate_all(ref: Reference, window: int, *, alpha: float = 0.002, draws: int = 3000,

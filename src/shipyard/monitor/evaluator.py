@@ -216,11 +216,12 @@ class Evaluator:
         if n not in v.thresholds:
             c = self.config
             try:
-                v.thresholds[n] = drift.calibrate_all(v.reference, n, alpha=c.alpha, draws=c.draws)
+                v.thresholds[n] = v.reference.thresholds(n, alpha=c.alpha, draws=c.draws)
             except ValueError as e:  # too few held-out rows for this window size
                 v.note = str(e)
                 return None
-            log.info("monitor: calibrated thresholds for windows of %d in %.1f s: %s", n, v.thresholds[n].seconds,
+            log.info("monitor: thresholds for windows of %d (%s): %s", n,
+                     f"calibrated in {v.thresholds[n].seconds:.1f} s" if v.thresholds[n].seconds else "from the bundle",
                      {t: f"{getattr(v.thresholds[n], t):.2e}" for t in drift.TESTS})
         return v.thresholds[n]
 

@@ -117,6 +117,11 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         console.print(f"chose [bold]{chosen.name}[/]: {reason}")
 
         ref = reference.build(x_train, probs[chosen.name], y_val, seed=recipe.seed, x_val=x_val)
+        from shipyard.monitor import drift
+        from shipyard.monitor.evaluator import MonitorConfig
+
+        # the drift thresholds for the usual window sizes, so a server never calibrates them itself
+        ref["drift_thresholds"] = drift.precalibrate(ref, alpha=MonitorConfig.alpha, draws=MonitorConfig.draws)
         ref_path = work / "reference.npz"
         np.savez_compressed(ref_path, **ref)  # type: ignore[arg-type]
         meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads,
