@@ -313,7 +313,8 @@ class Rollout:
                 step_start = time.time()
                 _save(self.engine, self.name, step=i, step_started_at=step_start)
                 self.log(f"step {i + 1}/{len(c.steps)}: v{cand} takes {w}% of {self.name}'s traffic")
-                ev = self._wait(cand, champ, step_start, champion_rt, st["started_at"] if w == 100 else None)
+                ev = self._wait(cand, champ, step_start, champion_rt, st["started_at"] if w == 100 else None,
+                                label=f"step {i + 1} at {w}%")
                 verdicts = judge(ev, c)
                 record = {"step": i, "weight": w, "evidence": ev, "gates": verdicts, "at": time.time()}
                 st = status(self.engine, self.name) or st
@@ -356,7 +357,7 @@ class Rollout:
             self.log(f"{status_}: v{cand}'s weight is back to 0 ({reason})")
 
     def _wait(self, cand: int, champ: int, since: float, champion_rt: Any,
-              accuracy_since: float | None) -> dict[str, Any]:
+              accuracy_since: float | None, *, label: str) -> dict[str, Any]:
         c = self.config
         deadline = time.monotonic() + c.step_timeout_s
         last = 0.0
@@ -371,7 +372,7 @@ class Rollout:
             if got_req >= c.min_requests and got_lab >= c.min_labels:
                 return ev
             if time.monotonic() > deadline:
-                raise RolloutFailed(f"the step timed out after {c.step_timeout_s:g} s with {got_req}/{c.min_requests} "
+                raise RolloutFailed(f"{label}: timed out after {c.step_timeout_s:g} s with {got_req}/{c.min_requests} "
                                     f"requests and {got_lab}/{c.min_labels} labels on v{cand}")
             if time.monotonic() - last > 10:
                 last = time.monotonic()
