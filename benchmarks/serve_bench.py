@@ -161,9 +161,11 @@ def main() -> None:
                     print(f"  {rows[-1][0]:<28} c={c:<3} {r['rps']:>9,.0f} req/s  p99 {r['p99_ms']:.2f} ms",
                           file=sys.stderr)
             if label.startswith("shipyard"):
-                rss[label] = max(_rss_mb(p) for p in _family(proc.pid))
-                print(f"  {label} ready in {ready:.2f} s after start; largest process RSS {rss[label]:.0f} MB",
-                      file=sys.stderr)
+                family = _family(proc.pid)
+                rss[label] = max(_rss_mb(p) for p in family)
+                each = ", ".join(f"{_rss_mb(p):.0f}" for p in family)
+                print(f"  {label} ready in {ready:.2f} s after start; RSS after the load, MB: {each} "
+                      "(supervisor with the drift evaluator, then granian and its workers)", file=sys.stderr)
                 if label == "shipyard":
                     rss["ready_s"] = ready
         finally:
