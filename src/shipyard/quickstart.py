@@ -230,7 +230,9 @@ def run(settings: Settings | None = None, *, name: str = "digits", epochs: int =
         def labels() -> str:
             assert traffic is not None
             start = facts["shifted_from"]
-            wait_for("600 labelled shifted answers", lambda: traffic is not None and traffic.sent - start >= 600, 180)
+            # enough that the newest 20%, never trained on, can be the new model's reference
+            wait_for("1,200 labelled shifted answers", lambda: traffic is not None and traffic.sent - start >= 1200,
+                     180)
             acc = Monitor(reg).status(name)["versions"][str(facts["champion"])]["accuracy"]
             return f"{traffic.labelled} labels received; realised accuracy now {acc['realised'] or 0:.1%}"
 

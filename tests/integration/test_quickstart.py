@@ -28,6 +28,8 @@ def test_quickstart_closes_the_loop_and_leaves_no_process(cli_env: dict[str, str
     reg = Registry(settings=Settings(home=home))
     assert reg.get("digits@production").version == 2
     assert reg.get("digits@2").meta["lineage"]["parent_version"] == 1
+    # v2's reference is the shifted world it was retrained for (its recent holdout, never trained on)
+    assert reg.get("digits@2").meta["reference"]["held_out"].endswith("labelled production samples")
     # no server left behind: its metrics folder is gone and its port is closed
     assert not list((home / "run").glob("metrics-*"))
     port = int(r.stderr.split("serving on http://127.0.0.1:")[1].split()[0])

@@ -74,6 +74,8 @@ def test_retrain_on_shifted_labels_beats_the_champion_on_the_recent_holdout(cham
     lineage = reg.get("digits@2").meta["lineage"]
     assert lineage["parent_version"] == 1 and lineage["production_window"]["trained_on"] == 480
     assert lineage["production_window"]["since"] <= lineage["production_window"]["holdout_since"]
+    # a recent holdout under 200 samples is too small to be the new version's reference
+    assert reg.get("digits@2").meta["reference"]["held_out"] == "validation split"
     gate = result.gate["sets"]
     assert gate["recent_holdout"]["challenger"] >= gate["recent_holdout"]["champion"] + 0.05, gate
     assert result.gate["passed"], result.gate

@@ -43,11 +43,14 @@ def default_name(run: Run) -> str:
 def optimize(run: Run | str, *, name: str | None = None, output: Path | None = None,
              optimize_for: str = "throughput", variants: tuple[str, ...] = V.VARIANTS,
              threads: int = 1, bench_seconds: float = 0.5, settings: Settings | None = None,
-             console: Console | None = None, lineage: dict[str, Any] | None = None
+             console: Console | None = None, lineage: dict[str, Any] | None = None,
+             reference_data: tuple[np.ndarray, np.ndarray] | None = None
              ) -> tuple[Bundle, list[Measured], str]:
     """Returns the written bundle, the measured variants, and the reason for the choice.
     `lineage` adds to the bundle's lineage (retraining: the parent version, the production
-    window trained on)."""
+    window trained on). `reference_data` (raw inputs, labels): the held-out data the reference
+    profile describes, instead of the validation split — a model retrained for a shifted world
+    is monitored against that world, not the one it left."""
     settings = settings or Settings.from_env()
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)
     store = RunStore(settings)
@@ -116,7 +119,12 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         chosen.chosen = True
         console.print(f"chose [bold]{chosen.name}[/]: {reason}")
 
-        ref = reference.build(x_train, probs[chosen.name], y_val, seed=recipe.seed, x_val=x_val)
+        ref_x, ref_probs, ref_y, ref_from = x_val, probs[chosen.name], y_val, "validation split"
+        if reference_data is not None and len(reference_data[1]) >= 200:
+            ref_x = spec.apply(reference_data[0])
+            ref_probs = predict(session(files[chosen.name]), ref_x)
+            ref_y, ref_from = np.asarray(reference_data[1]), f"{len(ref_x)} labelled production samples"
+        ref = reference.build(x_train, ref_probs, ref_y, seed=recipe.seed, x_val=ref_x)
         from shipyard.monitor import drift
         from shipyard.monitor.evaluator import MonitorConfig
 
@@ -127,6 +135,7 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads,
                      exporter, parity, reference.summary(ref))
         meta["lineage"].update(lineage or {})
+        meta["reference"]["held_out"] = ref_from
         staging = work / "staging"
         bundle_mod.write(staging, meta, {bundle_mod.MODEL: files[chosen.name], bundle_mod.WEIGHTS: weights,
                                          bundle_mod.REFERENCE: ref_path})

@@ -123,9 +123,11 @@ def retrain(name: str, *, registry: Any = None, settings: Settings | None = None
                                          "trained_on": len(train_part), "held_out": len(recent),
                                          "holdout_since": recent.window[0]},
                    "original_data": source}
+    tried = tuple(v["name"] for v in bundle.meta.get("variants", [{"name": "fp32"}])) or ("fp32",)
+    # monitored against the production world it was retrained for, not the one it left: the recent
+    # holdout (never trained on, so its confidences are honest), when it has 200 samples or more
     new_bundle = shipyard.optimize(run, name=name, output=work / f"{name}.tar.gz", settings=settings,
-                                   lineage=new_lineage, variants=tuple(v["name"] for v in bundle.meta.get(
-                                       "variants", [{"name": "fp32"}])) or ("fp32",))
+                                   lineage=new_lineage, reference_data=(recent.x, recent.y), variants=tried)
     samples = {"original": int(len(original.y)), "production_train": len(train_part),
                "recent_holdout": len(recent), "labels_total": prod.labels_total,
                "window": {"since": window_start, "until": window_end}}
