@@ -43,7 +43,8 @@ def promql(rule: Rule) -> str:
 
 
 def _yaml(obj: Any, indent: int = 0) -> str:
-    """Enough YAML for a rules file: mappings, lists, and JSON-quoted scalars (valid YAML)."""
+    """Enough YAML for rules files and manifests: block mappings and sequences, JSON-quoted
+    scalars (valid YAML), empty collections inline."""
     pad = "  " * indent
     if isinstance(obj, dict):
         lines = []
@@ -53,11 +54,15 @@ def _yaml(obj: Any, indent: int = 0) -> str:
             else:
                 lines.append(f"{pad}{k}: {json.dumps(v, ensure_ascii=False)}")
         return "\n".join(lines)
-    lines = []
-    for item in obj:
-        body = _yaml(item, indent + 1).lstrip()
-        lines.append(f"{pad}- {body}")
-    return "\n".join(lines)
+    if isinstance(obj, list):
+        lines = []
+        for item in obj:
+            if isinstance(item, (dict, list)) and item:
+                lines.append(f"{pad}- {_yaml(item, indent + 1).lstrip()}")
+            else:
+                lines.append(f"{pad}- {json.dumps(item, ensure_ascii=False)}")
+        return "\n".join(lines)
+    return f"{pad}{json.dumps(obj, ensure_ascii=False)}"
 
 
 def prometheus_rules(config: AlertConfig) -> str:
