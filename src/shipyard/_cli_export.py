@@ -94,3 +94,31 @@ def k8s(
                   f"(kubectl apply -f {output}; build the image from the project folder with those two files)")
         if as_json:
             emit_json({"path": str(output.resolve()), "files": [*docs, "Dockerfile.serve", "requirements-serve.txt"]})
+
+
+@export_app.command("prometheus")
+def prometheus(
+    targets: Annotated[list[str] | None, typer.Argument(help="HOST:PORT of every replica.")] = None,
+    kubernetes: Annotated[str | None, typer.Option(help="Instead of targets: find the pods of `shipyard export k8s` in this namespace (Kubernetes discovery; Debian's Prometheus build lacks it, so it is not tested here).")] = None,
+    rules: Annotated[str | None, typer.Option(help="A rules file to load (from `shipyard export prometheus-rules`).")] = None,
+    interval: Annotated[float, typer.Option(help="Scrape interval, seconds.")] = 5.0,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="With -o: print a JSON summary on stdout.")] = False,
+) -> None:
+    """A Prometheus configuration scraping every replica of a deployment (each replica's /metrics
+    merges its workers). Check it with `promtool check config FILE`."""
+    with reporting(as_json):
+        from shipyard.errors import UsageError
+        from shipyard.monitor.exports import prometheus_config
+
+        if bool(targets) == bool(kubernetes is not None):
+            raise UsageError("give the replicas' HOST:PORT targets or --kubernetes NAMESPACE (one of them)")
+        for t in targets or []:
+            host, _, port = t.rpartition(":")
+            if not host or not port.isdigit():
+                raise UsageError(f"target {t!r}: expected HOST:PORT")
+        if interval <= 0:
+            raise UsageError("--interval must be > 0")
+        text = prometheus_config(targets or [], kubernetes=kubernetes, scrape_interval_s=interval, rules_file=rules)
+        _write(text, output, f"a Prometheus configuration ({len(targets or [])} targets)" if targets else
+               f"a Prometheus configuration (pods in namespace {kubernetes})", as_json)
