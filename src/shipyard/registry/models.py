@@ -58,6 +58,11 @@ DEFAULT_WEIGHTS: dict[str, int] = {"production": 100}
 _HOST = socket.gethostname()
 
 
+# PostgreSQL: every change to a model (alias move, traffic, new or deleted version) notifies this
+# channel with the model's name, so servers follow at once instead of waiting for their next poll
+NOTIFY_CHANNEL = "shipyard_registry"
+
+
 class RegistryConflict(ShipyardError):
     """The registry refuses a change that would break one of its invariants (e.g. deleting a
     version an alias points at)."""
@@ -542,6 +547,8 @@ class Registry:
 
     def _event(self, conn: Connection, name: str, kind: str, now: datetime, **values: Any) -> None:
         conn.execute(model_events.insert().values(name=name, kind=kind, at=now, actor=self.actor, **values))
+        if conn.dialect.name == "postgresql":  # delivered at commit, to every server LISTENing
+            conn.execute(sa.text("SELECT pg_notify(:channel, :name)"), {"channel": NOTIFY_CHANNEL, "name": name})
 
     # -- scratch space -----------------------------------------------------------------------
     def _scratch(self, purpose: str) -> Path:

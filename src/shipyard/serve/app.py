@@ -9,11 +9,13 @@ routes to re-read the registry and to set a model's traffic split."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hmac
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -86,10 +88,11 @@ class App:
                  require_token_for_inference: bool = False, management: bool = True,
                  poll_s: float = 2.0, drain_timeout_s: float = 30.0, drain_file: str | None = None,
                  predlog: PredictionLog | None = None, feedback_horizon_s: float = 7 * 86400,
-                 metrics_enabled: bool = True, evaluator: Any = None) -> None:
+                 metrics_enabled: bool = True, evaluator: Any = None, notify: bool = True) -> None:
         self.fleet = fleet
         self.predlog = predlog
         self.evaluator = evaluator  # a shipyard.monitor.evaluator.Evaluator: computes when it holds the lease
+        self.notify = notify  # follow PostgreSQL's NOTIFY on registry changes
         if predlog is not None:
             fleet.results_hook = predlog.record_batch  # batched requests are logged a batch at a time
         self.feedback_horizon_s = feedback_horizon_s
@@ -110,6 +113,8 @@ class App:
         self.shadow_stats = {"mirrored": 0, "dropped": 0, "compared": 0, "agreed": 0, "failed": 0}
         self._paths: dict[str, tuple[str, str | None, str | None]] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None  # set by the LISTEN thread when the registry changed
+        self._listening = threading.Event()  # cleared to stop the LISTEN thread
         self._ticker: asyncio.Task[None] | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
 
@@ -159,7 +164,9 @@ class App:
                     await send({"type": "lifespan.startup.failed", "message": str(e)})
                     return
                 _freeze_heap()
-                if self.poll_s > 0:
+                self._wake = asyncio.Event()
+                notify = self._start_listener(loop)
+                if self.poll_s > 0 or notify:
                     self._poller = loop.create_task(self._poll())
                 if self.request_metrics.enabled:
                     self._ticker = loop.create_task(self._tick())
@@ -169,6 +176,7 @@ class App:
                     self.evaluator.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self._listening.clear()
                 await self.drain()
                 if self.predlog is not None:
                     await self.predlog.stop()
@@ -210,10 +218,14 @@ class App:
         return [*self.fleet.loaded.values(), *self.fleet.retired]
 
     async def _poll(self) -> None:
-        """Follow the registry: one cheap query per interval; re-resolve only when it changed."""
+        """Follow the registry: one cheap query per interval (and at once when PostgreSQL notifies
+        a change); re-resolve only when it changed."""
         loop = asyncio.get_running_loop()
+        assert self._wake is not None
         while True:
-            await asyncio.sleep(self.poll_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s if self.poll_s > 0 else None)
+            self._wake.clear()
             try:
                 if await loop.run_in_executor(None, self.fleet.check_marker) and \
                         await loop.run_in_executor(None, self.fleet.refresh):
@@ -223,6 +235,40 @@ class App:
                 self.fleet.errors["registry"] = f"cannot read the registry: {e}"
                 log.warning("cannot read the registry (still serving what is loaded): %s", e)
             self.fleet.reap()
+
+    def _start_listener(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """On PostgreSQL, LISTEN for registry changes in a thread; polling stays as the fallback.
+        Each (re)connection wakes the poller once, so a change made while disconnected is not lost."""
+        engine = getattr(self.fleet.registry, "engine", None)
+        if engine is None or engine.dialect.name != "postgresql" or not self.notify:
+            return False
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+        def wake(_payload: str | None = None) -> None:
+            if self._wake is not None:
+                loop.call_soon_threadsafe(self._wake.set)
+
+        def listen() -> None:
+            import psycopg
+
+            from shipyard.registry.models import NOTIFY_CHANNEL
+
+            while self._listening.is_set():
+                try:
+                    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+                        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                        wake()
+                        while self._listening.is_set():
+                            for note in conn.notifies(timeout=1.0):
+                                wake(note.payload)
+                except Exception as e:  # noqa: BLE001 - the database went away: retry, poll meanwhile
+                    log.warning("registry notifications: %s; reconnecting", e)
+                    time.sleep(1.0)
+
+        self._listening.set()
+        threading.Thread(target=listen, name="shipyard-listen", daemon=True).start()
+        log.info("following the registry through PostgreSQL notifications (and every %g s)", self.poll_s)
+        return True
 
     async def _tick(self) -> None:
         """Once a second: the gauges that describe this worker (queue depth, in flight, aliases)."""
@@ -561,7 +607,7 @@ def create_app(registry: Any = None, models: list[str] | None = None, settings: 
                drain_file: str | None = None, log_config: LogConfig | None = None,
                feedback_horizon_s: float = 7 * 86400, metrics_enabled: bool = True,
                monitor: MonitorConfig | None = None, evaluate: bool = True,
-               alerts: AlertConfig | None = DEFAULT_RULES) -> App:
+               alerts: AlertConfig | None = DEFAULT_RULES, notify: bool = True) -> App:
     """The server application over `registry`, serving `models` (`NAME` follows its deployment
     config, `NAME@ALIAS` one alias, `NAME@VERSION` one version; None: every model with a
     `production` alias); embed it in any ASGI server or run it with `shipyard serve`. With the
@@ -579,7 +625,7 @@ def create_app(registry: Any = None, models: list[str] | None = None, settings: 
     return App(fleet, max_body=max_body, token=token, require_token_for_inference=require_token_for_inference,
                management=management, poll_s=poll_s, drain_timeout_s=drain_timeout_s, drain_file=drain_file,
                predlog=predlog, feedback_horizon_s=feedback_horizon_s, metrics_enabled=metrics_enabled,
-               evaluator=evaluator)
+               evaluator=evaluator, notify=notify)
 
 
 def app_from_env() -> App:
@@ -613,6 +659,7 @@ def app_from_env() -> App:
                       feedback_horizon_s=float(env.get("SHIPYARD_SERVE_FEEDBACK_HORIZON_H", "168")) * 3600,
                       metrics_enabled=env.get("SHIPYARD_SERVE_METRICS", "1") == "1",
                       evaluate=env.get("SHIPYARD_SERVE_EVALUATE", "1") == "1",
+                      notify=env.get("SHIPYARD_SERVE_NOTIFY", "1") == "1",
                       monitor=MonitorConfig(window=int(env.get("SHIPYARD_SERVE_WINDOW", MonitorConfig.window)),
                                             max_age_s=float(env.get("SHIPYARD_SERVE_WINDOW_MAX_AGE_S",
                                                                     MonitorConfig.max_age_s))),
