@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/quantize_bench.py
 	$(BIN)/python benchmarks/serve_bench.py
+	$(BIN)/python benchmarks/scale_bench.py
 	$(BIN)/python benchmarks/drift_bench.py
 
 clean:
