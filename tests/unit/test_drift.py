@@ -138,7 +138,7 @@ def test_thresholds_computed_at_bundle_time_are_used_as_they_are() -> None:
     r = drift.Reference.from_arrays(ref)
     pre = r.thresholds(100, alpha=0.002, draws=300)
     fresh = drift.calibrate_all(r, 100, alpha=0.002, draws=300)
-    assert pre.seconds == 0 and (pre.input, pre.prediction, pre.confidence) == pytest.approx(
+    assert pre.source == "bundle" and (pre.input, pre.prediction, pre.confidence) == pytest.approx(
         (fresh.input, fresh.prediction, fresh.confidence))
-    assert r.thresholds(100, alpha=0.002, draws=400).seconds > 0  # other settings: calibrated now
+    assert r.thresholds(100, alpha=0.002, draws=400).source == "calibrated"  # other settings: calibrated now
     assert reference.summary(ref)["drift_thresholds"][1]["window"] == 250

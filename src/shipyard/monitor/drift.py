@@ -192,7 +192,7 @@ class Reference:
         pre = {}
         for window, alpha, draws, t_in, t_pred, t_conf in ref.get("drift_thresholds", np.zeros((0, 6))):
             key = (int(window), float(alpha), int(draws))
-            pre[key] = Thresholds(key[0], key[1], key[2], float(t_in), float(t_pred), float(t_conf))
+            pre[key] = Thresholds(key[0], key[1], key[2], float(t_in), float(t_pred), float(t_conf), source="bundle")
         return cls(prof[a], conf[a], ref["class_frequencies"].astype(np.float64), prof[b],
                    ref["val_predictions"][b].astype(np.int64), conf[b], ref["calibration_edges"],
                    ref["calibration_accuracy"], pre)
@@ -229,6 +229,7 @@ class Thresholds:
     prediction: float
     confidence: float
     seconds: float = 0.0
+    source: str = "calibrated"  # or "bundle": computed when the bundle was built
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

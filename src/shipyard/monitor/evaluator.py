@@ -221,7 +221,8 @@ class Evaluator:
                 v.note = str(e)
                 return None
             log.info("monitor: thresholds for windows of %d (%s): %s", n,
-                     f"calibrated in {v.thresholds[n].seconds:.1f} s" if v.thresholds[n].seconds else "from the bundle",
+                     "from the bundle" if v.thresholds[n].source == "bundle"
+                     else f"calibrated in {v.thresholds[n].seconds:.1f} s",
                      {t: f"{getattr(v.thresholds[n], t):.2e}" for t in drift.TESTS})
         return v.thresholds[n]
 
