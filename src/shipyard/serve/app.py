@@ -663,5 +663,6 @@ def app_from_env() -> App:
                       monitor=MonitorConfig(window=int(env.get("SHIPYARD_SERVE_WINDOW", MonitorConfig.window)),
                                             max_age_s=float(env.get("SHIPYARD_SERVE_WINDOW_MAX_AGE_S",
                                                                     MonitorConfig.max_age_s))),
+                      # only read when this process evaluates (`shipyard serve` does that in its supervisor)
                       alerts=load_alerts(env["SHIPYARD_SERVE_ALERTS"]) if env.get("SHIPYARD_SERVE_ALERTS")
-                      else DEFAULT_RULES)
+                      and env.get("SHIPYARD_SERVE_EVALUATE", "1") == "1" else DEFAULT_RULES)

@@ -111,12 +111,14 @@ def retrain(name: str, *, registry: Any = None, settings: Settings | None = None
             os.nice(10)
         console.print("a server runs on this host: training with 1 thread at low priority")
     parent_run = champ.run_id
-    run = shipyard.train(like=parent_run, data=f"npz:{work / 'data.npz'}", init_weights=weights,
-                         settings=settings, progress=progress, **{k: v for k, v in overrides.items() if v is not None}
-                         ) if parent_run and _run_exists(settings, parent_run) else \
-        shipyard.train(shipyard.Recipe.from_dict({**recipe, "data": f"npz:{work / 'data.npz'}"}),
-                       init_weights=weights, settings=settings, progress=progress,
-                       **{k: v for k, v in overrides.items() if v is not None})
+    train_args = {k: v for k, v in overrides.items() if v is not None}
+    data_arg = f"npz:{work / 'data.npz'}"
+    if parent_run and _run_exists(settings, parent_run):  # replay the champion's run with the new data
+        run = shipyard.train(like=parent_run, data=data_arg, init_weights=weights, settings=settings,
+                             progress=progress, **train_args)
+    else:  # its run lives in another registry: the recipe the bundle records
+        run = shipyard.train(shipyard.Recipe.from_dict({**recipe, "data": data_arg}), init_weights=weights,
+                             settings=settings, progress=progress, **train_args)
     window_start, window_end = prod.window
     new_lineage = {"parent_version": champ.version, "parent_bundle": champ.bundle_sha256,
                    "production_window": {"since": window_start, "until": window_end,

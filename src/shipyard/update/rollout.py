@@ -366,11 +366,12 @@ class Rollout:
             st = status(self.engine, self.name)
             if st is not None and st["status"] == "aborted":
                 raise _Aborted(st["reason"] or "aborted")
-            ev = evidence(self.engine, self.name, cand, champ, since, champion_rt=champion_rt,
-                          accuracy_since=accuracy_since)
+            # the counts only while waiting; the champion replay (a scan of the kept inputs) once, at the end
+            ev = evidence(self.engine, self.name, cand, champ, since, accuracy_since=accuracy_since)
             got_req, got_lab = ev["candidate"]["requests"], ev["candidate"]["labels"]
             if got_req >= c.min_requests and got_lab >= c.min_labels:
-                return ev
+                return evidence(self.engine, self.name, cand, champ, since, champion_rt=champion_rt,
+                                accuracy_since=accuracy_since)
             if time.monotonic() > deadline:
                 raise RolloutFailed(f"{label}: timed out after {c.step_timeout_s:g} s with {got_req}/{c.min_requests} "
                                     f"requests and {got_lab}/{c.min_labels} labels on v{cand}")
