@@ -37,7 +37,6 @@ import fnmatch
 import json
 import logging
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +46,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from shipyard import _toml
 from shipyard.errors import ConfigError
 from shipyard.monitor import predlog, stats
 from shipyard.registry.schema import alerts, monitor_windows
@@ -120,13 +120,7 @@ _RULE_KEYS = {f: t for f, t in Rule.__annotations__.items()}
 
 def load(path: str | Path) -> AlertConfig:
     """Read and check an alert rules file; every problem names its key and value."""
-    path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError("alerts", str(path), f"cannot read it ({e.strerror})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("alerts", str(path), f"not valid TOML: {e}") from None
+    doc = _toml.read(path, "alerts")
     return parse(doc)
 
 

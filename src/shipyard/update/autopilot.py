@@ -28,12 +28,12 @@ Every decision is logged with its reason (and recorded in `models history` when 
 from __future__ import annotations
 
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shipyard import _toml
 from shipyard.errors import ConfigError
 from shipyard.registry import leases
 from shipyard.update import rollout as ro
@@ -53,13 +53,7 @@ class Policy:
 
 
 def load_policy(path: str | Path) -> Policy:
-    path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError("policy", str(path), f"cannot read it ({e.strerror})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("policy", str(path), f"not valid TOML: {e}") from None
+    doc = _toml.read(path, "policy")
     return parse_policy(doc)
 
 
