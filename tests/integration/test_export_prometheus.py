@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -18,12 +17,7 @@ from shipyard.settings import Settings
 from ..bundles import make_bundle
 from ..conftest import _free_port, run_cli
 from ..serving import serve, server_env
-
-
-def _query(prom: str, expr: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=5)
-    r.raise_for_status()
-    return r.json()["data"]["result"]  # type: ignore[no-any-return]
+from .test_monitor import _query
 
 
 def test_a_real_prometheus_scrapes_every_replica_from_the_exported_config(tmp_path: Path) -> None:
