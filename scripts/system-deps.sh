@@ -9,6 +9,9 @@ command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || need+=(prometh
 # the dashboard test opens /dashboard in a real headless browser
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# the scale-out tests: replicas in network namespaces (iproute2) behind HAProxy
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v ip >/dev/null || need+=(iproute2)
 # benchmarks only: the wrk load generator for serve_bench
 if [ "${1:-}" = "bench" ]; then command -v wrk >/dev/null || need+=(wrk); fi
 if [ ${#need[@]} -gt 0 ]; then

@@ -21,6 +21,15 @@ class Settings:
     """SQLAlchemy URL (`SHIPYARD_DATABASE_URL`); default: SQLite at `<home>/shipyard.db`.
     PostgreSQL: `postgresql+psycopg://user@host:port/db`."""
 
+    artifacts: str | None = None
+    """Where blobs (bundles, checkpoints) live (`SHIPYARD_ARTIFACTS`): a folder path, a shared
+    mount as `file:///mnt/shared/artifacts`, or object storage as `s3://bucket/prefix`. Default:
+    `<home>/artifacts`. Every replica and host of a deployment must name the same store."""
+
+    s3_endpoint_url: str | None = None
+    """Endpoint of an S3-compatible server (`SHIPYARD_S3_ENDPOINT_URL`, e.g. MinIO or moto);
+    default: AWS (or boto3's own `AWS_ENDPOINT_URL`). Credentials come from boto3's usual chain."""
+
     threads: int = field(default_factory=lambda: default_threads())
     """Intra-op threads for training (`SHIPYARD_THREADS`); recorded with every run. Default:
     up to 2. Measured on an idle 2-core machine, the canonical MLP ran a Fashion-MNIST epoch in
@@ -56,6 +65,10 @@ class Settings:
             values["home"] = Path(home)
         if url := env.get(ENV_PREFIX + "DATABASE_URL"):
             values["database_url"] = url
+        if artifacts := env.get(ENV_PREFIX + "ARTIFACTS"):
+            values["artifacts"] = artifacts
+        if endpoint := env.get(ENV_PREFIX + "S3_ENDPOINT_URL"):
+            values["s3_endpoint_url"] = endpoint
         if threads := env.get(ENV_PREFIX + "THREADS"):
             values["threads"] = _positive_int(ENV_PREFIX + "THREADS", threads)
         values.update({k: v for k, v in overrides.items() if v is not None})

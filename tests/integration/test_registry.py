@@ -596,6 +596,7 @@ PAUSER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from shipyard.registry import models as M
+    from shipyard.registry.artifacts import ArtifactStore
     from shipyard.settings import Settings
     home, url, bundle, point, flag = sys.argv[1:6]
 
@@ -617,8 +618,8 @@ PAUSER = textwrap.dedent("""
         "verified": (M, "trial_load", "before"),           # manifest checked, not yet trial-loaded
         "trial-loaded": (M, "trial_load", "after"),
         "packed": (M, "pack", "after"),                     # the .tar.gz is in scratch space
-        "storing": (M.ArtifactStore, "_atomic_write", "before"),
-        "stored": (M.ArtifactStore, "put_file", "after"),   # blob stored, no row yet
+        "storing": (ArtifactStore, "_atomic_write", "before"),
+        "stored": (ArtifactStore, "put_file", "after"),   # blob stored, no row yet
         "in-transaction": (M.Registry, "_event", "after"),  # row inserted, not committed
         "committed": (M.Registry, "get", "before"),         # committed, not yet reported
     }

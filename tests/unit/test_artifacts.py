@@ -29,3 +29,27 @@ def test_corruption_and_absence_are_reported(tmp_path: Path) -> None:
     store.delete(sha)
     with pytest.raises(NotFound, match=sha):
         store.get_bytes(sha)
+
+
+def test_open_store_names_the_backend(tmp_path: Path) -> None:
+    from shipyard.errors import ConfigError
+    from shipyard.registry.artifacts import S3ArtifactStore, open_store
+    from shipyard.settings import Settings
+
+    assert open_store(Settings(home=tmp_path)).root == tmp_path / "artifacts"
+    assert open_store(Settings(home=tmp_path, artifacts=f"file://{tmp_path}/shared")).root == tmp_path / "shared"
+    assert open_store(Settings(home=tmp_path, artifacts=str(tmp_path / "plain"))).root == tmp_path / "plain"
+    s3 = open_store(Settings(home=tmp_path, artifacts="s3://bucket/some/prefix/"))
+    assert isinstance(s3, S3ArtifactStore)
+    assert s3.where("ab" * 32) == f"s3://bucket/some/prefix/sha256/ab/{'ab' * 32}"
+    assert s3.root == tmp_path / "cache" / "artifacts"  # the local cache by sha256
+    for bad in ("s3://", "ftp://host/x", "file://otherhost/x"):
+        with pytest.raises(ConfigError, match="artifacts"):
+            open_store(Settings(home=tmp_path, artifacts=bad))
+
+
+def test_settings_read_the_store_from_the_environment() -> None:
+    from shipyard.settings import Settings
+
+    s = Settings.from_env({"SHIPYARD_ARTIFACTS": "s3://b/p", "SHIPYARD_S3_ENDPOINT_URL": "http://127.0.0.1:9000"})
+    assert (s.artifacts, s.s3_endpoint_url) == ("s3://b/p", "http://127.0.0.1:9000")

@@ -64,7 +64,9 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
     if optimize_for not in OBJECTIVES:
         raise UsageError(f"--optimize-for {optimize_for!r}: choose {' or '.join(OBJECTIVES)}")
     name = check_name(name or default_name(run))
-    dest = Path(output) if output else Path(run.run_dir or ".") / "bundle"
+    # the run's folder when it trained on this host, else one here (it trained elsewhere)
+    here = Path(run.run_dir) if run.run_dir and Path(run.run_dir).is_dir() else settings.runs_dir / run.id
+    dest = Path(output) if output else here / "bundle"
     tarball = dest.name.endswith((".tar.gz", ".tgz"))
     if output is not None and dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
         raise UsageError(f"{dest}: already exists; choose a new path for the bundle")

@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection
 from shipyard._clock import as_utc, utcnow
 from shipyard.bundle import MANIFEST, META, MODEL, Bundle, BundleError, pack, sha256_file, unpack, verify
 from shipyard.errors import NotFound, ShipyardError, UsageError
-from shipyard.registry.artifacts import ArtifactStore
+from shipyard.registry.artifacts import open_store
 from shipyard.registry.db import engine_for
 from shipyard.registry.schema import ALIAS_LEN, NAME_LEN, aliases, deployments, model_events, model_versions, models
 from shipyard.settings import Settings
@@ -499,7 +499,7 @@ class Registry:
                 raise
             # drivers explain on several lines (psycopg: "… refused\n  Is the server running…?")
             raise ShipyardError(" ".join(str(e).split())) from None
-        self.artifacts = ArtifactStore(settings.artifacts_dir)
+        self.artifacts = open_store(settings)
         self.cache_dir = settings.home / "bundles"
         self.scratch_dir = settings.home / "tmp"
 
@@ -603,7 +603,7 @@ class Registry:
             run_id = lineage.get("run_id")
             with self._tx() as conn:
                 self._lock_blob(conn, sha)
-                if not self.artifacts.path(sha).is_file():  # removed by a concurrent delete
+                if not self.artifacts.exists(sha):  # removed by a concurrent delete
                     self.artifacts.put_file(packed)
                 now = utcnow()
                 self._ensure_model(conn, name, now)
@@ -900,10 +900,15 @@ class Registry:
 
     # -- bundles -----------------------------------------------------------------------------
     def _verified_blob(self, mv: ModelVersion) -> Path:
-        """The version's stored blob, after checking it is there and matches its sha256."""
-        p = self.artifacts.path(mv.bundle_sha256)
-        if not p.is_file():
-            raise BundleError(f"{mv.ref}: its stored bundle {p} is missing from the artifact store")
+        """The version's stored blob as a local file (downloaded and cached when the store is
+        remote), after checking it is there and matches its sha256."""
+        try:
+            p = self.artifacts.local(mv.bundle_sha256)
+        except NotFound:
+            raise BundleError(f"{mv.ref}: its stored bundle {self.artifacts.where(mv.bundle_sha256)} "
+                              f"is missing from the artifact store") from None
+        except ShipyardError as e:
+            raise BundleError(f"{mv.ref}: {e}") from None
         if sha256_file(p) != mv.bundle_sha256:
             raise BundleError(f"{mv.ref}: its stored bundle {p} does not match its sha256 "
                               f"{mv.bundle_sha256[:12]}…; it was changed after it was registered")
@@ -911,15 +916,12 @@ class Registry:
 
     def _store(self, packed: Path, src: Path) -> str:
         """Store a packed bundle and check what the store then holds. The store keeps a blob it
-        already has, so a copy changed on disk since would otherwise be what the new version points
-        at: it is replaced (atomically) by these bytes, which do match the sha256."""
+        already has, so a copy changed since would otherwise be what the new version points at:
+        it is replaced by these bytes, which do match the sha256."""
         sha = self.artifacts.put_file(packed)
-        p = self.artifacts.path(sha)
-        if not p.is_file() or sha256_file(p) != sha:
-            self.artifacts._atomic_write(p, packed.read_bytes())
-            if not p.is_file() or sha256_file(p) != sha:
-                raise BundleError(f"{src}: storing it as {p} failed: the stored copy does not match "
-                                  f"its sha256 {sha[:12]}…")
+        if not self.artifacts.repair(sha, packed):
+            raise BundleError(f"{src}: storing it as {self.artifacts.where(sha)} failed: the stored copy "
+                              f"does not match its sha256 {sha[:12]}…")
         return sha
 
     def load(self, ref: str | ModelVersion) -> Bundle:

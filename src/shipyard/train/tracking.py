@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from shipyard._clock import as_utc, utcnow
 from shipyard.errors import NotFound, UsageError
-from shipyard.registry.artifacts import ArtifactStore
+from shipyard.registry.artifacts import open_store
 from shipyard.registry.db import engine_for
 from shipyard.registry.schema import run_artifacts, run_metrics, runs
 from shipyard.settings import Settings
@@ -54,15 +54,9 @@ class Run:
     parent_run_id: str | None = None
     metrics: dict[str, list[float]] = field(default_factory=dict)
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    artifacts_root: str | None = None
-
-    @property
-    def checkpoint(self) -> str | None:
-        """Path of the best checkpoint (a torch state dict) in the artifact store."""
-        a = self.artifacts.get("checkpoint")
-        if a is None or self.artifacts_root is None:
-            return None
-        return str(ArtifactStore(Path(self.artifacts_root)).path(a["sha256"]))
+    checkpoint: str | None = None
+    """Where the best checkpoint (a torch state dict) lives in the artifact store: a path, or
+    an s3:// URL (read it with `RunStore.artifacts.get_bytes`)."""
 
     @property
     def tensorboard_dir(self) -> str | None:
@@ -113,7 +107,7 @@ class RunStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = engine_for(settings.db_url)
-        self.artifacts = ArtifactStore(settings.artifacts_dir)
+        self.artifacts = open_store(settings)
 
     # -- writing ---------------------------------------------------------------------------
     def create(self, recipe: dict[str, Any], data_source: str, *, parent_run_id: str | None = None) -> str:
@@ -210,7 +204,8 @@ class RunStore:
         run = self._to_run(row)
         for m in mrows:
             run.metrics.setdefault(m["key"], []).append(m["value"])
-        run.artifacts = {a["name"]: {"sha256": a["sha256"], "size_bytes": a["size_bytes"]} for a in arows}
+        for a in arows:
+            self._add_artifact(run, a)
         return run
 
     def list(self, *, status: str | None = None, limit: int = 50) -> list[Run]:
@@ -228,15 +223,20 @@ class RunStore:
         out = [self._to_run(r) for r in rows]
         by_id = {r.id: r for r in out}
         for a in arows:
-            by_id[a["run_id"]].artifacts[a["name"]] = {"sha256": a["sha256"], "size_bytes": a["size_bytes"]}
+            self._add_artifact(by_id[a["run_id"]], a)
         return out
+
+    def _add_artifact(self, run: Run, row: Any) -> None:
+        run.artifacts[row["name"]] = {"sha256": row["sha256"], "size_bytes": row["size_bytes"]}
+        if row["name"] == "checkpoint":
+            run.checkpoint = self.artifacts.where(row["sha256"])
 
     def _to_run(self, row: Any) -> Run:
         d = dict(row)
         d.pop("heartbeat_at", None)
         for k in ("created_at", "started_at", "ended_at"):
             d[k] = as_utc(d[k])
-        return Run(**d, artifacts_root=str(self.settings.artifacts_dir.resolve()))
+        return Run(**d)
 
     def _reap(self, run_id: str | None = None) -> None:
         """Mark runs whose process vanished as failed, so nobody waits on a dead run."""
