@@ -1,29 +1,33 @@
-"""How fast an alias move reaches every replica: move-to-served latency over 20 moves, PostgreSQL
-LISTEN/NOTIFY against polling.
+"""Scale-out, two figures.
 
-    python benchmarks/scale_bench.py [--moves 20] [--replicas 2] [--poll-s 2]
+1. How fast an alias move reaches every replica: move-to-served latency over 20 moves, PostgreSQL
+   LISTEN/NOTIFY against polling. Starts a throwaway PostgreSQL (Debian's `postgresql`), registers
+   two versions of a small model, runs `--replicas` `shipyard serve` processes on it, then moves
+   `production` back and forth; after each move it asks every replica (v1 :predict, fresh
+   connections) until all answer with the new version, and records the time from the move's
+   commit to the last replica switching. Two settings in the same run: notifications on
+   (`--poll-s 0`: nothing but NOTIFY) and polling only (`--no-notify --poll-s 2`). Goal (issue 7):
+   under 2 s.
+2. Requests/s through HAProxy with 1, 2 and 3 replicas, each in its own network namespace (the
+   test suite's topology, tests/topology.py; needs root and `haproxy`), against the same replica
+   hit directly without the balancer, measured in the same run with wrk (V2 JSON, one row).
 
-Starts a throwaway PostgreSQL (Debian's `postgresql`), registers two versions of a small model,
-runs `--replicas` `shipyard serve` processes on it, then moves `production` back and forth; after
-each move it asks every replica (v1 :predict, fresh connections) until all answer with the new
-version, and records the time from the move's commit to the last replica switching. Two settings
-in the same run: notifications on (`--poll-s 0`: nothing but NOTIFY) and polling only
-(`--no-notify --poll-s 2`). Goal (issue 7): under 2 s. On 2 cores this is a functional figure.
+    python benchmarks/scale_bench.py [--moves 20] [--replicas 2] [--poll-s 2] [--seconds 10]
+
+On 2 cores every replica, HAProxy and wrk share the same two CPUs: the 1/2/3-replica figures are
+functional (the balancer works and costs this much), not a scaling claim.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from glob import glob
 from pathlib import Path
 
 import httpx
@@ -31,30 +35,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_postgres(root: Path) -> tuple[str, list[str], Path]:
-    bindir = Path(sorted(glob("/usr/lib/postgresql/*/bin/initdb"))[-1]).parent
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    data = root / "data"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "shipyard", "--auth=trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-o",
-                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "-w", "start"],
-                   check=True, capture_output=True)
-    return f"postgresql+psycopg://shipyard@127.0.0.1:{port}/postgres", [*as_user, str(bindir / "pg_ctl"),
-                                                                         "-D", str(data)], data
 
 
 def version_of(base: str) -> str:
@@ -67,15 +47,28 @@ def main() -> None:
     ap.add_argument("--moves", type=int, default=20)
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--poll-s", type=float, default=2.0)
+    ap.add_argument("--seconds", type=int, default=10, help="wrk seconds per balancer measurement")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--skip-moves", action="store_true")
+    ap.add_argument("--skip-balancer", action="store_true")
     args = ap.parse_args()
+    if not args.skip_moves:
+        moves(args)
+    if not args.skip_balancer:
+        balancer(args)
+
+
+def moves(args: argparse.Namespace) -> None:
 
     from tests.bundles import make_bundle
+    from tests.pg import Postgres, free_port
 
     from shipyard.registry import Registry
     from shipyard.settings import Settings
 
     root = Path(tempfile.mkdtemp(prefix="scale-bench-"))
-    url, pg_ctl, _ = start_postgres(root)
+    pg = Postgres()
+    url = pg.url()
     home = root / "home"
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -137,7 +130,45 @@ def main() -> None:
     finally:
         for p in procs:
             p.kill()
-        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+        pg.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def balancer(args: argparse.Namespace) -> None:
+    import orjson
+    from serve_bench import wrk
+    from tests.bundles import make_bundle
+    from tests.topology import Topology
+
+    from shipyard.registry import Registry
+
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: `bash scripts/system-deps.sh bench`")
+    root = Path(tempfile.mkdtemp(prefix="scale-bench-lb-"))
+    topo = Topology(root, n=3, serve_args=("digits", "--workers", "1", "--no-evaluate", "--threads", "1"))
+    try:
+        topo.up()
+        Registry(settings=topo.operator_settings()).register(make_bundle(root / "a"), "digits", alias="production")
+        topo.start_all()
+        x = np.random.default_rng(0).random(784, dtype=np.float32).round(3).tolist()
+        body = orjson.dumps({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": x}]})
+        headers = {"Content-Type": "application/json"}
+        path = "/v2/models/digits/infer"
+        rows = [("replica r1 directly (no balancer)", wrk(f"{topo.replicas[0].base}{path}", body, headers,
+                                                          args.concurrency, args.seconds, root))]
+        for k in (1, 2, 3):
+            topo.balance_over(k)
+            rows.append((f"HAProxy → {k} replica{'s' if k > 1 else ''}",
+                         wrk(f"{topo.lb}{path}", body, headers, args.concurrency, args.seconds, root)))
+        base = rows[0][1]["rps"]
+        print(f"\nscale_bench: V2 infer through HAProxy, wrk -c{args.concurrency} {args.seconds} s; replicas in "
+              "network namespaces, one worker each, everything on the same 2 cores (a functional figure)\n")
+        print(f"{'setup':<36}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs direct':>11}")
+        for label, r in rows:
+            print(f"{label:<36}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}"
+                  f"{r['rps'] / base:>10.2f}×")
+    finally:
+        topo.down()
         shutil.rmtree(root, ignore_errors=True)
 
 

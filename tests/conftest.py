@@ -4,19 +4,16 @@ real throwaway PostgreSQL server started with initdb/pg_ctl on a free port."""
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from glob import glob
 from pathlib import Path
 
 import pytest
 
 from shipyard.settings import Settings
+
+from .pg import Postgres, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPYARD = [sys.executable, "-m", "shipyard"]
@@ -65,54 +62,30 @@ def optimized(trained):  # type: ignore[no-untyped-def]
     return settings, run, bundle, measured, reason
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_free_port = free_port
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A real PostgreSQL server for the session (Debian's `postgresql`, installed by
-    `make system-deps`), in a temp dir on a free loopback port, stopped at the end."""
-    bins = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins:
-        raise RuntimeError("PostgreSQL is not installed: run `make system-deps`")
-    bindir = Path(bins[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="shipyard-pg-"))
-    data = root / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        pw = pwd.getpwnam("postgres")
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "shipyard",
-                    "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"),
-                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
-                    "-w", "start"], check=True, capture_output=True)
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL server for the session, on a free loopback port, stopped at the end."""
+    pg = Postgres()
     try:
-        url = f"postgresql+psycopg://shipyard@127.0.0.1:{port}/postgres"
-        yield url
+        yield pg
     finally:
         from shipyard.registry.db import dispose_engines
 
         dispose_engines()
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        pg.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres: Postgres) -> str:
+    return postgres.url()
 
 
 @pytest.fixture
-def fresh_pg_url(postgres_url: str) -> str:
+def fresh_pg_url(postgres: Postgres) -> str:
     """A new empty database on the session's PostgreSQL server, one per test."""
     import uuid
 
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    dsn = postgres_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    return postgres.create_db(f"t_{uuid.uuid4().hex[:10]}")

@@ -143,6 +143,11 @@ def status_cmd(
                               _fmt_test(d.get("confidence")), _pct(a["estimated"]),
                               f"{_pct(a['realised'])} ({a['n_labels']})")
             out.print(table)
+            sv = st["serving"]
+            if sv["requests"]:
+                out.print(f"serving (last {sv['span_s'] // 60} min, {len(sv['workers'])} worker(s) across the "
+                          f"deployment): {sv['requests']} requests, error rate {_pct(sv['error_rate'])}, "
+                          f"p99 {sv['p99_ms']:.1f} ms")
             if not st["versions"]:
                 err.print("no evaluated windows yet: is a server (or `shipyard monitor run`) evaluating it?")
             for al in st["alerts"]:

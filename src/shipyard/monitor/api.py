@@ -11,8 +11,12 @@ import sqlalchemy as sa
 
 from shipyard.errors import NotFound
 from shipyard.monitor import evaluator as evaluator_mod
+from shipyard.monitor import stats
 from shipyard.registry import leases
 from shipyard.registry.schema import alerts
+
+#: `status` sums serving over this many seconds (every worker of every replica)
+SERVING_SPAN_S = 300
 
 
 class Monitor:
@@ -47,9 +51,12 @@ class Monitor:
         for version, state in evaluator_mod.status(self.engine, name).items():
             versions[str(version)] = {**state, "aliases": sorted(by_version.get(version, [])),
                                       "stale": now - float(state.get("updated_at", 0)) > 30}
+        since = now - SERVING_SPAN_S
+        serving = {**stats.summary(self.engine, name, since=since).to_dict(), "span_s": SERVING_SPAN_S,
+                   "workers": stats.by_worker(self.engine, name, since=since)}
         return {"model": name, "evaluator": None if lease is None else
                 {"holder": lease.holder, "since": lease.acquired_at, "expires_at": lease.expires_at},
-                "versions": versions, "alerts": self.alerts(name)}
+                "versions": versions, "alerts": self.alerts(name), "serving": serving}
 
     def alerts(self, name: str, *, include_resolved: bool = False, limit: int = 100) -> list[dict[str, Any]]:
         """Open alerts of `name` (newest first), or all of them."""

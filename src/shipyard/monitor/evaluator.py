@@ -16,6 +16,7 @@ size (about a second), so a newly deployed version is monitored with no setup.""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -36,6 +37,28 @@ from shipyard.registry.schema import monitor_state, monitor_windows, prediction_
 log = logging.getLogger("shipyard.monitor")
 
 
+class _Recent:
+    """The newest `size` request ids (a set plus a ring to forget the oldest)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.ids: set[str] = set()
+        self.order: collections.deque[str] = collections.deque()
+
+    def new(self, ids: list[str]) -> np.ndarray:
+        """Mask of the ids not seen before; remembers them."""
+        keep = np.ones(len(ids), bool)
+        for i, rid in enumerate(ids):
+            if rid in self.ids:
+                keep[i] = False
+                continue
+            self.ids.add(rid)
+            self.order.append(rid)
+        while len(self.order) > self.size:
+            self.ids.discard(self.order.popleft())
+        return keep
+
+
 @dataclass(frozen=True)
 class MonitorConfig:
     """How windows are cut and tested. Defaults suit the canonical model (see drift_bench)."""
@@ -52,6 +75,7 @@ class MonitorConfig:
     alerts_every_s: float = 5.0  # alert rules are checked this often, and after every window
     lease_ttl_s: float = 10.0
     retention_days: float = 30.0  # evaluated windows kept this long
+    dedupe_ids: int = 20_000  # request ids remembered per model to count a balancer's retry once
 
     def check(self) -> None:
         problems = []
@@ -115,6 +139,7 @@ class Evaluator:
         self._alerts_at: dict[str, float] = {}
         self._held: set[str] = set()
         self._cursor: dict[str, int] = {}
+        self._recent_ids: dict[str, _Recent] = {}
         self._versions: dict[tuple[str, int], _Version] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -197,17 +222,21 @@ class Evaluator:
         """Chunks after the cursor, as arrays per version."""
         p = prediction_chunks
         q = (sa.select(p.c.id, p.c.version, p.c.n, p.c.ts, p.c.predicted, p.c.confidence, p.c.projection,
-                       p.c.proj_dim)
+                       p.c.proj_dim, p.c.request_ids)
              .where(p.c.model == name, p.c.id > self._cursor.get(name, 0)).order_by(p.c.id).limit(500))
         out: dict[int, list[tuple[np.ndarray, ...]]] = {}
+        seen = self._recent_ids.setdefault(name, _Recent(self.config.dedupe_ids))
         with self.engine.connect() as conn:
             for row in conn.execute(q):
                 self._cursor[name] = row.id
                 proj = (np.frombuffer(row.projection, "<f2").reshape(row.n, row.proj_dim).astype(np.float32)
                         if row.projection and row.proj_dim else None)
-                out.setdefault(row.version, []).append(
-                    (np.frombuffer(row.ts, "<f8"), np.frombuffer(row.predicted, "<i4"),
-                     np.frombuffer(row.confidence, "<f4"), proj))
+                part = (np.frombuffer(row.ts, "<f8"), np.frombuffer(row.predicted, "<i4"),
+                        np.frombuffer(row.confidence, "<f4"), proj)
+                keep = seen.new(row.request_ids.decode().split("\n"))
+                if not keep.all():  # a request retried on another replica: counted once
+                    part = tuple(a[keep] if a is not None else None for a in part)
+                out.setdefault(row.version, []).append(part)
         return out
 
     def _thresholds(self, v: _Version, n: int) -> drift.Thresholds | None:

@@ -357,7 +357,7 @@ def read(engine: sa.Engine, model: str, *, since: float | None = None, until: fl
                     cat("pred", np.int32), cat("conf", np.float32), cat("sampled", bool),
                     np.concatenate(parts["proj"]) if projection and parts["proj"] and parts["proj"][0].shape[1]
                     else None)  # None too when the bundle has no reference profile
-    keep = np.ones(len(logged), bool)
+    keep = first_of_each(logged.request_ids)
     if since is not None:
         keep &= logged.ts >= since
     if until is not None:
@@ -368,6 +368,17 @@ def read(engine: sa.Engine, model: str, *, since: float | None = None, until: fl
     return Logged([logged.request_ids[i] for i in idx], logged.ids[idx], logged.version[idx], logged.ts[idx],
                   logged.predicted[idx], logged.confidence[idx], logged.sampled[idx],
                   logged.projection[idx] if logged.projection is not None else None)
+
+
+def first_of_each(request_ids: list[str]) -> np.ndarray:
+    """Mask keeping the first entry of each request id. A load balancer that retries a request
+    on another replica (after the first died mid-answer) can get it logged twice, under the id it
+    set; counting it once keeps windows, accuracy and retraining data honest."""
+    keep = np.ones(len(request_ids), bool)
+    if len(set(request_ids)) < len(request_ids):
+        keep[:] = False
+        keep[np.unique(np.asarray(request_ids), return_index=True)[1]] = True
+    return keep
 
 
 def find(engine: sa.Engine, model: str, request_ids: list[str], *, since: float | None = None

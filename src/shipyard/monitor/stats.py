@@ -157,3 +157,13 @@ def series(engine: sa.Engine, model: str, *, since: float, step_s: float = 10.0)
                     "p50_ms": summ.quantile_ms(0.5), "p99_ms": summ.quantile_ms(0.99),
                     "versions": {str(v): n for v, n in b["versions"].items()}})
     return out
+
+
+def by_worker(engine: sa.Engine, model: str, *, since: float) -> dict[str, int]:
+    """Requests per reporting worker (`host:pid`) since `since`: which replicas of the
+    deployment are answering, from the one table all of them write."""
+    s = serving_stats
+    q = (sa.select(s.c.worker, sa.func.sum(s.c.requests)).where(s.c.model == model, s.c.ts_end >= since)
+         .group_by(s.c.worker).order_by(s.c.worker))
+    with engine.connect() as conn:
+        return {w: int(n) for w, n in conn.execute(q)}

@@ -461,7 +461,7 @@ class App:
             raise MethodNotAllowed("infer takes POST")
         if self.require_token_for_inference:
             self._check_token(scope)
-        header_len = key = None
+        header_len = key = hrid = None
         for k, v in scope["headers"]:
             if k == b"inference-header-content-length":
                 if not v.isdigit():
@@ -469,11 +469,13 @@ class App:
                 header_len = int(v)
             elif k == ROUTE_KEY:
                 key = v
+            elif k == b"x-request-id":
+                hrid = v.decode("latin-1")
         t0 = time.perf_counter()
         rt = self.fleet.get(name, version, key)
         req = decode_v2(await self._body(scope, receive), header_len)
         features, wanted = prepare_v2(rt, req)
-        rid = request_id(req.id)
+        rid = request_id(req.id or hrid)
         probs = await self._predict(rt, features, rid)
         out, out_header = respond_v2(rt, probs, wanted, rid)
         if version is None:
@@ -491,10 +493,15 @@ class App:
         if self.require_token_for_inference:
             self._check_token(scope)
         t0 = time.perf_counter()
-        key = next((v for k, v in scope["headers"] if k == ROUTE_KEY), None)
+        key = hrid = None
+        for k, v in scope["headers"]:
+            if k == ROUTE_KEY:
+                key = v
+            elif k == b"x-request-id":
+                hrid = v.decode("latin-1")
         rt = self.fleet.get(name, None, key)
         features = prepare_v1(rt, decode_v1(await self._body(scope, receive)))
-        rid = request_id(None)
+        rid = request_id(hrid)
         probs = await self._predict(rt, features, rid)
         self._mirror(name, rt, features, probs)
         self._done(rt, "v1", t0)

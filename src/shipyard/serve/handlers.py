@@ -21,9 +21,15 @@ _COUNTER = itertools.count(1)
 
 
 def request_id(rid: str | None) -> str:
-    """The client's id, or a new one: a random per-process prefix and a counter (unique across
+    """The client's id (the V2 body's `id`, else an `X-Request-ID` header: a load balancer sets
+    one per client request and keeps it when it retries, so the prediction log can tell a retry
+    from a new request), or a new one: a random per-process prefix and a counter (unique across
     workers and restarts, and ten times cheaper than uuid4 on the hot path)."""
-    return rid if rid else f"{_PREFIX}-{next(_COUNTER)}"
+    if not rid:
+        return f"{_PREFIX}-{next(_COUNTER)}"
+    if len(rid) > 256 or not rid.isprintable():
+        raise BadRequest("a request id must be at most 256 printable characters")
+    return rid
 
 
 def prepare_v2(runtime: ModelRuntime, req: InferRequest) -> tuple[np.ndarray, dict[str, bool]]:
