@@ -190,7 +190,7 @@ def _raw_chunks(engine):  # type: ignore[no-untyped-def]
         return conn.execute(sa.select(p.c.request_ids).where(p.c.model == MODEL)).all()
 
 
-def test_canary_weights_and_sticky_keys_agree_on_every_replica(topo: Topology) -> None:
+def test_canary_weights_sticky_keys_and_shadow_agree_on_every_replica(topo: Topology) -> None:
     _settle(topo)
     op = _op(topo)
     op.set_alias(MODEL, "candidate", 3)
@@ -211,7 +211,26 @@ def test_canary_weights_and_sticky_keys_agree_on_every_replica(topo: Topology) -
     assert answers["r1"] == answers["r2"] == answers["r3"]  # one key, one version, whichever replica
     share = Counter(answers["r1"].values())["3"] / 60
     assert 0.1 < share < 0.55, share  # about the configured 30 %
+
+    op.set_traffic(MODEL, {"production": 100}, shadow="candidate", reason="shadow")
+    deadline = time.monotonic() + 30
+    with httpx.Client(timeout=10) as c:
+        for r in topo.replicas:  # every replica copies its requests to the shadow
+            while _shadow_compared(c, r.base) == 0:
+                c.post(f"{r.base}/v2/models/{MODEL}/infer", json=body())
+                assert time.monotonic() < deadline, f"{r.name} sends nothing to the shadow"
+                time.sleep(0.05)
+            versions = {c.post(f"{r.base}/v2/models/{MODEL}/infer", json=body()).json()["model_version"]
+                        for _ in range(20)}
+            assert versions == {"1"}  # the shadow answers nobody
     op.set_traffic(MODEL, {"production": 100})
+
+
+def _shadow_compared(c: httpx.Client, base: str) -> float:
+    for line in c.get(f"{base}/metrics").text.splitlines():
+        if line.startswith("shipyard_shadow_requests_total{") and 'outcome="compared"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def test_feedback_to_one_replica_joins_a_prediction_served_by_another(topo: Topology) -> None:
