@@ -203,3 +203,39 @@ def test_a_served_model_is_watched_and_status_shows_the_alarm(tmp_path: Path) ->
         assert [w["n"] for w in windows(reg.engine, "digits")] == [100, 100]
     assert "evaluating digits" in srv.log.read_text()
     assert leases.current(reg.engine, "monitor:digits") is None  # given back at shutdown
+
+
+def test_a_log_chunk_committed_after_a_newer_one_is_still_read(tmp_path: Path, fresh_pg_url: str) -> None:
+    """PostgreSQL hands out ids at insert and shows rows at commit: with several replicas writing,
+    chunk N can become visible after chunk N+1 was read. The cursor waits at the hole."""
+    from shipyard.registry.schema import prediction_chunks
+
+    reg = Registry(fresh_pg_url, settings=Settings(home=tmp_path / "home"))
+    reg.register(make_bundle(tmp_path / "a", reference=True), "digits", alias="production")
+    rt = ModelRuntime(reg.load("digits@1"), 1, name="digits")
+    log = PredictionLog(reg.engine)
+    images = traffic_data()[0]
+    _send(log, rt, images[:40], "first")
+    ev = Evaluator(reg, lambda: ["digits"], CONFIG)
+    ev.tick()
+    with reg.engine.connect() as conn:
+        template = dict(conn.execute(sa.select(prediction_chunks)).mappings().first())  # type: ignore[arg-type]
+    template.pop("id")
+    template["request_ids"] = "\n".join(f"late-{i}" for i in range(template["n"])).encode()  # new requests
+    late = reg.engine.connect()
+    tx = late.begin()
+    late.execute(prediction_chunks.insert().values(template))  # takes the next id, not yet committed
+    _send(log, rt, images[40:70], "second")  # a newer id, committed first
+    ev.tick()
+    v = ev._versions[("digits", 1)]
+    assert v.seen == 70 and ev._cursor["digits"] < max(ev._ahead["digits"])  # waiting at the hole
+    tx.commit()
+    late.close()
+    ev.tick()
+    assert v.seen == 110  # the late chunk was read after all
+    assert not ev._ahead["digits"]
+    dup = dict(template, request_ids="\n".join(f"first-{i}" for i in range(template["n"])).encode())
+    with reg.engine.begin() as conn:  # a balancer's retry logged again by another replica
+        conn.execute(prediction_chunks.insert().values(dup))
+    ev.tick()
+    assert v.seen == 110  # counted once

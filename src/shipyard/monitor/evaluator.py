@@ -76,6 +76,7 @@ class MonitorConfig:
     lease_ttl_s: float = 10.0
     retention_days: float = 30.0  # evaluated windows kept this long
     dedupe_ids: int = 20_000  # request ids remembered per model to count a balancer's retry once
+    gap_s: float = 30.0  # how long the cursor waits at a hole in the log's ids (a commit still on its way)
 
     def check(self) -> None:
         problems = []
@@ -140,6 +141,8 @@ class Evaluator:
         self._held: set[str] = set()
         self._cursor: dict[str, int] = {}
         self._recent_ids: dict[str, _Recent] = {}
+        self._ahead: dict[str, set[int]] = {}  # chunk ids read above the cursor (a hole below them)
+        self._hole_since: dict[str, float] = {}
         self._versions: dict[tuple[str, int], _Version] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -196,6 +199,8 @@ class Evaluator:
             cursor = conn.execute(sa.select(sa.func.max(monitor_state.c.cursor))
                                   .where(monitor_state.c.model == name)).scalar()
         self._cursor[name] = int(cursor or 0)
+        self._ahead.pop(name, None)
+        self._hole_since.pop(name, None)
         for key in [k for k in self._versions if k[0] == name]:
             del self._versions[key]
         self._held.add(name)
@@ -224,11 +229,16 @@ class Evaluator:
         q = (sa.select(p.c.id, p.c.version, p.c.n, p.c.ts, p.c.predicted, p.c.confidence, p.c.projection,
                        p.c.proj_dim, p.c.request_ids)
              .where(p.c.model == name, p.c.id > self._cursor.get(name, 0)).order_by(p.c.id).limit(500))
+        if self._ahead.get(name):
+            q = q.where(p.c.id.not_in(sorted(self._ahead[name])))
         out: dict[int, list[tuple[np.ndarray, ...]]] = {}
         seen = self._recent_ids.setdefault(name, _Recent(self.config.dedupe_ids))
+        ahead = self._ahead.setdefault(name, set())
         with self.engine.connect() as conn:
             for row in conn.execute(q):
-                self._cursor[name] = row.id
+                if row.id in ahead:
+                    continue
+                ahead.add(row.id)
                 proj = (np.frombuffer(row.projection, "<f2").reshape(row.n, row.proj_dim).astype(np.float32)
                         if row.projection and row.proj_dim else None)
                 part = (np.frombuffer(row.ts, "<f8"), np.frombuffer(row.predicted, "<i4"),
@@ -237,7 +247,28 @@ class Evaluator:
                 if not keep.all():  # a request retried on another replica: counted once
                     part = tuple(a[keep] if a is not None else None for a in part)
                 out.setdefault(row.version, []).append(part)
+        self._advance(name, ahead)
         return out
+
+    def _advance(self, name: str, ahead: set[int]) -> None:
+        """Move the cursor over the ids read without a hole below them. On PostgreSQL ids are
+        handed out at insert and become visible at commit, so with several replicas writing, id
+        101 can be read before id 100 commits: the cursor waits at a hole for `gap_s` (far longer
+        than a log insert takes) before taking it for a rolled-back insert and skipping it."""
+        cursor = self._cursor.get(name, 0)
+        while ahead:
+            if cursor + 1 in ahead:
+                cursor += 1
+                ahead.discard(cursor)
+                self._hole_since.pop(name, None)
+                continue
+            since = self._hole_since.setdefault(name, time.monotonic())
+            if time.monotonic() - since < self.config.gap_s:
+                break
+            log.warning("monitor: %s: log chunks %d..%d never appeared; skipped", name, cursor + 1, min(ahead) - 1)
+            cursor = min(ahead) - 1
+            self._hole_since.pop(name, None)
+        self._cursor[name] = cursor
 
     def _thresholds(self, v: _Version, n: int) -> drift.Thresholds | None:
         if v.reference is None:
