@@ -141,6 +141,14 @@ def test_exactly_one_evaluator_computes_and_another_takes_over(deployed) -> None
     with reg.engine.connect() as conn:
         assert conn.execute(sa.select(monitor_state.c.cursor)).scalar() > 0
 
+    _send(log, rt, images[300:360], "partial")  # b buffers 60, short of a window, then goes away
+    assert b.tick()["digits"][1]["pending"] == 60
+    b.stop()
+    c = Evaluator(reg, lambda: ["digits"], CONFIG, holder="worker-c")
+    _send(log, rt, images[360:400], "rest")
+    assert c.tick()["digits"][1]["predictions_seen"] == 100  # the partial window was not lost
+    assert [w["n"] for w in windows(reg.engine, "digits")] == [100, 100, 100, 100]
+
 
 def test_an_expired_lease_passes_to_the_next_process(tmp_path: Path) -> None:
     reg = Registry(settings=Settings(home=tmp_path / "home"))

@@ -193,8 +193,8 @@ class Evaluator:
         return out
 
     def _take_over(self, name: str) -> None:
-        """Start where the previous holder stopped: its cursor into the log (rows it had buffered
-        but not yet windowed are read again only if no window covered them)."""
+        """Start where the previous holder stopped: its cursor into the log, which it keeps
+        before the rows it had buffered but not yet windowed, so they are read again."""
         with self.engine.connect() as conn:
             cursor = conn.execute(sa.select(sa.func.max(monitor_state.c.cursor))
                                   .where(monitor_state.c.model == name)).scalar()
@@ -242,7 +242,7 @@ class Evaluator:
                 proj = (np.frombuffer(row.projection, "<f2").reshape(row.n, row.proj_dim).astype(np.float32)
                         if row.projection and row.proj_dim else None)
                 part = (np.frombuffer(row.ts, "<f8"), np.frombuffer(row.predicted, "<i4"),
-                        np.frombuffer(row.confidence, "<f4"), proj)
+                        np.frombuffer(row.confidence, "<f4"), proj, np.full(row.n, row.id, np.int64))
                 keep = seen.new(row.request_ids.decode().split("\n"))
                 if not keep.all():  # a request retried on another replica: counted once
                     part = tuple(a[keep] if a is not None else None for a in part)
@@ -328,6 +328,7 @@ class Evaluator:
         conf = np.concatenate([p[2] for p in v.parts])
         projs = [p[3] for p in v.parts]
         proj = np.concatenate(projs) if all(p is not None for p in projs) else None
+        cid = np.concatenate([p[4] for p in v.parts])
         size = self.config.window if len(ts) >= self.config.window else len(ts)
         full = len(ts) // size
         start = max(0, full - self.config.max_windows_per_tick) * size
@@ -338,7 +339,7 @@ class Evaluator:
             out.append(self._window(name, version, v, now, ts[sl], pred[sl], conf[sl],
                                     proj[sl] if proj is not None else None))
         rest = slice(full * size, len(ts))
-        v.parts = [(ts[rest], pred[rest], conf[rest], proj[rest] if proj is not None else None)] \
+        v.parts = [(ts[rest], pred[rest], conf[rest], proj[rest] if proj is not None else None, cid[rest])] \
             if rest.start < len(ts) else []
         v.buffered = len(ts) - full * size
         return out
@@ -382,7 +383,11 @@ class Evaluator:
 
     def _persist(self, name: str, windows: list[dict[str, Any]], states: dict[int, dict[str, Any]],
                  now: float) -> None:
-        cursor = self._cursor.get(name, 0)
+        # where a successor resumes: before the oldest chunk still buffered (not yet in a window),
+        # so a failover re-reads the partial window instead of losing it (at worst the windowed
+        # rows of that one chunk are counted twice)
+        buffered = [int(p[4][0]) for (m, _), v in self._versions.items() if m == name for p in v.parts if len(p[4])]
+        cursor = min([self._cursor.get(name, 0), *(c - 1 for c in buffered)])
         with self.engine.begin() as conn:
             if windows:
                 conn.execute(monitor_windows.insert(), windows)
