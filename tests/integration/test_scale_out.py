@@ -309,6 +309,8 @@ def test_monitor_and_a_real_prometheus_see_the_whole_deployment(topo: Topology, 
         assert time.monotonic() < deadline, serving
         time.sleep(1)
     assert serving["requests"] >= 90 and serving["errors"] == 0, serving
+    frag = httpx.get(f"{topo.lb}/dashboard/fragment", params={"model": MODEL, "minutes": 10}, timeout=30)
+    assert frag.status_code == 200 and "the whole deployment: 3 worker(s)" in frag.text, frag.text[:500]
 
 
 def test_postgres_restarted_under_load_loses_no_request_and_no_alias_move(topo: Topology) -> None:

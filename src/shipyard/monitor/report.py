@@ -131,6 +131,11 @@ def state_html(data: dict[str, Any]) -> str:
     t = data["totals"]
     totals = (f"<p class=sub>{t['requests']:,} requests, {t['errors']:,} server errors, {t['rejected']:,} "
               f"rejected inputs; p50 {t['p50_ms'] or 0:.2f} ms, p99 {t['p99_ms'] or 0:.2f} ms (server side)</p>")
+    workers = data["status"].get("serving", {}).get("workers", {})
+    ev = data["status"].get("evaluator")
+    totals += (f"<p class=sub>the whole deployment: {len(workers)} worker(s) answered in the last 5 minutes"
+               f"{' (' + escape(', '.join(f'{w}: {n:,}' for w, n in workers.items())) + ')' if workers else ''}; "
+               f"drift evaluated by {escape(ev['holder']) if ev else 'nobody (no server or `monitor run`)'}</p>")
     return f"<h2>Now</h2>{table}{totals}<h2>Alerts</h2>{alerts_table}"
 
 
