@@ -111,6 +111,10 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda  [default: auto]")] = None,
     like: Annotated[str | None, typer.Option(help="Replay this run's recipe, with the options given here as overrides.")] = None,
     resume: Annotated[str | None, typer.Option(help="Continue this interrupted run from its last completed epoch.")] = None,
+    nproc: Annotated[int | None, typer.Option(help="Data-parallel processes on this host (torch.distributed, gloo on CPU, NCCL on GPU); --batch-size stays the global batch and must divide by nproc × nnodes [default: 1].")] = None,
+    nnodes: Annotated[int | None, typer.Option(help="Hosts in the job; run the same command on each with its own --node-rank [default: 1].")] = None,
+    node_rank: Annotated[int, typer.Option(help="This host's rank, 0 to nnodes-1; node 0 holds the recipe and tracks the one run.")] = 0,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT of the c10d rendezvous, the same on every node (node 0 listens there); needed with --nnodes > 1.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -128,11 +132,12 @@ def train(
             momentum=momentum, label_smoothing=label_smoothing, schedule=schedule,
             schedule_step=schedule_step, schedule_gamma=schedule_gamma, patience=patience, seed=seed,
             val_fraction=val_fraction, label_column=label_column, standardize=standardize,
-            threads=threads, device=device,
+            threads=threads, device=device, nproc=nproc, nnodes=nnodes,
         )
         if resume and like:
             raise UsageError("--resume and --like exclude each other")
-        run = train_api(like=like, resume=resume, settings=settings(), progress=not quiet, **overrides)
+        run = train_api(like=like, resume=resume, settings=settings(), progress=not quiet,
+                        node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, **overrides)
         summary = f"run [bold]{run.id}[/] {run.status}: best val_accuracy {pct(run.best_val_accuracy)} at epoch {run.best_epoch}"
         if run.test_accuracy is not None:
             summary += f", test_accuracy {pct(run.test_accuracy)}"

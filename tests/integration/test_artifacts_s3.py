@@ -137,6 +137,10 @@ def test_optimize_a_run_trained_on_another_host(tmp_path: Path, proxy: CutProxy,
     run = json.loads(run_cli(["train", "--epochs", "1", "--quiet", "--json"], {**env, "SHIPYARD_HOME": str(a.home)}
                              ).stdout)
     assert run["checkpoint"].startswith(f"s3://{BUCKET}/runs/sha256/")
+    tb = [k for k in run["artifacts"] if k.startswith("tensorboard/events.out.tfevents.")]
+    assert len(tb) == 1  # the TensorBoard file is in the bucket too
+    events = open_store(a).get_bytes(run["artifacts"][tb[0]]["sha256"])
+    assert len(events) == run["artifacts"][tb[0]]["size_bytes"] > 0
     assert list(open_store(a).client.list_objects_v2(Bucket=BUCKET, Prefix="runs/")["Contents"])
     shutil.rmtree(a.home)  # nothing of host a's disk is needed: the checkpoint is in the bucket
     b_home = tmp_path / "b"

@@ -35,8 +35,10 @@ class Recipe:
     schedule_step: int = 5
     schedule_gamma: float = 0.1
     seed: int = 0
-    threads: int | None = None  # None: the settings' thread count
+    threads: int | None = None  # None: the settings' thread count (per node, shared by its processes)
     device: str = "auto"
+    nproc: int = 1  # data-parallel processes per node (`train --nproc`)
+    nnodes: int = 1  # hosts taking part (`train --nnodes`); batch_size is the global batch
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -47,6 +49,14 @@ class Recipe:
         _positive("batch_size", self.batch_size)
         _positive("epochs", self.epochs)
         _positive("schedule_step", self.schedule_step)
+        _positive("nproc", self.nproc)
+        _positive("nnodes", self.nnodes)
+        world = self.nproc * self.nnodes
+        if self.batch_size % world:
+            up = (self.batch_size // world + 1) * world
+            raise ConfigError("batch_size", self.batch_size,
+                              f"the global batch must split evenly over the {world} processes "
+                              f"(nproc {self.nproc} × nnodes {self.nnodes}); try {up}")
         if self.threads is not None:
             _positive("threads", self.threads)
         if self.patience is not None:

@@ -3,6 +3,7 @@ here, so `runs list/show/compare` start fast."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -14,11 +15,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from shipyard._clock import as_utc, utcnow
-from shipyard.errors import NotFound, UsageError
+from shipyard.errors import NotFound, ShipyardError, UsageError
 from shipyard.registry.artifacts import open_store
 from shipyard.registry.db import engine_for
 from shipyard.registry.schema import run_artifacts, run_metrics, runs
 from shipyard.settings import Settings
+
+log = logging.getLogger("shipyard.train")
 
 STATUSES = ("running", "finished", "failed", "interrupted")
 #: a run on another host whose heartbeat is older than this is taken as dead
@@ -159,6 +162,19 @@ class RunStore:
             conn.execute(run_artifacts.insert().values(
                 run_id=run_id, name=name, sha256=sha, size_bytes=len(data), created_at=utcnow()))
         return sha
+
+    def put_tree(self, run_id: str, prefix: str, folder: Path) -> int:
+        """Copy a folder's files (TensorBoard event files) into the artifact store as the run's
+        `prefix/NAME` artifacts, so another host sees them too. A store that fails here costs a
+        warning, not the run. Returns how many were stored."""
+        stored = 0
+        for f in sorted(p for p in Path(folder).glob("*") if p.is_file()):
+            try:
+                self.put_artifact(run_id, f"{prefix}/{f.name}", f.read_bytes())
+                stored += 1
+            except (OSError, ShipyardError) as e:
+                log.warning("run %s: could not store %s in the artifact store: %s", run_id, f.name, e)
+        return stored
 
     def reopen(self, run_id: str, recipe: dict[str, Any]) -> None:
         """Claim a stopped run for this process (resume). Compare-and-set on the status, so two

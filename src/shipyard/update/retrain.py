@@ -109,9 +109,13 @@ def retrain(name: str, *, registry: Any = None, settings: Settings | None = None
         overrides.setdefault("threads", 1)
         with contextlib.suppress(OSError):
             os.nice(10)
+        # and one process, whatever world size the champion trained with
+        overrides.setdefault("nproc", 1)
+        overrides.setdefault("nnodes", 1)
         console.print("a server runs on this host: training with 1 thread at low priority")
     parent_run = champ.run_id
     train_args = {k: v for k, v in overrides.items() if v is not None}
+    train_args.setdefault("nnodes", 1)  # a retrain runs on this host: other nodes cannot be summoned
     data_arg = f"npz:{work / 'data.npz'}"
     if parent_run and _run_exists(settings, parent_run):  # replay the champion's run with the new data
         run = shipyard.train(like=parent_run, data=data_arg, init_weights=weights, settings=settings,
