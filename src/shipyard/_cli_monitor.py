@@ -147,7 +147,7 @@ def status_cmd(
             if sv["requests"]:
                 out.print(f"serving (last {sv['span_s'] // 60} min, {len(sv['workers'])} worker(s) across the "
                           f"deployment): {sv['requests']} requests, error rate {_pct(sv['error_rate'])}, "
-                          f"p99 {sv['p99_ms']:.1f} ms")
+                          f"p99 {'-' if sv['p99_ms'] is None else format(sv['p99_ms'], '.1f')} ms")
             if not st["versions"]:
                 err.print("no evaluated windows yet: is a server (or `shipyard monitor run`) evaluating it?")
             for al in st["alerts"]:

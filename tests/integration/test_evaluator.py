@@ -247,3 +247,21 @@ def test_a_log_chunk_committed_after_a_newer_one_is_still_read(tmp_path: Path, f
         conn.execute(prediction_chunks.insert().values(dup))
     ev.tick()
     assert v.seen == 110  # counted once
+
+
+def test_other_models_rows_are_not_holes(tmp_path: Path) -> None:
+    """The log's ids are one sequence for every model: a model's cursor passes the ids of another
+    model's rows at once instead of waiting for them as for a commit on its way."""
+    reg = Registry(settings=Settings(home=tmp_path / "home"))
+    reg.register(make_bundle(tmp_path / "a", reference=True), "digits", alias="production")
+    reg.register(make_bundle(tmp_path / "b", reference=True), "letters", alias="production")
+    rts = {n: ModelRuntime(reg.load(f"{n}@1"), 1, name=n) for n in ("digits", "letters")}
+    log = PredictionLog(reg.engine)
+    images = traffic_data()[0]
+    for i in range(4):  # interleaved chunks: digits 1, 3, 5, 7; letters 2, 4, 6, 8
+        for n, rt in rts.items():
+            _send(log, rt, images[i * 10:(i + 1) * 10], f"{n}-{i}")
+    ev = Evaluator(reg, lambda: ["digits"], CONFIG)
+    ev.tick()
+    assert ev._cursor["digits"] == 7 and not ev._ahead["digits"]
+    assert ev._versions[("digits", 1)].seen == 40

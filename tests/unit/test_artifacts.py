@@ -53,3 +53,13 @@ def test_settings_read_the_store_from_the_environment() -> None:
 
     s = Settings.from_env({"SHIPYARD_ARTIFACTS": "s3://b/p", "SHIPYARD_S3_ENDPOINT_URL": "http://127.0.0.1:9000"})
     assert (s.artifacts, s.s3_endpoint_url) == ("s3://b/p", "http://127.0.0.1:9000")
+
+
+def test_a_file_url_is_percent_decoded_and_a_relative_path_resolved(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from shipyard.registry.artifacts import open_store
+    from shipyard.settings import Settings
+
+    assert open_store(Settings(home=tmp_path, artifacts=f"file://{tmp_path}/with%20space")).root == \
+        tmp_path / "with space"
+    monkeypatch.chdir(tmp_path)
+    assert open_store(Settings(home=tmp_path, artifacts="rel/store")).root == tmp_path / "rel" / "store"

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from shipyard.monitor import alerts as alerts_mod
 from shipyard.monitor import drift, metrics
 from shipyard.monitor import predlog as predlog_mod
+from shipyard.monitor.predlog import DEDUPE_SPAN_S
 from shipyard.registry import leases
 from shipyard.registry.schema import monitor_state, monitor_windows, prediction_chunks
 
@@ -38,24 +39,29 @@ log = logging.getLogger("shipyard.monitor")
 
 
 class _Recent:
-    """The newest `size` request ids (a set plus a ring to forget the oldest)."""
+    """Request ids seen in the last `span_s` seconds (at most `size` of them). A balancer retries
+    within seconds, so an id seen again soon is the same request; clients that reuse ids over
+    time (the V2 `id` need not be unique) still have every request counted."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.ids: set[str] = set()
+    def __init__(self, size: int, span_s: float = DEDUPE_SPAN_S) -> None:
+        self.size, self.span_s = size, span_s
+        self.at: dict[str, float] = {}
         self.order: collections.deque[str] = collections.deque()
 
-    def new(self, ids: list[str]) -> np.ndarray:
-        """Mask of the ids not seen before; remembers them."""
+    def new(self, ids: list[str], ts: np.ndarray) -> np.ndarray:
+        """Mask of the entries that are not a repeat of an id seen within the span; remembers them."""
         keep = np.ones(len(ids), bool)
         for i, rid in enumerate(ids):
-            if rid in self.ids:
+            t = float(ts[i])
+            first = self.at.get(rid)
+            if first is not None and abs(t - first) <= self.span_s:
                 keep[i] = False
                 continue
-            self.ids.add(rid)
-            self.order.append(rid)
+            if first is None:
+                self.order.append(rid)
+            self.at[rid] = t
         while len(self.order) > self.size:
-            self.ids.discard(self.order.popleft())
+            self.at.pop(self.order.popleft(), None)
         return keep
 
 
@@ -141,8 +147,8 @@ class Evaluator:
         self._held: set[str] = set()
         self._cursor: dict[str, int] = {}
         self._recent_ids: dict[str, _Recent] = {}
-        self._ahead: dict[str, set[int]] = {}  # chunk ids read above the cursor (a hole below them)
-        self._hole_since: dict[str, float] = {}
+        self._ahead: dict[str, dict[int, float]] = {}  # chunks read above the cursor → their newest ts
+        self._hole_since: dict[tuple[str, int], float] = {}
         self._versions: dict[tuple[str, int], _Version] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -200,7 +206,7 @@ class Evaluator:
                                   .where(monitor_state.c.model == name)).scalar()
         self._cursor[name] = int(cursor or 0)
         self._ahead.pop(name, None)
-        self._hole_since.pop(name, None)
+        self._recent_ids.pop(name, None)  # the rows it re-reads are new to this holder
         for key in [k for k in self._versions if k[0] == name]:
             del self._versions[key]
         self._held.add(name)
@@ -229,46 +235,61 @@ class Evaluator:
         q = (sa.select(p.c.id, p.c.version, p.c.n, p.c.ts, p.c.predicted, p.c.confidence, p.c.projection,
                        p.c.proj_dim, p.c.request_ids)
              .where(p.c.model == name, p.c.id > self._cursor.get(name, 0)).order_by(p.c.id).limit(500))
-        if self._ahead.get(name):
+        if self._ahead.get(name):  # bounded: the cursor passes a hole within gap_s
             q = q.where(p.c.id.not_in(sorted(self._ahead[name])))
         out: dict[int, list[tuple[np.ndarray, ...]]] = {}
         seen = self._recent_ids.setdefault(name, _Recent(self.config.dedupe_ids))
-        ahead = self._ahead.setdefault(name, set())
+        ahead = self._ahead.setdefault(name, {})
         with self.engine.connect() as conn:
             for row in conn.execute(q):
                 if row.id in ahead:
                     continue
-                ahead.add(row.id)
+                ahead[row.id] = float(np.frombuffer(row.ts, "<f8")[-1])
                 proj = (np.frombuffer(row.projection, "<f2").reshape(row.n, row.proj_dim).astype(np.float32)
                         if row.projection and row.proj_dim else None)
                 part = (np.frombuffer(row.ts, "<f8"), np.frombuffer(row.predicted, "<i4"),
                         np.frombuffer(row.confidence, "<f4"), proj, np.full(row.n, row.id, np.int64))
-                keep = seen.new(row.request_ids.decode().split("\n"))
+                keep = seen.new(row.request_ids.decode().split("\n"), part[0])
                 if not keep.all():  # a request retried on another replica: counted once
                     part = tuple(a[keep] if a is not None else None for a in part)
                 out.setdefault(row.version, []).append(part)
         self._advance(name, ahead)
         return out
 
-    def _advance(self, name: str, ahead: set[int]) -> None:
-        """Move the cursor over the ids read without a hole below them. On PostgreSQL ids are
-        handed out at insert and become visible at commit, so with several replicas writing, id
-        101 can be read before id 100 commits: the cursor waits at a hole for `gap_s` (far longer
-        than a log insert takes) before taking it for a rolled-back insert and skipping it."""
+    def _advance(self, name: str, ahead: dict[int, float]) -> None:
+        """Move the cursor over the ids read without a hole below them. Ids are one sequence for
+        every model, so ids of other models' rows are no hole. On PostgreSQL an id is handed out
+        at insert and becomes visible at commit: with several replicas writing, id 101 can be read
+        before id 100 commits. The cursor waits at such a hole while the rows above it are recent
+        (up to `gap_s`); an older hole is a rolled-back insert or rows retention removed."""
         cursor = self._cursor.get(name, 0)
         while ahead:
-            if cursor + 1 in ahead:
-                cursor += 1
-                ahead.discard(cursor)
-                self._hole_since.pop(name, None)
+            lo = min(ahead)
+            if lo == cursor + 1:
+                cursor = lo
+                del ahead[lo]
                 continue
-            since = self._hole_since.setdefault(name, time.monotonic())
-            if time.monotonic() - since < self.config.gap_s:
-                break
-            log.warning("monitor: %s: log chunks %d..%d never appeared; skipped", name, cursor + 1, min(ahead) - 1)
-            cursor = min(ahead) - 1
-            self._hole_since.pop(name, None)
+            filled = self._others(name, cursor, lo)  # other models' rows in the gap, in order
+            for i in filled:
+                if i != cursor + 1:
+                    break
+                cursor = i
+            if cursor + 1 == lo:
+                continue
+            since = self._hole_since.setdefault((name, cursor), time.monotonic())
+            if time.time() - ahead[lo] <= self.config.gap_s and time.monotonic() - since <= self.config.gap_s:
+                break  # a commit may still be on its way
+            log.info("monitor: %s: no log chunk %d..%d appeared; going on", name, cursor + 1, lo - 1)
+            cursor = lo - 1
+        self._hole_since = {k: v for k, v in self._hole_since.items() if k[0] != name or k[1] == cursor}
         self._cursor[name] = cursor
+
+    def _others(self, name: str, after: int, before: int) -> list[int]:
+        """Ids of other models' chunks between two ids (bounded: a long run is walked in steps)."""
+        p = prediction_chunks
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(p.c.id).where(p.c.id > after, p.c.id < before, p.c.model != name)
+                                     .order_by(p.c.id).limit(10_000)).scalars())
 
     def _thresholds(self, v: _Version, n: int) -> drift.Thresholds | None:
         if v.reference is None:
@@ -386,7 +407,9 @@ class Evaluator:
         # where a successor resumes: before the oldest chunk still buffered (not yet in a window),
         # so a failover re-reads the partial window instead of losing it (at worst the windowed
         # rows of that one chunk are counted twice)
-        buffered = [int(p[4][0]) for (m, _), v in self._versions.items() if m == name for p in v.parts if len(p[4])]
+        recent = max(2 * self.config.max_age_s, 60.0)  # a few rows of a version gone quiet do not pin it
+        buffered = [int(p[4].min()) for (m, _), v in self._versions.items()
+                    if m == name and now - v.rows_at <= recent for p in v.parts if len(p[4])]
         cursor = min([self._cursor.get(name, 0), *(c - 1 for c in buffered)])
         with self.engine.begin() as conn:
             if windows:

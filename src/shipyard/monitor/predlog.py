@@ -357,7 +357,7 @@ def read(engine: sa.Engine, model: str, *, since: float | None = None, until: fl
                     cat("pred", np.int32), cat("conf", np.float32), cat("sampled", bool),
                     np.concatenate(parts["proj"]) if projection and parts["proj"] and parts["proj"][0].shape[1]
                     else None)  # None too when the bundle has no reference profile
-    keep = first_of_each(logged.request_ids)
+    keep = first_of_each(logged.request_ids, logged.ts)
     if since is not None:
         keep &= logged.ts >= since
     if until is not None:
@@ -370,14 +370,26 @@ def read(engine: sa.Engine, model: str, *, since: float | None = None, until: fl
                   logged.projection[idx] if logged.projection is not None else None)
 
 
-def first_of_each(request_ids: list[str]) -> np.ndarray:
-    """Mask keeping the first entry of each request id. A load balancer that retries a request
-    on another replica (after the first died mid-answer) can get it logged twice, under the id it
-    set; counting it once keeps windows, accuracy and retraining data honest."""
+#: an id logged again within this many seconds is the same request (a balancer's retry)
+DEDUPE_SPAN_S = 60.0
+
+
+def first_of_each(request_ids: list[str], ts: np.ndarray) -> np.ndarray:
+    """Mask keeping the first entry of each request id within `DEDUPE_SPAN_S`. A load balancer
+    that retries a request on another replica (after the first died mid-answer) can get it logged
+    twice under the id it set; counting it once keeps windows, accuracy and retraining data
+    honest. The V2 `id` need not be unique, so a client reusing ids over time keeps every entry."""
     keep = np.ones(len(request_ids), bool)
-    if len(set(request_ids)) < len(request_ids):
-        keep[:] = False
-        keep[np.unique(np.asarray(request_ids), return_index=True)[1]] = True
+    if len(set(request_ids)) == len(request_ids):
+        return keep
+    first: dict[str, float] = {}
+    for i in np.argsort(ts, kind="stable"):
+        rid, t = request_ids[i], float(ts[i])
+        seen = first.get(rid)
+        if seen is not None and t - seen <= DEDUPE_SPAN_S:
+            keep[i] = False
+        else:
+            first[rid] = t
     return keep
 
 

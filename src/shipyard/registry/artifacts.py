@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from shipyard.bundle import sha256_file as sha256_of
 from shipyard.errors import ConfigError, NotFound, ShipyardError
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from shipyard.settings import Settings
 
 _CHUNK = 1 << 20
+_MISSING = ("404", "NoSuchKey", "NotFound")  # S3 error codes for an absent key
 
 
 def _key(sha256: str) -> str:
@@ -144,14 +145,14 @@ class S3ArtifactStore(ArtifactStore):
     def where(self, sha256: str) -> str:
         return f"s3://{self.bucket}/{self.object_key(sha256)}"
 
-    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, fn: Any, *, missing: tuple[str, ...] = (), **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(Bucket=self.bucket, **kwargs)
         except ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if code in (missing or _MISSING):
                 raise NotFound(f"artifact {kwargs.get('Key')} is not in {self.url}") from None
             if code == "NoSuchBucket":
                 raise ShipyardError(f"the artifact store {self.url}: bucket {self.bucket!r} does not exist") from None
@@ -160,8 +161,11 @@ class S3ArtifactStore(ArtifactStore):
             raise ShipyardError(f"{what} on the artifact store {self.url} failed: {e}") from None
 
     def exists(self, sha256: str) -> bool:
+        """False when absent, and also when HEAD is forbidden: without s3:ListBucket, S3 answers
+        403 for a missing key, and storing content-addressed bytes again is harmless."""
         try:
-            self._call("HEAD", self.client.head_object, Key=self.object_key(sha256))
+            self._call("HEAD", self.client.head_object, missing=_MISSING + ("403", "Forbidden"),
+                       Key=self.object_key(sha256))
         except NotFound:
             return False
         return True
@@ -221,15 +225,25 @@ class S3ArtifactStore(ArtifactStore):
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
         try:
             h = hashlib.sha256()
+            from botocore.exceptions import BotoCoreError
+            from urllib3.exceptions import HTTPError as Urllib3Error
+
             with os.fdopen(fd, "wb") as f:
-                obj = self._call("GET", self.client.get_object, Key=self.object_key(sha256))
+                body = self._call("GET", self.client.get_object, Key=self.object_key(sha256))["Body"]
                 try:
-                    for chunk in obj["Body"].iter_chunks(_CHUNK):
+                    chunks = body.iter_chunks(_CHUNK)
+                    while True:
+                        try:
+                            chunk = next(chunks, None)
+                        except (BotoCoreError, Urllib3Error, ConnectionError) as e:  # cut mid-body
+                            raise ShipyardError(f"the download of {self.where(sha256)} was cut: "
+                                                f"{type(e).__name__}: {e}") from None
+                        if chunk is None:
+                            break
                         h.update(chunk)
-                        f.write(chunk)
-                except Exception as e:  # a connection cut mid-body (urllib3 / botocore errors)
-                    raise ShipyardError(f"the download of {self.where(sha256)} was cut: "
-                                        f"{type(e).__name__}: {e}") from None
+                        f.write(chunk)  # a full disk is an OSError of its own, not a cut download
+                finally:
+                    body.close()
                 f.flush()
                 os.fsync(f.fileno())
             if h.hexdigest() != sha256:
@@ -253,6 +267,8 @@ def open_store(settings: Settings) -> ArtifactStore:
     url = settings.artifacts
     if not url:
         return ArtifactStore(settings.home / "artifacts")
+    if url.startswith(("/", ".")) or "://" not in url:
+        return ArtifactStore(Path(url).resolve())
     scheme = urlparse(url).scheme
     if scheme == "s3":
         return S3ArtifactStore(url, settings.home / "cache" / "artifacts", endpoint_url=settings.s3_endpoint_url)
@@ -260,7 +276,5 @@ def open_store(settings: Settings) -> ArtifactStore:
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
             raise ConfigError("artifacts", url, "a file:// URL names a local path: file:///mnt/shared/artifacts")
-        return ArtifactStore(Path(parsed.path))
-    if scheme in ("", ):
-        return ArtifactStore(Path(url))
+        return ArtifactStore(Path(unquote(parsed.path)))
     raise ConfigError("artifacts", url, "use a folder path, file:///PATH or s3://BUCKET/PREFIX")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import logging
 import os
 import re
 import shutil
@@ -53,6 +54,8 @@ _ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]*")
 _VERSION_RE = re.compile(r"[0-9]+")
 #: `NAME@latest` is the newest version; no alias may take that name
 RESERVED_ALIASES = frozenset({"latest"})
+log = logging.getLogger("shipyard.registry")
+
 #: what a model with no stored traffic config serves: everything to `production`
 DEFAULT_WEIGHTS: dict[str, int] = {"production": 100}
 _HOST = socket.gethostname()
@@ -816,7 +819,11 @@ class Registry:
                 model_versions.c.bundle_sha256 == sha)).scalar()
             if used:
                 return False
-            self.artifacts.delete(sha)
+            try:
+                self.artifacts.delete(sha)
+            except ShipyardError as e:  # the version is gone already; an orphan blob harms nobody
+                log.warning("could not remove the unreferenced blob %s: %s", self.artifacts.where(sha), e)
+                return False
         cached = self.cache_dir / sha
         if cached.exists():
             self._discard(cached)

@@ -27,8 +27,8 @@ def request_id(rid: str | None) -> str:
     workers and restarts, and ten times cheaper than uuid4 on the hot path)."""
     if not rid:
         return f"{_PREFIX}-{next(_COUNTER)}"
-    if len(rid) > 256 or not rid.isprintable():
-        raise BadRequest("a request id must be at most 256 printable characters")
+    if len(rid) > 256 or not (rid.isascii() and rid.isprintable()):
+        raise BadRequest("a request id must be at most 256 printable ASCII characters")
     return rid
 
 

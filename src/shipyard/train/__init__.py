@@ -36,7 +36,8 @@ def train(recipe: Recipe | None = None, *, like: str | None = None, resume: str 
 
         return launch(recipe, settings, nproc=overrides.get("nproc") or (recipe.nproc if recipe else 1),
                       nnodes=overrides.get("nnodes") or (recipe.nnodes if recipe else 1),
-                      node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, progress=False)
+                      node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, progress=False,
+                      device_name=overrides.get("device") or (recipe.device if recipe else None))
     store = RunStore(settings)
     if resume is not None:
         if recipe is not None or like is not None:

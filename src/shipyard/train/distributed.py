@@ -69,7 +69,7 @@ def check_world(nproc: int, nnodes: int, node_rank: int, rdzv_endpoint: str | No
 def launch(recipe: Recipe | None, settings: Settings, *, nproc: int, nnodes: int = 1, node_rank: int = 0,
            rdzv_endpoint: str | None = None, resume: str | None = None, parent_run_id: str | None = None,
            expect_fingerprint: str | None = None, progress: bool = True,
-           init_weights: str | Path | None = None) -> Run:
+           init_weights: str | Path | None = None, device_name: str | None = None) -> Run:
     """Run this node's `nproc` workers through torch's elastic launcher and return the run.
 
     Node 0 passes the recipe; other nodes may pass None and receive node 0's (they need neither
@@ -78,7 +78,8 @@ def launch(recipe: Recipe | None, settings: Settings, *, nproc: int, nnodes: int
     if recipe is not None and (recipe.nproc, recipe.nnodes) != (nproc, nnodes):
         raise UsageError(f"the recipe says nproc {recipe.nproc} × nnodes {recipe.nnodes}, "
                          f"the launch {nproc} × {nnodes}")
-    device = resolve_device(recipe.device if recipe is not None else "auto")
+    # a helper node has no recipe: it takes --device as given here (node 0 checks they agree)
+    device = resolve_device(recipe.device if recipe is not None else (device_name or "auto"))
     if device.type == "cuda" and nproc > torch.cuda.device_count():
         raise UsageError(f"--nproc {nproc} on CUDA needs {nproc} GPUs on this node, torch sees "
                          f"{torch.cuda.device_count()}; use fewer processes or --device cpu")

@@ -456,7 +456,7 @@ def _snapshot(model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, stat
 
 def _restore(path: Path | io.BytesIO, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator,
              state: _State) -> None:
-    snap = torch.load(path, weights_only=True)
+    snap = torch.load(path, weights_only=True, map_location="cpu")
     model.load_state_dict(snap["model"])
     opt.load_state_dict(snap["optimizer"])
     if sched is not None and snap["scheduler"] is not None:
