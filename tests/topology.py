@@ -219,11 +219,14 @@ backend replicas
             assert time.monotonic() < deadline, self.lb_status()
             time.sleep(0.1)
 
-    def lb_status(self) -> dict[str, str]:
-        """Server name → HAProxy's view of it (UP, DOWN, MAINT, …), from its stats socket."""
+    def lb_stats(self) -> dict[str, dict[str, str]]:
+        """HAProxy's statistics of the replicas' backend: server name (and BACKEND) → its row."""
         rows = csv.DictReader(io.StringIO(self._admin("show stat").lstrip("# ")))
-        return {row["svname"]: row["status"] for row in rows if row["pxname"] == "replicas"
-                and row["svname"] not in ("BACKEND", "FRONTEND")}
+        return {row["svname"]: row for row in rows if row["pxname"] == "replicas"}
+
+    def lb_status(self) -> dict[str, str]:
+        """Server name → HAProxy's view of it (UP, DOWN, MAINT, …)."""
+        return {name: row["status"] for name, row in self.lb_stats().items() if name != "BACKEND"}
 
     def wait_balanced(self, timeout: float = 30) -> None:
         """Until HAProxy sees every running replica UP."""

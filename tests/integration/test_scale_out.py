@@ -130,8 +130,14 @@ def test_an_alias_move_switches_every_replica_with_zero_failed_requests(topo: To
 def test_a_killed_replica_is_routed_around_and_rejoins_only_once_ready(topo: Topology) -> None:
     _settle(topo)
     victim = topo.replicas[1]
+
+    def retried() -> int:  # requests HAProxy sent again (to the same server, or to another one)
+        row = topo.lb_stats()["BACKEND"]
+        return int(row["wretr"] or 0) + int(row["wredis"] or 0)
+
     with Load(topo.lb, MODEL, LIVE) as load:
         load.wait_for(60)
+        retried_before = retried()
         topo.kill(victim)  # SIGKILL to the whole host's processes, requests in flight
         t_kill = time.monotonic()
         deadline = time.monotonic() + 10
@@ -139,6 +145,7 @@ def test_a_killed_replica_is_routed_around_and_rejoins_only_once_ready(topo: Top
             assert time.monotonic() < deadline, topo.lb_status()
             time.sleep(0.05)
         t_down = time.monotonic()
+        assert retried() > retried_before  # what met the dead replica was retried, not failed
         load.wait_for(300)
         assert not [o for o in load.outcomes if o.t > t_down and o.served_by == victim.name]
 
