@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from shipyard import __version__, _cli_bundle, _cli_export, _cli_monitor, _cli_serve, _cli_traffic, _cli_update
-from shipyard._cli_models import models_app
+from shipyard._cli_models import gc, models_app
 from shipyard._output import emit_json, err, out, pct, reporting
 from shipyard.errors import UsageError
 from shipyard.settings import Settings
@@ -34,6 +34,7 @@ app.command()(_cli_bundle.optimize)
 app.command("import")(_cli_bundle.import_model)
 app.add_typer(_cli_bundle.bundle_app, name="bundle")
 app.add_typer(models_app, name="models")
+app.command("gc")(gc)
 app.command()(_cli_serve.serve)
 app.add_typer(_cli_monitor.monitor_app, name="monitor")
 app.add_typer(_cli_export.export_app, name="export")

@@ -147,3 +147,21 @@ def test_optimize_a_run_trained_on_another_host(tmp_path: Path, proxy: CutProxy,
     out = json.loads(run_cli(["optimize", run["run_id"], "--json", "--bench-seconds", "0.05"],
                              {**env, "SHIPYARD_HOME": str(b_home)}).stdout)
     assert Path(out["bundle"]).is_relative_to(b_home)  # written on this host, from the bucket's checkpoint
+
+
+def test_gc_removes_orphan_objects_and_their_local_copies(tmp_path: Path, proxy: CutProxy) -> None:
+    from shipyard.registry.gc import collect
+
+    a = host(tmp_path, "a", proxy, "gc")
+    reg = Registry(settings=a)
+    mv = reg.register(make_bundle(tmp_path / "b1", seed=5), "tiny", alias="production")
+    orphan = reg.artifacts.put_bytes(b"an orphan")
+    assert reg.artifacts.put_bytes(b"an orphan") == orphan  # stored again: renewed in place (a copy)
+    reg.artifacts.local(orphan)  # and downloaded to this host's cache
+    assert collect(reg).kept_young == 1  # within the default grace period: kept
+    report = collect(reg, grace_s=0)
+    assert [b["sha256"] for b in report.removed] == [orphan]
+    assert report.removed[0]["where"] == f"s3://{BUCKET}/gc/sha256/{orphan[:2]}/{orphan}"
+    assert not reg.artifacts.exists(orphan) and not reg.artifacts.path(orphan).exists()
+    assert reg.artifacts.exists(mv.bundle_sha256)
+    assert Registry(settings=host(tmp_path, "b", proxy, "gc")).load("tiny@production").path.name == mv.bundle_sha256

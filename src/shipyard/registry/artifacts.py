@@ -10,6 +10,7 @@ import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -61,15 +62,31 @@ class ArtifactStore:
 
     def put_bytes(self, data: bytes) -> str:
         sha = hashlib.sha256(data).hexdigest()
-        if not self.exists(sha):
+        if not self._refresh(sha):
             self._atomic_write(self.path(sha), data)
         return sha
 
     def put_file(self, src: Path) -> str:
         sha = sha256_of(src)
-        if not self.exists(sha):
+        if not self._refresh(sha):
             self._atomic_write(self.path(sha), Path(src).read_bytes())
         return sha
+
+    def _refresh(self, sha256: str) -> bool:
+        """Mark a blob that is stored again as new (its mtime), so `shipyard gc`'s grace period
+        protects it until the reference being written commits. False when it is not there."""
+        try:
+            os.utime(self.path(sha256))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def blobs(self) -> Iterator[tuple[str, int, float]]:
+        """Every stored blob: (sha256, size in bytes, when it was last stored)."""
+        for p in sorted((self.root / "sha256").glob("*/*")):
+            if not p.name.startswith(".") and p.is_file():
+                st = p.stat()
+                yield p.name, st.st_size, st.st_mtime
 
     def repair(self, sha256: str, src: Path) -> bool:
         """Make the stored blob match its name again from `src` (whose bytes do): the store keeps
@@ -181,15 +198,36 @@ class S3ArtifactStore(ArtifactStore):
 
     def put_bytes(self, data: bytes) -> str:
         sha = hashlib.sha256(data).hexdigest()
-        if not self.exists(sha):
+        if not self._refresh(sha):
             self._put(sha, data)
         return sha
 
     def put_file(self, src: Path) -> str:
         sha = sha256_of(src)
-        if not self.exists(sha):
+        if not self._refresh(sha):
             self._put(sha, Path(src))
         return sha
+
+    def _refresh(self, sha256: str) -> bool:
+        if not self.exists(sha256):
+            return False
+        key = self.object_key(sha256)
+        try:  # a copy onto itself renews LastModified (what gc's grace period reads)
+            self._call("COPY", self.client.copy_object, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+                       Metadata={"sha256": sha256}, MetadataDirective="REPLACE")
+        except NotFound:
+            return False
+        return True
+
+    def blobs(self) -> Iterator[tuple[str, int, float]]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=f"{self.prefix}/sha256/" if self.prefix else "sha256/")
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield obj["Key"].rsplit("/", 1)[-1], int(obj["Size"]), obj["LastModified"].timestamp()
+        except Exception as e:  # noqa: BLE001 - botocore errors: one clear message
+            raise ShipyardError(f"listing the artifact store {self.url} failed: {e}") from None
 
     def repair(self, sha256: str, src: Path) -> bool:
         try:
