@@ -295,4 +295,28 @@ def _dur(s: float | None) -> str:
 
 
 def main() -> None:
-    app()
+    """The `shipyard` command. Usage errors the parser finds itself (an unknown option, a value of
+    the wrong type, a missing argument) keep the --json contract too: the message on stderr, the
+    last stdout line `{"error": …}`, exit code 2."""
+    import sys
+
+    try:
+        rc = app(standalone_mode=False)
+    except typer.Abort:
+        err.print("Aborted!")
+        sys.exit(1)
+    except Exception as e:
+        # the parser's errors (Typer ships its own copy of Click's exception classes): told apart
+        # by what every one of them has
+        if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
+            raise
+        try:
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(e)  # type: ignore[arg-type]
+        except ImportError:
+            e.show()  # type: ignore[attr-defined]
+        if "--json" in sys.argv[1:]:
+            emit_json({"error": e.format_message()})
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
+    sys.exit(rc if type(rc) is int else 0)

@@ -79,6 +79,13 @@ def test_errors_are_clear_with_meaningful_exit_codes(args: list[str], code: int,
 def test_usage_errors_from_the_parser_exit_2(cli_env: dict[str, str]) -> None:
     p = run_cli(["train", "--epochs", "many"], cli_env, check=False)
     assert p.returncode == 2 and "--epochs" in p.stderr and "integer" in p.stderr
+    assert p.stdout == ""  # no --json: nothing on stdout
+    for args, word in ((["train", "--epochs", "many", "--json"], "--epochs"),
+                       (["models", "show", "--json", "--no-such-flag"], "--no-such-flag"),
+                       (["rollout", "--json"], "NAME")):
+        p = run_cli(args, cli_env, check=False)
+        assert p.returncode == 2, (args, p.stderr)
+        assert word in last_json(p.stdout)["error"] and word in p.stderr
 
 
 def test_data_show(cli_env: dict[str, str]) -> None:
