@@ -3,6 +3,7 @@ stop it afterwards (and show its log when something fails)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,8 +39,9 @@ def serve(home: Path, *args: str, env: dict[str, str] | None = None, timeout: fl
     port = _free_port()
     log_path = home.parent / f"server-{port}.log"
     with log_path.open("w") as log:
+        # its own process group: whatever happens, the server and its HTTP workers go with it
         proc = subprocess.Popen([*SHIPYARD, "serve", *args, "--port", str(port)], env=env or server_env(home),
-                                stdout=log, stderr=log)
+                                stdout=log, stderr=log, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + timeout
@@ -61,3 +63,5 @@ def serve(home: Path, *args: str, env: dict[str, str] | None = None, timeout: fl
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            with contextlib.suppress(ProcessLookupError):  # nothing of it outlives the test
+                os.killpg(proc.pid, signal.SIGKILL)
