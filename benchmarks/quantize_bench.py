@@ -13,9 +13,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from shipyard.optimize.build import optimize
+from shipyard.optimizing.build import optimize
 from shipyard.settings import Settings
-from shipyard.train import get_run, train
+from shipyard.training import get_run, train
 
 
 def main() -> None:

@@ -41,11 +41,36 @@ def run_cli(args: list[str], env: dict[str, str], check: bool = True,
     return p
 
 
+def stream_cli(args: list[str], env: dict[str, str], lines: int, timeout: float = 60) -> tuple[list[str], int, str]:
+    """Start a long-running `shipyard` command, read its first `lines` stdout lines as they come,
+    then Ctrl-C it: (the lines, its exit code, its stderr). Killed if it hangs past `timeout`."""
+    import signal
+    import tempfile
+    import threading
+
+    with tempfile.TemporaryFile("w+") as errf:
+        proc = subprocess.Popen([*SHIPYARD, *args], env=env, stdout=subprocess.PIPE, stderr=errf, text=True)
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            got = [proc.stdout.readline() for _ in range(lines)]
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(timeout)
+        finally:
+            watchdog.cancel()
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()  # type: ignore[union-attr]
+        errf.seek(0)
+        return got, rc, errf.read()
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """One canonical MLP trained for 2 epochs on mnist-sample, shared by every test that only
     reads a trained run (and by later stages' tests)."""
-    from shipyard.train import train
+    from shipyard.training import train
 
     s = Settings(home=tmp_path_factory.mktemp("trained") / "home")
     run = train(data="mnist-sample", epochs=2, settings=s, progress=False)
@@ -55,7 +80,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
 @pytest.fixture(scope="session")
 def optimized(trained):  # type: ignore[no-untyped-def]
     """The shared trained run, optimized into a bundle: (settings, run, bundle, measured, reason)."""
-    from shipyard.optimize.build import optimize
+    from shipyard.optimizing.build import optimize
 
     settings, run = trained
     bundle, measured, reason = optimize(run, settings=settings, bench_seconds=0.05)
@@ -72,7 +97,7 @@ def postgres() -> Iterator[Postgres]:
     try:
         yield pg
     finally:
-        from shipyard.registry.db import dispose_engines
+        from shipyard.store.engine import dispose_engines
 
         dispose_engines()
         pg.close()

@@ -9,10 +9,10 @@ from typing import Any
 from shipyard import data
 from shipyard.bundle import Bundle
 from shipyard.errors import ShipyardError
-from shipyard.optimize import optimize
+from shipyard.optimizing import optimize
 from shipyard.registry import Registry
 from shipyard.settings import Settings
-from shipyard.train import Recipe, Run, get_run, runs, train
+from shipyard.training import Recipe, Run, get_run, runs, train
 
 __version__ = "0.1.0"
 __all__ = ["Bundle", "Recipe", "Registry", "Run", "Settings", "ShipyardError", "data", "get_run", "optimize",

@@ -1,3 +1,3 @@
-from shipyard.cli import main
+from shipyard.cli.app import main
 
 main()

@@ -90,6 +90,16 @@ def test_the_example_rules_check_and_export_to_rules_promtool_accepts(tmp_path: 
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_export_grafana_json_keeps_the_one_object_on_the_last_line_contract(tmp_path: Path,
+                                                                          cli_env: dict[str, str]) -> None:
+    pretty = json.loads(run_cli(["export", "grafana"], cli_env).stdout)  # without --json: the file, indented
+    one = run_cli(["export", "grafana", "--json"], cli_env).stdout
+    assert len(one.splitlines()) == 1 and json.loads(one) == pretty  # --json: the dashboard on one line
+    summary = run_cli(["export", "grafana", "-o", str(tmp_path / "dash.json"), "--json"], cli_env).stdout
+    assert len(summary.splitlines()) == 1 and json.loads(summary)["path"] == str((tmp_path / "dash.json").resolve())
+    assert json.loads((tmp_path / "dash.json").read_text()) == pretty
+
+
 # -- one incident, one alert -------------------------------------------------------------------------
 def test_one_incident_is_one_alert_and_one_notification(tmp_path: Path, receiver: Receiver) -> None:
     reg = Registry(settings=Settings(home=tmp_path / "home"))

@@ -16,8 +16,8 @@ import pytest
 
 from shipyard.bundle import BundleError
 from shipyard.registry import Registry
-from shipyard.registry.artifacts import S3ArtifactStore, open_store
 from shipyard.settings import Settings
+from shipyard.store.artifacts import S3ArtifactStore, open_store
 
 from ..bundles import make_bundle
 from ..conftest import run_cli
@@ -150,7 +150,7 @@ def test_optimize_a_run_trained_on_another_host(tmp_path: Path, proxy: CutProxy,
 
 
 def test_gc_removes_orphan_objects_and_their_local_copies(tmp_path: Path, proxy: CutProxy) -> None:
-    from shipyard.registry.gc import collect
+    from shipyard.store.gc import collect
 
     a = host(tmp_path, "a", proxy, "gc")
     reg = Registry(settings=a)

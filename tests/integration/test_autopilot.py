@@ -18,7 +18,8 @@ from shipyard.registry import Registry
 from shipyard.settings import Settings
 from shipyard.update.autopilot import Autopilot, Policy, parse_policy
 
-from ..conftest import run_cli
+from ..bundles import make_bundle
+from ..conftest import run_cli, stream_cli
 from ..serving import serve, server_env
 from .test_retrain import _log_labelled
 from .test_update import Users, _wait
@@ -85,6 +86,18 @@ def test_every_decision_says_why_and_dry_run_changes_nothing(deployed) -> None: 
     assert "reached the limit (1)" in busy.decide().reason
     bad = run_cli(["autopilot", "digits", "--policy", str(policy.with_name("missing.toml"))], env, check=False)
     assert bad.returncode == 2 and "missing.toml" in bad.stderr
+
+
+def test_autopilot_json_prints_one_line_per_decision_while_it_runs(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    Registry(settings=Settings(home=home)).register(make_bundle(tmp_path / "a", name="m"), "m", alias="production")
+    (tmp_path / "fast.toml").write_text("poll_s = 0.1\n")
+    lines, rc, err = stream_cli(["autopilot", "m", "--policy", str(tmp_path / "fast.toml"), "--json"],
+                                server_env(home), lines=3)
+    decisions = [json.loads(line) for line in lines]  # JSON Lines without --once: one object per decision
+    assert [(d["name"], d["action"]) for d in decisions] == [("m", "wait")] * 3, err
+    assert decisions[0]["reason"] == "no open drift or accuracy alert on v1" and not decisions[0]["dry_run"]
+    assert rc == 0 and "stopped" in err
 
 
 def test_autopilot_turns_a_drift_alert_into_a_promoted_version(deployed) -> None:  # type: ignore[no-untyped-def]

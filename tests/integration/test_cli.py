@@ -97,7 +97,7 @@ def test_data_show(cli_env: dict[str, str]) -> None:
 def test_verbs_that_do_not_train_never_import_torch(cli_env: dict[str, str]) -> None:
     code = (
         "import sys\n"
-        "from shipyard.cli import app\n"
+        "from shipyard.cli.app import app\n"
         "for argv in (['runs', 'list'], ['data', 'show', 'mnist-sample'], ['--help']):\n"
         "    try:\n"
         "        app(argv)\n"
@@ -108,6 +108,28 @@ def test_verbs_that_do_not_train_never_import_torch(cli_env: dict[str, str]) -> 
     )
     p = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr
+
+
+def test_command_modules_import_common_never_the_app() -> None:
+    """cli/app.py registers every verb; a verb module importing it back (even inside a function)
+    would be a cycle. `shipyard.cli` still re-exports the app and main."""
+    import ast
+
+    import typer
+
+    import shipyard.cli
+    from shipyard.cli import app, main
+    from shipyard.cli.app import main as app_main
+
+    assert isinstance(app, typer.Typer) and main is app_main
+    folder = Path(shipyard.cli.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        if path.name in ("__init__.py", "app.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                       else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert not {"shipyard.cli", "shipyard.cli.app"} & set(targets), f"{path.name} imports the app"
 
 
 def test_an_unexpected_failure_still_keeps_the_json_contract(cli_env: dict[str, str]) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from shipyard.bundle import verify
 from shipyard.registry import Registry
-from shipyard.registry.db import dispose_engines
 from shipyard.settings import Settings
+from shipyard.store.engine import dispose_engines
 
 from ..bundles import make_bundle
 from ..conftest import SHIPYARD, run_cli
@@ -240,7 +240,7 @@ def test_the_cli_against_postgresql(fresh_pg_url: str, cli_env: dict[str, str], 
 
 
 def test_models_verbs_do_not_import_torch(registered: Registry, cli_env: dict[str, str], tmp_path: Path) -> None:
-    code = ("import sys\nfrom shipyard.cli import app\n"
+    code = ("import sys\nfrom shipyard.cli.app import app\n"
             "for args in (['list'], ['show', 'tiny@production'], ['alias', 'tiny', 'candidate', '2']):\n"
             "    try:\n        app(['models', *args, '--json'])\n    except SystemExit as e:\n"
             "        assert e.code == 0, e.code\n"

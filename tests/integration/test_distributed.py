@@ -21,11 +21,11 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from shipyard.registry.db import engine_for
-from shipyard.registry.schema import runs as runs_table
 from shipyard.settings import Settings
-from shipyard.train import get_run, train
-from shipyard.train.distributed import DEBUG_DIR_ENV
+from shipyard.store.engine import engine_for
+from shipyard.store.schema import runs as runs_table
+from shipyard.training import get_run, train
+from shipyard.training.distributed import DEBUG_DIR_ENV
 
 from ..conftest import SHIPYARD, run_cli
 
@@ -93,7 +93,7 @@ def test_nproc_2_is_one_tracked_run_like_a_one_process_run(two_procs: dict[str, 
     assert out["best_val_accuracy"] > 0.85
 
     # ... and `optimize` takes it unchanged
-    from shipyard.optimize.build import optimize
+    from shipyard.optimizing.build import optimize
 
     home_settings = Settings(home=two_procs["home"])
     bundle, _, _ = optimize(get_run(out["run_id"], settings=home_settings), settings=home_settings,

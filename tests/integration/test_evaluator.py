@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from shipyard.errors import UsageError
 from shipyard.monitor import metrics
 from shipyard.monitor.evaluator import Evaluator, MonitorConfig, status, windows
-from shipyard.monitor.predlog import PredictionLog, record_feedback
-from shipyard.registry import Registry, leases
-from shipyard.registry.schema import monitor_state, monitor_windows
+from shipyard.monitor.feedback import record_feedback
+from shipyard.monitor.predlog import PredictionLog
+from shipyard.registry import Registry
 from shipyard.serve.runtime import ModelRuntime
 from shipyard.settings import Settings
+from shipyard.store import leases
+from shipyard.store.schema import monitor_state, monitor_windows
 
 from ..bundles import make_bundle, traffic_data
 from ..conftest import run_cli
@@ -163,7 +166,7 @@ def test_an_expired_lease_passes_to_the_next_process(tmp_path: Path) -> None:
 
 
 def test_bad_monitor_settings_are_refused_together() -> None:
-    with pytest.raises(ValueError, match="window must be at least 10.*alpha must be in"):
+    with pytest.raises(UsageError, match="window must be at least 10.*alpha must be in"):
         MonitorConfig(window=5, min_window=2, alpha=0.9).check()
 
 
@@ -216,7 +219,7 @@ def test_a_served_model_is_watched_and_status_shows_the_alarm(tmp_path: Path) ->
 def test_a_log_chunk_committed_after_a_newer_one_is_still_read(tmp_path: Path, fresh_pg_url: str) -> None:
     """PostgreSQL hands out ids at insert and shows rows at commit: with several replicas writing,
     chunk N can become visible after chunk N+1 was read. The cursor waits at the hole."""
-    from shipyard.registry.schema import prediction_chunks
+    from shipyard.store.schema import prediction_chunks
 
     reg = Registry(fresh_pg_url, settings=Settings(home=tmp_path / "home"))
     reg.register(make_bundle(tmp_path / "a", reference=True), "digits", alias="production")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from shipyard.registry import Registry
 from shipyard.settings import Settings
-from shipyard.train.tracking import RunStore
+from shipyard.training.tracking import RunStore
 
 from ..bundles import make_bundle
 from ..conftest import run_cli

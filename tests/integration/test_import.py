@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from shipyard.bundle import Bundle
 from shipyard.errors import DataError, UsageError
-from shipyard.optimize.importer import import_model
+from shipyard.optimizing.importer import import_model
 
 from ..conftest import run_cli
 

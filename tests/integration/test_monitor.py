@@ -16,15 +16,16 @@ import httpx
 import numpy as np
 import pytest
 
-from shipyard.monitor.predlog import LogConfig, PredictionLog, accuracy, read, record_feedback
+from shipyard.monitor.feedback import accuracy, record_feedback
+from shipyard.monitor.predlog import LogConfig, PredictionLog, read
 from shipyard.monitor.reference import profile
 from shipyard.registry import Registry
-from shipyard.registry.schema import prediction_chunks, prediction_inputs
 from shipyard.serve.runtime import ModelRuntime
 from shipyard.settings import Settings
+from shipyard.store.schema import prediction_chunks, prediction_inputs
 
 from ..bundles import make_bundle
-from ..conftest import SHIPYARD, _free_port
+from ..conftest import SHIPYARD, _free_port, stream_cli
 from ..serving import serve, server_env
 
 RNG = np.random.default_rng(0)
@@ -194,6 +195,14 @@ def test_export_writes_csv_and_parquet_with_labels(home, tmp_path: Path) -> None
     none = subprocess.run([*SHIPYARD, "monitor", "export", "nosuch", "-o", str(tmp_path / "y.csv")], env=env,
                           capture_output=True, text=True)
     assert none.returncode == 1 and "no model 'nosuch'" in none.stderr
+
+
+def test_monitor_run_json_prints_one_line_per_round_while_it_runs(home) -> None:  # type: ignore[no-untyped-def]
+    home_path, _ = home
+    lines, rc, err = stream_cli(["monitor", "run", "--json"], server_env(home_path), lines=2)
+    rounds = [json.loads(line) for line in lines]  # JSON Lines without --once: one object per evaluation round
+    assert all("digits" in r["evaluated"] and r["held_elsewhere"] == [] for r in rounds), (rounds, err)
+    assert rc == 0 and "stopped" in err
 
 
 def _prometheus(tmp_path: Path, target: str) -> tuple[subprocess.Popen[bytes], str]:

@@ -17,8 +17,8 @@ import shipyard
 from shipyard import bundle as B
 from shipyard.bundle import Bundle, BundleError
 from shipyard.errors import ShipyardError, UsageError
-from shipyard.optimize.build import optimize
-from shipyard.optimize.export import check_parity
+from shipyard.optimizing.build import optimize
+from shipyard.optimizing.export import check_parity
 
 from ..conftest import run_cli
 

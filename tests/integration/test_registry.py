@@ -21,10 +21,10 @@ from alembic.migration import MigrationContext
 from shipyard.bundle import Bundle, BundleError, pack, verify
 from shipyard.errors import NotFound, UsageError
 from shipyard.registry import Registry, RegistryConflict
-from shipyard.registry.db import dispose_engines, engine_for
-from shipyard.registry.models import trial_load
-from shipyard.registry.schema import metadata, model_events, model_versions
+from shipyard.registry.trial import trial_load
 from shipyard.settings import Settings
+from shipyard.store.engine import dispose_engines, engine_for
+from shipyard.store.schema import metadata, model_events, model_versions
 
 from ..bundles import FEATURES, make_bundle, make_mismatched_bundle, make_unloadable_bundle
 from ..conftest import ROOT, SHIPYARD
@@ -122,6 +122,13 @@ def test_refs_resolve_by_version_alias_and_latest(registry: Registry, bundles: l
     assert found["tiny"].aliases == {"candidate": 2, "production": 1}
     d = found["tiny"].to_dict()
     assert d["latest_version"] == 2 and [v["aliases"] for v in d["versions"]] == [["production"], ["candidate"]]
+    # the narrow reads agree with `list`, without loading every version
+    assert registry.model("tiny").to_dict() == d
+    with pytest.raises(NotFound, match="no model 'nosuch'"):
+        registry.model("nosuch")
+    assert registry.model_names() == ["digits", "tiny"]
+    assert registry.model_names(alias="production") == ["tiny"] and registry.model_names(alias="nosuch") == []
+    assert registry.exists("digits") and not registry.exists("nosuch")
 
 
 def test_unknown_names_versions_and_aliases_are_not_found(registry: Registry, bundles: list[Path],
@@ -595,8 +602,8 @@ def test_register_killed_at_any_moment_leaves_nothing_broken(reg_settings: Setti
 PAUSER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from shipyard.registry import models as M
-    from shipyard.registry.artifacts import ArtifactStore
+    from shipyard.registry import registry as M
+    from shipyard.store.artifacts import ArtifactStore
     from shipyard.settings import Settings
     home, url, bundle, point, flag = sys.argv[1:6]
 

@@ -14,7 +14,8 @@ import pytest
 import shipyard
 from shipyard.data.sources import mnist_sample
 from shipyard.errors import UsageError
-from shipyard.monitor.predlog import LogConfig, PredictionLog, record_feedback
+from shipyard.monitor.feedback import record_feedback
+from shipyard.monitor.predlog import LogConfig, PredictionLog
 from shipyard.registry import Registry
 from shipyard.serve.runtime import ModelRuntime
 from shipyard.settings import Settings

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from shipyard.errors import UsageError
-from shipyard.registry import Registry, leases
-from shipyard.registry.models import RegistryConflict
+from shipyard.registry import Registry, RegistryConflict
 from shipyard.settings import Settings
+from shipyard.store import leases
 from shipyard.update import rollout as ro
 from shipyard.update.autopilot import Autopilot, Policy
 
@@ -59,7 +59,7 @@ def test_a_waiting_rollout_shows_its_state_blocks_a_second_one_and_aborts(two_ve
     pilot = Autopilot(reg, "m", Policy(), log=lambda m: None)
     assert "holds m" in pilot.decide().reason
     r = run_cli(["rollout", "abort", "m", "--reason", "changed my mind", "--json"], env, check=False)
-    assert r.returncode == 1 and json.loads(r.stdout)["rollout"]["status"] == "aborted"
+    assert r.returncode == 0 and json.loads(r.stdout)["rollout"]["status"] == "aborted"  # the abort succeeded
     assert reg.traffic("m").weights == {"production": 100}
     t.join(timeout=30)
     assert result["final"]["status"] == "aborted" and result["final"]["reason"] == "changed my mind"
@@ -68,6 +68,16 @@ def test_a_waiting_rollout_shows_its_state_blocks_a_second_one_and_aborts(two_ve
         ro.Rollout(reg, "m", config, log=lambda m: None).resume()
     assert reg.get("m@production").version == 1
     assert any(e.kind == "rollout" and "changed my mind" in (e.reason or "") for e in reg.history("m"))
+
+
+def test_a_candidate_the_offline_gate_refused_is_not_rolled_out_and_that_exits_1(two_versions) -> None:  # type: ignore[no-untyped-def]
+    settings, reg = two_versions
+    reg.record("m", "gate", version=2, reason="offline gate failed: worse on the holdout",
+               details={"gate": "offline", "passed": False, "reason": "worse on the holdout"})
+    r = run_cli(["rollout", "m", "--json"], server_env(settings.home), check=False)
+    assert r.returncode == 1, r.stderr  # the operation failed; the command was not misused (that is 2)
+    assert "failed the offline gate: worse on the holdout" in json.loads(r.stdout.splitlines()[-1])["error"]
+    assert ro.status(reg.engine, "m") is None and reg.traffic("m").weights == {"production": 100}
 
 
 def test_a_step_without_enough_traffic_times_out_and_puts_the_weight_back(two_versions) -> None:  # type: ignore[no-untyped-def]
@@ -87,7 +97,7 @@ def test_a_rollout_whose_process_died_is_resumed_from_its_step(two_versions) -> 
     with reg.engine.begin() as conn:  # what a killed rollout leaves: running, at its second step
         from dataclasses import asdict
 
-        from shipyard.registry.schema import rollouts
+        from shipyard.store.schema import rollouts
 
         conn.execute(rollouts.insert().values(
             name="m", candidate=2, champion=1, steps=[10, 50, 100], step=1, status="running", config=asdict(config),

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from shipyard.registry import Registry
-from shipyard.registry.db import dispose_engines
+from shipyard.store.engine import dispose_engines
 
 from ..bundles import make_bundle, traffic_data
 from ..conftest import _free_port, run_cli
@@ -191,7 +191,7 @@ def test_the_prediction_log_counts_a_retried_request_once(topo: Topology) -> Non
 def _raw_chunks(engine):  # type: ignore[no-untyped-def]
     import sqlalchemy as sa
 
-    from shipyard.registry.schema import prediction_chunks as p
+    from shipyard.store.schema import prediction_chunks as p
 
     with engine.connect() as conn:
         return conn.execute(sa.select(p.c.request_ids).where(p.c.model == MODEL)).all()

@@ -13,11 +13,11 @@ import sqlalchemy as sa
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from shipyard.registry.db import MIGRATIONS, current_revision, dispose_engines, engine_for
-from shipyard.registry.schema import HEAD, run_metrics
 from shipyard.settings import Settings
-from shipyard.train import Recipe
-from shipyard.train.tracking import RunStore
+from shipyard.store.engine import MIGRATIONS, current_revision, dispose_engines, engine_for
+from shipyard.store.schema import HEAD, run_metrics
+from shipyard.training import Recipe
+from shipyard.training.tracking import RunStore
 
 
 @pytest.fixture(autouse=True)
@@ -73,8 +73,8 @@ WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
     from shipyard.settings import Settings
-    from shipyard.train import Recipe
-    from shipyard.train.tracking import RunStore
+    from shipyard.training import Recipe
+    from shipyard.training.tracking import RunStore
     home, url, tag = sys.argv[1], sys.argv[2] or None, sys.argv[3]
     store = RunStore(Settings(home=Path(home), database_url=url))
     for i in range(15):
@@ -117,7 +117,7 @@ def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_training_run_tracked_in_postgres(fresh_pg_url: str, tmp_path: Path) -> None:
-    from shipyard.train import get_run, train
+    from shipyard.training import get_run, train
 
     s = Settings(home=tmp_path / "home", database_url=fresh_pg_url)
     run = train(data="mnist-sample", epochs=1, settings=s, progress=False)

@@ -18,9 +18,9 @@ from alembic.config import Config
 
 from shipyard.errors import NotFound, UsageError
 from shipyard.registry import Deployment, Registry, RegistryConflict
-from shipyard.registry.db import MIGRATIONS, current_revision, dispose_engines
-from shipyard.registry.schema import HEAD
 from shipyard.settings import Settings
+from shipyard.store.engine import MIGRATIONS, current_revision, dispose_engines
+from shipyard.store.schema import HEAD
 
 from ..bundles import make_bundle
 from ..conftest import SHIPYARD, run_cli
@@ -215,6 +215,8 @@ def test_change_marker_moves_with_every_change_and_only_then(registry: Registry,
     assert registry.change_marker(["tiny"]) == m2
     assert registry.change_marker(["digits", "tiny"]) > both
     assert registry.change_marker("tiny") == m2  # type: ignore[arg-type]  # one name, not its letters
+    # None: every model (a server following every production alias), the same sum in one query
+    assert registry.change_marker(None) == registry.change_marker(["digits", "tiny"])
 
 
 def test_concurrent_changes_get_consecutive_revisions(registry: Registry) -> None:
@@ -409,7 +411,7 @@ def test_cli_against_postgresql(fresh_pg_url: str, cli_env: dict[str, str], tmp_
 
 
 def test_traffic_does_not_import_torch_or_onnxruntime(registered: Registry, cli_env: dict[str, str]) -> None:
-    code = ("import sys\nfrom shipyard.cli import app\n"
+    code = ("import sys\nfrom shipyard.cli.app import app\n"
             "for args in (['digits'], ['digits', 'production=50', 'candidate=50']):\n"
             "    try:\n        app(['traffic', *args, '--json'])\n    except SystemExit as e:\n"
             "        assert e.code == 0, e.code\n"

@@ -17,11 +17,11 @@ import sqlalchemy as sa
 import torch
 
 from shipyard.errors import ShipyardError, UsageError
-from shipyard.registry.db import engine_for
-from shipyard.registry.schema import runs as runs_table
 from shipyard.settings import Settings
-from shipyard.train import Recipe, get_run, train
-from shipyard.train.tracking import RunStore
+from shipyard.store.engine import engine_for
+from shipyard.store.schema import runs as runs_table
+from shipyard.training import Recipe, get_run, train
+from shipyard.training.tracking import RunStore
 
 from ..conftest import SHIPYARD
 

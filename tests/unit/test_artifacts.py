@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from shipyard.errors import NotFound, ShipyardError
-from shipyard.registry.artifacts import ArtifactStore
+from shipyard.store.artifacts import ArtifactStore
 
 
 def test_content_addressed(tmp_path: Path) -> None:
@@ -33,8 +33,8 @@ def test_corruption_and_absence_are_reported(tmp_path: Path) -> None:
 
 def test_open_store_names_the_backend(tmp_path: Path) -> None:
     from shipyard.errors import ConfigError
-    from shipyard.registry.artifacts import S3ArtifactStore, open_store
     from shipyard.settings import Settings
+    from shipyard.store.artifacts import S3ArtifactStore, open_store
 
     assert open_store(Settings(home=tmp_path)).root == tmp_path / "artifacts"
     assert open_store(Settings(home=tmp_path, artifacts=f"file://{tmp_path}/shared")).root == tmp_path / "shared"
@@ -56,8 +56,8 @@ def test_settings_read_the_store_from_the_environment() -> None:
 
 
 def test_a_file_url_is_percent_decoded_and_a_relative_path_resolved(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from shipyard.registry.artifacts import open_store
     from shipyard.settings import Settings
+    from shipyard.store.artifacts import open_store
 
     assert open_store(Settings(home=tmp_path, artifacts=f"file://{tmp_path}/with%20space")).root == \
         tmp_path / "with space"

@@ -1,8 +1,8 @@
 import pytest
 
 from shipyard.errors import UsageError
-from shipyard.optimize.choose import choose
-from shipyard.optimize.evaluate import Measured
+from shipyard.optimizing.choose import choose
+from shipyard.optimizing.evaluate import Measured
 
 
 def m(name: str, acc: float, size: int, p50: float, thr: float) -> Measured:

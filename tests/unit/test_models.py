@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shipyard.errors import ConfigError, UsageError
-from shipyard.train.models import build_model
+from shipyard.training.zoo import build_model
 
 
 def test_mlp_is_the_canonical_network() -> None:

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from shipyard.errors import ConfigError
-from shipyard.train.recipe import Recipe
+from shipyard.training.recipe import Recipe
 
 
 def test_defaults_are_the_canonical_recipe() -> None:

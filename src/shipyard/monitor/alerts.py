@@ -48,8 +48,8 @@ import sqlalchemy as sa
 
 from shipyard import _toml
 from shipyard.errors import ConfigError
-from shipyard.monitor import predlog, stats
-from shipyard.registry.schema import alerts, monitor_windows
+from shipyard.monitor import feedback, stats
+from shipyard.store.schema import alerts, monitor_windows
 
 log = logging.getLogger("shipyard.monitor")
 
@@ -287,7 +287,7 @@ def _accuracy(engine: sa.Engine, rule: Rule, name: str, version: int, state: dic
     if rule.source == "estimated":
         value, n = acc.get("estimated"), state.get("window", {}).get("n", 0)
     else:
-        got = predlog.accuracy(engine, name, version=version, last=rule.last)
+        got = feedback.accuracy(engine, name, version=version, last=rule.last)
         value, n = got["realised"], got["n_labels"]
         if n < rule.min_labels:
             value = None
@@ -399,3 +399,27 @@ class Alerter:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+# -- readers: `monitor status`, `monitor trace` ----------------------------------------------------
+def recent(engine: sa.Engine, name: str, *, include_resolved: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+    """The firing alerts of `name` (with `include_resolved`, all of them), newest first."""
+    q = sa.select(alerts).where(alerts.c.model == name)
+    if not include_resolved:
+        q = q.where(alerts.c.status == "firing")
+    with engine.connect() as conn:
+        rows = conn.execute(q.order_by(alerts.c.opened_at.desc()).limit(limit)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def open_at(engine: sa.Engine, name: str, version: int, ts: float, *, window_id: int | None = None
+            ) -> list[dict[str, Any]]:
+    """The alerts of `name` (of the model, or of this version) that were open at `ts`, plus the
+    drift alerts that window `window_id` took part in, oldest first."""
+    with engine.connect() as conn:
+        candidates = conn.execute(sa.select(alerts).where(
+            alerts.c.model == name, sa.or_(alerts.c.version.is_(None), alerts.c.version == version),
+            sa.or_(alerts.c.resolved_at.is_(None), alerts.c.resolved_at >= ts))
+            .order_by(alerts.c.opened_at)).mappings().all()
+    return [dict(a) for a in candidates if a["opened_at"] <= ts or (
+        window_id is not None and window_id in (a["details"] or {}).get("windows", []))]

@@ -10,10 +10,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from shipyard.errors import NotFound
+from shipyard.monitor import alerts as alerts_mod
 from shipyard.monitor import evaluator as evaluator_mod
 from shipyard.monitor import stats
-from shipyard.registry import leases
-from shipyard.registry.schema import alerts
+from shipyard.store import leases
 
 #: `status` sums serving over this many seconds (every worker of every replica)
 SERVING_SPAN_S = 300
@@ -31,10 +31,7 @@ class Monitor:
         self.engine: sa.Engine = registry.engine
 
     def _model(self, name: str) -> Any:
-        model = next((m for m in self.registry.list() if m.name == name), None)
-        if model is None:
-            raise NotFound(f"no model {name!r} (see `shipyard models list`)")
-        return model
+        return self.registry.model(name)  # NotFound names the model
 
     def status(self, name: str) -> dict[str, Any]:
         """Per evaluated version: drift (input / prediction / confidence → score, p_value,
@@ -60,12 +57,7 @@ class Monitor:
 
     def alerts(self, name: str, *, include_resolved: bool = False, limit: int = 100) -> list[dict[str, Any]]:
         """Open alerts of `name` (newest first), or all of them."""
-        q = sa.select(alerts).where(alerts.c.model == name)
-        if not include_resolved:
-            q = q.where(alerts.c.status == "firing")
-        with self.engine.connect() as conn:
-            rows = conn.execute(q.order_by(alerts.c.opened_at.desc()).limit(limit)).mappings().all()
-        return [dict(r) for r in rows]
+        return alerts_mod.recent(self.engine, name, include_resolved=include_resolved, limit=limit)
 
     def windows(self, name: str, *, since: float | None = None, version: int | None = None) -> list[dict[str, Any]]:
         """Evaluated windows, oldest first (the report's and dashboard's drift history)."""
@@ -90,10 +82,10 @@ class Monitor:
         """Where one logged prediction came from and what it fell in: the version that answered,
         its bundle and variant, the training run and its data fingerprint, the label if one came,
         the evaluated window that holds it and the alerts open at the time."""
-        from shipyard.monitor import predlog
-        from shipyard.registry.schema import feedback, monitor_windows, runs
+        from shipyard.monitor import feedback, predlog
+        from shipyard.training.tracking import run_lineage
 
-        names = [model] if model else [m.name for m in self.registry.list()]
+        names = [model] if model else self.registry.model_names()
         if model:
             self._model(model)
         hit = None
@@ -113,23 +105,13 @@ class Monitor:
             mv = None  # the version was deleted since
         meta = mv.meta if mv is not None else {}
         classes = list(meta.get("classes") or [])
-        w = monitor_windows
-        with self.engine.connect() as conn:
-            label = conn.execute(sa.select(feedback.c.label, feedback.c.ts).where(
-                feedback.c.model == name, feedback.c.request_id == request_id)).first()
-            window = conn.execute(sa.select(w).where(w.c.model == name, w.c.version == version, w.c.ts_first <= ts,
-                                                     w.c.ts_last >= ts).order_by(w.c.id).limit(1)).mappings().first()
-            candidates = conn.execute(sa.select(alerts).where(
-                alerts.c.model == name, sa.or_(alerts.c.version.is_(None), alerts.c.version == version),
-                sa.or_(alerts.c.resolved_at.is_(None), alerts.c.resolved_at >= ts))
-                .order_by(alerts.c.opened_at)).mappings().all()
-            # alerts open when it was answered, and the drift alerts its own window took part in
-            open_alerts = [a for a in candidates if a["opened_at"] <= ts or (
-                window is not None and window["id"] in (a["details"] or {}).get("windows", []))]
-            run_id = mv.run_id if mv is not None else None
-            run = conn.execute(sa.select(runs.c.id, runs.c.status, runs.c.data_source, runs.c.data_fingerprint,
-                                         runs.c.recipe, runs.c.best_val_accuracy, runs.c.test_accuracy)
-                               .where(runs.c.id == run_id)).mappings().first() if run_id else None
+        label = feedback.label_of(self.engine, name, request_id)
+        window = evaluator_mod.window_at(self.engine, name, version, ts)
+        # alerts open when it was answered, and the drift alerts its own window took part in
+        open_alerts = alerts_mod.open_at(self.engine, name, version, ts,
+                                         window_id=window["id"] if window is not None else None)
+        run_id = mv.run_id if mv is not None else None
+        run = run_lineage(self.engine, run_id) if run_id else None
 
         def cls(i: int | None) -> str | None:
             return None if i is None else classes[i] if i < len(classes) else str(i)
@@ -137,8 +119,8 @@ class Monitor:
         lineage = meta.get("lineage") or {}
         return {
             "request_id": request_id, "model": name, "version": version, "time": ts, "predicted": cls(predicted),
-            "label": None if label is None else {"label": cls(label.label), "received_at": label.ts,
-                                                 "correct": label.label == predicted},
+            "label": None if label is None else {"label": cls(label[0]), "received_at": label[1],
+                                                 "correct": label[0] == predicted},
             "bundle": None if mv is None else {"sha256": mv.bundle_sha256, "variant": mv.variant,
                                                "size_bytes": mv.size_bytes, "aliases": mv.aliases,
                                                "registered_at": mv.created_at.isoformat()},
@@ -150,5 +132,5 @@ class Monitor:
                 "id": window["id"], "ts_first": window["ts_first"], "ts_last": window["ts_last"], "n": window["n"],
                 "alarm": window["alarm"], "drift": window["results"].get("drift", {}),
                 "estimated_accuracy": window["results"].get("estimated_accuracy")},
-            "alerts": [dict(a) for a in open_alerts],
+            "alerts": open_alerts,
         }

@@ -29,11 +29,12 @@ import numpy as np
 import sqlalchemy as sa
 
 from shipyard.monitor import alerts as alerts_mod
-from shipyard.monitor import drift, metrics
+from shipyard.monitor import drift, feedback, metrics
 from shipyard.monitor import predlog as predlog_mod
+from shipyard.monitor.config import MonitorConfig
 from shipyard.monitor.predlog import DEDUPE_SPAN_S
-from shipyard.registry import leases
-from shipyard.registry.schema import monitor_state, monitor_windows, prediction_chunks
+from shipyard.store import leases
+from shipyard.store.schema import monitor_state, monitor_windows, prediction_chunks
 
 log = logging.getLogger("shipyard.monitor")
 
@@ -63,41 +64,6 @@ class _Recent:
         while len(self.order) > self.size:
             self.at.pop(self.order.popleft(), None)
         return keep
-
-
-@dataclass(frozen=True)
-class MonitorConfig:
-    """How windows are cut and tested. Defaults suit the canonical model (see drift_bench)."""
-
-    window: int = 250  # predictions per window
-    max_age_s: float = 300.0  # a window older than this is evaluated with what it has …
-    min_window: int = 50  # … if it has at least this many
-    alpha: float = 0.002  # share of no-shift windows allowed to alarm (all three tests together)
-    draws: int = 2000  # calibration windows per window size
-    accuracy_last: int = 500  # realised accuracy over the newest N labelled predictions
-    accuracy_every_s: float = 5.0
-    tick_s: float = 1.0
-    max_windows_per_tick: int = 4  # beyond this many full windows per tick, the oldest rows are skipped
-    alerts_every_s: float = 5.0  # alert rules are checked this often, and after every window
-    lease_ttl_s: float = 10.0
-    retention_days: float = 30.0  # evaluated windows kept this long
-    dedupe_ids: int = 20_000  # request ids remembered per model to count a balancer's retry once
-    gap_s: float = 30.0  # how long the cursor waits at a hole in the log's ids (a commit still on its way)
-
-    def check(self) -> None:
-        problems = []
-        if self.window < 10:
-            problems.append(f"window must be at least 10 predictions, got {self.window}")
-        if not 2 <= self.min_window <= self.window:
-            problems.append(f"min_window must be in 2..window ({self.window}), got {self.min_window}")
-        if not 0 < self.alpha < 0.5:
-            problems.append(f"alpha must be in (0, 0.5), got {self.alpha}")
-        if self.draws < 100:
-            problems.append(f"draws must be at least 100, got {self.draws}")
-        if self.tick_s <= 0 or self.lease_ttl_s <= 2 * self.tick_s:
-            problems.append(f"lease_ttl_s ({self.lease_ttl_s}) must exceed twice tick_s ({self.tick_s})")
-        if problems:
-            raise ValueError("; ".join(problems))
 
 
 @dataclass
@@ -327,7 +293,7 @@ class Evaluator:
                 windows.extend(self._windows(name, version, v, now, stale))
             if now - v.accuracy_at >= c.accuracy_every_s:
                 v.accuracy_at = now
-                v.accuracy = predlog_mod.accuracy(self.engine, name, version=version, last=c.accuracy_last,
+                v.accuracy = feedback.accuracy(self.engine, name, version=version, last=c.accuracy_last,
                                                   classes=v.classes or None)
             states[version] = self._state(name, version, v, now)
         self._persist(name, windows, states, now)
@@ -458,3 +424,12 @@ def windows(engine: sa.Engine, name: str, *, since: float | None = None, version
     with engine.connect() as conn:
         rows = conn.execute(q.order_by(w.c.ts_last.desc(), w.c.id.desc()).limit(limit)).mappings().all()
     return [dict(r) for r in reversed(rows)]
+
+
+def window_at(engine: sa.Engine, name: str, version: int, ts: float) -> dict[str, Any] | None:
+    """The first evaluated window of `name@version` that spans `ts` (None when none does)."""
+    w = monitor_windows
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(w).where(w.c.model == name, w.c.version == version, w.c.ts_first <= ts,
+                                              w.c.ts_last >= ts).order_by(w.c.id).limit(1)).mappings().first()
+    return dict(row) if row is not None else None

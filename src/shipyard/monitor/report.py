@@ -8,12 +8,14 @@ from __future__ import annotations
 import math
 import time
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipyard.monitor import charts, stats
 from shipyard.monitor import evaluator as evaluator_mod
-from shipyard.monitor.api import Monitor
 from shipyard.monitor.drift import TESTS
+
+if TYPE_CHECKING:  # api imports this module to write the report
+    from shipyard.monitor.api import Monitor
 
 
 def collect(monitor: Monitor, name: str, *, since: float, step_s: float | None = None) -> dict[str, Any]:
@@ -31,7 +33,7 @@ def collect(monitor: Monitor, name: str, *, since: float, step_s: float | None =
     with engine.connect() as conn:
         import sqlalchemy as sa
 
-        from shipyard.registry.schema import alerts
+        from shipyard.store.schema import alerts
 
         alert_rows = [dict(r) for r in conn.execute(
             sa.select(alerts).where(alerts.c.model == name, sa.or_(alerts.c.resolved_at.is_(None),

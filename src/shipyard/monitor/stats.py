@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from shipyard.registry.schema import serving_stats
+from shipyard.store.schema import serving_stats
 
 # upper bounds in milliseconds; the last bucket is everything slower
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, math.inf)

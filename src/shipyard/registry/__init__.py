@@ -1,18 +1,19 @@
-"""The registry stage: the one SQL database, the content-addressed artifact store, and the model
-registry (`Registry`) on top of them."""
+"""The model registry: names and references (`refs`), what it returns (`records`), the trial load
+(`trial`), the `Registry` itself (`registry`: versions, aliases, history) with its traffic split
+(`deployments`) and local bundle cache (`cache`). Its tables, the database and the artifact store
+are in `shipyard.store`; `ArtifactStore` and `engine_for` are re-exported from there."""
 
-from shipyard.registry.artifacts import ArtifactStore
-from shipyard.registry.db import engine_for
-from shipyard.registry.models import (
+from shipyard.registry.records import (
     AliasChange,
     Comparison,
     Deployment,
     Model,
     ModelEvent,
     ModelVersion,
-    Registry,
     RegistryConflict,
 )
+from shipyard.registry.registry import Registry
+from shipyard.store import ArtifactStore, engine_for
 
 __all__ = ["AliasChange", "ArtifactStore", "Comparison", "Deployment", "Model", "ModelEvent", "ModelVersion",
            "Registry", "RegistryConflict", "engine_for"]

@@ -1,2 +1,4 @@
-"""The `serve` stage. Today: the protocol-agnostic core (codec, runtime, handlers); the HTTP
-server on top of it comes next. Nothing here imports torch."""
+"""The `serve` stage: `config` (ServeConfig, every knob), `http` (the ASGI transport and its route
+table), `dataplane` (inference, feedback, traffic, shadow), `follow` (the registry), `fleet`
+(what is served), `runtime` (ONNX Runtime), `batching`, `codec` (V2/v1 bytes), `supervisor` (the
+worker processes) and `k8s`. `app.create_app` puts them together. Nothing here imports torch."""

@@ -17,12 +17,14 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipyard.errors import NotFound, ShipyardError, UsageError
 from shipyard.monitor import metrics
-from shipyard.serve.batching import INLINE_LIMIT_S, BatchConfig, Batcher
 from shipyard.serve.runtime import ModelRuntime
+
+if TYPE_CHECKING:
+    from shipyard.registry import Registry
 
 log = logging.getLogger("shipyard.serve")
 
@@ -102,16 +104,12 @@ class Fleet:
     """Every model this process serves. `registry` is a `shipyard.registry.Registry`; `specs`
     None means every model that has a `production` alias (looked up at each refresh)."""
 
-    def __init__(self, registry: Any, specs: list[Spec] | None, *, threads: int = 1,
-                 batching: BatchConfig | None = None, metrics_enabled: bool = True,
-                 runtime_factory: Callable[..., ModelRuntime] = ModelRuntime) -> None:
+    def __init__(self, registry: Registry, specs: list[Spec] | None, *, threads: int = 1,
+                 on_load: Callable[[ModelRuntime], None] | None = None) -> None:
         self.registry = registry
         self.specs = specs
         self.threads = threads
-        self.batching = (batching or BatchConfig()).checked()
-        self.runtime_factory = runtime_factory
-        self.metrics_enabled = metrics_enabled
-        self.results_hook: Callable[..., None] | None = None  # the prediction log's record_batch
+        self.on_load = on_load  # wires each loaded version for serving (the data plane's batcher and log)
         self.served: dict[str, Served] = {}
         self.loaded: dict[tuple[str, int], ModelRuntime] = {}  # (name, version) → runtime, shared by routes
         self.retired: list[ModelRuntime] = []
@@ -126,7 +124,7 @@ class Fleet:
     def _specs(self) -> list[Spec]:
         if self.specs is not None:
             return self.specs
-        found = [Spec(m.name) for m in self.registry.list() if "production" in m.aliases]
+        found = [Spec(n) for n in self.registry.model_names(alias="production")]
         return [s for s in found if s.name not in self.excluded and s.name not in self.extra] + \
             list(self.extra.values())
 
@@ -151,8 +149,9 @@ class Fleet:
             t0 = time.perf_counter()
             try:
                 bundle = self.registry.load(f"{name}@{version}")  # verifies the stored bundle
-                rt = self.runtime_factory(bundle, version=version, name=name, threads=self.threads)
-                self._attach_batcher(rt)
+                rt = ModelRuntime(bundle, version=version, name=name, threads=self.threads)
+                if self.on_load is not None:
+                    self.on_load(rt)
             except Exception:
                 metrics.MODEL_LOADS.labels(name, str(version), "failed").inc()
                 raise
@@ -160,23 +159,8 @@ class Fleet:
             metrics.MODEL_LOAD_SECONDS.labels(name).observe(time.perf_counter() - t0)
             log.info("loaded %s version %d (%s) in %.2f s; batching %s", name, version,
                      bundle.meta.get("variant"), time.perf_counter() - t0,
-                     self.batching.to_dict() if self.batching.enabled else "off")
+                     rt.serving.get("batching", "off"))
         return rt
-
-    def _attach_batcher(self, rt: ModelRuntime) -> None:
-        cfg = self.batching
-        rt.serving["batching"] = cfg.to_dict()
-        if not cfg.enabled:
-            return
-        # a model whose full batch costs more than a couple of ms runs off the event loop
-        t0 = time.perf_counter()
-        rt.warm_batch(cfg.max_batch_size)
-        inline = time.perf_counter() - t0 < INLINE_LIMIT_S
-        on_batch = rt.serving_metrics = metrics.BatchMetrics(rt.name, str(rt.version))
-        hook = self.results_hook
-        rt.batcher = Batcher(rt.predict, cfg, inline=inline, on_batch=on_batch if self.metrics_enabled else None,
-                             on_results=(lambda tags, counts, f, p: hook(rt, tags, counts, f, p)) if hook else None)
-        rt.serving["batching"]["runs"] = "inline" if inline else "thread"
 
     def refresh(self) -> list[str]:
         """Bring every served name up to date with the registry; returns what changed. Safe to call
@@ -252,9 +236,9 @@ class Fleet:
     def check_marker(self) -> bool:
         """Whether anything changed in the registry for the served names since the last look
         (one indexed query; the poller calls this every interval)."""
-        # following every production alias (no specs), a model registered meanwhile counts too
-        names = [s.name for s in self.specs] if self.specs is not None else [m.name for m in self.registry.list()]
-        marker = self.registry.change_marker(names)
+        # following every production alias (no specs), a model registered meanwhile counts too:
+        # None asks for every model, in the same one query
+        marker = self.registry.change_marker([s.name for s in self.specs] if self.specs is not None else None)
         changed = marker != self.marker
         self.marker = marker
         return changed

@@ -35,7 +35,7 @@ from typing import Any
 
 from shipyard import _toml
 from shipyard.errors import ConfigError
-from shipyard.registry import leases
+from shipyard.store import leases
 from shipyard.update import rollout as ro
 
 ALERT_KINDS = ("drift", "accuracy", "error_rate", "latency_p99", "rejections")
@@ -207,9 +207,13 @@ class Autopilot:
         finally:
             leases.release(self.reg.engine, f"update:{self.name}", self.holder)
 
-    def run(self, *, once: bool = False) -> Decision:
+    def run(self, *, once: bool = False, on_decision: Callable[[Decision], None] | None = None) -> Decision:
+        """Step every `poll_s` until interrupted (or once), telling `on_decision` of each decision
+        as it is made (the CLI's JSON Lines)."""
         while True:
             d = self.step()
+            if on_decision is not None:
+                on_decision(d)
             if once:
                 return d
             time.sleep(self.policy.poll_s)

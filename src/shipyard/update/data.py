@@ -10,8 +10,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from shipyard.data.preprocess import PreprocessSpec
-from shipyard.monitor import predlog
-from shipyard.registry.schema import feedback
+from shipyard.monitor import feedback, predlog
 
 
 @dataclass(frozen=True)
@@ -45,9 +44,7 @@ class Labelled:
 def labelled(engine: sa.Engine, model: str, spec: PreprocessSpec, *, since: float | None = None,
              until: float | None = None) -> Labelled:
     """Every labelled prediction of `model` in the range whose input the log still keeps."""
-    with engine.connect() as conn:
-        labels = dict(conn.execute(sa.select(feedback.c.request_id, feedback.c.label)
-                                   .where(feedback.c.model == model)).all())
+    labels = feedback.labels(engine, model)
     logged = predlog.read(engine, model, since=since, until=until)
     keep = [i for i, rid in enumerate(logged.request_ids) if rid in labels]
     labels_total = len(keep)

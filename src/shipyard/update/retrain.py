@@ -152,7 +152,7 @@ def retrain(name: str, *, registry: Any = None, settings: Settings | None = None
 
 
 def _run_exists(settings: Settings, run_id: str) -> bool:
-    from shipyard.train import get_run
+    from shipyard.training import get_run
 
     try:
         get_run(run_id, settings=settings)

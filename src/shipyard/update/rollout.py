@@ -31,10 +31,10 @@ import numpy as np
 import sqlalchemy as sa
 
 from shipyard.errors import NotFound, ShipyardError, UsageError
-from shipyard.monitor import predlog, stats
-from shipyard.registry import leases
-from shipyard.registry.models import RegistryConflict
-from shipyard.registry.schema import feedback, rollouts
+from shipyard.monitor import feedback, predlog, stats
+from shipyard.registry import RegistryConflict
+from shipyard.store import leases
+from shipyard.store.schema import rollouts
 
 GATES = ("error_rate", "p99", "accuracy", "agreement")
 
@@ -43,6 +43,11 @@ class RolloutFailed(ShipyardError):
     """A gate failed or a step timed out: the candidate's weight is back to 0."""
 
     exit_code = 1
+
+
+class CandidateRefused(ShipyardError):
+    """The candidate failed its offline gate, so no rollout starts. The operation failed (exit 1);
+    the command was not misused."""
 
 
 @dataclass(frozen=True)
@@ -112,9 +117,7 @@ def _labelled_accuracy(engine: sa.Engine, name: str, version: int, since: float)
     logged = predlog.read(engine, name, since=since, version=version)
     if not len(logged):
         return None, 0
-    with engine.connect() as conn:
-        labels = dict(conn.execute(sa.select(feedback.c.request_id, feedback.c.label).where(
-            feedback.c.model == name, feedback.c.ts >= since)).all())
+    labels = feedback.labels(engine, name, since=since)
     hits = [(int(p), labels[r]) for r, p in zip(logged.request_ids, logged.predicted, strict=True) if r in labels]
     if not hits:
         return None, 0
@@ -261,8 +264,8 @@ class Rollout:
                 self.log(f"{cand.ref} has no offline verdict yet: comparing it with v{champ.version} now")
                 verdict = run_offline_gate(self.reg, self.name, cand.version)
             if not verdict["passed"]:
-                raise UsageError(f"{cand.ref} failed the offline gate: {verdict['reason']}; refusing to roll it out "
-                                 "(--no-offline-gate overrides)")
+                raise CandidateRefused(f"{cand.ref} failed the offline gate: {verdict['reason']}; refusing to roll it "
+                                       "out (--no-offline-gate overrides)")
         self._renew()
         current = status(self.engine, self.name)
         if current is not None and current["status"] == "running":

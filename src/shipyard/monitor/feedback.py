@@ -1,0 +1,110 @@
+"""The labels that come back for logged predictions (the `feedback` table): `record_feedback`
+joins them with the prediction log as they arrive; the read side serves realised accuracy,
+exports and traces."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from shipyard.monitor.predlog import find
+from shipyard.store.schema import feedback
+
+__all__ = ["FeedbackResult", "accuracy", "label_of", "labels", "record_feedback"]
+
+
+def labels(engine: sa.Engine, model: str, *, since: float | None = None) -> dict[str, int]:
+    """request id → class index of every label received for `model` (since `since`, unix seconds)."""
+    q = sa.select(feedback.c.request_id, feedback.c.label).where(feedback.c.model == model)
+    if since is not None:
+        q = q.where(feedback.c.ts >= since)
+    with engine.connect() as conn:
+        return {str(rid): int(label) for rid, label in conn.execute(q)}
+
+
+def label_of(engine: sa.Engine, model: str, request_id: str) -> tuple[int, float] | None:
+    """(class index, when it was received) of the label for one request id, or None."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(feedback.c.label, feedback.c.ts).where(
+            feedback.c.model == model, feedback.c.request_id == request_id)).first()
+    return None if row is None else (int(row.label), float(row.ts))
+
+
+@dataclass
+class FeedbackResult:
+    items: list[dict[str, Any]]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out = {"accepted": 0, "unknown": 0, "late": 0, "invalid": 0}
+        for item in self.items:
+            out[item["status"]] += 1
+        return out
+
+
+def record_feedback(engine: sa.Engine, model: str, classes: list[str], items: list[tuple[Any, Any]],
+                    *, horizon_s: float, now: float | None = None) -> FeedbackResult:
+    """Store true labels for earlier request ids of `model`. Each item is reported: accepted,
+    unknown (no logged prediction with that id), late (the prediction is older than the
+    horizon), or invalid (not one of the model's classes). A second label for one id replaces
+    the first. The join with the predictions happens here, in the database, so a label may
+    reach any worker."""
+    now = time.time() if now is None else now
+    index = {c: i for i, c in enumerate(classes)}
+    results: list[dict[str, Any]] = []
+    labels: dict[str, int] = {}
+    for rid, label in items:
+        key = str(label) if isinstance(label, (str, int)) and not isinstance(label, bool) else None
+        if key is None or key not in index:
+            results.append({"id": rid, "status": "invalid",
+                            "error": f"label {label!r} is not one of the model's classes {classes}"})
+        else:
+            labels[rid] = index[key]
+            results.append({"id": rid, "status": "accepted"})
+    if labels:
+        seen = find(engine, model, list(labels), since=now - horizon_s - 86400)
+        rows = []
+        for item in results:
+            rid = item["id"]
+            if item["status"] != "accepted":
+                continue
+            if rid not in seen:
+                item["status"] = "unknown"
+                item["error"] = f"no logged prediction of {model!r} has id {rid!r}"
+            elif now - seen[rid][0] > horizon_s:
+                item["status"] = "late"
+                item["error"] = f"the prediction is older than the feedback horizon ({horizon_s / 3600:g} h)"
+            else:
+                rows.append({"model": model, "request_id": rid, "label": labels[rid], "ts": now})
+        if rows:
+            with engine.begin() as conn:
+                conn.execute(feedback.delete().where(feedback.c.model == model,
+                                                     feedback.c.request_id.in_([r["request_id"] for r in rows])))
+                conn.execute(feedback.insert(), rows)
+    return FeedbackResult(results)
+
+
+def accuracy(engine: sa.Engine, model: str, *, version: int | None = None, last: int | None = None,
+             classes: list[str] | None = None) -> dict[str, Any]:
+    """Realised accuracy from labels joined with the log: overall and per true class, over the
+    `last` labelled predictions (all when None). A label counts even when the prediction's
+    input is no longer kept: the predicted class is in the log."""
+    labelled = labels(engine, model)
+    hits = find(engine, model, list(labelled)) if labelled else {}
+    rows = sorted(((ts, labelled[rid], pred) for rid, (ts, pred, v) in hits.items()
+                   if version is None or v == version), reverse=True)
+    if last is not None:
+        rows = rows[:last]
+    if not rows:
+        return {"n_labels": 0, "realised": None, "per_class": {}}
+    y = np.array([r[1] for r in rows])
+    pred = np.array([r[2] for r in rows])
+    per_class = {}
+    for c in np.unique(y):
+        name = classes[c] if classes and c < len(classes) else str(c)
+        per_class[name] = {"accuracy": float((pred[y == c] == c).mean()), "n": int((y == c).sum())}
+    return {"n_labels": len(rows), "realised": float((y == pred).mean()), "per_class": per_class}

@@ -1,0 +1,185 @@
+"""`optimize(run) -> Bundle`: export the run's best checkpoint, build and measure the variants,
+choose one by policy, and write the bundle with its reference profile."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import tempfile
+from contextlib import suppress
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from shipyard import bundle as bundle_mod
+from shipyard.bundle import Bundle
+from shipyard.data import PreprocessSpec, load
+from shipyard.errors import ShipyardError, UsageError
+from shipyard.monitor import reference
+from shipyard.optimizing import variants as V
+from shipyard.optimizing.choose import OBJECTIVES, choose
+from shipyard.optimizing.evaluate import Measured, measure, predict, session
+from shipyard.optimizing.export import INPUT, OUTPUT, check_parity, export_onnx, torch_probabilities
+from shipyard.registry.refs import check_name
+from shipyard.settings import Settings
+from shipyard.training.recipe import Recipe
+from shipyard.training.tracking import Run, RunStore
+from shipyard.training.zoo import build_model
+
+PARITY_SAMPLES = 1000
+
+
+def default_name(run: Run) -> str:
+    kind = run.data_source.split(":", 1)[0]
+    return re.sub(r"[^a-z0-9-]+", "-", f"{run.recipe.get('model', 'model')}-{kind}".lower()).strip("-")
+
+
+def optimize(run: Run | str, *, name: str | None = None, output: Path | None = None,
+             optimize_for: str = "throughput", variants: tuple[str, ...] = V.VARIANTS,
+             threads: int = 1, bench_seconds: float = 0.5, settings: Settings | None = None,
+             console: Console | None = None, lineage: dict[str, Any] | None = None,
+             reference_data: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> tuple[Bundle, list[Measured], str]:
+    """Returns the written bundle, the measured variants, and the reason for the choice.
+    `lineage` adds to the bundle's lineage (retraining: the parent version, the production
+    window trained on). `reference_data` (raw inputs, labels): the held-out data the reference
+    profile describes, instead of the validation split — a model retrained for a shifted world
+    is monitored against that world, not the one it left."""
+    settings = settings or Settings.from_env()
+    console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+    store = RunStore(settings)
+    run = store.get(run) if isinstance(run, str) else run
+    if run.status not in ("finished", "interrupted") or "checkpoint" not in run.artifacts:
+        raise UsageError(f"run {run.id} is {run.status} and has no checkpoint to optimize")
+    if unknown := [v for v in variants if v not in V.VARIANTS]:
+        raise UsageError(f"unknown variant(s) {unknown}: choose from {', '.join(V.VARIANTS)}")
+    if "fp32" not in variants:
+        raise UsageError("the fp32 variant is the accuracy reference; it cannot be left out")
+    if optimize_for not in OBJECTIVES:
+        raise UsageError(f"--optimize-for {optimize_for!r}: choose {' or '.join(OBJECTIVES)}")
+    name = check_name(name or default_name(run))
+    # the run's folder when it trained on this host, else one here (it trained elsewhere)
+    here = Path(run.run_dir) if run.run_dir and Path(run.run_dir).is_dir() else settings.runs_dir / run.id
+    dest = Path(output) if output else here / "bundle"
+    tarball = dest.name.endswith((".tar.gz", ".tgz"))
+    if output is not None and dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
+        raise UsageError(f"{dest}: already exists; choose a new path for the bundle")
+
+    recipe = Recipe.from_dict(run.recipe)
+    ds = load(recipe.data, label_column=recipe.label_column, standardize=recipe.standardize)  # type: ignore[arg-type]
+    if run.data_fingerprint and ds.fingerprint != run.data_fingerprint:
+        raise ShipyardError(f"the data behind {ds.source} changed since run {run.id} trained "
+                            f"(fingerprint {run.data_fingerprint[:12]} → {ds.fingerprint[:12]}); "
+                            "validation numbers would not be comparable")
+    splits = ds.split(recipe.val_fraction, recipe.split_seed)
+    spec = PreprocessSpec.from_dict(run.preprocess) if run.preprocess else ds.preprocess.fitted(splits.x_train)
+    x_train, x_val = spec.apply(splits.x_train), spec.apply(splits.x_val)
+    y_val = splits.y_val
+
+    weights = store.artifacts.get_bytes(run.artifacts["checkpoint"]["sha256"])
+    model = build_model(recipe.model, input_shape=spec.raw_shape, num_classes=len(ds.classes),
+                        args=recipe.model_args)
+    model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+    torch_val = torch_probabilities(model, x_val)
+
+    work = Path(tempfile.mkdtemp(prefix="shipyard-optimize-"))
+    try:
+        console.print(f"exporting run {run.id} to ONNX …")
+        raw_path = work / "exported.onnx"
+        exporter = export_onnx(model, spec.num_features, raw_path)
+        files: dict[str, Path] = {"fp32": V.fp32_optimized(raw_path, work / "fp32.onnx")}
+        parity = {
+            "exported": check_parity(torch_val[:PARITY_SAMPLES], predict(session(raw_path), x_val[:PARITY_SAMPLES]),
+                                     "exported model"),
+        }
+        if "int8-dynamic" in variants:
+            files["int8-dynamic"] = V.int8_dynamic(raw_path, work / "int8-dynamic.onnx", work)
+        if "int8-static" in variants:
+            rng = np.random.default_rng(recipe.seed)
+            calib = x_train[rng.choice(len(x_train), min(V.CALIBRATION_SAMPLES, len(x_train)), replace=False)]
+            files["int8-static"] = V.int8_static(raw_path, work / "int8-static.onnx", work, calib)
+
+        measured: list[Measured] = []
+        probs: dict[str, np.ndarray] = {}
+        for vname, path in files.items():
+            console.print(f"measuring {vname} …")
+            m, p = measure(vname, path, x_val, y_val, threads=threads, seconds=bench_seconds)
+            if vname == "fp32":
+                m.max_abs_diff = check_parity(torch_val[:PARITY_SAMPLES], p[:PARITY_SAMPLES], "fp32 variant")
+            measured.append(m)
+            probs[vname] = p
+        for m in measured:
+            if m.name != "fp32":
+                m.agreement = float((probs[m.name].argmax(1) == probs["fp32"].argmax(1)).mean())
+        chosen, reason = choose(measured, optimize_for)
+        chosen.chosen = True
+        console.print(f"chose [bold]{chosen.name}[/]: {reason}")
+
+        ref_x, ref_probs, ref_y, ref_from = x_val, probs[chosen.name], y_val, "validation split"
+        if reference_data is not None and len(reference_data[1]) >= 200:
+            ref_x = spec.apply(reference_data[0])
+            ref_probs = predict(session(files[chosen.name]), ref_x)
+            ref_y, ref_from = np.asarray(reference_data[1]), f"{len(ref_x)} labelled production samples"
+        ref = reference.build(x_train, ref_probs, ref_y, seed=recipe.seed, x_val=ref_x)
+        from shipyard.monitor import drift
+        from shipyard.monitor.evaluator import MonitorConfig
+
+        # the drift thresholds for the usual window sizes, so a server never calibrates them itself
+        ref["drift_thresholds"] = drift.precalibrate(ref, alpha=MonitorConfig.alpha, draws=MonitorConfig.draws)
+        ref_path = work / "reference.npz"
+        np.savez_compressed(ref_path, **ref)  # type: ignore[arg-type]
+        meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads,
+                     exporter, parity, reference.summary(ref))
+        meta["lineage"].update(lineage or {})
+        meta["reference"]["held_out"] = ref_from
+        staging = work / "staging"
+        bundle_mod.write(staging, meta, {bundle_mod.MODEL: files[chosen.name], bundle_mod.WEIGHTS: weights,
+                                         bundle_mod.REFERENCE: ref_path})
+        if tarball:
+            bundle_mod.pack(staging, dest)
+            result = Bundle.load(dest, unpack_to=Path(tempfile.mkdtemp(prefix="shipyard-bundle-")))
+        else:  # the run's own bundle folder is ours to replace; a user's path must be new
+            result = bundle_mod.place(staging, dest, replace=output is None)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result, measured, reason
+
+
+def _meta(name: str, run: Run, classes: list[str], spec: PreprocessSpec, chosen: Measured,
+          measured: list[Measured], reason: str, objective: str, threads: int, exporter: str,
+          parity: dict[str, float], ref_summary: dict[str, Any]) -> dict[str, Any]:
+    inputs = bundle_mod.signature_inputs(INPUT, [spec.num_features], spec)
+    versions = dict(run.library_versions or {})
+    for dist in ("onnx", "onnxruntime"):
+        with suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    return {
+        "name": name,
+        "created_at": datetime.now(UTC).isoformat(),
+        "signature": {
+            "inputs": inputs,
+            "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": [-1, len(classes)]}],
+            "onnx_input": INPUT,
+        },
+        "classes": classes,
+        "preprocess": spec.to_dict(),
+        "variant": chosen.name,
+        "variants": [m.to_dict() for m in measured],
+        "choice": {"objective": objective, "reason": reason, "threads": threads},
+        "metrics": {"val_accuracy": chosen.accuracy, "test_accuracy": run.test_accuracy,
+                    "train_best_val_accuracy": run.best_val_accuracy},
+        "parity": {**parity, "tolerance": 1e-4},
+        "lineage": {
+            "run_id": run.id, "parent_version": None, "data_source": run.data_source,
+            "data_fingerprint": run.data_fingerprint, "library_versions": versions,
+            "recipe": run.recipe, "exporter": exporter,
+        },
+        "retrainable": True,
+        "reference": ref_summary,
+    }

@@ -1,0 +1,53 @@
+"""torch → ONNX with the softmax inside the graph and a dynamic batch axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from shipyard.optimizing._common import INPUT, OUTPUT, PARITY_TOLERANCE, check_parity, quiet
+
+__all__ = ["INPUT", "OUTPUT", "PARITY_TOLERANCE", "check_parity", "export_onnx", "quiet", "torch_probabilities"]
+
+OPSET = 18
+
+
+class _WithSoftmax(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
+
+def export_onnx(model: nn.Module, num_features: int, path: Path) -> str:
+    """Write `model` (logits out) as ONNX with `probabilities` out; returns the exporter used.
+    The torch.export-based exporter first; the TorchScript one for models it cannot trace."""
+    wrapped = _WithSoftmax(model).eval()
+    example = (torch.rand(2, num_features),)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with quiet("torch.onnx"):
+        try:
+            torch.onnx.export(
+                wrapped, example, str(path), input_names=[INPUT], output_names=[OUTPUT],
+                dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                opset_version=OPSET, external_data=False, verbose=False,
+            )
+            return "torch.export"
+        except Exception:  # noqa: BLE001 - any tracing failure: try the other exporter
+            torch.onnx.export(
+                wrapped, example, str(path), input_names=[INPUT], output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, dynamo=False,
+                opset_version=17,
+            )
+            return "torchscript"
+
+
+def torch_probabilities(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    model.eval()
+    with torch.inference_mode():
+        return torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()

@@ -1,0 +1,367 @@
+"""The data plane: what the server does, whatever the transport. Inference (V2 and v1), feedback,
+traffic, shadow copies, model metadata and the repository, over decoded requests; callable
+in-process (`await plane.infer_v2("digits", None, decode_v2(body))`), and by `serve/http.py`,
+which only turns bytes into these calls and their answers back into bytes and status codes.
+
+Batching and the prediction log are wired in one place, `_on_load`, when a model version is
+loaded: every runtime gets its batcher and its log hook there, and nowhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shipyard.errors import BadRequest, NotFound, Overloaded, UsageError
+from shipyard.monitor import metrics
+from shipyard.monitor import stats as stats_mod
+from shipyard.monitor.feedback import record_feedback
+from shipyard.monitor.predlog import PredictionLog
+from shipyard.monitor.stats import ServingStats
+from shipyard.serve.batching import INLINE_LIMIT_S, BatchConfig, Batcher
+from shipyard.serve.codec import InferRequest, dumps, encode_v2
+from shipyard.serve.fleet import Fleet, Spec
+from shipyard.serve.runtime import LABEL, ModelRuntime
+
+log = logging.getLogger("shipyard.serve")
+OUTPUTS = ("probabilities", LABEL)
+MAX_FEEDBACK = 10_000
+_PREFIX = os.urandom(6).hex()
+_COUNTER = itertools.count(1)
+
+
+def request_id(rid: str | None) -> str:
+    """The client's id (the V2 body's `id`, else an `X-Request-ID` header: a load balancer sets
+    one per client request and keeps it when it retries, so the prediction log can tell a retry
+    from a new request), or a new one: a random per-process prefix and a counter (unique across
+    workers and restarts, and ten times cheaper than uuid4 on the hot path)."""
+    if not rid:
+        return f"{_PREFIX}-{next(_COUNTER)}"
+    if len(rid) > 256 or not (rid.isascii() and rid.isprintable()):
+        raise BadRequest("a request id must be at most 256 printable ASCII characters")
+    return rid
+
+
+@dataclass(slots=True)
+class Answer:
+    """An inference answer: the encoded body, which version answered, and the request id."""
+
+    body: bytes
+    model: str
+    version: str
+    rid: str
+    binary_header: int | None = None  # the JSON header's length when outputs travel as binary
+
+
+class DataPlane:
+    """Every model this process serves, and what can be asked of them."""
+
+    def __init__(self, fleet: Fleet, *, batching: BatchConfig | None = None, predlog: PredictionLog | None = None,
+                 evaluator: Any = None, feedback_horizon_s: float = 7 * 86400, metrics_enabled: bool = True) -> None:
+        self.fleet = fleet
+        self.batching = (batching or BatchConfig()).checked()
+        self.predlog = predlog
+        self.evaluator = evaluator  # a monitor.evaluator.Evaluator: computes when it holds the lease
+        self.feedback_horizon_s = feedback_horizon_s
+        self.request_metrics = metrics.RequestMetrics(metrics_enabled)
+        # the same counts, every few seconds into the database (alert rules, status, report, dashboard)
+        self.serving_stats = ServingStats() if metrics_enabled else None
+        if self.serving_stats is not None:
+            self.request_metrics.sink = self.serving_stats.add
+        self.shadow_stats = {"mirrored": 0, "dropped": 0, "compared": 0, "agreed": 0, "failed": 0}
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        fleet.on_load = self._on_load
+
+    # -- model loading ------------------------------------------------------------------------
+    def _on_load(self, rt: ModelRuntime) -> None:
+        """Wire a freshly loaded version: its batcher (or none) and its prediction-log hook."""
+        cfg = self.batching
+        rt.serving["batching"] = cfg.to_dict()
+        if not cfg.enabled:
+            return
+        # a model whose full batch costs more than a couple of ms runs off the event loop
+        t0 = time.perf_counter()
+        rt.warm_batch(cfg.max_batch_size)
+        inline = time.perf_counter() - t0 < INLINE_LIMIT_S
+        on_batch = rt.serving_metrics = metrics.BatchMetrics(rt.name, str(rt.version))
+        plog = self.predlog
+        rt.batcher = Batcher(rt.predict, cfg, inline=inline,
+                             on_batch=on_batch if self.request_metrics.enabled else None,
+                             on_results=(lambda tags, counts, f, p: plog.record_batch(rt, tags, counts, f, p))
+                             if plog is not None else None)
+        rt.serving["batching"]["runs"] = "inline" if inline else "thread"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.predlog is not None:
+            self.predlog.start()
+        if self.evaluator is not None:
+            self.evaluator.start()
+
+    @property
+    def busy(self) -> bool:
+        """Queued batches or shadow copies still running (drain waits for them)."""
+        return bool(self._shadow_tasks) or any(
+            rt.batcher is not None and not rt.batcher.idle for rt in self.runtimes())
+
+    def runtimes(self) -> list[ModelRuntime]:
+        return [*self.fleet.loaded.values(), *self.fleet.retired]
+
+    async def stop(self) -> None:
+        """After the drain: close the batchers, write what the log holds, stop evaluating."""
+        for rt in self.runtimes():
+            if rt.batcher is not None:
+                rt.batcher.close()
+        if self.predlog is not None:
+            await self.predlog.stop()
+        if self.evaluator is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.evaluator.stop)
+        self.export_metrics(final=True)
+        metrics.worker_exited(os.getpid())
+
+    # -- inference ----------------------------------------------------------------------------
+    async def _predict(self, rt: ModelRuntime, features: np.ndarray, rid: str | None = None) -> np.ndarray:
+        """The model's probabilities; `rid` (None for shadow copies) tags the request for the
+        prediction log, which batched requests reach through the batcher's hook."""
+        batcher = rt.batcher
+        if batcher is None:
+            probs = rt.predict(features)
+            if rid is not None and self.predlog is not None:
+                self.predlog.record(rt, rid, features, probs)
+            return probs
+        return await batcher.infer(features, rid)
+
+    async def infer_v2(self, name: str, version: str | None, request: InferRequest, *, key: bytes | None = None,
+                       request_id_header: str | None = None, runtime: ModelRuntime | None = None) -> Answer:
+        """A V2 inference request; `key` pins a traffic split's choice (sticky routing); `runtime`:
+        the version already chosen for it (`pick`), so a transport can refuse an unknown model
+        before it reads the body."""
+        rt = runtime or self.fleet.get(name, version, key)
+        if len(request.inputs) != 1:
+            names = [t.name for t in request.inputs]
+            raise BadRequest(f"send exactly one input (features or the raw form), got {len(names)}: {names}")
+        tensor = request.inputs[0]
+        features = rt.features(tensor.name, tensor.array)
+        wanted = request.binary_outputs or dict.fromkeys(OUTPUTS, request.binary_default)
+        if request.binary_outputs and (unknown := [n for n in wanted if n not in OUTPUTS]):
+            raise BadRequest(f"model {rt.name!r} has no output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
+        rid = request_id(request.id or request_id_header)
+        probs = await self._predict(rt, features, rid)
+        outputs = [(out, probs if out == "probabilities" else rt.labels(probs), binary)
+                   for out, binary in wanted.items()]
+        v = str(rt.version)
+        body, header = encode_v2(rt.name, v if rt.version is not None else None, rid, outputs)
+        if version is None:
+            self._mirror(name, rt, features, probs)
+        return Answer(body, rt.name, v, rid, header)
+
+    async def predict_v1(self, name: str, instances: np.ndarray, *, key: bytes | None = None,
+                         request_id_header: str | None = None, runtime: ModelRuntime | None = None) -> Answer:
+        """`{"instances": …}` → `{"predictions": [{"label", "probabilities"}, …]}`. The instance
+        shape says which input it is: ready features, or the raw form (e.g. 28×28 pixels)."""
+        rt = runtime or self.fleet.get(name, None, key)
+        features = _v1_features(rt, instances)
+        rid = request_id(request_id_header)
+        probs = await self._predict(rt, features, rid)
+        self._mirror(name, rt, features, probs)
+        labels = rt.labels(probs)
+        version = str(rt.version) if rt.version is not None else None
+        body = dumps({"predictions": [{"label": str(lab), "probabilities": p}
+                                      for lab, p in zip(labels, probs, strict=True)],
+                      "model_name": rt.name, "model_version": version, "id": rid})
+        return Answer(body, rt.name, str(rt.version), rid)
+
+    # -- shadow -------------------------------------------------------------------------------
+    def _mirror(self, name: str, primary: ModelRuntime, features: np.ndarray, probs: np.ndarray) -> None:
+        """Send a copy to the model's shadow, if it has one; never delays the primary answer (its
+        own bounded queue: when full the copy is dropped and counted)."""
+        table = self.fleet.served.get(name)
+        if table is None or table.shadow is None:
+            return
+        self.shadow_stats["mirrored"] += 1
+        labels = primary.labels(probs)  # only when there is a shadow to compare with
+        task = asyncio.get_running_loop().create_task(self._shadow(table.shadow.runtime, features, labels))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, rt: ModelRuntime, features: np.ndarray, labels: np.ndarray) -> None:
+        try:
+            probs = await self._predict(rt, features, None)
+        except Overloaded:
+            self.shadow_stats["dropped"] += 1
+            metrics.SHADOW.labels(rt.name, "dropped").inc()
+            return
+        except Exception as e:  # noqa: BLE001 - a failing shadow is counted, never seen by clients
+            self.shadow_stats["failed"] += 1
+            metrics.SHADOW.labels(rt.name, "failed").inc()
+            log.warning("shadow %s version %s failed: %s", rt.name, rt.version, e)
+            return
+        theirs = rt.labels(probs)
+        agreed = int((theirs == labels).sum())
+        self.shadow_stats["compared"] += len(theirs)
+        self.shadow_stats["agreed"] += agreed
+        metrics.SHADOW.labels(rt.name, "compared").inc(len(theirs))
+        metrics.SHADOW.labels(rt.name, "agreed").inc(agreed)
+
+    # -- feedback -----------------------------------------------------------------------------
+    async def feedback(self, name: str, doc: Any) -> tuple[int, dict[str, Any]]:
+        """`{"feedback": [{"id": REQUEST_ID, "label": CLASS}, …]}`: true labels for earlier
+        predictions, joined with the prediction log in the database (any worker may hold it).
+        Returns (status, document): 200 with counts, or the one item's error status."""
+        rt = self.fleet.get(name)
+        plog = self.predlog
+        if plog is None:
+            raise NotFound("this server keeps no prediction log (started with --no-log), so it takes no feedback")
+        items = doc.get("feedback") if isinstance(doc, dict) else None
+        if not isinstance(items, list) or not items:
+            raise BadRequest('send {"feedback": [{"id": REQUEST_ID, "label": CLASS}, …]}')
+        if len(items) > MAX_FEEDBACK:
+            raise BadRequest(f"at most {MAX_FEEDBACK:,} labels per request, got {len(items):,}")
+        pairs = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str) or "label" not in item:
+                raise BadRequest(f"feedback[{i}] needs a string 'id' and a 'label'")
+            pairs.append((item["id"], item["label"]))
+        loop = asyncio.get_running_loop()
+        classes = [str(c) for c in rt.classes]
+
+        def store(batch: list[tuple[Any, Any]]) -> Any:
+            plog.flush()  # this worker's own recent predictions first
+            return record_feedback(plog.engine, name, classes, batch, horizon_s=self.feedback_horizon_s)
+
+        result = await loop.run_in_executor(None, store, pairs)
+        # another worker may not have written its log yet: look again until its flush is surely done
+        deadline = loop.time() + plog.config.flush_s * 2 + 0.2
+        labels = dict(pairs)
+        while (unknown := [(it["id"], labels[it["id"]]) for it in result.items if it["status"] == "unknown"]) \
+                and loop.time() < deadline:
+            await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
+            retry = {it["id"]: it for it in (await loop.run_in_executor(None, store, unknown)).items}
+            result.items = [retry.get(it["id"], it) if it["status"] == "unknown" else it for it in result.items]
+        counts = result.counts
+        for outcome, n in counts.items():
+            if n:
+                metrics.FEEDBACK.labels(name, outcome).inc(n)
+        if len(result.items) == 1 and counts["accepted"] == 0:
+            status = {"unknown": 404, "late": 410, "invalid": 400}[result.items[0]["status"]]
+            return status, {"error": result.items[0]["error"], **counts}
+        return 200, {**counts, "items": [it for it in result.items if it["status"] != "accepted"]}
+
+    # -- models and the repository -----------------------------------------------------------
+    def metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        rt = self.fleet.get(name, version)
+        meta = rt.metadata()
+        table = self.fleet.served.get(name)
+        if table is not None:
+            meta["parameters"]["deployment"] = table.describe()
+        if rt.batcher is not None:
+            live: dict[str, Any] = {"current_delay_ms": round(rt.batcher.delay_s * 1000, 3),
+                                    "stats": dict(rt.batcher.stats)}
+            if rt.batcher.controller is not None:
+                live["decisions"] = {**rt.batcher.controller.counts,
+                                     "last": list(rt.batcher.controller.decisions)[-5:]}
+            meta["parameters"]["batching"] = {**meta["parameters"]["batching"], **live}
+        return meta
+
+    def pick(self, name: str, version: str | None = None, key: bytes | None = None) -> ModelRuntime:
+        """The version that would answer (NotFound when none would)."""
+        return self.fleet.get(name, version, key)
+
+    def health(self) -> dict[str, Any]:
+        return {**self.fleet.health(), "shadow": self.shadow_stats}
+
+    def index(self) -> list[dict[str, Any]]:
+        return [{"name": n, "version": str(t.pick().version), "state": "READY"}
+                for n, t in sorted(self.fleet.served.items())]
+
+    async def refresh(self) -> dict[str, Any]:
+        changed = await asyncio.get_running_loop().run_in_executor(None, self.fleet.refresh)
+        return {"changed": changed, **self.fleet.health()}
+
+    async def load(self, ref: str) -> None:
+        try:
+            spec = Spec.parse(ref)
+        except UsageError as e:
+            raise BadRequest(str(e)) from None
+        await asyncio.get_running_loop().run_in_executor(None, self.fleet.add, spec)
+
+    def unload(self, name: str) -> None:
+        self.fleet.unload(name)
+
+    # -- traffic ------------------------------------------------------------------------------
+    async def traffic(self, name: str) -> dict[str, Any]:
+        """The model's deployment config."""
+        dep = await asyncio.get_running_loop().run_in_executor(None, self.fleet.registry.traffic, name)
+        return dep.to_dict()
+
+    async def set_traffic(self, name: str, doc: Any) -> dict[str, Any]:
+        """`{"weights": {alias: percent}, "shadow": alias, "reason": text}`: written to the
+        registry (recorded in its history, so every replica follows) and applied here at once."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("weights"), dict):
+            raise BadRequest('send {"weights": {"ALIAS": PERCENT, …}, "shadow": ALIAS or null}')
+        weights, shadow, reason = doc["weights"], doc.get("shadow"), doc.get("reason")
+        if not all(isinstance(w, int) and not isinstance(w, bool) for w in weights.values()) or \
+                not (shadow is None or isinstance(shadow, str)) or not (reason is None or isinstance(reason, str)):
+            raise BadRequest("weights must be whole percentages, shadow an alias name or null, reason a string")
+        loop = asyncio.get_running_loop()
+        reg = self.fleet.registry
+        try:
+            await loop.run_in_executor(None, lambda: reg.set_traffic(name, weights, shadow=shadow, reason=reason))
+        except UsageError as e:
+            raise BadRequest(str(e)) from None
+        await loop.run_in_executor(None, self.fleet.refresh)
+        return await self.traffic(name)
+
+    # -- metrics ------------------------------------------------------------------------------
+    def observe(self, model: str, version: str, route: str, status: int, seconds: float) -> None:
+        self.request_metrics.observe(model, version, route, status, seconds)
+
+    def observe_error(self, name: str | None, route: str, status: int, seconds: float) -> None:
+        served = name if name in self.fleet.served else "(unknown)"  # client-chosen names stay out of labels
+        self.request_metrics.observe(served, "", route, status, seconds)
+
+    def export_metrics(self, *, final: bool = False, inflight: int = 0) -> None:
+        """This worker's gauges and counts to Prometheus, and its serving statistics to the
+        database (off the event loop; a lost interval costs a few seconds of statistics)."""
+        if not self.request_metrics.enabled:
+            return
+        metrics.INFLIGHT.set(inflight)
+        try:
+            self.request_metrics.flush()
+            self.fleet.export_gauges()
+        except Exception as e:  # noqa: BLE001 - metrics must never take serving down
+            log.warning("cannot export metrics: %s", e)
+        if self.serving_stats is not None and (rows := self.serving_stats.take(force=final)):
+            if final:
+                self._write_stats(rows)
+            else:
+                asyncio.get_running_loop().run_in_executor(None, self._write_stats, rows)
+
+    def _write_stats(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            stats_mod.write(self.fleet.registry.engine, rows)
+        except Exception as e:  # noqa: BLE001 - the database may be away
+            log.warning("cannot write serving statistics: %s", e)
+
+
+def _v1_features(rt: ModelRuntime, instances: np.ndarray) -> np.ndarray:
+    match = next((s for s in rt.inputs.values() if tuple(instances.shape[1:]) == s.shape), None)
+    if match is None:
+        shapes = " or ".join(str(list(s.shape)) for s in rt.inputs.values())
+        raise BadRequest(f"each instance must have shape {shapes}, got {list(instances.shape[1:])}")
+    arr = instances
+    if match.dtype.kind in "iu":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise BadRequest(f"input {match.name!r} takes whole numbers ({match.v2_datatype})")
+        info = np.iinfo(match.dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise BadRequest(f"input {match.name!r} takes values in {info.min}..{info.max}")
+    return rt.features(match.name, arr.astype(match.dtype))
+
+

@@ -1,0 +1,423 @@
+"""The HTTP transport: a raw ASGI app (no framework: on a 7 KB JSON body the framework and the
+JSON codec are the cost, not the 11 µs model). It turns bytes into data-plane calls and answers
+into bytes and status codes; it owns the route table (from which `/openapi.json` is generated),
+authentication, the body limit, the drain and the lifespan. This is the only module that knows
+the server interface (ASGI); what is served lives in `dataplane`.
+
+Routes: V2 Open Inference Protocol (health, server and model metadata, model ready, infer with
+JSON or binary tensors, repository index/load/unload), the v1 `:predict` route, feedback, and
+management routes to re-read the registry and to set a model's traffic split."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shipyard import __version__
+from shipyard.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ShipyardError
+from shipyard.monitor import metrics
+from shipyard.serve import openapi
+from shipyard.serve.codec import decode_v1, decode_v2, dumps, parse_json
+from shipyard.serve.config import ServeConfig
+from shipyard.serve.dataplane import DataPlane
+from shipyard.serve.follow import Follower, freeze_heap
+
+log = logging.getLogger("shipyard.serve")
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+Reply = tuple[int, bytes, Headers]
+ROUTE_KEY = b"x-shipyard-route-key"
+_JSON: Headers = [(b"content-type", b"application/json")]
+_HTML: Headers = [(b"content-type", b"text/html; charset=utf-8")]
+_PATH_CACHE = 4096  # paths come from clients: the cache of matched paths stays bounded
+
+
+class Unauthorized(ShipyardError):
+    http_status = 401
+
+
+class Forbidden(ShipyardError):
+    http_status = 403
+
+
+class MethodNotAllowed(ShipyardError):
+    http_status = 405
+
+
+@dataclass
+class Request:
+    """What a handler gets: the ASGI scope and receive, and the path's parameters."""
+
+    scope: Scope
+    receive: Receive
+    params: dict[str, str]
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for k, v in self.scope["headers"] if k == name), None)
+
+
+Handler = Callable[[Request], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One row of the route table. `access`: `public`, `inference` (the token when
+    `auth_inference`), or `management` (the token, or a loopback-only server). `docs`: the
+    OpenAPI operation per method."""
+
+    pattern: str
+    methods: dict[str, Handler]
+    access: str
+    what: str  # names the route in a 405 message
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metric_route: str | None = None  # inference routes count their errors under this route label
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        # `{name}` is one path segment; non-greedy so `/v1/models/{name}:predict` splits at the colon
+        return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+?)", re.escape(self.pattern)
+                                       .replace(r"\{", "{").replace(r"\}", "}")) + "$")
+
+
+class HttpApp:
+    """The ASGI application; `serve.app.create_app` builds it."""
+
+    def __init__(self, plane: DataPlane, config: ServeConfig, *, follower: Follower | None = None) -> None:
+        self.plane = plane
+        self.config = config
+        self.follower = follower
+        self.max_body = config.max_body
+        self.token = config.token
+        self.management = config.management
+        self.auth_inference = config.auth_inference
+        self.drain_timeout_s = config.drain_timeout_s
+        self.drain_file = config.drain_file  # created by the supervisor on SIGTERM, for every worker
+        self._draining = False
+        self.inflight = 0
+        self.routes = self._routes()
+        self._compiled = [(r.regex, r) for r in self.routes]
+        self._paths: dict[str, tuple[Route, dict[str, str]] | None] = {}
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- the route table ----------------------------------------------------------------------
+    def _routes(self) -> list[Route]:
+        d = openapi
+        return [
+            Route("/v2/models/{name}/infer", {"POST": self._infer_v2}, "inference", "infer",
+                  {"POST": d.infer([d.NAME])}, "v2"),
+            Route("/v2/models/{name}/versions/{version}/infer", {"POST": self._infer_v2}, "inference", "infer",
+                  {"POST": d.infer([d.NAME, d.VERSION])}, "v2"),
+            Route("/v1/models/{name}:predict", {"POST": self._infer_v1}, "inference", ":predict",
+                  {"POST": d.V1_PREDICT}, "v1"),
+            Route("/v2/models/{name}/feedback", {"POST": self._feedback}, "inference", "feedback",
+                  {"POST": d.FEEDBACK}),
+            Route("/v2/health/live", {"GET": self._live}, "public", "live", {"GET": d.ok()}),
+            Route("/v2/health/ready", {"GET": self._health}, "public", "ready", {"GET": d.READY}),
+            Route("/v2", {"GET": self._server}, "public", "server metadata", {"GET": d.ok("Server metadata")}),
+            Route("/v2/models/{name}", {"GET": self._meta}, "public", "model metadata", {"GET": d.model_get()}),
+            Route("/v2/models/{name}/ready", {"GET": self._ready}, "public", "model ready",
+                  {"GET": d.model_get()}),
+            Route("/v2/models/{name}/versions/{version}", {"GET": self._meta}, "public", "model metadata",
+                  {"GET": d.model_get(version=True)}),
+            Route("/v2/models/{name}/versions/{version}/ready", {"GET": self._ready}, "public", "model ready",
+                  {"GET": d.model_get(version=True)}),
+            Route("/v1/models/{name}", {"GET": self._v1_meta}, "public", "model status", {"GET": d.model_get()}),
+            Route("/v2/repository/index", {"GET": self._index, "POST": self._index}, "management", "index",
+                  {"POST": d.INDEX}),
+            Route("/v2/repository/refresh", {"POST": self._refresh}, "management", "refresh",
+                  {"POST": d.REFRESH}),
+            Route("/v2/repository/models/{name}/load", {"POST": self._load}, "management", "load",
+                  {"POST": d.repository_action()}),
+            Route("/v2/repository/models/{name}/unload", {"POST": self._unload}, "management", "unload",
+                  {"POST": d.repository_action()}),
+            Route("/v2/repository/models/{name}/traffic", {"GET": self._traffic, "POST": self._set_traffic},
+                  "management", "traffic", {"GET": d.TRAFFIC_GET, "POST": d.TRAFFIC_POST}),
+            Route("/metrics", {"GET": self._metrics}, "public", "metrics", {"GET": d.METRICS}),
+            Route("/openapi.json", {"GET": self._openapi}, "public", "openapi", {"GET": d.ok()}),
+            Route("/dashboard", {"GET": self._dashboard}, "public", "dashboard", {"GET": d.DASHBOARD}),
+            Route("/dashboard/fragment", {"GET": self._fragment}, "public", "dashboard", {"GET": d.FRAGMENT}),
+        ]
+
+    def _match(self, path: str) -> tuple[Route, dict[str, str]] | None:
+        try:
+            return self._paths[path]
+        except KeyError:
+            pass
+        found = None
+        for regex, route in self._compiled:
+            if m := regex.match(path):
+                found = (route, m.groupdict())
+                break
+        if len(self._paths) >= _PATH_CACHE:
+            self._paths.clear()
+        self._paths[path] = found
+        return found
+
+    # -- ASGI ---------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            return
+        self.inflight += 1
+        headers = _JSON
+        t0 = time.perf_counter()
+        matched = None
+        try:
+            matched = self._match(scope["path"])
+            if matched is None:
+                raise NotFound(f"no route {scope['method']} {scope['path']}")
+            route, params = matched
+            handler = route.methods.get(scope["method"])
+            if handler is None:
+                raise MethodNotAllowed(f"{route.what} takes {' or '.join(route.methods)}")
+            if route.access != "public":
+                self._authorize(scope, route.access)
+            status, body, headers = await handler(Request(scope, receive, params))
+        except ShipyardError as e:
+            status, body = e.http_status, dumps({"error": str(e)})
+            if isinstance(e, Overloaded):
+                headers = [*_JSON, (b"retry-after", str(e.retry_after).encode())]
+            self._count_error(matched, status, t0)
+        except Exception as e:  # noqa: BLE001 - a bug must not take the server down
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            status, body = 500, dumps({"error": f"internal error: {type(e).__name__}"})
+            self._count_error(matched, status, t0)
+        finally:
+            self.inflight -= 1
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _count_error(self, matched: tuple[Route, dict[str, str]] | None, status: int, t0: float) -> None:
+        if matched is not None and matched[0].metric_route is not None:
+            self.plane.observe_error(matched[1].get("name"), matched[0].metric_route, status,
+                                     time.perf_counter() - t0)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                loop = asyncio.get_running_loop()
+                fleet = self.plane.fleet
+                try:
+                    await loop.run_in_executor(None, fleet.refresh)
+                    await loop.run_in_executor(None, fleet.check_marker)
+                except Exception as e:  # noqa: BLE001 - report and refuse to start
+                    log.error("start-up failed: %s", e)
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                freeze_heap()
+                if self.follower is not None:
+                    self.follower.start(loop)
+                if self.plane.request_metrics.enabled:
+                    self._ticker = loop.create_task(self._tick())
+                self.plane.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.drain()
+                await self.plane.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    @property
+    def draining(self) -> bool:
+        if not self._draining and self.drain_file is not None and os.path.exists(self.drain_file):
+            self._draining = True
+        return self._draining
+
+    async def drain(self) -> None:
+        """Stop following the registry; wait (up to the drain timeout) for requests in flight,
+        queued batches and shadow copies to finish."""
+        self._draining = True
+        if self.follower is not None:
+            self.follower.stop()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        deadline = time.monotonic() + self.drain_timeout_s
+        while self.inflight or self.plane.busy:
+            if time.monotonic() >= deadline:
+                log.warning("drain timeout (%.0f s) reached with %d request(s) in flight", self.drain_timeout_s,
+                            self.inflight)
+                break
+            await asyncio.sleep(0.01)
+
+    async def _tick(self) -> None:
+        """Once a second: the gauges that describe this worker (queue depth, in flight, aliases)."""
+        while True:
+            self.plane.export_metrics(inflight=self.inflight)
+            await asyncio.sleep(1.0)
+
+    # -- access and limits --------------------------------------------------------------------
+    def _authorize(self, scope: Scope, access: str) -> None:
+        if access == "management":
+            if not self.management:
+                raise Forbidden("management routes are off: set SHIPYARD_TOKEN to use them on a non-loopback "
+                                "address")
+            self._check_token(scope)
+        elif self.auth_inference:
+            self._check_token(scope)
+
+    def _check_token(self, scope: Scope) -> None:
+        if self.token is None:
+            return
+        auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        if not hmac.compare_digest(auth, f"Bearer {self.token}".encode()):
+            raise Unauthorized("missing or wrong bearer token")
+
+    async def _body(self, req: Request) -> bytes:
+        for k, v in req.scope["headers"]:
+            if k == b"content-length" and v.isdigit() and int(v) > self.max_body:
+                raise PayloadTooLarge(f"request body of {int(v):,} bytes is over the {self.max_body:,}-byte limit")
+        message = await req.receive()
+        if not message.get("more_body"):  # the usual case: the whole body in one message
+            body: bytes = message.get("body", b"")
+            if len(body) > self.max_body:
+                raise PayloadTooLarge(f"request body is over the {self.max_body:,}-byte limit")
+            return body
+        chunks: list[bytes] = [message.get("body", b"")]
+        size = len(chunks[0])
+        while True:
+            message = await req.receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise PayloadTooLarge(f"request body is over the {self.max_body:,}-byte limit")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    # -- inference ----------------------------------------------------------------------------
+    async def _infer_v2(self, req: Request) -> Reply:
+        header_len = key = hrid = None
+        for k, v in req.scope["headers"]:
+            if k == b"inference-header-content-length":
+                if not v.isdigit():
+                    raise BadRequest("Inference-Header-Content-Length must be an integer")
+                header_len = int(v)
+            elif k == ROUTE_KEY:
+                key = v
+            elif k == b"x-request-id":
+                hrid = v.decode("latin-1")
+        t0 = time.perf_counter()
+        name, version = req.params["name"], req.params.get("version")
+        rt = self.plane.pick(name, version, key)  # an unknown model is refused before its body is read
+        request = decode_v2(await self._body(req), header_len)
+        ans = await self.plane.infer_v2(name, version, request, key=key, request_id_header=hrid, runtime=rt)
+        self.plane.observe(ans.model, ans.version, "v2", 200, time.perf_counter() - t0)
+        rid = ans.rid.encode()
+        if ans.binary_header is not None:
+            return 200, ans.body, [(b"content-type", b"application/octet-stream"), (b"x-request-id", rid),
+                                   (b"inference-header-content-length", str(ans.binary_header).encode())]
+        return 200, ans.body, [*_JSON, (b"x-request-id", rid)]
+
+    async def _infer_v1(self, req: Request) -> Reply:
+        t0 = time.perf_counter()
+        key = hrid = None
+        for k, v in req.scope["headers"]:
+            if k == ROUTE_KEY:
+                key = v
+            elif k == b"x-request-id":
+                hrid = v.decode("latin-1")
+        name = req.params["name"]
+        rt = self.plane.pick(name, None, key)
+        ans = await self.plane.predict_v1(name, decode_v1(await self._body(req)), key=key, request_id_header=hrid,
+                                          runtime=rt)
+        self.plane.observe(ans.model, ans.version, "v1", 200, time.perf_counter() - t0)
+        return 200, ans.body, [*_JSON, (b"x-request-id", ans.rid.encode())]
+
+    async def _feedback(self, req: Request) -> Reply:
+        name = req.params["name"]
+        self.plane.pick(name)
+        status, doc = await self.plane.feedback(name, parse_json(await self._body(req)))
+        return status, dumps(doc), _JSON
+
+    # -- models, health, metadata -------------------------------------------------------------
+    async def _live(self, req: Request) -> Reply:
+        return 200, dumps({"live": True}), _JSON
+
+    async def _health(self, req: Request) -> Reply:
+        draining = self.draining
+        ready = self.plane.fleet.ready and not draining
+        detail = {"ready": ready, "draining": draining, **self.plane.health(), "pid": os.getpid()}
+        return (200 if ready else 503), dumps(detail), _JSON
+
+    async def _server(self, req: Request) -> Reply:
+        return 200, dumps({"name": "shipyard", "version": __version__,
+                           "extensions": ["binary_tensor_data", "model_repository"]}), _JSON
+
+    async def _meta(self, req: Request) -> Reply:
+        return 200, dumps(self.plane.metadata(req.params["name"], req.params.get("version"))), _JSON
+
+    async def _ready(self, req: Request) -> Reply:
+        name = req.params["name"]
+        self.plane.pick(name, req.params.get("version"))
+        return 200, dumps({"name": name, "ready": True}), _JSON
+
+    async def _v1_meta(self, req: Request) -> Reply:
+        rt = self.plane.pick(req.params["name"])
+        return 200, dumps({"name": rt.name, "ready": True, "version": str(rt.version)}), _JSON
+
+    async def _metrics(self, req: Request) -> Reply:
+        self.plane.export_metrics(inflight=self.inflight)  # this worker's latest; the others' are ≤ 1 s old
+        body, ctype = metrics.render()
+        return 200, body, [(b"content-type", ctype.encode())]
+
+    async def _openapi(self, req: Request) -> Reply:
+        return 200, dumps(openapi.document(self.routes, sorted(self.plane.fleet.served))), _JSON
+
+    async def _dashboard(self, req: Request) -> Reply:
+        from shipyard.serve import dashboard
+
+        return 200, dashboard.page(sorted(self.plane.fleet.served)).encode(), _HTML
+
+    async def _fragment(self, req: Request) -> Reply:
+        from urllib.parse import parse_qs
+
+        from shipyard.serve import dashboard
+
+        query = parse_qs(req.scope.get("query_string", b"").decode(errors="replace"))
+        name = query.get("model", [""])[0]
+        if name not in self.plane.fleet.served:
+            raise NotFound(f"this server does not serve {name!r}")
+        try:
+            minutes = float(query.get("minutes", ["60"])[0])
+        except ValueError:
+            raise BadRequest("minutes must be a number") from None
+        if not 1 <= minutes <= 30 * 1440:
+            raise BadRequest("minutes must be in 1..43200")
+        html = await asyncio.get_running_loop().run_in_executor(None, dashboard.fragment, self.plane.fleet.registry,
+                                                                name, minutes)
+        return 200, html.encode(), _HTML
+
+    # -- management ---------------------------------------------------------------------------
+    async def _index(self, req: Request) -> Reply:
+        return 200, dumps(self.plane.index()), _JSON
+
+    async def _refresh(self, req: Request) -> Reply:
+        return 200, dumps(await self.plane.refresh()), _JSON
+
+    async def _load(self, req: Request) -> Reply:
+        await self.plane.load(req.params["name"])
+        return 200, b"{}", _JSON
+
+    async def _unload(self, req: Request) -> Reply:
+        self.plane.unload(req.params["name"])
+        return 200, b"{}", _JSON
+
+    async def _traffic(self, req: Request) -> Reply:
+        return 200, dumps(await self.plane.traffic(req.params["name"])), _JSON
+
+    async def _set_traffic(self, req: Request) -> Reply:
+        doc = parse_json(await self._body(req))
+        return 200, dumps(await self.plane.set_traffic(req.params["name"], doc)), _JSON
