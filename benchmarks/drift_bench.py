@@ -88,9 +88,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import shipyard
+    from shipyard.bundle.reference import profile
     from shipyard.data import load
     from shipyard.monitor import drift
-    from shipyard.monitor.reference import profile
     from shipyard.serve.runtime import ModelRuntime
     from shipyard.settings import Settings
 

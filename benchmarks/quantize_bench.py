@@ -43,7 +43,7 @@ def main() -> None:
               f"{m.latency_p50_ms * 1000:>9.1f}{m.latency_p50_ms / fp32.latency_p50_ms:>8.2f}"
               f"{m.throughput_per_s:>11,.0f}{m.throughput_per_s / fp32.throughput_per_s:>8.2f}"
               f"  {'*' if m.chosen else ''}")
-    print(f"\nchosen: {bundle.meta['variant']} ({reason})")
+    print(f"\nchosen: {bundle.meta.variant} ({reason})")
     int8 = [m for m in measured if m.name != "fp32"]
     best = next((m for m in measured if m.chosen and m.name != "fp32"), None) or max(
         int8, key=lambda m: m.throughput_per_s)

@@ -9,7 +9,7 @@
    (`--poll-s 0`: nothing but NOTIFY) and polling only (`--no-notify --poll-s 2`). Goal (issue 7):
    under 2 s.
 2. Requests/s through HAProxy with 1, 2 and 3 replicas, each in its own network namespace (the
-   test suite's topology, tests/topology.py; needs root and `haproxy`), against the same replica
+   test suite's topology, harness/topology.py; needs root and `haproxy`), against the same replica
    hit directly without the balancer, measured in the same run with wrk (V2 JSON, one row).
 
     python benchmarks/scale_bench.py [--moves 20] [--replicas 2] [--poll-s 2] [--seconds 10]
@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 
 HERE = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE))  # the repository root: the shared harness/ (PostgreSQL, topology, bundles)
 
 
 def version_of(base: str) -> str:
@@ -60,9 +60,8 @@ def main() -> None:
 
 def moves(args: argparse.Namespace) -> None:
 
-    from tests.bundles import make_bundle
-    from tests.pg import Postgres, free_port
-
+    from harness.bundles import make_bundle
+    from harness.pg import Postgres, free_port
     from shipyard.registry import Registry
     from shipyard.settings import Settings
 
@@ -137,9 +136,9 @@ def moves(args: argparse.Namespace) -> None:
 def balancer(args: argparse.Namespace) -> None:
     import orjson
     from serve_bench import wrk
-    from tests.bundles import make_bundle
-    from tests.topology import Topology
 
+    from harness.bundles import make_bundle
+    from harness.topology import Topology
     from shipyard.registry import Registry
 
     if not shutil.which("wrk"):

@@ -1,5 +1,6 @@
-"""Shared fixtures: a fresh SHIPYARD_HOME per test, one small trained run per session, and a
-real throwaway PostgreSQL server started with initdb/pg_ctl on a free port."""
+"""Shared fixtures: a fresh SHIPYARD_HOME per test, one small trained run per session (optimized,
+and registered as the `production` champion), a real throwaway PostgreSQL server started with
+initdb/pg_ctl on a free port, settings for both databases, and closing the pools after a test."""
 
 from __future__ import annotations
 
@@ -8,12 +9,23 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from harness.pg import Postgres, free_port
 from shipyard.settings import Settings
 
-from .pg import Postgres, free_port
+if TYPE_CHECKING:
+    from shipyard.bundle import Bundle
+    from shipyard.optimizing.evaluate import Measured
+    from shipyard.registry import Registry
+    from shipyard.training import Run
+
+    # what the shared fixtures below hand a test (annotate a test's parameter with these)
+    Trained = tuple[Settings, Run]
+    Optimized = tuple[Settings, Run, Bundle, list[Measured], str]
+    Champion = tuple[Settings, Registry]
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPYARD = [sys.executable, "-m", "shipyard"]
@@ -67,7 +79,7 @@ def stream_cli(args: list[str], env: dict[str, str], lines: int, timeout: float 
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """One canonical MLP trained for 2 epochs on mnist-sample, shared by every test that only
     reads a trained run (and by later stages' tests)."""
     from shipyard.training import train
@@ -78,7 +90,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
 
 
 @pytest.fixture(scope="session")
-def optimized(trained):  # type: ignore[no-untyped-def]
+def optimized(trained: Trained) -> Optimized:
     """The shared trained run, optimized into a bundle: (settings, run, bundle, measured, reason)."""
     from shipyard.optimizing.build import optimize
 
@@ -88,6 +100,19 @@ def optimized(trained):  # type: ignore[no-untyped-def]
 
 
 _free_port = free_port
+
+
+@pytest.fixture
+def champion(optimized: Optimized, tmp_path: Path) -> Champion:
+    """The shared optimized bundle registered as digits@1 behind `production` in a fresh home:
+    (settings, registry)."""
+    from shipyard.registry import Registry
+
+    _, _, bundle, _, _ = optimized
+    settings = Settings(home=tmp_path / "home")
+    reg = Registry(settings=settings)
+    reg.register(bundle.path, "digits", alias="production")
+    return settings, reg
 
 
 @pytest.fixture(scope="session")
@@ -114,3 +139,21 @@ def fresh_pg_url(postgres: Postgres) -> str:
     import uuid
 
     return postgres.create_db(f"t_{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def reg_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for a fresh home, once on SQLite and once on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return Settings(home=tmp_path / "home")
+    return Settings(home=tmp_path / "home", database_url=request.getfixturevalue("fresh_pg_url"))
+
+
+@pytest.fixture
+def close_pools() -> Iterator[None]:
+    """Close every pooled database connection after the test, so none outlives its database. A
+    module opts in with `pytestmark = pytest.mark.usefixtures("close_pools")`."""
+    from shipyard.store.engine import dispose_engines
+
+    yield
+    dispose_engines()

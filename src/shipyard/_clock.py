@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import overload
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def as_utc(t: datetime) -> datetime: ...
+
+
+@overload
+def as_utc(t: None) -> None: ...
 
 
 def as_utc(t: datetime | None) -> datetime | None:

@@ -139,10 +139,12 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float, console: 
 def run(settings: Settings | None = None, *, name: str = "digits", epochs: int = 5, shift_degrees: float = 45.0,
         console: Console | None = None) -> dict[str, Any]:
     """Tell the story; returns its facts (the report path, versions, accuracies, request counts)."""
-    import shipyard
+    from shipyard import optimizing, training
     from shipyard.data.sources import mnist_sample
     from shipyard.monitor.api import Monitor
     from shipyard.registry import Registry
+    from shipyard.update import retrain as retraining
+    from shipyard.update import rollout as ro
 
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)
     settings = settings or Settings.from_env()
@@ -157,14 +159,15 @@ def run(settings: Settings | None = None, *, name: str = "digits", epochs: int =
     t_start = time.perf_counter()
     try:
         def train() -> str:
-            run_ = shipyard.train(data="mnist-sample", epochs=epochs, settings=settings, progress=True)
+            run_ = training.train(data="mnist-sample", epochs=epochs, settings=settings, progress=True)
             facts["run"] = run_
             return f"run {run_.id}: {epochs} epochs on mnist-sample, validation accuracy {run_.best_val_accuracy:.1%}"
 
         def optimize() -> str:
-            bundle = shipyard.optimize(facts["run"], name=name, bench_seconds=0.2, settings=settings)
+            bundle = optimizing.optimize(facts["run"], name=name, bench_seconds=0.2, settings=settings)
             facts["bundle"] = bundle
-            return f"bundle with the {bundle.meta['variant']} variant ({bundle.meta['choice']['reason']})"
+            reason = bundle.meta.choice.reason if bundle.meta.choice is not None else ""
+            return f"bundle with the {bundle.meta.variant} variant ({reason})"
 
         def register() -> str:
             mv = reg.register(facts["bundle"].path, name, alias="production", reason="quickstart")
@@ -237,8 +240,8 @@ def run(settings: Settings | None = None, *, name: str = "digits", epochs: int =
             return f"{traffic.labelled} labels received; realised accuracy now {acc['realised'] or 0:.1%}"
 
         def retrain() -> str:
-            result = shipyard.retrain(name, registry=reg, settings=settings, epochs=3, progress=True,
-                                      console=console)
+            result = retraining.retrain(name, registry=reg, settings=settings, epochs=3, progress=True,
+                                        console=console)
             facts["retrain"] = result
             if not result.gate["passed"]:
                 raise StageFailed(f"the offline gate refused the challenger: {result.gate['reason']}")
@@ -247,8 +250,8 @@ def run(settings: Settings | None = None, *, name: str = "digits", epochs: int =
                     f"{h['challenger']:.1%} ({h['n']} samples never trained on)")
 
         def canary() -> str:
-            final = shipyard.rollout(name, registry=reg, steps=(25, 100), min_requests=100, min_labels=50,
-                                     step_timeout_s=180, log=lambda m: console.print(m))
+            config = ro.RolloutConfig(steps=(25, 100), min_requests=100, min_labels=50, step_timeout_s=180)
+            final = ro.Rollout(reg, name, config, log=lambda m: console.print(m)).start(offline_gate=True)
             facts["rollout"] = final
             if final["status"] != "promoted":
                 raise StageFailed(f"the rollout ended {final['status']}: {final['reason']}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from shipyard.errors import ConfigError
 
@@ -57,10 +58,10 @@ class Settings:
         return self.home / "cache"
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from the environment, then apply non-None overrides (CLI flags)."""
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         if home := env.get(ENV_PREFIX + "HOME"):
             values["home"] = Path(home)
         if url := env.get(ENV_PREFIX + "DATABASE_URL"):
@@ -73,14 +74,14 @@ class Settings:
             values["threads"] = _positive_int(ENV_PREFIX + "THREADS", threads)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "home" in values:
-            values["home"] = Path(values["home"])  # type: ignore[arg-type]
-        settings = cls(**values)  # type: ignore[arg-type]
+            values["home"] = Path(values["home"])
+        settings = cls(**values)
         if settings.threads < 1:
             raise ConfigError("threads", settings.threads, "must be a positive integer")
         return settings
 
-    def with_(self, **changes: object) -> Settings:
-        return replace(self, **changes)  # type: ignore[arg-type]
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
 
 
 def default_threads() -> int:

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from harness.bundles import make_bundle, tiny_onnx
 from shipyard.errors import BadRequest, NotFound
 from shipyard.registry import Registry
 from shipyard.serve.app import create_app
@@ -24,7 +25,6 @@ from shipyard.serve.http import HttpApp
 from shipyard.settings import Settings
 
 from ..asgi import running
-from ..bundles import make_bundle, tiny_onnx
 
 Scenario = Callable[[httpx.AsyncClient, HttpApp], Awaitable[None]]
 

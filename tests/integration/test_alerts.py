@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from harness.bundles import make_bundle, traffic_data
 from shipyard.errors import ConfigError
 from shipyard.monitor import alerts, exports, stats
 from shipyard.monitor.api import Monitor
@@ -23,7 +24,6 @@ from shipyard.registry import Registry
 from shipyard.serve.runtime import ModelRuntime
 from shipyard.settings import Settings
 
-from ..bundles import make_bundle, traffic_data
 from ..conftest import run_cli
 from ..serving import serve, server_env
 from ..webhook import Receiver
@@ -98,6 +98,10 @@ def test_export_grafana_json_keeps_the_one_object_on_the_last_line_contract(tmp_
     summary = run_cli(["export", "grafana", "-o", str(tmp_path / "dash.json"), "--json"], cli_env).stdout
     assert len(summary.splitlines()) == 1 and json.loads(summary)["path"] == str((tmp_path / "dash.json").resolve())
     assert json.loads((tmp_path / "dash.json").read_text()) == pretty
+    # the YAML exports too: with --json and no file, the text travels inside the one object
+    yaml_text = run_cli(["export", "prometheus-rules"], cli_env).stdout
+    rules = run_cli(["export", "prometheus-rules", "--json"], cli_env).stdout
+    assert len(rules.splitlines()) == 1 and json.loads(rules)["content"] == yaml_text
 
 
 # -- one incident, one alert -------------------------------------------------------------------------

@@ -14,12 +14,12 @@ import httpx
 import numpy as np
 import pytest
 
+from harness.bundles import make_bundle
 from shipyard.bundle import BundleError
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 from shipyard.store.artifacts import S3ArtifactStore, open_store
 
-from ..bundles import make_bundle
 from ..conftest import run_cli
 from ..s3 import CREDENTIALS, CutProxy, moto_server
 from ..serving import serve, server_env

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 
+from harness.bundles import make_bundle
 from shipyard.data.sources import mnist_sample
 from shipyard.errors import ConfigError
 from shipyard.monitor import alerts
@@ -18,11 +20,13 @@ from shipyard.registry import Registry
 from shipyard.settings import Settings
 from shipyard.update.autopilot import Autopilot, Policy, parse_policy
 
-from ..bundles import make_bundle
 from ..conftest import run_cli, stream_cli
 from ..serving import serve, server_env
 from .test_retrain import _log_labelled
 from .test_update import Users, _wait
+
+if TYPE_CHECKING:
+    from ..conftest import Champion
 
 POLICY = """
 [trigger]
@@ -42,11 +46,8 @@ step_timeout_s = 180
 
 
 @pytest.fixture
-def deployed(optimized, tmp_path: Path):  # type: ignore[no-untyped-def]
-    _, _, bundle, _, _ = optimized
-    settings = Settings(home=tmp_path / "home")
-    reg = Registry(settings=settings)
-    reg.register(bundle.path, "digits", alias="production")
+def deployed(champion: Champion, tmp_path: Path) -> tuple[Settings, Registry, Path]:
+    settings, reg = champion
     (tmp_path / "policy.toml").write_text(POLICY)
     return settings, reg, tmp_path / "policy.toml"
 
@@ -59,13 +60,13 @@ def deployed(optimized, tmp_path: Path):  # type: ignore[no-untyped-def]
     ({"retrain": {"holdout": 1.5}}, "retrain.holdout"),
     ({"autopilot": {}}, "autopilot"),
 ])
-def test_a_bad_policy_is_refused_naming_the_key(doc: dict, key: str) -> None:  # type: ignore[type-arg]
+def test_a_bad_policy_is_refused_naming_the_key(doc: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_policy(doc)
     assert e.value.key == key
 
 
-def test_every_decision_says_why_and_dry_run_changes_nothing(deployed) -> None:  # type: ignore[no-untyped-def]
+def test_every_decision_says_why_and_dry_run_changes_nothing(deployed: tuple[Settings, Registry, Path]) -> None:
     settings, reg, policy = deployed
     pilot = Autopilot(reg, "digits", Policy(alerts=("drift",), min_labels=200), log=lambda m: None)
     assert pilot.decide().reason == "no open drift alert on v1"
@@ -100,7 +101,7 @@ def test_autopilot_json_prints_one_line_per_decision_while_it_runs(tmp_path: Pat
     assert rc == 0 and "stopped" in err
 
 
-def test_autopilot_turns_a_drift_alert_into_a_promoted_version(deployed) -> None:  # type: ignore[no-untyped-def]
+def test_autopilot_turns_a_drift_alert_into_a_promoted_version(deployed: tuple[Settings, Registry, Path]) -> None:
     settings, reg, policy = deployed
     ds = mnist_sample()
     env = server_env(settings.home)

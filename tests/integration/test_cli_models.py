@@ -7,26 +7,22 @@ import json
 import os
 import pty
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from harness.bundles import make_bundle
 from shipyard.bundle import verify
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 from shipyard.store.engine import dispose_engines
 
-from ..bundles import make_bundle
 from ..conftest import SHIPYARD, run_cli
 
 VERBS = ["register", "list", "show", "compare", "download", "alias", "unalias", "history", "delete"]
 
 
-@pytest.fixture(autouse=True)
-def _close_pools() -> Iterator[None]:
-    yield
-    dispose_engines()
+pytestmark = pytest.mark.usefixtures("close_pools")
 
 
 def last_json(stdout: str) -> dict:  # type: ignore[type-arg]

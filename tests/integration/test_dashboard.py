@@ -15,14 +15,15 @@ import httpx
 import numpy as np
 import pytest
 
+from harness.bundles import make_bundle, traffic_data
 from shipyard.monitor import stats
 from shipyard.monitor.api import Monitor
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
-from ..bundles import make_bundle, traffic_data
 from ..conftest import run_cli
 from ..serving import serve, server_env
+from ..waiting import wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHARTS = ("chart-rps", "chart-latency", "chart-split", "chart-drift", "chart-accuracy", "chart-versions")
@@ -62,7 +63,8 @@ def watched(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
             assert time.monotonic() < deadline, mon.status("digits")
             time.sleep(0.2)
         reg.set_alias("digits", "production", 2, reason="dashboard test")
-        time.sleep(1.5)  # the server polls the registry every 0.5 s
+        wait_for(lambda: [r["version"] for r in srv.health()["models"]["digits"]["routes"]] == [2],
+                 "the server to follow the alias move to version 2")  # it polls the registry every 0.5 s
         _send(srv.base, images[300:400], "after-move")
         while stats.summary(reg.engine, "digits", since=0).requests < 40:  # written every 5 s
             assert time.monotonic() < deadline + 30

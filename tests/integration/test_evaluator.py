@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from harness.bundles import make_bundle, traffic_data
 from shipyard.errors import UsageError
 from shipyard.monitor import metrics
 from shipyard.monitor.evaluator import Evaluator, MonitorConfig, status, windows
@@ -25,7 +26,6 @@ from shipyard.settings import Settings
 from shipyard.store import leases
 from shipyard.store.schema import monitor_state, monitor_windows
 
-from ..bundles import make_bundle, traffic_data
 from ..conftest import run_cli
 from ..serving import serve, server_env
 
@@ -51,7 +51,7 @@ def _send(log: PredictionLog, rt: ModelRuntime, images: np.ndarray, prefix: str)
     return ids
 
 
-def test_no_shift_windows_stay_quiet_and_inverted_images_alarm(deployed) -> None:  # type: ignore[no-untyped-def]
+def test_no_shift_windows_stay_quiet_and_inverted_images_alarm(deployed: tuple[Registry, ModelRuntime]) -> None:
     reg, rt = deployed
     log = PredictionLog(reg.engine)
     ev = Evaluator(reg, lambda: ["digits"], CONFIG)
@@ -77,7 +77,7 @@ def test_no_shift_windows_stay_quiet_and_inverted_images_alarm(deployed) -> None
     assert 'shipyard_drift_alarm{model="digits",test="input",version="1"} 1.0' in text
 
 
-def test_a_flood_is_tested_by_its_newest_windows_and_the_rest_counted(deployed) -> None:  # type: ignore[no-untyped-def]
+def test_a_flood_is_tested_by_its_newest_windows_and_the_rest_counted(deployed: tuple[Registry, ModelRuntime]) -> None:
     reg, rt = deployed
     log = PredictionLog(reg.engine)
     ev = Evaluator(reg, lambda: ["digits"], MonitorConfig(window=100, draws=500, max_windows_per_tick=2))
@@ -90,7 +90,7 @@ def test_a_flood_is_tested_by_its_newest_windows_and_the_rest_counted(deployed) 
     assert first["ts_last"] <= second["ts_first"]  # consecutive, oldest first
 
 
-def test_labels_give_realised_accuracy_next_to_the_estimate(deployed) -> None:  # type: ignore[no-untyped-def]
+def test_labels_give_realised_accuracy_next_to_the_estimate(deployed: tuple[Registry, ModelRuntime]) -> None:
     reg, rt = deployed
     log = PredictionLog(reg.engine)
     images, labels = traffic_data()
@@ -106,7 +106,7 @@ def test_labels_give_realised_accuracy_next_to_the_estimate(deployed) -> None:  
     assert set(acc["per_class"]) <= set(rt.bundle.classes)
 
 
-def test_a_quiet_model_is_still_evaluated_once_its_window_is_old(deployed) -> None:  # type: ignore[no-untyped-def]
+def test_a_quiet_model_is_still_evaluated_once_its_window_is_old(deployed: tuple[Registry, ModelRuntime]) -> None:
     reg, rt = deployed
     log = PredictionLog(reg.engine)
     ev = Evaluator(reg, lambda: ["digits"], CONFIG)
@@ -121,7 +121,7 @@ def test_a_quiet_model_is_still_evaluated_once_its_window_is_old(deployed) -> No
     assert state["thresholds"]["window"] == 40  # calibrated for the size it has
 
 
-def test_exactly_one_evaluator_computes_and_another_takes_over(deployed) -> None:  # type: ignore[no-untyped-def]
+def test_exactly_one_evaluator_computes_and_another_takes_over(deployed: tuple[Registry, ModelRuntime]) -> None:
     reg, rt = deployed
     log = PredictionLog(reg.engine)
     a = Evaluator(reg, lambda: ["digits"], CONFIG, holder="worker-a")

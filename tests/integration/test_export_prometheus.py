@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 
+from harness.bundles import make_bundle
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
-from ..bundles import make_bundle
 from ..conftest import _free_port, run_cli
 from ..serving import serve, server_env
 from .test_monitor import _query

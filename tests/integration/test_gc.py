@@ -8,11 +8,11 @@ import os
 import time
 from pathlib import Path
 
+from harness.bundles import make_bundle
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 from shipyard.training.tracking import RunStore
 
-from ..bundles import make_bundle
 from ..conftest import run_cli
 
 

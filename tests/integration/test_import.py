@@ -41,15 +41,15 @@ def logits_model(path: Path, *, softmax: bool = False, batch: int | str = 1, out
 def test_logits_graph_gets_a_softmax_and_a_dynamic_batch(tmp_path: Path) -> None:
     src = logits_model(tmp_path / "m.onnx")
     b = import_model(src, name="ext", preprocess="image", data="mnist-sample", output=tmp_path / "b")
-    assert b.meta["lineage"]["softmax_added"] is True and b.meta["retrainable"] is False
+    assert b.meta.lineage.softmax_added is True and b.meta.retrainable is False
     assert not b.has_weights and b.reference is not None
-    assert b.meta["signature"]["onnx_input"] == "pixels"
-    assert {i["name"] for i in b.meta["signature"]["inputs"]} == {"pixels", "image"}
+    assert b.meta.signature.onnx_input == "pixels"
+    assert {i.name for i in b.meta.signature.inputs} == {"pixels", "image"}
     sess = ort.InferenceSession(str(b.model_path), providers=["CPUExecutionProvider"])
     out = sess.run(["probabilities"], {"pixels": np.random.rand(5, 784).astype(np.float32)})[0]
     assert out.shape == (5, 10)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
-    assert 0.0 <= b.meta["metrics"]["val_accuracy"] <= 1.0
+    assert b.meta.metrics.val_accuracy is not None and 0.0 <= b.meta.metrics.val_accuracy <= 1.0
 
 
 def test_softmax_graph_is_only_renamed(tmp_path: Path) -> None:
@@ -57,8 +57,8 @@ def test_softmax_graph_is_only_renamed(tmp_path: Path) -> None:
     b = import_model(src, name="ext2", labels=list("abcdefghij"), output=tmp_path / "b")
     model = onnx.load(b.model_path)
     assert [n.op_type for n in model.graph.node].count("Softmax") == 1
-    assert b.meta["classes"] == list("abcdefghij") and b.meta["lineage"]["softmax_added"] is False
-    assert b.reference is None and b.meta["metrics"] == {}
+    assert list(b.meta.classes) == list("abcdefghij") and b.meta.lineage.softmax_added is False
+    assert b.reference is None and b.meta.metrics.to_dict() == {}
 
 
 def _graph(path: Path, tail: list[str], out_dim: int = 10, out_name: str = "y") -> Path:
@@ -96,7 +96,7 @@ def test_outputs_become_exactly_one_softmax(tmp_path: Path, tail: list[str], out
     got = ort.InferenceSession(str(b.model_path), providers=["CPUExecutionProvider"]).run(
         ["probabilities"], {"x": x})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
-    assert b.meta["lineage"]["softmax_added"] is added
+    assert b.meta.lineage.softmax_added is added
 
 
 def test_sigmoid_and_single_column_outputs_are_refused(tmp_path: Path) -> None:
@@ -175,7 +175,8 @@ def test_keras_models_import_and_register(keras_files: Path, filename: str, cli_
     assert res["name"] == "keras-mnist" and res["version"] == 1
     assert res["softmax_added"] is False and res["val_accuracy"] > 0.7
     b = Bundle.load(res["bundle"])
-    assert b.meta["lineage"]["exporter"] == "keras" and b.meta["lineage"]["keras_parity_max_abs_diff"] <= 1e-4
-    assert b.meta["signature"]["inputs"][0]["shape"] == [-1, 28, 28]
+    assert b.meta.lineage.exporter == "keras" and b.meta.lineage.keras_parity_max_abs_diff is not None
+    assert b.meta.lineage.keras_parity_max_abs_diff <= 1e-4
+    assert b.meta.signature.inputs[0].shape == (-1, 28, 28)
     shown = json.loads(run_cli(["models", "show", "keras-mnist@production", "--json"], cli_env).stdout.splitlines()[-1])
     assert shown["version"] == 1

@@ -18,10 +18,10 @@ import httpx
 import kubernetes_validate
 import yaml
 
+from harness.bundles import make_bundle
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
-from ..bundles import make_bundle
 from ..conftest import ROOT, _free_port, run_cli
 
 

@@ -10,23 +10,26 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 import pytest
 
+from harness.bundles import make_bundle
+from shipyard.bundle.reference import profile
 from shipyard.monitor.feedback import accuracy, record_feedback
 from shipyard.monitor.predlog import LogConfig, PredictionLog, read
-from shipyard.monitor.reference import profile
 from shipyard.registry import Registry
 from shipyard.serve.runtime import ModelRuntime
 from shipyard.settings import Settings
 from shipyard.store.schema import prediction_chunks, prediction_inputs
 
-from ..bundles import make_bundle
 from ..conftest import SHIPYARD, _free_port, stream_cli
 from ..serving import serve, server_env
+
+if TYPE_CHECKING:
+    from ..conftest import Optimized
 
 RNG = np.random.default_rng(0)
 ROWS = RNG.random((40, 784)).round(4).astype(np.float32)
@@ -55,7 +58,7 @@ def _wait(predicate: Any, what: str, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def test_predictions_are_logged_and_labels_reach_them_through_any_worker(home) -> None:  # type: ignore[no-untyped-def]
+def test_predictions_are_logged_and_labels_reach_them_through_any_worker(home: tuple[Path, Registry]) -> None:
     home_path, reg = home
     with serve(home_path, "digits", "--workers", "2", "--poll-s", "0") as srv, httpx.Client() as c:
         answers = {}
@@ -96,7 +99,7 @@ def test_predictions_are_logged_and_labels_reach_them_through_any_worker(home) -
     assert sum(v["n"] for v in acc["per_class"].values()) == 41
 
 
-def test_the_log_keeps_projections_a_sample_and_a_ring_and_retention_bounds_them(home) -> None:  # type: ignore[no-untyped-def]
+def test_the_log_keeps_projections_a_sample_and_a_ring_and_retention_bounds_them(home: tuple[Path, Registry]) -> None:
     _, reg = home
     rt = ModelRuntime(reg.load("digits@production"), version=1, name="digits")
     log = PredictionLog(reg.engine, LogConfig(sample=0.5, ring=30, max_rows=60, ring_rate=1e9))
@@ -121,7 +124,7 @@ def test_the_log_keeps_projections_a_sample_and_a_ring_and_retention_bounds_them
     assert "r3-24" in newest.request_ids and "r0-0" not in newest.request_ids
 
 
-def test_projections_come_from_the_bundles_reference_profile(optimized, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_projections_come_from_the_bundles_reference_profile(optimized: Optimized, tmp_path: Path) -> None:
     reg = Registry(settings=Settings(home=tmp_path / "home"))
     reg.register(optimized[2].path, "fashion", alias="production")
     rt = ModelRuntime(reg.load("fashion@production"), version=1, name="fashion")
@@ -147,7 +150,7 @@ def test_projections_come_from_the_bundles_reference_profile(optimized, tmp_path
     assert np.isfinite(held_out.astype(np.float32)).all() and (held_out[:, -1] > 0).all()
 
 
-def test_late_labels_are_refused_and_labels_count_after_the_input_is_gone(home) -> None:  # type: ignore[no-untyped-def]
+def test_late_labels_are_refused_and_labels_count_after_the_input_is_gone(home: tuple[Path, Registry]) -> None:
     _, reg = home
     rt = ModelRuntime(reg.load("digits@production"), version=1, name="digits")
     log = PredictionLog(reg.engine, LogConfig(sample=0.0, ring=0))
@@ -165,7 +168,7 @@ def test_late_labels_are_refused_and_labels_count_after_the_input_is_gone(home) 
     assert accuracy(reg.engine, "digits")["n_labels"] == 2  # … and the labels still count
 
 
-def test_export_writes_csv_and_parquet_with_labels(home, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_export_writes_csv_and_parquet_with_labels(home: tuple[Path, Registry], tmp_path: Path) -> None:
     home_path, reg = home
     rt = ModelRuntime(reg.load("digits@production"), version=1, name="digits")
     log = PredictionLog(reg.engine, LogConfig())
@@ -197,7 +200,7 @@ def test_export_writes_csv_and_parquet_with_labels(home, tmp_path: Path) -> None
     assert none.returncode == 1 and "no model 'nosuch'" in none.stderr
 
 
-def test_monitor_run_json_prints_one_line_per_round_while_it_runs(home) -> None:  # type: ignore[no-untyped-def]
+def test_monitor_run_json_prints_one_line_per_round_while_it_runs(home: tuple[Path, Registry]) -> None:
     home_path, _ = home
     lines, rc, err = stream_cli(["monitor", "run", "--json"], server_env(home_path), lines=2)
     rounds = [json.loads(line) for line in lines]  # JSON Lines without --once: one object per evaluation round
@@ -223,7 +226,7 @@ def _query(prom: str, expr: str) -> list[dict[str, Any]]:
     return r.json()["data"]["result"]  # type: ignore[no-any-return]
 
 
-def test_a_real_prometheus_scrapes_every_worker_merged(home, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_real_prometheus_scrapes_every_worker_merged(home: tuple[Path, Registry], tmp_path: Path) -> None:
     home_path, _ = home
     with serve(home_path, "digits", "--workers", "2", "--poll-s", "0") as srv:
         with httpx.Client() as c:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import httpx
 
+from harness.bundles import make_bundle
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
-from ..bundles import make_bundle
 from ..serving import serve, server_env
 
 

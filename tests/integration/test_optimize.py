@@ -8,6 +8,7 @@ import os
 import shutil
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -22,8 +23,11 @@ from shipyard.optimizing.export import check_parity
 
 from ..conftest import run_cli
 
+if TYPE_CHECKING:
+    from ..conftest import Optimized, Trained
 
-def test_every_variant_loads_predicts_and_keeps_parity(optimized) -> None:  # type: ignore[no-untyped-def]
+
+def test_every_variant_loads_predicts_and_keeps_parity(optimized: Optimized) -> None:
     _, run, bundle, measured, reason = optimized
     by = {m.name: m for m in measured}
     assert set(by) == {"fp32", "int8-dynamic", "int8-static"}
@@ -35,14 +39,14 @@ def test_every_variant_loads_predicts_and_keeps_parity(optimized) -> None:  # ty
     for m in measured:
         assert m.latency_p50_ms > 0 and m.throughput_per_s > 0 and 0.8 < m.accuracy <= 1
     assert sum(m.chosen for m in measured) == 1
-    assert bundle.meta["variant"] == next(m.name for m in measured if m.chosen)
-    assert bundle.meta["choice"]["reason"] == reason
+    assert bundle.meta.variant == next(m.name for m in measured if m.chosen)
+    assert bundle.meta.choice is not None and bundle.meta.choice.reason == reason
 
 
-def test_bundle_contents(optimized) -> None:  # type: ignore[no-untyped-def]
+def test_bundle_contents(optimized: Optimized) -> None:
     _, run, bundle, _, _ = optimized
     assert set(bundle.files()) == {"model.onnx", "bundle.json", "weights.pt", "reference.npz", "MANIFEST.sha256"}
-    meta = bundle.meta
+    meta = bundle.meta.to_dict()
     assert meta["schema_version"] == B.SCHEMA_VERSION and meta["name"] == "mlp-mnist-sample"
     inputs = {i["name"]: i for i in meta["signature"]["inputs"]}
     assert inputs["input"]["shape"] == [-1, 784] and inputs["image"]["dtype"] == "uint8"
@@ -70,7 +74,7 @@ def test_bundle_contents(optimized) -> None:  # type: ignore[no-untyped-def]
                for k in ("input", "prediction", "confidence"))
 
 
-def test_tarball_round_trip_is_deterministic(optimized, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tarball_round_trip_is_deterministic(optimized: Optimized, tmp_path: Path) -> None:
     _, _, bundle, _, _ = optimized
     a = bundle.pack(tmp_path / "a.tar.gz")
     b = bundle.pack(tmp_path / "b.tar.gz")
@@ -85,7 +89,7 @@ def _copy(bundle: Bundle, tmp_path: Path) -> Path:
     return dest
 
 
-def test_tampering_is_refused_naming_the_file(optimized, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_tampering_is_refused_naming_the_file(optimized: Optimized, tmp_path: Path) -> None:
     _, _, bundle, _, _ = optimized
     folder = _copy(bundle, tmp_path)
     data = bytearray((folder / "model.onnx").read_bytes())
@@ -143,7 +147,7 @@ def test_not_an_archive(tmp_path: Path) -> None:
         Bundle.load(p, unpack_to=tmp_path / "out")
 
 
-def test_output_never_overwrites_a_users_folder(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_output_never_overwrites_a_users_folder(trained: Trained, tmp_path: Path) -> None:
     settings, run = trained
     precious = tmp_path / "precious"
     precious.mkdir()
@@ -175,15 +179,15 @@ def test_parity_failure_reports_the_measured_difference() -> None:
         check_parity(a, a + 0.002, "exported model")
 
 
-def test_python_api(trained) -> None:  # type: ignore[no-untyped-def]
+def test_python_api(trained: Trained) -> None:
     settings, run = trained
     out = Path(run.run_dir) / "api.tar.gz"
     b = shipyard.optimize(run, settings=settings, output=out, variants=("fp32",), bench_seconds=0.02)
-    assert isinstance(b, shipyard.Bundle) and b.meta["variant"] == "fp32"
+    assert isinstance(b, shipyard.Bundle) and b.meta.variant == "fp32"
     assert Bundle.load(out, unpack_to=out.parent / "api-unpacked").meta == b.meta
 
 
-def test_cli_optimize_and_bundle_contracts(trained, cli_env: dict[str, str], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_optimize_and_bundle_contracts(trained: Trained, cli_env: dict[str, str], tmp_path: Path) -> None:
     settings, run = trained
     env = {**cli_env, "SHIPYARD_HOME": str(settings.home)}
     out = tmp_path / "m.tar.gz"
@@ -208,7 +212,7 @@ def test_cli_optimize_and_bundle_contracts(trained, cli_env: dict[str, str], tmp
     assert missing.returncode == 1 and "no run 'nosuchrun'" in missing.stderr
 
 
-def test_an_optimized_bundle_registers_and_downloads(optimized, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_optimized_bundle_registers_and_downloads(optimized: Optimized, tmp_path: Path) -> None:
     settings, run, bundle, _, _ = optimized
     reg = shipyard.Registry(settings=settings)
     mv = reg.register(bundle.path, "digits", alias="production", reason="first")

@@ -27,9 +27,9 @@ def test_quickstart_closes_the_loop_and_leaves_no_process(cli_env: dict[str, str
     assert str(home.resolve()) in r.stderr  # it says where everything is
     reg = Registry(settings=Settings(home=home))
     assert reg.get("digits@production").version == 2
-    assert reg.get("digits@2").meta["lineage"]["parent_version"] == 1
+    assert reg.get("digits@2").meta.lineage.parent_version == 1
     # v2's reference is the shifted world it was retrained for (its recent holdout, never trained on)
-    assert reg.get("digits@2").meta["reference"]["held_out"].endswith("labelled production samples")
+    assert str(reg.get("digits@2").meta.to_dict()["reference"]["held_out"]).endswith("labelled production samples")
     # no server left behind: its metrics folder is gone and its port is closed
     assert not list((home / "run").glob("metrics-*"))
     port = int(r.stderr.split("serving on http://127.0.0.1:")[1].split()[0])

@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,29 +16,20 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from harness.bundles import FEATURES, make_bundle, make_mismatched_bundle, make_unloadable_bundle
 from shipyard.bundle import Bundle, BundleError, pack, verify
 from shipyard.errors import NotFound, UsageError
 from shipyard.registry import Registry, RegistryConflict
+from shipyard.registry.registry import REGISTER_STEPS
 from shipyard.registry.trial import trial_load
 from shipyard.settings import Settings
 from shipyard.store.engine import dispose_engines, engine_for
 from shipyard.store.schema import metadata, model_events, model_versions
 
-from ..bundles import FEATURES, make_bundle, make_mismatched_bundle, make_unloadable_bundle
 from ..conftest import ROOT, SHIPYARD
+from ..waiting import wait_for
 
-
-@pytest.fixture(autouse=True)
-def _close_pools() -> Iterator[None]:
-    yield
-    dispose_engines()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def reg_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "sqlite":
-        return Settings(home=tmp_path / "home")
-    return Settings(home=tmp_path / "home", database_url=request.getfixturevalue("fresh_pg_url"))
+pytestmark = pytest.mark.usefixtures("close_pools")
 
 
 @pytest.fixture
@@ -73,7 +62,7 @@ def test_versions_aliases_and_history(registry: Registry, bundles: list[Path]) -
     assert v1.description == "first try" and v1.tags == {"team": "vision"}
     assert v1.variant == "fp32" and v1.metrics["accuracy"] == 0.9
     assert v1.size_bytes == registry.artifacts.path(v1.bundle_sha256).stat().st_size
-    assert v1.meta["classes"] == [str(i) for i in range(10)]
+    assert list(v1.meta.classes) == [str(i) for i in range(10)]
 
     v2 = registry.register(bundles[1], alias="production", reason="better on the holdout")
     assert (v2.version, v2.aliases) == (2, ["production"])
@@ -266,7 +255,7 @@ def test_bundle_path_is_a_verified_cache_rebuilt_when_changed(registry: Registry
     (path / "bundle.json").write_text("{}")  # someone edits the cached copy
     assert registry.bundle_path("tiny@1") == path
     assert verify(path) == verify(bundles[0])  # rebuilt from the stored blob
-    assert registry.load("tiny").meta["name"] == "tiny"
+    assert registry.load("tiny").meta.name == "tiny"
     assert sorted(p.name for p in path.parent.iterdir()) == [mv.bundle_sha256]
     assert list((registry.settings.home / "tmp").iterdir()) == []
 
@@ -401,7 +390,7 @@ def test_a_model_that_does_not_match_its_signature_never_gets_an_alias(
     with registry.engine.begin() as conn:
         conn.execute(model_versions.insert().values(
             name="tiny", version=2, bundle_sha256=sha, size_bytes=archive.stat().st_size, tags={},
-            meta=Bundle.load(bad).meta, created_at=when))
+            meta=Bundle.load(bad).meta.to_dict(), created_at=when))
     with pytest.raises(BundleError, match=message):
         registry.set_alias("tiny", "production", 2)
     assert registry.get("tiny@production").version == 1
@@ -427,7 +416,12 @@ def test_a_model_that_does_not_load_never_gets_an_alias(registry: Registry, bund
     verify(bad)  # its manifest is fine: only loading it fails
     with pytest.raises(BundleError, match="model.onnx: does not load and run in ONNX Runtime"):
         registry.register(bad, alias="production")
-    wrong_sig = make_bundle(tmp_path / "sig", signature={"inputs": [{"name": "pixels"}], "outputs": []})
+    # a signature bundle.json cannot hold is refused when the bundle is built, naming the key
+    with pytest.raises(BundleError, match=r"sig/bundle.json: missing key 'signature.inputs\[0\].dtype'"):
+        make_bundle(tmp_path / "sig", signature={"inputs": [{"name": "pixels"}], "outputs": []})
+    wrong_sig = make_bundle(tmp_path / "sig", signature={
+        "inputs": [{"name": "pixels", "dtype": "float32", "shape": [-1, FEATURES]}],
+        "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, 10]}]})
     with pytest.raises(BundleError, match="names input 'pixels', but the model's inputs are \\['input'\\]"):
         registry.register(wrong_sig, alias="production")
     assert [v.version for v in registry.list()[0].versions] == [1]
@@ -442,7 +436,7 @@ def test_a_model_that_does_not_load_never_gets_an_alias(registry: Registry, bund
     with registry.engine.begin() as conn:
         conn.execute(model_versions.insert().values(
             name="tiny", version=2, bundle_sha256=sha, size_bytes=archive.stat().st_size, tags={},
-            meta=Bundle.load(bad).meta, created_at=when))
+            meta=Bundle.load(bad).meta.to_dict(), created_at=when))
     assert registry.bundle_path("tiny@2").is_dir()  # verifies: the manifest is intact
     with pytest.raises(BundleError, match="does not load"):
         registry.set_alias("tiny", "production", 2, reason="deploy")
@@ -516,8 +510,8 @@ def test_two_processes_registering_at_once_get_distinct_consecutive_versions(
                                     reg_settings.database_url or "", str(bundles[i]), tag, str(gate)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i, tag in enumerate("ab")}
-    while len(list(gate.iterdir())) < 2 and all(p.poll() is None for p in procs.values()):
-        time.sleep(0.01)
+    wait_for(lambda: len(list(gate.iterdir())) >= 2 or any(p.poll() is not None for p in procs.values()),
+             "both racers to be ready", timeout=120, interval=0.01)
     (gate / "go").touch()
     got: dict[str, list[int]] = {}
     for tag, p in procs.items():
@@ -555,42 +549,32 @@ def _check_consistent(reg: Registry, name: str) -> list[int]:
     return versions
 
 
-def test_register_killed_at_any_moment_leaves_nothing_broken(reg_settings: Settings, tmp_path: Path,
-                                                             cli_env: dict[str, str]) -> None:
+def test_register_command_killed_at_each_named_step_leaves_nothing_broken(reg_settings: Settings, tmp_path: Path,
+                                                                          cli_env: dict[str, str]) -> None:
+    """`shipyard models register` SIGKILLed at each of `register`'s own named steps (the
+    registry's crash hook): only a committed transaction leaves a version behind, complete and
+    served by its alias; a killed transaction uses no version number; no half-written bundle is
+    cached and the dead processes' scratch is swept."""
     env = dict(cli_env, SHIPYARD_HOME=str(reg_settings.home))
     if reg_settings.database_url:
         env["SHIPYARD_DATABASE_URL"] = reg_settings.database_url
     Registry(settings=reg_settings)  # migrate first
-
-    def start(i: int) -> subprocess.Popen[bytes]:
-        src = make_bundle(tmp_path / f"b{i}", name="crash", seed=i, classes=1000 + i)  # ~3 MB: a long store phase
-        return subprocess.Popen([*SHIPYARD, "models", "register", str(src), "--alias", "production", "--json"],
-                                env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    # One whole run tells how long a register takes on this machine; the kills below land at
-    # increasing fractions of it (start-up, verify, trial load, pack, store, the transaction).
-    t0 = time.monotonic()
-    first = start(0)
-    assert first.wait(timeout=300) == 0, first.stderr.read() if first.stderr else ""
-    whole = time.monotonic() - t0
-    first.communicate()
-    outcomes = [0]
-    for i, fraction in enumerate([0.1, 0.4, 0.6, 0.7, 0.8, 0.88, 0.95, 1.02], start=1):
-        p = start(i)
-        time.sleep(whole * fraction)
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-        p.communicate(timeout=300)
-        outcomes.append(p.returncode)
-        assert p.returncode in (0, -signal.SIGKILL)
+    expected = 0
+    for i, step in enumerate(REGISTER_STEPS):
+        src = make_bundle(tmp_path / f"b{i}", name="crash", seed=i)
+        p = subprocess.run([*SHIPYARD, "models", "register", str(src), "--alias", "production", "--json"],
+                           env={**env, "SHIPYARD_REGISTER_CRASH_AT": step}, cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == -signal.SIGKILL, f"{step}: exited {p.returncode}\n{p.stderr}"  # killed right there
         dispose_engines()
-        versions = _check_consistent(Registry(settings=reg_settings), "crash")
-        assert outcomes.count(0) <= len(versions) <= i + 1
-    assert outcomes[1] == -signal.SIGKILL  # killed during start-up: really killed mid-command
+        reg = Registry(settings=reg_settings)
+        expected += step == "committed"
+        assert len(_check_consistent(reg, "crash")) == expected, step
+        if expected:
+            assert reg.get("crash@production").version == expected
 
-    reg = Registry(settings=reg_settings)
     last = reg.register(make_bundle(tmp_path / "final", name="crash", seed=99), alias="production")
-    assert last.version == len(_check_consistent(reg, "crash"))
+    assert last.version == expected + 1 == len(_check_consistent(reg, "crash"))
     assert reg.get("crash@production").version == last.version
     # no partial folders: the cache holds only complete bundles, scratch of dead processes is gone
     for p in (reg.settings.home / "bundles").iterdir():
@@ -647,8 +631,8 @@ def test_register_killed_at_each_step_leaves_nothing_broken(reg_settings: Settin
         src = make_bundle(tmp_path / f"b{i}", seed=100 + i)
         p = subprocess.Popen([sys.executable, str(script), str(reg_settings.home), reg_settings.database_url or "",
                               str(src), point, str(flag)], stderr=subprocess.PIPE, text=True)
-        while not flag.exists() and p.poll() is None:
-            time.sleep(0.01)
+        wait_for(lambda flag=flag, p=p: flag.exists() or p.poll() is not None,
+                 f"register to reach {point}", timeout=120, interval=0.01)
         assert flag.exists(), p.communicate()[1]  # it reached the step (and is paused there)
         os.kill(p.pid, signal.SIGKILL)
         p.communicate(timeout=300)

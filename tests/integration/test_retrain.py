@@ -7,23 +7,26 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 import shipyard
+from harness.bundles import make_bundle
 from shipyard.data.sources import mnist_sample
 from shipyard.errors import UsageError
 from shipyard.monitor.feedback import record_feedback
 from shipyard.monitor.predlog import LogConfig, PredictionLog
 from shipyard.registry import Registry
 from shipyard.serve.runtime import ModelRuntime
-from shipyard.settings import Settings
 from shipyard.update.data import labelled
 
-from ..bundles import make_bundle
 from ..conftest import run_cli
 from ..serving import server_env
+
+if TYPE_CHECKING:
+    from ..conftest import Champion
 
 
 def _log_labelled(reg: Registry, images: np.ndarray, labels: np.ndarray, prefix: str) -> None:
@@ -41,16 +44,7 @@ def _log_labelled(reg: Registry, images: np.ndarray, labels: np.ndarray, prefix:
     assert res.counts["accepted"] == len(ids)
 
 
-@pytest.fixture
-def champion(optimized, tmp_path: Path):  # type: ignore[no-untyped-def]
-    _, _, bundle, _, _ = optimized
-    settings = Settings(home=tmp_path / "home")
-    reg = Registry(settings=settings)
-    reg.register(bundle.path, "digits", alias="production")
-    return settings, reg
-
-
-def test_labelled_production_inputs_come_back_as_the_raw_images_that_were_served(champion) -> None:  # type: ignore[no-untyped-def]
+def test_labelled_production_inputs_come_back_as_the_raw_images_that_were_served(champion: Champion) -> None:
     settings, reg = champion
     ds = mnist_sample()
     _log_labelled(reg, ds.x[:120], ds.y[:120], "p")
@@ -62,7 +56,7 @@ def test_labelled_production_inputs_come_back_as_the_raw_images_that_were_served
     assert (len(train), len(recent)) == (96, 24) and train.ts.max() <= recent.ts.min()
 
 
-def test_retrain_on_shifted_labels_beats_the_champion_on_the_recent_holdout(champion) -> None:  # type: ignore[no-untyped-def]
+def test_retrain_on_shifted_labels_beats_the_champion_on_the_recent_holdout(champion: Champion) -> None:
     settings, reg = champion
     ds = mnist_sample()
     rng = np.random.default_rng(3)
@@ -72,11 +66,11 @@ def test_retrain_on_shifted_labels_beats_the_champion_on_the_recent_holdout(cham
     assert (result.champion, result.version, result.alias) == (1, 2, "candidate")
     assert result.samples["production_train"] == 480 and result.samples["recent_holdout"] == 120
     assert reg.get("digits@candidate").version == 2 and reg.get("digits@production").version == 1
-    lineage = reg.get("digits@2").meta["lineage"]
+    lineage = reg.get("digits@2").meta.lineage.to_dict()
     assert lineage["parent_version"] == 1 and lineage["production_window"]["trained_on"] == 480
     assert lineage["production_window"]["since"] <= lineage["production_window"]["holdout_since"]
     # a recent holdout under 200 samples is too small to be the new version's reference
-    assert reg.get("digits@2").meta["reference"]["held_out"] == "validation split"
+    assert reg.get("digits@2").meta.to_dict()["reference"]["held_out"] == "validation split"
     gate = result.gate["sets"]
     assert gate["recent_holdout"]["challenger"] >= gate["recent_holdout"]["champion"] + 0.05, gate
     assert result.gate["passed"], result.gate
@@ -86,7 +80,7 @@ def test_retrain_on_shifted_labels_beats_the_champion_on_the_recent_holdout(cham
     assert gate_event.details["gate"] == "offline" and gate_event.details["passed"]
 
 
-def test_retrain_refuses_with_a_reason(champion, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_retrain_refuses_with_a_reason(champion: Champion, tmp_path: Path) -> None:
     settings, reg = champion
     with pytest.raises(UsageError, match="only 0 labelled production samples"):
         shipyard.retrain("digits", registry=reg, settings=settings, progress=False)
@@ -97,7 +91,7 @@ def test_retrain_refuses_with_a_reason(champion, tmp_path: Path) -> None:  # typ
         shipyard.retrain("external", registry=reg, settings=settings, progress=False)
 
 
-def test_the_retrain_command_explains_a_refusal(champion) -> None:  # type: ignore[no-untyped-def]
+def test_the_retrain_command_explains_a_refusal(champion: Champion) -> None:
     settings, _ = champion
     env = server_env(settings.home)
     r = run_cli(["retrain", "digits", "--json"], env, check=False)

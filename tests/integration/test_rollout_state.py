@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from harness.bundles import make_bundle
 from shipyard.errors import UsageError
 from shipyard.registry import Registry, RegistryConflict
 from shipyard.settings import Settings
@@ -18,9 +19,9 @@ from shipyard.store import leases
 from shipyard.update import rollout as ro
 from shipyard.update.autopilot import Autopilot, Policy
 
-from ..bundles import make_bundle
 from ..conftest import run_cli
 from ..serving import server_env
+from ..waiting import wait_for
 
 
 @pytest.fixture
@@ -32,14 +33,8 @@ def two_versions(tmp_path: Path) -> tuple[Settings, Registry]:
     return settings, reg
 
 
-def _wait(predicate: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
-def test_a_waiting_rollout_shows_its_state_blocks_a_second_one_and_aborts(two_versions) -> None:  # type: ignore[no-untyped-def]
+def test_a_waiting_rollout_shows_its_state_blocks_a_second_one_and_aborts(
+        two_versions: tuple[Settings, Registry]) -> None:
     settings, reg = two_versions
     config = ro.RolloutConfig(steps=(10, 100), min_requests=5, min_labels=0, step_timeout_s=60, poll_s=0.05)
     result: dict[str, Any] = {}
@@ -49,7 +44,8 @@ def test_a_waiting_rollout_shows_its_state_blocks_a_second_one_and_aborts(two_ve
 
     t = threading.Thread(target=run)
     t.start()
-    _wait(lambda: reg.traffic("m").weights == {"production": 90, "candidate": 10})
+    wait_for(lambda: reg.traffic("m").weights == {"production": 90, "candidate": 10},
+             "the rollout's first step to set the canary weight", timeout=30)
     assert ro.status(reg.engine, "m")["weight"] == 10  # type: ignore[index]
     env = server_env(settings.home)
     st = json.loads(run_cli(["rollout", "status", "m", "--json"], env).stdout)["rollout"]
@@ -70,7 +66,8 @@ def test_a_waiting_rollout_shows_its_state_blocks_a_second_one_and_aborts(two_ve
     assert any(e.kind == "rollout" and "changed my mind" in (e.reason or "") for e in reg.history("m"))
 
 
-def test_a_candidate_the_offline_gate_refused_is_not_rolled_out_and_that_exits_1(two_versions) -> None:  # type: ignore[no-untyped-def]
+def test_a_candidate_the_offline_gate_refused_is_not_rolled_out_and_that_exits_1(
+        two_versions: tuple[Settings, Registry]) -> None:
     settings, reg = two_versions
     reg.record("m", "gate", version=2, reason="offline gate failed: worse on the holdout",
                details={"gate": "offline", "passed": False, "reason": "worse on the holdout"})
@@ -80,7 +77,8 @@ def test_a_candidate_the_offline_gate_refused_is_not_rolled_out_and_that_exits_1
     assert ro.status(reg.engine, "m") is None and reg.traffic("m").weights == {"production": 100}
 
 
-def test_a_step_without_enough_traffic_times_out_and_puts_the_weight_back(two_versions) -> None:  # type: ignore[no-untyped-def]
+def test_a_step_without_enough_traffic_times_out_and_puts_the_weight_back(
+        two_versions: tuple[Settings, Registry]) -> None:
     _, reg = two_versions
     config = ro.RolloutConfig(steps=(20, 100), min_requests=5, step_timeout_s=0.5, poll_s=0.05)
     with pytest.raises(ro.RolloutFailed, match="timed out after 0.5 s with 0/5 requests"):
@@ -90,7 +88,7 @@ def test_a_step_without_enough_traffic_times_out_and_puts_the_weight_back(two_ve
     assert reg.traffic("m").weights == {"production": 100}
 
 
-def test_a_rollout_whose_process_died_is_resumed_from_its_step(two_versions) -> None:  # type: ignore[no-untyped-def]
+def test_a_rollout_whose_process_died_is_resumed_from_its_step(two_versions: tuple[Settings, Registry]) -> None:
     _, reg = two_versions
     config = ro.RolloutConfig(steps=(10, 50, 100), min_requests=5, step_timeout_s=0.3, poll_s=0.05)
     now = time.time()

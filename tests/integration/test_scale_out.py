@@ -13,17 +13,19 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
+from harness.bundles import make_bundle, traffic_data
+from harness.topology import Load, Topology
 from shipyard.registry import Registry
 from shipyard.store.engine import dispose_engines
 
-from ..bundles import make_bundle, traffic_data
 from ..conftest import _free_port, run_cli
-from ..topology import Load, Topology
+from ..waiting import wait_for
 from ..webhook import Receiver
 from .test_monitor import _query
 
@@ -121,10 +123,8 @@ def test_an_alias_move_switches_every_replica_with_zero_failed_requests(topo: To
                 break
             assert time.monotonic() < deadline, Counter((o.served_by, o.version) for o in load.outcomes[-60:])
             time.sleep(0.1)
-        converged = time.monotonic() - t_move
     assert load.failures() == [], load.failures()[:3]
-    assert set(served_by(load)) == {"r1", "r2", "r3"}
-    assert converged < 10, converged  # generous: the goal is under 2 s (scale_bench measures it)
+    assert set(served_by(load)) == {"r1", "r2", "r3"}  # (how fast they converge is scale_bench's measure)
 
 
 def test_a_killed_replica_is_routed_around_and_rejoins_only_once_ready(topo: Topology) -> None:
@@ -257,11 +257,18 @@ def test_a_shifted_stream_through_every_replica_fires_one_webhook(topo: Topology
     _settle(topo)
     receiver: Receiver = topo.receiver  # type: ignore[attr-defined]
     before = len(receiver.received)
+    drift_alerts_before = len(_drift_alerts(topo, include_resolved=True))
     with Load(topo.lb, MODEL, SHIFTED) as load:
         receiver.wait(before + 1, timeout=90)
-        load.wait_for(300)  # keep drifting a while longer: the open alert must not fire again
-        time.sleep(6)
+        (alert,) = _drift_alerts(topo)
+        judged = len(alert["details"]["windows"])  # the drifting windows it fired on
+        load.wait_for(300)  # keep drifting, until the evaluator has judged two more windows with the alert open
+        wait_for(lambda: len(_drift_alerts(topo)) == 1 and
+                 len(_drift_alerts(topo)[0]["details"]["windows"]) >= judged + 2,
+                 "two more drifting windows evaluated while the alert is open", timeout=90, interval=0.2)
     assert load.failures() == []
+    # the open alert took the new windows in: it did not fire again, nor open a second alert
+    assert len(_drift_alerts(topo, include_resolved=True)) == drift_alerts_before + 1
     fired = receiver.received[before:]
     assert len(fired) == 1, fired
     assert fired[0]["alert"]["rule"] == "drift" and fired[0]["alert"]["model"] == MODEL
@@ -271,6 +278,13 @@ def test_a_shifted_stream_through_every_replica_fires_one_webhook(topo: Topology
                                 topo.settings_env(topo.root / "operator")).stdout)
     assert status["evaluator"]["holder"]
     assert sum(w["n"] for w in _windows(topo)) >= 300
+
+
+def _drift_alerts(t: Topology, *, include_resolved: bool = False) -> list[dict[str, Any]]:
+    """The drift alerts (firing ones only, unless `include_resolved`), newest first."""
+    from shipyard.monitor.api import Monitor
+
+    return [a for a in Monitor(_op(t)).alerts(MODEL, include_resolved=include_resolved) if a["rule"] == "drift"]
 
 
 def _windows(t: Topology) -> list[dict]:  # type: ignore[type-arg]
@@ -328,7 +342,14 @@ def test_postgres_restarted_under_load_loses_no_request_and_no_alias_move(topo: 
         _op(topo).engine.dispose()  # this process holds no connection across the restart
         topo.pg.stop("fast")  # the database goes away: replicas keep serving what they loaded
         t_down = time.monotonic()
-        time.sleep(4)  # longer than a poll and an evaluator tick: every replica notices
+
+        def noticed() -> bool:  # every replica failed to read the registry, and served meanwhile
+            down = [o for o in load.outcomes if o.t > t_down]
+            return len(down) > 100 and {o.served_by for o in down} == {"r1", "r2", "r3"} and all(
+                "registry" in httpx.get(f"{r.base}/v2/health/ready", timeout=10).json()["errors"]
+                for r in topo.replicas)
+
+        wait_for(noticed, "every replica to notice the database is gone while serving", timeout=60, interval=0.2)
         down = [o for o in load.outcomes if o.t > t_down]
         topo.pg.start()
         _op(topo).set_alias(MODEL, "production", 3, reason="after the restart")

@@ -7,7 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -22,9 +22,12 @@ from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.runtime import ModelRuntime
 from shipyard.settings import Settings
 
+if TYPE_CHECKING:
+    from ..conftest import Optimized
+
 
 @pytest.fixture(scope="module")
-def plane(optimized, tmp_path_factory: pytest.TempPathFactory) -> DataPlane:  # type: ignore[no-untyped-def]
+def plane(optimized: Optimized, tmp_path_factory: pytest.TempPathFactory) -> DataPlane:
     _, _, bundle, _, _ = optimized
     reg = Registry(settings=Settings(home=tmp_path_factory.mktemp("core") / "home"))
     for _ in range(7):  # version 7, as a long-lived model would have
@@ -60,7 +63,8 @@ def v2(inputs: list[dict], **extra: object) -> bytes:
     return json.dumps({"inputs": inputs, **extra}).encode()
 
 
-def test_raw_pixels_and_features_get_identical_probabilities(plane: DataPlane, runtime: ModelRuntime, images) -> None:  # type: ignore[no-untyped-def]
+def test_raw_pixels_and_features_get_identical_probabilities(plane: DataPlane, runtime: ModelRuntime,
+                                                             images: tuple[np.ndarray, np.ndarray]) -> None:
     x, y = images
     features = runtime.preprocess.apply(x)  # type: ignore[union-attr]
     raw_req = decode_v2(v2([{"name": "image", "datatype": "UINT8", "shape": [100, 28, 28],
@@ -79,7 +83,8 @@ def test_raw_pixels_and_features_get_identical_probabilities(plane: DataPlane, r
     assert raw_out["id"] and raw_out["id"] != "abc"  # generated when absent
 
 
-def test_binary_request_and_response(plane: DataPlane, runtime: ModelRuntime, images) -> None:  # type: ignore[no-untyped-def]
+def test_binary_request_and_response(
+        plane: DataPlane, runtime: ModelRuntime, images: tuple[np.ndarray, np.ndarray]) -> None:
     x, _ = images
     header = v2([{"name": "image", "datatype": "UINT8", "shape": [3, 28, 28],
                   "parameters": {"binary_data_size": 3 * 784}}],
@@ -92,7 +97,8 @@ def test_binary_request_and_response(plane: DataPlane, runtime: ModelRuntime, im
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
 
 
-def test_v1_instances_raw_or_features(plane: DataPlane, runtime: ModelRuntime, images) -> None:  # type: ignore[no-untyped-def]
+def test_v1_instances_raw_or_features(
+        plane: DataPlane, runtime: ModelRuntime, images: tuple[np.ndarray, np.ndarray]) -> None:
     x, _ = images
     raw, _ = predict_v1(plane, decode_v1(json.dumps({"instances": x[:2].tolist()}).encode()))
     feats = runtime.preprocess.apply(x[:2])  # type: ignore[union-attr]

@@ -18,12 +18,13 @@ import httpx
 import numpy as np
 import pytest
 
+from harness.bundles import make_bundle
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 
-from ..bundles import make_bundle
 from ..conftest import SHIPYARD
 from ..serving import Server, serve, server_env
+from ..waiting import wait_for
 
 ROW = np.random.default_rng(0).random(784).round(4).tolist()
 BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784], "data": ROW}]}).encode()
@@ -85,7 +86,8 @@ class Load:
         return [r for r in self.records if r[3] != 200]
 
 
-def test_an_alias_move_under_load_switches_versions_without_a_failed_request(two_versions) -> None:  # type: ignore[no-untyped-def]
+def test_an_alias_move_under_load_switches_versions_without_a_failed_request(
+        two_versions: tuple[Path, Registry]) -> None:
     home, reg = two_versions
     with serve(home, "digits", "--poll-s", "0.2") as srv, Load(srv.base) as load:
         load.wait_for(lambda: load.count() >= 300, "traffic on version 1")
@@ -104,7 +106,7 @@ def test_an_alias_move_under_load_switches_versions_without_a_failed_request(two
     assert "retiring digits version 1" in log and "freed digits version 1" in log
 
 
-def test_a_broken_new_version_leaves_the_old_one_serving_and_is_reported(two_versions) -> None:  # type: ignore[no-untyped-def]
+def test_a_broken_new_version_leaves_the_old_one_serving_and_is_reported(two_versions: tuple[Path, Registry]) -> None:
     home, reg = two_versions
     with serve(home, "digits", "--poll-s", "0") as srv:
         mv = reg.get("digits@2")
@@ -126,7 +128,7 @@ def test_a_broken_new_version_leaves_the_old_one_serving_and_is_reported(two_ver
         assert "cannot update digits" in srv.log.read_text()
 
 
-def test_sigterm_drains_under_load_with_zero_failed_requests(two_versions) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_drains_under_load_with_zero_failed_requests(two_versions: tuple[Path, Registry]) -> None:
     """The client stops sending once readiness says 503, as a load balancer would; every request
     it sent before that, including those sent after SIGTERM, is answered."""
     home, _ = two_versions
@@ -180,7 +182,8 @@ def _wait_revision(srv: Server, revision: int, timeout: float = 60) -> dict[int,
         time.sleep(0.1)
 
 
-def test_traffic_changes_reach_both_workers_with_weights_sticky_keys_and_shadow(two_versions) -> None:  # type: ignore[no-untyped-def]
+def test_traffic_changes_reach_both_workers_with_weights_sticky_keys_and_shadow(
+        two_versions: tuple[Path, Registry]) -> None:
     home, reg = two_versions
     reg.set_alias("digits", "candidate", 2)
     env = server_env(home)
@@ -219,7 +222,8 @@ def test_traffic_changes_reach_both_workers_with_weights_sticky_keys_and_shadow(
     assert kinds.count("traffic") == 2
 
 
-def test_metadata_shows_batching_and_a_full_queue_answers_503_with_retry_after(two_versions) -> None:  # type: ignore[no-untyped-def]
+def test_metadata_shows_batching_and_a_full_queue_answers_503_with_retry_after(
+        two_versions: tuple[Path, Registry]) -> None:
     home, _ = two_versions
     args = ["digits", "--max-batch-size", "64", "--max-delay-ms", "1500", "--max-queue", "64", "--timeout-ms", "8000"]
     big = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [60, 784], "data": ROW * 60}]})
@@ -237,9 +241,13 @@ def test_metadata_shows_batching_and_a_full_queue_answers_503_with_retry_after(t
         def send(body: str) -> None:
             results.append(httpx.post(f"{srv.base}/v2/models/digits/infer", content=body, timeout=30))
 
+        def queued() -> int:
+            return int(httpx.get(f"{srv.base}/v2/models/digits").json()["parameters"]["batching"]["stats"]["requests"])
+
         first = threading.Thread(target=send, args=(big,))
         first.start()
-        time.sleep(0.3)  # the 60 wait for company (1.5 s); 10 more do not fit a 64-instance queue
+        # the 60 wait in the queue for company (1.5 s); once they are there, 10 more do not fit in 64
+        wait_for(queued, "the 60-instance request to be queued", timeout=30, interval=0.01)
         send(small)
         first.join()
         codes = sorted(r.status_code for r in results)
@@ -259,7 +267,7 @@ def test_bad_batching_flags_are_refused_together(tmp_path: Path) -> None:
     assert "max_delay_ms must be ≥ 0" in r.stderr and "max_queue (8) must hold at least one full batch" in r.stderr
 
 
-def test_latency_target_mode_adapts_and_reports_its_decisions(two_versions) -> None:  # type: ignore[no-untyped-def]
+def test_latency_target_mode_adapts_and_reports_its_decisions(two_versions: tuple[Path, Registry]) -> None:
     home, _ = two_versions
     with serve(home, "digits", "--latency-target-ms", "40") as srv, Load(srv.base, threads=2) as load:
         meta: dict[str, Any] = {}

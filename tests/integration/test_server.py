@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -20,6 +21,9 @@ from shipyard.registry import Registry
 from shipyard.serve.runtime import ModelRuntime
 
 from ..serving import serve
+
+if TYPE_CHECKING:
+    from ..conftest import Optimized
 
 
 @contextmanager
@@ -34,7 +38,7 @@ def running_server(bundle_path: Path, home: Path) -> Iterator[tuple[str, int]]:
 
 
 @pytest.fixture(scope="module")
-def server(optimized, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, Path]]:  # type: ignore[no-untyped-def]
+def server(optimized: Optimized, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, Path]]:
     home = tmp_path_factory.mktemp("serve") / "home"
     with running_server(optimized[2].path, home) as (base, pid):
         yield base, pid, home
@@ -51,7 +55,8 @@ def client(base: str) -> triton.InferenceServerClient:
 
 
 @pytest.mark.parametrize("binary", [False, True])
-def test_tritonclient_infers_raw_and_features(server, images, optimized, binary: bool) -> None:  # type: ignore[no-untyped-def]
+def test_tritonclient_infers_raw_and_features(server: tuple[str, int, Path], images: tuple[np.ndarray, np.ndarray],
+                                              optimized: Optimized, binary: bool) -> None:
     base, _, _ = server
     x, y = images
     c = client(base)
@@ -75,7 +80,7 @@ def test_tritonclient_infers_raw_and_features(server, images, optimized, binary:
     np.testing.assert_array_equal(again, probs)
 
 
-def test_v1_predict_and_request_id(server, images) -> None:  # type: ignore[no-untyped-def]
+def test_v1_predict_and_request_id(server: tuple[str, int, Path], images: tuple[np.ndarray, np.ndarray]) -> None:
     base, _, _ = server
     x, y = images
     r = httpx.post(f"{base}/v1/models/digits:predict", json={"instances": x[:3].tolist()})
@@ -99,7 +104,7 @@ def test_v1_predict_and_request_id(server, images) -> None:  # type: ignore[no-u
     ("GET", "/nowhere", b"", 404, "no route"),
 ])
 def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
-        server, method: str, path: str, body: bytes, status: int, message: str) -> None:  # type: ignore[no-untyped-def]
+        server: tuple[str, int, Path], method: str, path: str, body: bytes, status: int, message: str) -> None:
     base, _, _ = server
     r = httpx.request(method, f"{base}{path}", content=body, timeout=30)
     assert r.status_code == status, r.text
@@ -107,7 +112,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
     assert httpx.get(f"{base}/v2/health/ready").status_code == 200
 
 
-def test_repository_routes_work_with_tritonclient(server) -> None:  # type: ignore[no-untyped-def]
+def test_repository_routes_work_with_tritonclient(server: tuple[str, int, Path]) -> None:
     base, _, _ = server
     c = client(base)
     index = c.get_model_repository_index()
@@ -127,14 +132,14 @@ def _family(pid: int) -> list[int]:
     return out
 
 
-def test_the_server_processes_never_load_torch(server) -> None:  # type: ignore[no-untyped-def]
+def test_the_server_processes_never_load_torch(server: tuple[str, int, Path]) -> None:
     _, pid, _ = server
     maps = [Path(f"/proc/{p}/maps").read_text() for p in _family(pid)]
     assert any("onnxruntime" in m for m in maps), "no process holds the model"
     assert not any("libtorch" in m for m in maps)
 
 
-def test_openapi_document_describes_every_route(server) -> None:  # type: ignore[no-untyped-def]
+def test_openapi_document_describes_every_route(server: tuple[str, int, Path]) -> None:
     base, _, _ = server
     doc = httpx.get(f"{base}/openapi.json").json()
     assert doc["openapi"].startswith("3.")
@@ -150,7 +155,7 @@ def test_openapi_document_describes_every_route(server) -> None:  # type: ignore
             assert r.status_code < 500, (method, path, r.text)
 
 
-def test_schemathesis_finds_no_server_error_on_any_route(optimized, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_schemathesis_finds_no_server_error_on_any_route(optimized: Optimized, tmp_path: Path) -> None:
     """Property-based fuzzing of every route in the OpenAPI document, on a server of its own
     (the fuzzer unloads and reloads models)."""
     with running_server(optimized[2].path, tmp_path / "home") as (base, _):

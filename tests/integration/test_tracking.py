@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,7 @@ from shipyard.store.schema import HEAD, run_metrics
 from shipyard.training import Recipe
 from shipyard.training.tracking import RunStore
 
-
-@pytest.fixture(autouse=True)
-def _close_pools() -> Iterator[None]:
-    yield
-    dispose_engines()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "sqlite":
-        return Settings(home=tmp_path / "home")
-    return Settings(home=tmp_path / "home", database_url=request.getfixturevalue("fresh_pg_url"))
+pytestmark = pytest.mark.usefixtures("close_pools")
 
 
 def test_head_constant_matches_the_migrations() -> None:
@@ -39,17 +27,17 @@ def test_head_constant_matches_the_migrations() -> None:
     assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD
 
 
-def test_migrations_create_the_schema_once(store_settings: Settings) -> None:
-    engine = engine_for(store_settings.db_url)
+def test_migrations_create_the_schema_once(reg_settings: Settings) -> None:
+    engine = engine_for(reg_settings.db_url)
     assert current_revision(engine) == HEAD
     tables = set(sa.inspect(engine).get_table_names())
     assert {"runs", "run_metrics", "run_artifacts", "alembic_version"} <= tables
     dispose_engines()
-    assert current_revision(engine_for(store_settings.db_url)) == HEAD  # idempotent
+    assert current_revision(engine_for(reg_settings.db_url)) == HEAD  # idempotent
 
 
-def test_runs_persist_with_metrics_and_artifacts(store_settings: Settings) -> None:
-    store = RunStore(store_settings)
+def test_runs_persist_with_metrics_and_artifacts(reg_settings: Settings) -> None:
+    store = RunStore(reg_settings)
     run_id = store.create(Recipe(epochs=3).to_dict(), "mnist-sample")
     for epoch in (1, 2, 3):
         store.log_epoch(run_id, epoch, {"val_accuracy": 0.5 + epoch / 10, "train_loss": 1 / epoch},
@@ -59,7 +47,7 @@ def test_runs_persist_with_metrics_and_artifacts(store_settings: Settings) -> No
     store.put_artifact(run_id, "checkpoint", b"second")
     store.update(run_id, status="finished")
     dispose_engines()
-    store = RunStore(store_settings)  # a fresh store, as another process would see it
+    store = RunStore(reg_settings)  # a fresh store, as another process would see it
     run = store.get(run_id)
     assert run.status == "finished" and run.epochs_run == 3
     assert run.metrics["val_accuracy"] == pytest.approx([0.6, 0.7, 0.8])
@@ -87,17 +75,17 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_two_processes_writing_at_once_lose_nothing(store_settings: Settings, tmp_path: Path) -> None:
+def test_two_processes_writing_at_once_lose_nothing(reg_settings: Settings, tmp_path: Path) -> None:
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    url = store_settings.database_url or ""
-    RunStore(store_settings)  # migrate first, as any command does
-    procs = [subprocess.Popen([sys.executable, str(script), str(store_settings.home), url, tag],
+    url = reg_settings.database_url or ""
+    RunStore(reg_settings)  # migrate first, as any command does
+    procs = [subprocess.Popen([sys.executable, str(script), str(reg_settings.home), url, tag],
                               stderr=subprocess.PIPE, text=True) for tag in ("a", "b")]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
-    store = RunStore(store_settings)
+    store = RunStore(reg_settings)
     found = store.list(limit=100)
     assert len(found) == 30
     assert all(r.status == "finished" and r.epochs_run == 5 for r in found)

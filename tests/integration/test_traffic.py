@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +15,16 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from harness.bundles import make_bundle
 from shipyard.errors import NotFound, UsageError
 from shipyard.registry import Deployment, Registry, RegistryConflict
 from shipyard.settings import Settings
 from shipyard.store.engine import MIGRATIONS, current_revision, dispose_engines
 from shipyard.store.schema import HEAD
 
-from ..bundles import make_bundle
 from ..conftest import SHIPYARD, run_cli
 
-
-@pytest.fixture(autouse=True)
-def _close_pools() -> Iterator[None]:
-    yield
-    dispose_engines()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def reg_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "sqlite":
-        return Settings(home=tmp_path / "home")
-    return Settings(home=tmp_path / "home", database_url=request.getfixturevalue("fresh_pg_url"))
+pytestmark = pytest.mark.usefixtures("close_pools")
 
 
 @pytest.fixture

@@ -9,8 +9,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
@@ -24,9 +26,13 @@ from shipyard.training import Recipe, get_run, train
 from shipyard.training.tracking import RunStore
 
 from ..conftest import SHIPYARD
+from ..waiting import wait_for
+
+if TYPE_CHECKING:
+    from ..conftest import Trained
 
 
-def test_canonical_run_learns_and_is_tracked(trained) -> None:  # type: ignore[no-untyped-def]
+def test_canonical_run_learns_and_is_tracked(trained: Trained) -> None:
     s, run = trained
     assert run.status == "finished" and run.epochs_run == 2
     assert run.metrics["train_loss"][1] < run.metrics["train_loss"][0]
@@ -42,7 +48,7 @@ def test_canonical_run_learns_and_is_tracked(trained) -> None:  # type: ignore[n
     assert again.metrics == run.metrics and again.checkpoint == run.checkpoint
 
 
-def test_tensorboard_scalars_match_the_store(trained) -> None:  # type: ignore[no-untyped-def]
+def test_tensorboard_scalars_match_the_store(trained: Trained) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, run = trained
@@ -94,7 +100,7 @@ def test_fashion_mnist_reports_test_accuracy(settings: Settings) -> None:
     assert run.recipe["data"] == "fashion-mnist" and run.epochs_run == 1
 
 
-def test_like_replays_the_recipe_with_overrides(trained) -> None:  # type: ignore[no-untyped-def]
+def test_like_replays_the_recipe_with_overrides(trained: Trained) -> None:
     s, parent = trained
     child = train(like=parent.id, epochs=1, seed=3, settings=s, progress=False)
     assert child.parent_run_id == parent.id
@@ -134,7 +140,7 @@ def test_a_vanished_process_shows_as_failed(settings: Settings) -> None:
     assert run.status == "failed" and f"process {dead.pid}" in (run.error or "")
 
 
-def test_resume_refuses_what_it_cannot_do(trained, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+def test_resume_refuses_what_it_cannot_do(trained: Trained, settings: Settings) -> None:
     s, run = trained
     with pytest.raises(UsageError, match="already finished"):
         train(resume=run.id, settings=s)
@@ -144,41 +150,59 @@ def test_resume_refuses_what_it_cannot_do(trained, settings: Settings) -> None: 
         train(resume="feedbeef", settings=settings)
 
 
+#: more epochs than any machine runs before a Ctrl-C lands: the interrupted runs never race their end
+ENDLESS = "100000"
+
+
 def _wait_for_epoch(settings: Settings, epochs: int, proc: subprocess.Popen[str]) -> str:
+    """The run's id, once `proc` has completed `epochs` epochs (as recorded in the database)."""
     engine = engine_for(settings.db_url)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def reached() -> str | None:
         assert proc.poll() is None, proc.communicate()[1]
         with engine.connect() as conn:
             row = conn.execute(sa.select(runs_table.c.id, runs_table.c.epochs_run)).first()
-        if row is not None and row.epochs_run >= epochs:
-            return str(row.id)
-        time.sleep(0.05)
-    raise AssertionError("training did not reach the epoch in time")
+        return str(row.id) if row is not None and row.epochs_run >= epochs else None
+
+    return wait_for(reached, f"training to complete epoch {epochs}", timeout=120)
+
+
+@contextmanager
+def _training(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """`shipyard train ARGS` in the background; killed if the test leaves it running."""
+    proc = subprocess.Popen([*SHIPYARD, "train", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def test_ctrl_c_interrupts_cleanly_and_resume_matches_an_uninterrupted_run(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     settings = Settings(home=Path(cli_env["SHIPYARD_HOME"]))
-    args = [*SHIPYARD, "train", "--epochs", "25", "--seed", "5", "--json"]
-    proc = subprocess.Popen(args, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    run_id = _wait_for_epoch(settings, 2, proc)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    with _training(["--epochs", ENDLESS, "--seed", "5", "--json"], cli_env) as proc:
+        run_id = _wait_for_epoch(settings, 2, proc)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1, stderr
     out = json.loads(stdout.strip().splitlines()[-1])
     assert out["run_id"] == run_id and out["status"] == "interrupted"
     assert f"--resume {run_id}" in stderr
     run = get_run(run_id, settings=settings)
-    assert run.status == "interrupted" and 2 <= run.epochs_run < 25
+    assert run.status == "interrupted" and run.epochs_run >= 2
     state = torch.load(io.BytesIO(Path(run.checkpoint).read_bytes()), weights_only=True)
     assert "net.0.weight" in state
 
-    resumed = train(resume=run_id, settings=settings, progress=False)
-    assert resumed.id == run_id and resumed.status == "finished" and resumed.epochs_run == 25
-    straight = train(epochs=25, seed=5, settings=settings, progress=False)
+    # continued two epochs past where it stopped, it is the run that never stopped (no schedule
+    # depends on the epoch count)
+    epochs = run.epochs_run + 2
+    resumed = train(resume=run_id, epochs=epochs, settings=settings, progress=False)
+    assert resumed.id == run_id and resumed.status == "finished" and resumed.epochs_run == epochs
+    straight = train(epochs=epochs, seed=5, settings=settings, progress=False)
     assert resumed.metrics["val_accuracy"] == straight.metrics["val_accuracy"]
     assert resumed.metrics["train_loss"] == straight.metrics["train_loss"]
     assert resumed.artifacts["checkpoint"]["sha256"] == straight.artifacts["checkpoint"]["sha256"]
@@ -203,11 +227,10 @@ def test_a_diverging_run_fails_with_a_clear_reason(settings: Settings) -> None:
 
 def test_resume_cannot_shrink_a_run(tmp_path: Path, cli_env: dict[str, str]) -> None:
     settings = Settings(home=Path(cli_env["SHIPYARD_HOME"]))
-    proc = subprocess.Popen([*SHIPYARD, "train", "--epochs", "30", "-q"], env=cli_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_id = _wait_for_epoch(settings, 2, proc)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
+    with _training(["--epochs", ENDLESS, "-q"], cli_env) as proc:
+        run_id = _wait_for_epoch(settings, 2, proc)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
     done = get_run(run_id, settings=settings).epochs_run
     with pytest.raises(UsageError, match="would not continue it"):
         train(resume=run_id, epochs=done, settings=settings)

@@ -10,21 +10,21 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
-import pytest
 
 import shipyard
 from shipyard.data.sources import mnist_sample
 from shipyard.monitor.api import Monitor
-from shipyard.registry import Registry
-from shipyard.settings import Settings
 from shipyard.update import rollout as ro
 
 from ..conftest import run_cli
 from ..serving import serve, server_env
+
+if TYPE_CHECKING:
+    from ..conftest import Champion
 
 
 class Users:
@@ -83,17 +83,8 @@ def _wait(what: str, predicate: Any, timeout: float = 120) -> None:
         time.sleep(0.25)
 
 
-@pytest.fixture
-def deployed(optimized, tmp_path: Path):  # type: ignore[no-untyped-def]
-    _, _, bundle, _, _ = optimized
-    settings = Settings(home=tmp_path / "home")
-    reg = Registry(settings=settings)
-    reg.register(bundle.path, "digits", alias="production")
-    return settings, reg
-
-
-def test_shift_retrain_canary_promote_and_rollback_without_a_failed_request(deployed) -> None:  # type: ignore[no-untyped-def]
-    settings, reg = deployed
+def test_shift_retrain_canary_promote_and_rollback_without_a_failed_request(champion: Champion) -> None:
+    settings, reg = champion
     ds = mnist_sample()
     env = server_env(settings.home)
     with serve(settings.home, "digits", "--window", "100", "--poll-s", "0.5", env=env) as srv, \
@@ -106,7 +97,7 @@ def test_shift_retrain_canary_promote_and_rollback_without_a_failed_request(depl
         assert result.version == 2 and result.gate["passed"], result.gate
         holdout = result.gate["sets"]["recent_holdout"]
         assert holdout["challenger"] >= holdout["champion"] + 0.05, holdout  # at least 5 points better
-        lineage = reg.get("digits@2").meta["lineage"]
+        lineage = reg.get("digits@2").meta.lineage.to_dict()
         assert lineage["parent_version"] == 1 and lineage["production_window"]["trained_on"] > 0
 
         config = ro.RolloutConfig(steps=(50, 100), min_requests=80, min_labels=40, step_timeout_s=180)
@@ -132,9 +123,9 @@ def test_shift_retrain_canary_promote_and_rollback_without_a_failed_request(depl
     assert status["status"] == "promoted" and status["candidate"] == 2
 
 
-def test_a_bad_candidate_is_refused_offline_and_caught_online_at_the_first_step(deployed, tmp_path: Path
-                                                                               ) -> None:  # type: ignore[no-untyped-def]
-    settings, reg = deployed
+def test_a_bad_candidate_is_refused_offline_and_caught_online_at_the_first_step(champion: Champion,
+                                                                               tmp_path: Path) -> None:
+    settings, reg = champion
     ds = mnist_sample()
     shuffled = tmp_path / "shuffled.npz"
     np.savez(shuffled, x_train=ds.x, y_train=np.random.default_rng(1).permutation(ds.y))
@@ -162,8 +153,8 @@ def test_a_bad_candidate_is_refused_offline_and_caught_online_at_the_first_step(
                for e in reg.history("digits"))
 
 
-def test_rollout_refuses_bad_settings_and_a_second_rollout(deployed) -> None:  # type: ignore[no-untyped-def]
-    settings, reg = deployed
+def test_rollout_refuses_bad_settings_and_a_second_rollout(champion: Champion) -> None:
+    settings, reg = champion
     env = server_env(settings.home)
     r = run_cli(["rollout", "digits", "--steps", "50,20"], env, check=False)
     assert r.returncode == 2 and "increasing" in r.stderr

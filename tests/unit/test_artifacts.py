@@ -55,7 +55,8 @@ def test_settings_read_the_store_from_the_environment() -> None:
     assert (s.artifacts, s.s3_endpoint_url) == ("s3://b/p", "http://127.0.0.1:9000")
 
 
-def test_a_file_url_is_percent_decoded_and_a_relative_path_resolved(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_file_url_is_percent_decoded_and_a_relative_path_resolved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from shipyard.settings import Settings
     from shipyard.store.artifacts import open_store
 

@@ -127,7 +127,7 @@ def test_the_ks_tests_give_scipys_numbers_with_ties() -> None:
 
 
 def test_thresholds_computed_at_bundle_time_are_used_as_they_are() -> None:
-    from shipyard.monitor import reference
+    from shipyard.bundle import reference
 
     rng = np.random.default_rng(9)
     x = rng.random((900, 784)).astype(np.float32)

@@ -135,14 +135,14 @@ def pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.2%}"
 
 
-def size(n: int | None) -> str:
+def size(n: float | None) -> str:
     """Bytes in decimal units, as `ls -h --si` would say them."""
     if n is None:
         return "–"
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
+        n /= 1000
     return str(n)
 
 

@@ -5,11 +5,11 @@ do not train never import torch. Command modules import `_common`, never this mo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol, TypeGuard
 
 import typer
 
-from shipyard import __version__
+from shipyard._version import __version__
 from shipyard.cli import (
     autopilot,
     bundle,
@@ -76,6 +76,21 @@ def _root(
         use_settings(Settings.from_env(home=home, database_url=db))
 
 
+class _ParserError(Protocol):
+    """What every error of the parser has (Typer ships its own copy of Click's exception classes
+    and exports none of them)."""
+
+    exit_code: int
+
+    def format_message(self) -> str: ...
+
+    def show(self) -> None: ...
+
+
+def _is_parser_error(e: Exception) -> TypeGuard[_ParserError]:
+    return hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)
+
+
 def main() -> None:
     """The `shipyard` command. Usage errors the parser finds itself (an unknown option, a value of
     the wrong type, a missing argument) keep the --json contract too: the message on stderr, the
@@ -88,17 +103,17 @@ def main() -> None:
         err.print("Aborted!")
         sys.exit(1)
     except Exception as e:
-        # the parser's errors (Typer ships its own copy of Click's exception classes): told apart
-        # by what every one of them has
-        if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
+        # the parser's errors: told apart by what every one of them has
+        if not _is_parser_error(e):
             raise
         try:
             from typer import rich_utils
 
+            # typer annotates this with its private _click.ClickException, which it does not export
             rich_utils.rich_format_error(e)  # type: ignore[arg-type]
         except ImportError:
-            e.show()  # type: ignore[attr-defined]
+            e.show()
         if "--json" in sys.argv[1:]:
             emit_json({"error": e.format_message()})
-        sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        sys.exit(e.exit_code)
     sys.exit(rc if type(rc) is int else 0)

@@ -15,8 +15,13 @@ export_app = typer.Typer(help="Write configuration for Prometheus and Grafana.",
 
 
 def _write(text: str, output: Path | None, what: str, as_json: bool) -> None:
+    """The file to `output`, else to stdout; with --json, the one-object contract either way (the
+    file's text as `content` when there is no file)."""
     if output is None:
-        typer.echo(text, nl=False)
+        if as_json:
+            emit_json({"what": what, "content": text})
+        else:
+            typer.echo(text, nl=False)
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)

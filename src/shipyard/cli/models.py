@@ -114,17 +114,16 @@ def _print_version(mv: ModelVersion) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_column(no_wrap=True)
     head.add_column(overflow="fold")
-    sig = mv.meta.get("signature") or {}
-    io = "; ".join(f"{k}: " + ", ".join(f"{s.get('name')} {s.get('dtype')} {s.get('shape')}" for s in sig.get(k) or []
-                                        if isinstance(s, dict))
-                   for k in ("inputs", "outputs")) if isinstance(sig, dict) else str(sig)
-    classes = mv.meta.get("classes") or []
+    sig = mv.meta.signature
+    io = "; ".join(f"{k}: " + ", ".join(f"{s.name} {s.dtype} {list(s.shape)}" for s in specs)
+                   for k, specs in (("inputs", sig.inputs), ("outputs", sig.outputs)))
+    classes = mv.meta.classes
     rows = [("registered", when(d["created_at"])), ("bundle", f"sha256 {mv.bundle_sha256}, {size(mv.size_bytes)}"),
             ("variant", mv.variant or "–"), ("signature", io),
             ("classes", f"{len(classes)}: {', '.join(map(str, classes[:12]))}{' …' if len(classes) > 12 else ''}"),
             ("run", mv.run_id or "–"), ("description", mv.description or "–"),
             ("tags", ", ".join(f"{k}={v}" for k, v in mv.tags.items()) or "–")]
-    for k, v in mv.lineage.items():
+    for k, v in mv.lineage.to_dict().items():
         if k != "run_id":
             rows.append((f"lineage.{k}", v if isinstance(v, str) else json.dumps(v, default=str)))
     for k, v in rows:
@@ -133,9 +132,9 @@ def _print_version(mv: ModelVersion) -> None:
     if mv.variants:
         t = Table("variant", "accuracy", "size", "p50 batch 1", "throughput batch 64")
         for v in mv.variants:
-            mark = " *" if v.get("name") == mv.variant else ""
-            t.add_row(f"{v.get('name')}{mark}", *[_metric(k, v.get(k)) for k in
-                                                  ("accuracy", "size_bytes", "latency_p50_ms", "throughput_per_s")])
+            mark = " *" if v.name == mv.variant else ""
+            t.add_row(f"{v.name}{mark}", *[_metric(k, getattr(v, k)) for k in
+                                           ("accuracy", "size_bytes", "latency_p50_ms", "throughput_per_s")])
         out.print(t)
 
 

@@ -37,7 +37,7 @@ def export(
             emit_json(done.to_dict())
 
 
-def _fmt_test(t: dict | None) -> str:  # type: ignore[type-arg]
+def _fmt_test(t: dict[str, Any] | None) -> str:
     if not t:
         return "-"
     return f"{'ALARM ' if t['alarm'] else ''}p={t['p_value']:.1e}"

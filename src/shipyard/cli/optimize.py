@@ -32,13 +32,13 @@ def optimize(
         bundle, measured, reason = run_optimize(run, name=name, output=output, optimize_for=optimize_for,
                                                 variants=wanted, threads=threads, bench_seconds=bench_seconds,
                                                 settings=settings())
-        lineage = bundle.meta["lineage"]
-        plot_path = (Path(settings().runs_dir / bundle.meta["lineage"]["run_id"]) / "variants.png" if output is None
+        run_id = bundle.meta.lineage.run_id
+        plot_path = (Path(settings().runs_dir / str(run_id)) / "variants.png" if output is None
                      else Path(str(output).removesuffix(".tar.gz").removesuffix(".tgz") + ".variants.png"))
-        plot = plot_variants(measured, plot_path, title=f"{bundle.name} (run {lineage['run_id']}): green is chosen")
+        plot = plot_variants(measured, plot_path, title=f"{bundle.name} (run {run_id}): green is chosen")
         where = str(output) if output is not None else str(bundle.path)
         if as_json:
-            emit_json({"bundle": where, "name": bundle.name, "chosen": bundle.meta["variant"], "reason": reason,
+            emit_json({"bundle": where, "name": bundle.name, "chosen": bundle.meta.variant, "reason": reason,
                        "variants": [m.to_dict() for m in measured], "plot": str(plot)})
             return
         out.print(variants_table([m.to_dict() for m in measured]))
@@ -66,10 +66,10 @@ def import_model(
         stored = str(reg.bundle_path(mv.ref))
         if as_json:
             emit_json({"bundle": stored, "name": mv.name, "version": mv.version,
-                       "softmax_added": bundle.meta["lineage"]["softmax_added"],
-                       "val_accuracy": bundle.meta["metrics"].get("val_accuracy")})
+                       "softmax_added": bundle.meta.lineage.softmax_added,
+                       "val_accuracy": bundle.meta.metrics.val_accuracy})
             return
-        acc = bundle.meta["metrics"].get("val_accuracy")
+        acc = bundle.meta.metrics.val_accuracy
         err.print(f"imported {path.name} as [bold]{mv.name}@{mv.version}[/]"
                   + (f", val accuracy {pct(acc)}" if acc is not None else ", no data given: no accuracy or reference profile"))
         out.print(escape(stored))

@@ -100,7 +100,7 @@ def runs_compare(
         for k in results:
             vals = [r.to_dict()[k] for r in found]
             fmt = pct if k.endswith("accuracy") else (_dur if k == "duration_s" else str)
-            t.add_row(k, *[fmt(v) for v in vals])  # type: ignore[operator]
+            t.add_row(k, *[fmt(v) for v in vals])
         out.print(t)
         if not differing:
             err.print("the runs have identical recipes")

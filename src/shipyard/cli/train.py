@@ -66,7 +66,7 @@ def train(
         return get_run(run_id, settings=settings()).to_dict()
 
     with reporting(as_json, on_interrupt=interrupted):
-        overrides = dict(
+        overrides: dict[str, Any] = dict(
             data=data, model=model, model_args=_model_args(model_arg), epochs=epochs,
             batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
             momentum=momentum, label_smoothing=label_smoothing, schedule=schedule,

@@ -19,7 +19,7 @@ def read_idx(path: Path) -> np.ndarray:
         with open(path, "rb") as f:
             head = f.read(2)
         opener = gzip.open if head == b"\x1f\x8b" else open
-        with opener(path, "rb") as f:  # type: ignore[operator]
+        with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:
         raise DataError(path, f"cannot read: {e}") from None

@@ -71,7 +71,7 @@ class Dataset:
                 continue
             a = np.ascontiguousarray(a)
             h.update(f"{a.dtype.str}{a.shape}".encode())
-            h.update(memoryview(a).cast("B"))
+            h.update(a.data.cast("B"))
         h.update("\x00".join(self.classes).encode())
         return h.hexdigest()
 

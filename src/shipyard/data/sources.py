@@ -303,7 +303,7 @@ def _read_image_tree(
             except (UnidentifiedImageError, OSError) as e:
                 raise DataError(p, f"not a readable image ({e})") from None
             if size is None:
-                size = arr.shape  # type: ignore[assignment]
+                size = arr.shape
             elif arr.shape != size:
                 raise DataError(p, f"image is {arr.shape[1]}x{arr.shape[0]}, others are "
                                    f"{size[1]}x{size[0]}; resize them to one size")

@@ -1,7 +1,7 @@
-"""The `monitor` stage: metrics, the prediction log and feedback, the reference profile that
-bundles carry, drift detectors, the evaluator that windows live traffic, alerts, and `Monitor`,
-the Python API over the persisted state. Imported lazily: a server worker loads only what it
-uses."""
+"""The `monitor` stage: metrics, the prediction log and feedback, drift detectors (against the
+reference profile bundles carry, `shipyard.bundle.reference`), the evaluator that windows live
+traffic, alerts, and `Monitor`, the Python API over the persisted state. Imported lazily: a
+server worker loads only what it uses."""
 
 from typing import Any
 

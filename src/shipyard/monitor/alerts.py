@@ -354,7 +354,9 @@ class Alerter:
                                "severity": f.rule.severity, "status": "firing", "opened_at": now,
                                "last_seen_at": now, "resolved_at": None, "message": f.message,
                                "details": f.details, "notified": "pending" if self.config.webhook else "none"}
-                        alert_id = conn.execute(a.insert().values(**row)).inserted_primary_key[0]
+                        pk = conn.execute(a.insert().values(**row)).inserted_primary_key
+                        assert pk is not None  # one row inserted
+                        alert_id = pk[0]
                         log.warning("ALERT %s (%s) for %s: %s", f.rule.name, f.rule.severity, name, f.message)
                         due.append({"status": "firing", "alert": {"id": alert_id, **row}})
                 elif latest is not None and latest["status"] == "firing":

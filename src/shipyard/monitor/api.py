@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -15,6 +15,10 @@ from shipyard.monitor import evaluator as evaluator_mod
 from shipyard.monitor import stats
 from shipyard.store import leases
 
+if TYPE_CHECKING:
+    from shipyard.registry import Model, Registry
+    from shipyard.settings import Settings
+
 #: `status` sums serving over this many seconds (every worker of every replica)
 SERVING_SPAN_S = 300
 
@@ -22,7 +26,7 @@ SERVING_SPAN_S = 300
 class Monitor:
     """`status(name)` → the dict `shipyard monitor status NAME --json` prints."""
 
-    def __init__(self, registry: Any = None, *, settings: Any = None) -> None:
+    def __init__(self, registry: Registry | None = None, *, settings: Settings | None = None) -> None:
         if registry is None:
             from shipyard.registry import Registry
 
@@ -30,7 +34,7 @@ class Monitor:
         self.registry = registry
         self.engine: sa.Engine = registry.engine
 
-    def _model(self, name: str) -> Any:
+    def _model(self, name: str) -> Model:
         return self.registry.model(name)  # NotFound names the model
 
     def status(self, name: str) -> dict[str, Any]:
@@ -103,8 +107,7 @@ class Monitor:
             mv = self.registry.get(f"{name}@{version}")
         except NotFound:
             mv = None  # the version was deleted since
-        meta = mv.meta if mv is not None else {}
-        classes = list(meta.get("classes") or [])
+        classes = list(mv.meta.classes) if mv is not None else []
         label = feedback.label_of(self.engine, name, request_id)
         window = evaluator_mod.window_at(self.engine, name, version, ts)
         # alerts open when it was answered, and the drift alerts its own window took part in
@@ -116,7 +119,7 @@ class Monitor:
         def cls(i: int | None) -> str | None:
             return None if i is None else classes[i] if i < len(classes) else str(i)
 
-        lineage = meta.get("lineage") or {}
+        lineage = mv.meta.lineage.to_dict() if mv is not None else {}
         return {
             "request_id": request_id, "model": name, "version": version, "time": ts, "predicted": cls(predicted),
             "label": None if label is None else {"label": cls(label[0]), "received_at": label[1],

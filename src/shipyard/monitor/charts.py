@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -32,7 +32,7 @@ def _clock(t: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t))
 
 
-def line_chart(title: str, series: dict[str, Sequence[Point]], *, unit: str = "", width: int = 560,
+def line_chart(title: str, series: Mapping[str, Sequence[Point]], *, unit: str = "", width: int = 560,
                height: int = 200, y_min: float | None = None, y_max: float | None = None,
                hlines: Sequence[tuple[float, str]] = (), markers: Sequence[tuple[float, str]] = (),
                chart_id: str | None = None, step: bool = False) -> str:
@@ -87,22 +87,22 @@ def line_chart(title: str, series: dict[str, Sequence[Point]], *, unit: str = ""
         color = PALETTE[i % len(PALETTE)]
         runs: list[list[str]] = [[]]
         prev: tuple[float, float] | None = None
-        for t, v in pts:
-            if v is None or not math.isfinite(v):
+        for t, val in pts:
+            if val is None or not math.isfinite(val):
                 runs.append([])
                 prev = None
                 continue
             if step and prev is not None:
                 runs[-1].append(f"{x(t):.1f},{y(prev[1]):.1f}")
-            runs[-1].append(f"{x(t):.1f},{y(v):.1f}")
-            prev = (t, v)
+            runs[-1].append(f"{x(t):.1f},{y(val):.1f}")
+            prev = (t, val)
         for run in runs:
             if len(run) > 1:
                 parts.append(f'<polyline points="{" ".join(run)}" fill="none" stroke="{color}" stroke-width="1.6"/>')
-        for t, v in pts:
-            if v is not None and math.isfinite(v):
-                parts.append(f'<circle class="pt" cx="{x(t):.1f}" cy="{y(v):.1f}" r="2" fill="{color}">'
-                             f'<title>{escape(name)} {_clock(t)}: {_fmt(v)}{unit}</title></circle>')
+        for t, val in pts:
+            if val is not None and math.isfinite(val):
+                parts.append(f'<circle class="pt" cx="{x(t):.1f}" cy="{y(val):.1f}" r="2" fill="{color}">'
+                             f'<title>{escape(name)} {_clock(t)}: {_fmt(val)}{unit}</title></circle>')
         parts.append(f'<rect x="{legend_x}" y="{height - 12}" width="10" height="3" fill="{color}"/>'
                      f'<text x="{legend_x + 14}" y="{height - 8}" class="legend">{escape(name)}</text>')
         legend_x += 20 + 7 * len(name)

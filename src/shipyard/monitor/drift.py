@@ -314,7 +314,7 @@ def calibrate_all(ref: Reference, window: int, *, alpha: float = 0.002, draws: i
         # p falls as the statistic grows: the p-quantile is the p of the matching largest statistic
         d = np.sort(_ks_null_stat(reference, null, windows))[::-1][rank]
         columns = reference.shape[1] if reference.ndim == 2 else 1
-        return float(min(each, _ks_p(d, len(reference), window, columns)))
+        return min(each, float(_ks_p(d, len(reference), window, columns)))
 
     return Thresholds(
         window, alpha, draws,

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -35,6 +35,10 @@ from shipyard.monitor.config import MonitorConfig
 from shipyard.monitor.predlog import DEDUPE_SPAN_S
 from shipyard.store import leases
 from shipyard.store.schema import monitor_state, monitor_windows, prediction_chunks
+
+if TYPE_CHECKING:
+    from shipyard.bundle import Bundle
+    from shipyard.registry import Registry
 
 log = logging.getLogger("shipyard.monitor")
 
@@ -66,6 +70,11 @@ class _Recent:
         return keep
 
 
+#: one chunk of the log as arrays: timestamps, predicted classes, confidences, the input
+#: projection (None when the chunk has none) and the chunk's id on every row
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]
+
+
 @dataclass
 class _Version:
     """What the evaluator keeps in memory for one model version."""
@@ -75,7 +84,7 @@ class _Version:
     classes: list[str]
     val_accuracy: float | None
     thresholds: dict[int, drift.Thresholds] = field(default_factory=dict)
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+    parts: list[_Part] = field(default_factory=list)
     buffered: int = 0
     windows: int = 0
     skipped: int = 0
@@ -86,7 +95,7 @@ class _Version:
     accuracy_at: float = 0.0
 
 
-def _reference_of(bundle: Any) -> tuple[drift.Reference | None, str | None]:
+def _reference_of(bundle: Bundle | None) -> tuple[drift.Reference | None, str | None]:
     ref = bundle.reference if bundle is not None else None
     if ref is None:
         return None, "the bundle has no reference profile"
@@ -99,7 +108,7 @@ def _reference_of(bundle: Any) -> tuple[drift.Reference | None, str | None]:
 class Evaluator:
     """Run `tick()` every `tick_s` (the server's thread, or `shipyard monitor run`)."""
 
-    def __init__(self, registry: Any, names: Callable[[], Iterable[str]], config: MonitorConfig | None = None, *,
+    def __init__(self, registry: Registry, names: Callable[[], Iterable[str]], config: MonitorConfig | None = None, *,
                  holder: str | None = None, alerts: alerts_mod.AlertConfig | None = alerts_mod.DEFAULT_RULES
                  ) -> None:
         self.registry = registry
@@ -182,6 +191,7 @@ class Evaluator:
     def _version(self, name: str, version: int) -> _Version:
         key = (name, version)
         if key not in self._versions:
+            err: str | None
             try:
                 bundle = self.registry.load(f"{name}@{version}")
             except Exception as e:  # noqa: BLE001 - a deleted version: still count its predictions
@@ -189,13 +199,12 @@ class Evaluator:
             else:
                 err = None
             ref, note = _reference_of(bundle)
-            meta = bundle.meta if bundle is not None else {}
-            val_acc = ((meta.get("reference") or {}).get("val_accuracy")
-                       if isinstance(meta.get("reference"), dict) else None)
-            self._versions[key] = _Version(ref, err or note, list(meta.get("classes") or []), val_acc)
+            summary = bundle.meta.reference if bundle is not None else None
+            classes = list(bundle.meta.classes) if bundle is not None else []
+            self._versions[key] = _Version(ref, err or note, classes, summary.val_accuracy if summary else None)
         return self._versions[key]
 
-    def _read_new(self, name: str) -> dict[int, list[tuple[np.ndarray, ...]]]:
+    def _read_new(self, name: str) -> dict[int, list[_Part]]:
         """Chunks after the cursor, as arrays per version."""
         p = prediction_chunks
         q = (sa.select(p.c.id, p.c.version, p.c.n, p.c.ts, p.c.predicted, p.c.confidence, p.c.projection,
@@ -203,7 +212,7 @@ class Evaluator:
              .where(p.c.model == name, p.c.id > self._cursor.get(name, 0)).order_by(p.c.id).limit(500))
         if self._ahead.get(name):  # bounded: the cursor passes a hole within gap_s
             q = q.where(p.c.id.not_in(sorted(self._ahead[name])))
-        out: dict[int, list[tuple[np.ndarray, ...]]] = {}
+        out: dict[int, list[_Part]] = {}
         seen = self._recent_ids.setdefault(name, _Recent(self.config.dedupe_ids))
         ahead = self._ahead.setdefault(name, {})
         with self.engine.connect() as conn:
@@ -213,11 +222,12 @@ class Evaluator:
                 ahead[row.id] = float(np.frombuffer(row.ts, "<f8")[-1])
                 proj = (np.frombuffer(row.projection, "<f2").reshape(row.n, row.proj_dim).astype(np.float32)
                         if row.projection and row.proj_dim else None)
-                part = (np.frombuffer(row.ts, "<f8"), np.frombuffer(row.predicted, "<i4"),
-                        np.frombuffer(row.confidence, "<f4"), proj, np.full(row.n, row.id, np.int64))
+                part: _Part = (np.frombuffer(row.ts, "<f8"), np.frombuffer(row.predicted, "<i4"),
+                               np.frombuffer(row.confidence, "<f4"), proj, np.full(row.n, row.id, np.int64))
                 keep = seen.new(row.request_ids.decode().split("\n"), part[0])
                 if not keep.all():  # a request retried on another replica: counted once
-                    part = tuple(a[keep] if a is not None else None for a in part)
+                    ts, pred, conf, pj, ids = part
+                    part = (ts[keep], pred[keep], conf[keep], pj[keep] if pj is not None else None, ids[keep])
                 out.setdefault(row.version, []).append(part)
         self._advance(name, ahead)
         return out
@@ -313,8 +323,8 @@ class Evaluator:
         ts = np.concatenate([p[0] for p in v.parts])
         pred = np.concatenate([p[1] for p in v.parts])
         conf = np.concatenate([p[2] for p in v.parts])
-        projs = [p[3] for p in v.parts]
-        proj = np.concatenate(projs) if all(p is not None for p in projs) else None
+        projs = [p[3] for p in v.parts if p[3] is not None]
+        proj = np.concatenate(projs) if len(projs) == len(v.parts) else None
         cid = np.concatenate([p[4] for p in v.parts])
         size = self.config.window if len(ts) >= self.config.window else len(ts)
         full = len(ts) // size

@@ -47,7 +47,7 @@ def columns(reg: Registry, name: str, *, since: float, projection: bool = False)
     from shipyard.monitor.predlog import read
 
     model = reg.model(name)  # NotFound names the model
-    classes = [str(c) for c in (model.latest.meta.get("classes", []) if model.latest else [])]
+    classes = list(model.latest.meta.classes) if model.latest else []
     logged = read(reg.engine, name, since=since, projection=projection)
     labels = labels_of(reg.engine, name)  # every label: one may arrive long after its prediction
 

@@ -22,9 +22,10 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -32,6 +33,9 @@ import sqlalchemy as sa
 from shipyard.monitor import metrics
 from shipyard.monitor.config import LogConfig
 from shipyard.store.schema import prediction_chunks, prediction_inputs
+
+if TYPE_CHECKING:
+    from shipyard.serve.runtime import ModelRuntime
 
 log = logging.getLogger("shipyard.monitor")
 
@@ -60,12 +64,12 @@ class PredictionLog:
         self.build_s = self.insert_s = 0.0  # where the writer's time goes
 
     # -- the hot path ------------------------------------------------------------------------
-    def record(self, runtime: Any, request_id: str, features: np.ndarray, probs: np.ndarray) -> None:
+    def record(self, runtime: ModelRuntime, request_id: str, features: np.ndarray, probs: np.ndarray) -> None:
         """One request (the unbatched path)."""
         self.record_batch(runtime, [request_id], [len(features)], features, probs)
 
-    def record_batch(self, runtime: Any, request_ids: list[str], counts: list[int], features: np.ndarray,
-                     probs: np.ndarray) -> None:
+    def record_batch(self, runtime: ModelRuntime, request_ids: Sequence[str | None], counts: list[int],
+                     features: np.ndarray, probs: np.ndarray) -> None:
         """One model call: the request ids, how many instances each sent, and the batch's
         features and probabilities in the same order (the batcher's hook). Requests tagged None
         (copies sent to a shadow) are not logged."""

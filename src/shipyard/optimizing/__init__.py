@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shipyard.bundle import Bundle
+    from shipyard.training import Run
 
 
-def optimize(run: Any, **kwargs: Any) -> Bundle:
+def optimize(run: Run | str, **kwargs: Any) -> Bundle:
     """`shipyard.optimize(run_or_id) -> Bundle`; see `shipyard.optimizing.build.optimize` for options."""
     from shipyard.optimizing.build import optimize as _optimize
 

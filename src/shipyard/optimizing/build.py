@@ -18,10 +18,9 @@ import torch
 from rich.console import Console
 
 from shipyard import bundle as bundle_mod
-from shipyard.bundle import Bundle
+from shipyard.bundle import Bundle, reference
 from shipyard.data import PreprocessSpec, load
 from shipyard.errors import ShipyardError, UsageError
-from shipyard.monitor import reference
 from shipyard.optimizing import variants as V
 from shipyard.optimizing.choose import OBJECTIVES, choose
 from shipyard.optimizing.evaluate import Measured, measure, predict, session
@@ -72,7 +71,7 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         raise UsageError(f"{dest}: already exists; choose a new path for the bundle")
 
     recipe = Recipe.from_dict(run.recipe)
-    ds = load(recipe.data, label_column=recipe.label_column, standardize=recipe.standardize)  # type: ignore[arg-type]
+    ds = load(recipe.data, label_column=recipe.label_column, standardize=recipe.standardize)
     if run.data_fingerprint and ds.fingerprint != run.data_fingerprint:
         raise ShipyardError(f"the data behind {ds.source} changed since run {run.id} trained "
                             f"(fingerprint {run.data_fingerprint[:12]} → {ds.fingerprint[:12]}); "
@@ -133,7 +132,7 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         # the drift thresholds for the usual window sizes, so a server never calibrates them itself
         ref["drift_thresholds"] = drift.precalibrate(ref, alpha=MonitorConfig.alpha, draws=MonitorConfig.draws)
         ref_path = work / "reference.npz"
-        np.savez_compressed(ref_path, **ref)  # type: ignore[arg-type]
+        np.savez_compressed(ref_path, allow_pickle=False, **ref)  # numeric arrays only: never pickle
         meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads,
                      exporter, parity, reference.summary(ref))
         meta["lineage"].update(lineage or {})

@@ -55,9 +55,9 @@ def measure(name: str, path: Path, x_val: np.ndarray, y_val: np.ndarray, *, thre
     times: list[float] = []
     deadline = time.perf_counter() + seconds
     while len(times) < 50 or (time.perf_counter() < deadline and len(times) < 5000):
-        t0 = time.perf_counter_ns()
+        start_ns = time.perf_counter_ns()
         sess.run(None, {feed: one})
-        times.append((time.perf_counter_ns() - t0) / 1e6)
+        times.append((time.perf_counter_ns() - start_ns) / 1e6)
     n = 0
     t0 = time.perf_counter()
     deadline = t0 + seconds

@@ -21,10 +21,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from shipyard import bundle as bundle_mod
-from shipyard.bundle import Bundle, sha256_file
+from shipyard.bundle import Bundle, reference, sha256_file
 from shipyard.data import PreprocessSpec, load
 from shipyard.errors import DataError, UsageError
-from shipyard.monitor import reference
 from shipyard.optimizing._common import OUTPUT, check_parity, quiet
 from shipyard.optimizing.evaluate import measure, predict, session
 from shipyard.registry.refs import check_name
@@ -86,15 +85,16 @@ def import_model(path: Path, *, name: str, labels: list[str] | None = None, prep
             x_train = spec.apply(splits.x_train)
             ref = reference.build(x_train.reshape(len(x_train), -1), probs, splits.y_val, x_val=x_val)
             ref_path = work / "reference.npz"
-            np.savez_compressed(ref_path, **ref)  # type: ignore[arg-type]
+            np.savez_compressed(ref_path, allow_pickle=False, **ref)  # numeric arrays only: never pickle
             ref_summary = reference.summary(ref)
             lineage.update(data_source=ds.source, data_fingerprint=ds.fingerprint)
         else:
             probe = np.random.default_rng(0).random((256, *in_shape), dtype=np.float32)
             m, _ = measure("imported", fixed, probe, np.zeros(256, np.int64), threads=threads, seconds=bench_seconds)
-            m.accuracy = None  # type: ignore[assignment]  # no labelled data given
         m.chosen = True
         variant = m.to_dict()
+        if not data:
+            variant["accuracy"] = None  # no labelled data given
         inputs = bundle_mod.signature_inputs(in_name, in_shape, spec)
         import onnxruntime
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from shipyard._clock import as_utc
+from shipyard.bundle import BundleMeta, Lineage, Variant
 from shipyard.errors import ShipyardError
 
 __all__ = ["METRIC_KEYS", "AliasChange", "Comparison", "Deployment", "Model", "ModelEvent", "ModelVersion",
@@ -28,7 +30,8 @@ def _iso(t: datetime | None) -> str | None:
 
 @dataclass
 class ModelVersion:
-    """One registered version: `name@version` → a stored bundle (its packed sha256)."""
+    """One registered version: `name@version` → a stored bundle (its packed sha256). `meta` is
+    its bundle.json, as the registry stores it (`stored_meta`) read by `BundleMeta` on first use."""
 
     name: str
     version: int
@@ -38,8 +41,12 @@ class ModelVersion:
     run_id: str | None = None
     description: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    stored_meta: dict[str, Any] = field(default_factory=dict, repr=False)
     aliases: list[str] = field(default_factory=list)
+
+    @cached_property
+    def meta(self) -> BundleMeta:
+        return BundleMeta.from_dict(self.stored_meta, where=f"{self.ref}: the bundle.json the registry stores")
 
     @property
     def ref(self) -> str:
@@ -48,26 +55,23 @@ class ModelVersion:
     @property
     def variant(self) -> str | None:
         """The variant the bundle ships (e.g. fp32 or int8)."""
-        v = self.meta.get("variant")
-        return str(v) if v is not None else None
+        return self.meta.variant
 
     @property
-    def variants(self) -> list[dict[str, Any]]:
-        v = self.meta.get("variants")
-        return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
+    def variants(self) -> tuple[Variant, ...]:
+        return self.meta.variants
 
     @property
     def metrics(self) -> dict[str, Any]:
         """The measurements of the shipped variant (accuracy, size, latency, throughput)."""
         for v in self.variants:
-            if v.get("name") == self.variant:
-                return {k: x for k, x in v.items() if k != "name"}
+            if v.name == self.variant:
+                return {k: x for k, x in v.to_dict().items() if k != "name"}
         return {}
 
     @property
-    def lineage(self) -> dict[str, Any]:
-        lin = self.meta.get("lineage")
-        return lin if isinstance(lin, dict) else {}
+    def lineage(self) -> Lineage:
+        return self.meta.lineage
 
     def to_dict(self, *, meta: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -85,7 +89,7 @@ class ModelVersion:
             "metrics": self.metrics,
         }
         if meta:
-            d["meta"] = self.meta
+            d["meta"] = self.meta.to_dict()
         return d
 
 
@@ -192,10 +196,10 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         a, b = self.a, self.b
         metric_keys = list(METRIC_KEYS) + sorted((set(a.metrics) | set(b.metrics)) - set(METRIC_KEYS))
-        names = list(dict.fromkeys([v.get("name") for v in a.variants + b.variants if v.get("name")]))
-        by_name = [{v.get("name"): v for v in x.variants} for x in (a, b)]
-        lineage_keys = sorted(set(a.lineage) | set(b.lineage))
-        lineage = {k: [a.lineage.get(k), b.lineage.get(k)] for k in lineage_keys}
+        names = list(dict.fromkeys([v.name for v in a.variants + b.variants if v.name]))
+        by_name = [{v.name: v.to_dict() for v in x.variants} for x in (a, b)]
+        la, lb = a.lineage.to_dict(), b.lineage.to_dict()
+        lineage = {k: [la.get(k), lb.get(k)] for k in sorted(set(la) | set(lb))}
         return {
             "refs": [a.ref, b.ref],
             "versions": [a.to_dict(meta=False), b.to_dict(meta=False)],
@@ -213,8 +217,8 @@ def to_version(row: Any, held: list[str]) -> ModelVersion:
     """A `model_versions` row (and the aliases that point at it) as a ModelVersion."""
     return ModelVersion(
         name=row["name"], version=row["version"], bundle_sha256=row["bundle_sha256"],
-        size_bytes=row["size_bytes"], created_at=as_utc(row["created_at"]),  # type: ignore[arg-type]
+        size_bytes=row["size_bytes"], created_at=as_utc(row["created_at"]),
         run_id=row["run_id"], description=row["description"], tags=dict(row["tags"] or {}),
-        meta=dict(row["meta"] or {}), aliases=held,
+        stored_meta=dict(row["meta"] or {}), aliases=held,
     )
 

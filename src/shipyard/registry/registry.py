@@ -22,10 +22,12 @@ No torch here: the server imports this module. ONNX Runtime is imported only for
 
 from __future__ import annotations
 
+import builtins
 import getpass
 import logging
 import os
 import shutil
+import signal
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,7 +59,7 @@ from shipyard.store.artifacts import open_store
 from shipyard.store.engine import engine_for
 from shipyard.store.schema import aliases, model_events, model_versions, models
 
-__all__ = ["NOTIFY_CHANNEL", "Registry", "default_actor"]
+__all__ = ["NOTIFY_CHANNEL", "REGISTER_STEPS", "Registry", "default_actor"]
 
 log = logging.getLogger("shipyard.registry")
 
@@ -65,6 +67,16 @@ log = logging.getLogger("shipyard.registry")
 # PostgreSQL: every change to a model (alias move, traffic, new or deleted version) notifies this
 # channel with the model's name, so servers follow at once instead of waiting for their next poll
 NOTIFY_CHANNEL = "shipyard_registry"
+
+#: `register`'s named steps, in order; SHIPYARD_REGISTER_CRASH_AT=<step> SIGKILLs the process there (crash tests)
+REGISTER_STEPS = ("scratch", "verified", "trial-loaded", "packed", "stored", "in-transaction", "committed")
+_CRASH_AT = os.environ.get("SHIPYARD_REGISTER_CRASH_AT")
+
+
+def _reached(step: str) -> None:
+    """Die at `step` when told to, as a power cut or `kill -9` would (one comparison otherwise)."""
+    if step == _CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def default_actor() -> str:
@@ -123,10 +135,11 @@ class Registry(Deployments, BundleCache):
         values = {"name": name, "created_at": now, "last_version": 0}
         if conn.dialect.name in ("postgresql", "sqlite"):
             if conn.dialect.name == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
+                from sqlalchemy.dialects.postgresql import insert as pg_insert
+                conn.execute(pg_insert(models).values(**values).on_conflict_do_nothing(index_elements=["name"]))
             else:
-                from sqlalchemy.dialects.sqlite import insert
-            conn.execute(insert(models).values(**values).on_conflict_do_nothing(index_elements=["name"]))
+                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+                conn.execute(sqlite_insert(models).values(**values).on_conflict_do_nothing(index_elements=["name"]))
             return
         if conn.execute(sa.select(models.c.name).where(models.c.name == name)).first() is None:
             try:
@@ -164,18 +177,22 @@ class Registry(Deployments, BundleCache):
         src = Path(bundle.path if isinstance(bundle, Bundle) else bundle)
         scratch = self._scratch("register")
         try:
+            _reached("scratch")
             b = Bundle.load(src, unpack_to=scratch / "unpacked") if src.is_file() else Bundle.load(src)
             if name is None:
                 try:
                     name = check_name(b.name)
                 except UsageError as e:
                     raise UsageError(f"the bundle's name cannot be a model name ({e}); pass a name") from None
+            _reached("verified")  # the manifest checked out
             trial_load(b)
+            _reached("trial-loaded")
             packed = pack(b.path, scratch / "bundle.tar.gz")
+            _reached("packed")  # in scratch space
             sha = self._store(packed, src)
+            _reached("stored")  # the blob is in the store; no row points at it yet
             size = packed.stat().st_size
-            lineage = b.meta.get("lineage") if isinstance(b.meta.get("lineage"), dict) else {}
-            run_id = lineage.get("run_id")
+            run_id = b.meta.lineage.run_id
             with self._tx() as conn:
                 self._lock_blob(conn, sha)
                 if not self.artifacts.exists(sha):  # removed by a concurrent delete
@@ -186,13 +203,15 @@ class Registry(Deployments, BundleCache):
                 conn.execute(models.update().where(models.c.name == name).values(last_version=version))
                 conn.execute(model_versions.insert().values(
                     name=name, version=version, bundle_sha256=sha, size_bytes=size,
-                    run_id=str(run_id) if run_id is not None else None, description=description,
-                    tags=tag_values, meta=b.meta, created_at=now))
+                    run_id=run_id, description=description, tags=tag_values, meta=b.meta.to_dict(),
+                    created_at=now))
                 self._event(conn, name, "register", now, version=version, to_version=version, reason=reason,
                             details={"bundle_sha256": sha, "size_bytes": size, "source": str(src),
-                                     "variant": b.meta.get("variant"), "run_id": run_id})
+                                     "variant": b.meta.variant, "run_id": run_id})
                 if alias is not None:
                     self._move_alias(conn, name, alias, version, reason, now)
+                _reached("in-transaction")  # every row written, nothing committed
+            _reached("committed")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return self.get(f"{name}@{version}")
@@ -291,10 +310,10 @@ class Registry(Deployments, BundleCache):
         wanted = list(dict.fromkeys([names] if isinstance(names, str) else names))
         if not wanted:
             return 0
-        newest = [sa.select(sa.func.max(model_events.c.id)).where(model_events.c.name == n).scalar_subquery()
-                  for n in wanted]
+        newest_each = [sa.select(sa.func.max(model_events.c.id)).where(model_events.c.name == n).scalar_subquery()
+                       for n in wanted]
         with self._tx() as conn:
-            row = conn.execute(sa.select(*newest)).one()
+            row = conn.execute(sa.select(*newest_each)).one()
         return sum(int(v) for v in row if v is not None)
 
     # -- deleting ----------------------------------------------------------------------------
@@ -418,7 +437,7 @@ class Registry(Deployments, BundleCache):
             raise NotFound(f"no model {name!r} (see `shipyard models list`)")
         return found[0]
 
-    def _models(self, conn: Connection, name: str | None = None) -> list[Model]:
+    def _models(self, conn: Connection, name: str | None = None) -> builtins.list[Model]:
         mq = sa.select(models).order_by(models.c.name)
         vq = sa.select(model_versions).order_by(model_versions.c.name, model_versions.c.version)
         aq = sa.select(aliases).order_by(aliases.c.name, aliases.c.alias)
@@ -428,7 +447,7 @@ class Registry(Deployments, BundleCache):
         mrows = conn.execute(mq).mappings().all()
         vrows = conn.execute(vq).mappings().all()
         arows = conn.execute(aq).mappings().all()
-        found = {r["name"]: Model(name=r["name"], created_at=as_utc(r["created_at"]),  # type: ignore[arg-type]
+        found = {r["name"]: Model(name=r["name"], created_at=as_utc(r["created_at"]),
                                   description=r["description"]) for r in mrows}
         held: dict[tuple[str, int], list[str]] = {}
         for a in arows:
@@ -438,7 +457,7 @@ class Registry(Deployments, BundleCache):
             found[r["name"]].versions.append(to_version(r, held.get((r["name"], r["version"]), [])))
         return list(found.values())
 
-    def history(self, name: str, *, limit: int | None = None) -> list[ModelEvent]:
+    def history(self, name: str, *, limit: int | None = None) -> builtins.list[ModelEvent]:
         """Every change to `name`, oldest first (the newest `limit` when given): registrations,
         alias moves, deletions, and what later stages record (traffic, gate verdicts)."""
         check_name(name)
@@ -449,7 +468,7 @@ class Registry(Deployments, BundleCache):
             rows = conn.execute(q).mappings().all()
             if not rows and not self._exists(conn, name):
                 raise NotFound(f"no model {name!r} (see `shipyard models list`)")
-        return [ModelEvent(id=r["id"], name=r["name"], kind=r["kind"], at=as_utc(r["at"]),  # type: ignore[arg-type]
+        return [ModelEvent(id=r["id"], name=r["name"], kind=r["kind"], at=as_utc(r["at"]),
                            actor=r["actor"], version=r["version"], alias=r["alias"],
                            from_version=r["from_version"], to_version=r["to_version"], reason=r["reason"],
                            details=r["details"]) for r in reversed(rows)]

@@ -5,12 +5,13 @@ when a trial runs."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shipyard.bundle import META, MODEL, Bundle, BundleError
+from shipyard.bundle import META, MODEL, Bundle, BundleError, SignatureInput, SignatureOutput
 
 __all__ = ["trial_load"]
 
@@ -26,7 +27,8 @@ def trial_load(bundle: Bundle) -> None:
     through it. Raises BundleError naming the file when it does not load or does not run, when
     the graph's inputs and outputs are not the ones its signature declares (name, dtype, shape;
     the batch axis, -1 in the signature, may be symbolic or any size in the graph), or when its
-    output is not `[batch, C]` with one column per class in `classes`."""
+    output is not `[batch, C]` with one column per class in `classes`. The signature is read as
+    `BundleMeta` reads it (valid names, dtypes and shapes); this compares it with the graph."""
     import onnxruntime as ort
 
     path = bundle.path / MODEL
@@ -39,18 +41,18 @@ def trial_load(bundle: Bundle) -> None:
         inputs, outputs = sess.get_inputs(), sess.get_outputs()
     except Exception as e:  # ORT raises its own exception types for every kind of bad model
         raise _not_runnable(path, e) from None
-    declared_in, declared_out = _declared(path, bundle.meta)
+    signature = bundle.meta.signature
+    declared_in = {i.name: i for i in signature.graph_inputs}  # raw inputs are preprocessed first
+    declared_out = {o.name: o for o in signature.outputs}
     _check_args(path, "input", declared_in, inputs)
     _check_args(path, "output", declared_out, outputs)
-    classes = bundle.meta.get("classes")
-    if not isinstance(classes, list) or not classes:
-        raise BundleError(f"{bundle.path / META}: 'classes' must be a non-empty list of class names")
+    classes = bundle.meta.classes
     feeds = {}
     for i in inputs:
         dtype = _ORT_DTYPES.get(i.type)
         if dtype is None:
             raise BundleError(f"{path}: input {i.name!r} has type {i.type}, which a trial run cannot feed")
-        want = declared_in[i.name]["shape"] if i.name in declared_in else []
+        want = list(declared_in[i.name].shape) if i.name in declared_in else []
         # batch size 1; other open sizes as the signature fixes them (else 1)
         shape = [_dim(d) or (_dim(want[k]) if 0 < k < len(want) else None) or 1
                  for k, d in enumerate(i.shape or [])]
@@ -64,8 +66,8 @@ def trial_load(bundle: Bundle) -> None:
     by_name = dict(zip([o.name for o in outputs], results, strict=True))
     for name, spec in declared_out.items():
         got = np.asarray(by_name[name])
-        if not _shape_fits(spec["shape"], list(got.shape), result=True):
-            raise BundleError(f"{path}: output {name!r} is declared in {META} with shape {spec['shape']}, "
+        if not _shape_fits(list(spec.shape), list(got.shape), result=True):
+            raise BundleError(f"{path}: output {name!r} is declared in {META} with shape {list(spec.shape)}, "
                               f"but a trial batch of 1 gives shape {list(got.shape)}")
     out_name = next(iter(declared_out), outputs[0].name)
     got = np.asarray(by_name[out_name])
@@ -100,41 +102,12 @@ def _shape_fits(declared: list[Any], actual: list[Any], *, result: bool = False)
     return True
 
 
-def _dtype_name(d: Any) -> str | None:
-    try:
-        return np.dtype(d).name if isinstance(d, str) else None
-    except TypeError:  # not a dtype numpy knows
-        return None
-
-
 def _shape_str(shape: list[Any]) -> str:
     return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
 
 
-def _declared(path: Path, meta: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """The signature's graph inputs (its raw inputs are preprocessed into features before the
-    model, so are not graph inputs) and outputs, by name, each with a dtype and a shape."""
-    signature = meta.get("signature")
-    where = path.parent / META
-    if not isinstance(signature, dict):
-        raise BundleError(f"{where}: 'signature' must be an object with 'inputs' and 'outputs'")
-    found: list[dict[str, dict[str, Any]]] = []
-    for key in ("inputs", "outputs"):
-        specs = signature.get(key) or []
-        if not isinstance(specs, list):
-            raise BundleError(f"{where}: signature {key!r} must be a list")
-        out: dict[str, dict[str, Any]] = {}
-        for spec in specs:
-            if isinstance(spec, dict) and spec.get("kind") == "raw":
-                continue
-            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-                raise BundleError(f"{where}: signature {key!r} holds {spec!r}, which has no name")
-            out[spec["name"]] = spec
-        found.append(out)
-    return found[0], found[1]
-
-
-def _check_args(path: Path, kind: str, declared: dict[str, dict[str, Any]], have: list[Any]) -> None:
+def _check_args(path: Path, kind: str, declared: Mapping[str, SignatureInput | SignatureOutput],
+                have: list[Any]) -> None:
     """Each declared input (output) is one of the graph's, with the declared dtype and shape."""
     graph = {a.name: a for a in have}
     for name, spec in declared.items():
@@ -144,16 +117,9 @@ def _check_args(path: Path, kind: str, declared: dict[str, dict[str, Any]], have
                               f"but the model's {kind}s are {list(graph)}")
         actual_dtype = _ORT_DTYPES.get(arg.type)
         actual_dtype_str = np.dtype(actual_dtype).name if actual_dtype is not None else arg.type
-        declared_dtype = _dtype_name(spec.get("dtype"))
-        if declared_dtype is None:
-            raise BundleError(f"{path}: {kind} {name!r} is declared in {META} without a valid dtype "
-                              f"({spec.get('dtype')!r}); the model's is {actual_dtype_str}")
-        shape = spec.get("shape")
+        declared_dtype = np.dtype(spec.dtype).name
+        shape = list(spec.shape)
         actual_shape = list(arg.shape or [])
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-            raise BundleError(f"{path}: {kind} {name!r} is declared in {META} without a valid shape "
-                              f"({shape!r}); the model's is {_shape_str(actual_shape)}")
         if declared_dtype != actual_dtype_str or not _shape_fits(shape, actual_shape):
             raise BundleError(f"{path}: {kind} {name!r} is declared in {META} as {declared_dtype} {shape}, "
                               f"but the model's is {actual_dtype_str} {_shape_str(actual_shape)}")
-

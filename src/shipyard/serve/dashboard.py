@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import time
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING
 
 from shipyard.monitor import charts
+
+if TYPE_CHECKING:
+    from shipyard.registry import Registry
 
 REFRESH_S = 5
 
@@ -48,7 +51,7 @@ setInterval(refresh, {REFRESH_S * 1000});
 """
 
 
-def fragment(registry: Any, name: str, minutes: float) -> str:
+def fragment(registry: Registry, name: str, minutes: float) -> str:
     """The state tables and charts of `name` over the last `minutes` (runs off the event loop:
     it reads the database)."""
     from shipyard.monitor import report

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from shipyard.serve.batching import INLINE_LIMIT_S, BatchConfig, Batcher
 from shipyard.serve.codec import InferRequest, dumps, encode_v2
 from shipyard.serve.fleet import Fleet, Spec
 from shipyard.serve.runtime import LABEL, ModelRuntime
+
+if TYPE_CHECKING:
+    from shipyard.monitor.evaluator import Evaluator
 
 log = logging.getLogger("shipyard.serve")
 OUTPUTS = ("probabilities", LABEL)
@@ -63,11 +66,12 @@ class DataPlane:
     """Every model this process serves, and what can be asked of them."""
 
     def __init__(self, fleet: Fleet, *, batching: BatchConfig | None = None, predlog: PredictionLog | None = None,
-                 evaluator: Any = None, feedback_horizon_s: float = 7 * 86400, metrics_enabled: bool = True) -> None:
+                 evaluator: Evaluator | None = None, feedback_horizon_s: float = 7 * 86400,
+                 metrics_enabled: bool = True) -> None:
         self.fleet = fleet
         self.batching = (batching or BatchConfig()).checked()
         self.predlog = predlog
-        self.evaluator = evaluator  # a monitor.evaluator.Evaluator: computes when it holds the lease
+        self.evaluator = evaluator  # computes when it holds the lease
         self.feedback_horizon_s = feedback_horizon_s
         self.request_metrics = metrics.RequestMetrics(metrics_enabled)
         # the same counts, every few seconds into the database (alert rules, status, report, dashboard)

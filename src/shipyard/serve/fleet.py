@@ -158,7 +158,7 @@ class Fleet:
             metrics.MODEL_LOADS.labels(name, str(version), "ok").inc()
             metrics.MODEL_LOAD_SECONDS.labels(name).observe(time.perf_counter() - t0)
             log.info("loaded %s version %d (%s) in %.2f s; batching %s", name, version,
-                     bundle.meta.get("variant"), time.perf_counter() - t0,
+                     bundle.meta.variant, time.perf_counter() - t0,
                      rt.serving.get("batching", "off"))
         return rt
 

@@ -62,9 +62,10 @@ class Follower:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s if self.poll_s > 0 else None)
             self._wake.clear()
             try:
-                if await loop.run_in_executor(None, self.fleet.check_marker) and \
-                        await loop.run_in_executor(None, self.fleet.refresh):
-                    freeze_heap()
+                if await loop.run_in_executor(None, self.fleet.check_marker):
+                    changed = await loop.run_in_executor(None, self.fleet.refresh)
+                    if changed:
+                        freeze_heap()
                 self.fleet.errors.pop("registry", None)
             except Exception as e:  # noqa: BLE001 - the database may be away: keep serving what we have
                 self.fleet.errors["registry"] = f"cannot read the registry: {e}"

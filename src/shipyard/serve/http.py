@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shipyard import __version__
+from shipyard._version import __version__
 from shipyard.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ShipyardError
 from shipyard.monitor import metrics
 from shipyard.serve import openapi
@@ -54,7 +54,7 @@ class MethodNotAllowed(ShipyardError):
     http_status = 405
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """What a handler gets: the ASGI scope and receive, and the path's parameters."""
 
@@ -181,7 +181,7 @@ class HttpApp:
             handler = route.methods.get(scope["method"])
             if handler is None:
                 raise MethodNotAllowed(f"{route.what} takes {' or '.join(route.methods)}")
-            if route.access != "public":
+            if route.access == "management" or (self.auth_inference and route.access == "inference"):
                 self._authorize(scope, route.access)
             status, body, headers = await handler(Request(scope, receive, params))
         except ShipyardError as e:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from shipyard import __version__
+from shipyard._version import __version__
 
 if TYPE_CHECKING:
     from shipyard.serve.http import Route

@@ -7,14 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 
 from shipyard.bundle import Bundle
+from shipyard.bundle.meta import dump
+from shipyard.bundle.reference import Projection
 from shipyard.errors import BadRequest
 from shipyard.serve.codec import DATATYPES, NUMPY_TO_V2
+
+if TYPE_CHECKING:
+    from shipyard.monitor.metrics import BatchMetrics
+    from shipyard.serve.batching import Batcher
 
 LABEL = "label"
 
@@ -46,11 +52,10 @@ class ModelRuntime:
         self.classes = np.array(bundle.classes, dtype=object)
         self.preprocess = bundle.preprocess
         self.allow_nonfinite = allow_nonfinite
-        sig = bundle.meta["signature"]
-        self.onnx_input = sig.get("onnx_input") or sig["inputs"][0]["name"]
-        self.inputs = {i["name"]: InputSpec(i["name"], np.dtype(i["dtype"]).newbyteorder("="),
-                                            tuple(int(d) for d in i["shape"][1:]), i.get("kind", "features"))
-                       for i in sig["inputs"]}
+        sig = bundle.meta.signature
+        self.onnx_input = sig.onnx_input
+        self.inputs = {i.name: InputSpec(i.name, np.dtype(i.dtype).newbyteorder("="), i.shape[1:], i.kind)
+                       for i in sig.inputs}
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -58,10 +63,11 @@ class ModelRuntime:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(bundle.model_path), opts, providers=["CPUExecutionProvider"])
         self.output = self.session.get_outputs()[0].name
-        self.batcher: Any = None  # set by the server: a shipyard.serve.batching.Batcher, or None to run inline
-        self.serving_metrics: Any = None  # set by the server: its batch metrics, flushed once a second
+        self.batcher: Batcher | None = None  # set by the server; None runs inline
+        self.serving_metrics: BatchMetrics | None = None  # set by the server: flushed once a second
         self.serving: dict[str, Any] = {}  # how the server runs it (batching), shown in metadata
-        self._pca: tuple[np.ndarray, np.ndarray, float] | tuple[()] | None = None
+        self._projection: Projection | None = None
+        self._projection_loaded = False
         self.warm()
 
     def warm(self) -> None:
@@ -99,51 +105,13 @@ class ModelRuntime:
         return self.session.run([self.output], {self.onnx_input: features})[0]
 
     def project(self, features: np.ndarray | Sequence[np.ndarray]) -> np.ndarray | None:
-        """What the prediction log keeps of each input: its coordinates on the bundle's reference
-        PCA basis and, as one more column, its distance from that subspace (the reconstruction
-        error: noise and new domains live mostly outside the top components; drift_bench
-        measured σ 0.1 noise caught in 20% of windows without it, 100% with it). float16, n×(k+1);
-        None when the bundle has no reference profile. `features` may be a list of arrays (the
-        model calls of one log flush): each is multiplied in place, without joining them first."""
-        if self._pca is None:
-            self._pca = self._load_pca()
-        if not self._pca:
-            return None
-        both, offset, mean_sq = self._pca
-        parts = [features] if isinstance(features, np.ndarray) else list(features)
-        n = sum(len(f) for f in parts)
-        xb = np.empty((n, both.shape[1]), np.float32)
-        sq = np.empty(n, np.float32)
-        start = 0
-        for f in parts:  # two numpy calls per part: x·[B | mean] and |x|²
-            x = f.reshape(len(f), -1).astype(np.float32, copy=False)
-            end = start + len(x)
-            np.matmul(x, both, out=xb[start:end])
-            np.einsum("ij,ij->i", x, x, out=sq[start:end])
-            start = end
-        proj = xb[:, :-1]
-        proj -= offset  # (x - mean) @ B without a centred copy of x
-        centred_sq = sq - 2 * xb[:, -1] + mean_sq
-        residual = np.sqrt(np.maximum(centred_sq - np.einsum("ij,ij->i", proj, proj), 0))
-        out = np.empty((n, both.shape[1]), np.float16)
-        out[:, :-1] = proj
-        out[:, -1] = residual
-        return out
-
-    def _load_pca(self) -> tuple[np.ndarray, np.ndarray, float] | tuple[()]:
-        try:
-            with np.load(self.bundle.path / "reference.npz") as ref:
-                mean = ref["pca_mean"].astype(np.float32)
-                basis = ref["pca_components"].astype(np.float32).T
-        except (OSError, KeyError, ValueError):
-            return ()
-        # one matmul gives the coordinates and x·mean (for |x - mean|²). Subnormal weights (pixels
-        # that never vary) are zeroed: 72 of them made the matmul 2.5× slower (1.6 µs per
-        # instance instead of 0.65)
-        both = np.column_stack([basis, mean])
-        both[np.abs(both) < np.finfo(np.float32).tiny] = 0
-        mean = both[:, -1]
-        return np.ascontiguousarray(both), mean @ both[:, :-1], float(mean @ mean)
+        """What the prediction log keeps of each input (`Projection.project`: its coordinates on
+        the bundle's reference PCA basis and its distance from that subspace, float16 n×(k+1));
+        None when the bundle has no reference profile. Loaded on first use."""
+        if not self._projection_loaded:
+            self._projection = Projection.load(self.bundle)
+            self._projection_loaded = True
+        return self._projection.project(features) if self._projection is not None else None
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         return self.classes[probabilities.argmax(axis=1)]
@@ -158,8 +126,8 @@ class ModelRuntime:
             "inputs": [s.to_v2() for s in self.inputs.values()],
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
                         {"name": LABEL, "datatype": "BYTES", "shape": [-1]}],
-            "parameters": {"classes": list(self.classes), "variant": self.bundle.meta.get("variant"),
-                           "preprocess": self.bundle.meta.get("preprocess"), **self.serving},
+            "parameters": {"classes": list(self.classes), "variant": self.bundle.meta.variant,
+                           "preprocess": dump(self.preprocess), **self.serving},
         }
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from shipyard.store.artifacts import S3ArtifactStore
 from shipyard.store.schema import model_versions, run_artifacts
+
+if TYPE_CHECKING:
+    from shipyard.registry import Registry
 
 #: the default grace period, seconds: far longer than any write between a blob and its row
 GRACE_S = 3600.0
@@ -46,7 +49,8 @@ def _referenced(conn: Connection, sha: str | None = None) -> set[str]:
     return {r for q in queries for r in conn.execute(q).scalars()}
 
 
-def collect(registry: Any, *, grace_s: float = GRACE_S, dry_run: bool = False, now: float | None = None) -> GcReport:
+def collect(registry: Registry, *, grace_s: float = GRACE_S, dry_run: bool = False,
+            now: float | None = None) -> GcReport:
     """Remove unreferenced blobs older than `grace_s`, and this host's caches of blobs no version
     or run names. Each removal re-checks the references under the blob's lock (the lock
     `register` takes), so a concurrent registration of the same bytes either keeps its blob or

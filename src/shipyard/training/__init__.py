@@ -55,7 +55,7 @@ def train(recipe: Recipe | None = None, *, like: str | None = None, resume: str 
         if epochs is not None and epochs <= run.epochs_run:
             raise UsageError(f"run {run.id} already ran {run.epochs_run} epochs; --epochs {epochs} "
                              "would not continue it")
-        from shipyard.training.loop import resume_path
+        from shipyard.training.snapshot import resume_path
 
         if not resume_path(run).exists():
             raise UsageError(f"run {run.id} has no completed epoch to resume from")

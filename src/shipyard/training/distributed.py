@@ -33,13 +33,15 @@ import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from shipyard import errors
 from shipyard.errors import RunInterrupted, ShipyardError, UsageError
 from shipyard.settings import Settings
-from shipyard.training.loop import World, fit, resolve_device
+from shipyard.training.loop import EpochStart, fit, resolve_device
 from shipyard.training.recipe import Recipe
 from shipyard.training.tracking import Run
+from shipyard.training.world import World
 
 #: test hook: each worker dumps its shard, gradients and parameters here (see `_Probe`)
 DEBUG_DIR_ENV = "SHIPYARD_DIST_DEBUG_DIR"
@@ -159,7 +161,7 @@ def _result(work: Path, failed: BaseException | None, *, interrupted: bool) -> R
     if done and not interrupted and not any(o.get("error") for o in outcomes):
         # the run is finished and stored; trouble after the workers reported (the launcher's exit
         # barrier, a peer's teardown) does not undo it
-        return done[0]  # type: ignore[no-any-return]
+        return done[0]
     if failed is None:
         raise ShipyardError("the distributed job ended without reporting a run")
     if isinstance(failed, ShipyardError) and not outcomes:
@@ -228,13 +230,16 @@ def _interface_with(addr: str | None) -> str | None:
 # -- the worker side ---------------------------------------------------------------------------
 
 class _Probe:
-    """Test hook (`SHIPYARD_DIST_DEBUG_DIR`): proves the processes really share one model. At the
-    first step each process saves its data shard, the gradient of its own batch alone (computed on
-    a copy, so training is untouched), the all-reduced gradient and the parameters after the step;
-    at the end the final parameters."""
+    """Test hook (`SHIPYARD_DIST_DEBUG_DIR`), a `fit` observer: proves the processes really share
+    one model. At the first epoch's start each process saves its data shard and the gradient of
+    its own first batch alone (computed on a copy, so training is untouched); an optimizer hook
+    saves the all-reduced gradient and the parameters after that first step; at the end, the
+    final parameters. Nothing of it runs inside the batch loop."""
 
     def __init__(self, folder: Path, world: World, node_rank: int) -> None:
-        self.folder, self.rank, self.done = folder, world.rank, False
+        self.folder, self.rank = folder, world.rank
+        self.hook: RemovableHandle | None = None
+        self.started = False
         folder.mkdir(parents=True, exist_ok=True)
         self.who = {"rank": world.rank, "group_rank": torch.distributed.get_rank(),
                     "tracker_rank": world.tracker_rank, "node_rank": node_rank,
@@ -247,27 +252,36 @@ class _Probe:
     def _flat(tensors: Any) -> np.ndarray:
         return torch.cat([t.detach().reshape(-1).double().cpu() for t in tensors]).numpy()
 
-    def before_step(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, loss_fn: nn.Module,
-                    shard: torch.Tensor) -> None:
-        if self.done:
+    def _unhook(self) -> None:
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None
+
+    def epoch_start(self, start: EpochStart) -> None:
+        self._unhook()
+        if self.started:
             return
+        self.started = True
         import copy
 
-        self._save("shard", shard.cpu().numpy())
-        alone = copy.deepcopy(model)
+        self._save("shard", start.shard.cpu().numpy())
+        alone = copy.deepcopy(start.model)
         alone.zero_grad(set_to_none=True)
         with torch.random.fork_rng(devices=[]):
-            loss_fn(alone(xb), yb).backward()
+            start.loss_fn(alone(start.xb), start.yb).backward()
         self._save("grad-local", self._flat(p.grad for p in alone.parameters()))
+        model, saved = start.model, [False]
 
-    def after_step(self, model: nn.Module) -> None:
-        if self.done:
-            return
-        self.done = True
-        self._save("grad-synced", self._flat(p.grad for p in model.parameters()))
-        self._save("params-step1", self._flat(model.parameters()))
+        def after_first_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            if not saved[0]:  # (removed at the next epoch's start: not while torch iterates its hooks)
+                saved[0] = True
+                self._save("grad-synced", self._flat(p.grad for p in model.parameters()))
+                self._save("params-step1", self._flat(model.parameters()))
+
+        self.hook = start.optimizer.register_step_post_hook(after_first_step)
 
     def end(self, model: nn.Module) -> None:
+        self._unhook()
         self._save("params-end", self._flat(model.parameters()))
         who = {**self.who, "threads": torch.get_num_threads()}
         (self.folder / f"rank{self.rank}-world.json").write_text(json.dumps(who))
@@ -322,7 +336,7 @@ def _worker(spec_path: str) -> int:
         probe = _Probe(Path(folder), world, spec["node_rank"]) if folder else None
         run = fit(spec["recipe"], spec["settings"], resume=spec["resume"], parent_run_id=spec["parent_run_id"],
                   expect_fingerprint=spec["expect_fingerprint"], progress=spec["progress"],
-                  init_weights=spec["init_weights"], world=world, probe=probe)
+                  init_weights=spec["init_weights"], world=world, observer=probe)
         outcome.update(run=run, run_id=run.id)
         code = 0
     except BaseException as e:  # noqa: BLE001 - reported to the launcher, which picks the root cause

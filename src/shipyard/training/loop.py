@@ -7,85 +7,32 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import pickle
 import platform
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from shipyard.data import canonical, load
 from shipyard.errors import RunInterrupted, ShipyardError, UsageError
 from shipyard.settings import Settings
 from shipyard.training.recipe import Recipe
+from shipyard.training.snapshot import State, checkpoint_bytes, restore, resume_path, snapshot, to_bytes, write_atomic
 from shipyard.training.tracking import Run, RunStore, utcnow
+from shipyard.training.world import World
 from shipyard.training.zoo import build_model
 
 EVAL_BATCH = 4096
 PROGRESS_EVERY = 25  # batches between progress-bar updates
-
-
-@dataclass
-class _State:
-    epoch: int = 0  # epochs completed
-    best_val_accuracy: float = -1.0
-    best_epoch: int | None = None
-    bad_epochs: int = 0
-
-
-@dataclass
-class World:
-    """Where this process stands in a data-parallel job. The default is a lone process, which
-    trains exactly as before; `shipyard.training.distributed` builds the others after
-    `init_process_group`. `rank` is the logical rank (`node_rank * nproc + local_rank`), so rank 0
-    is local rank 0 of node 0 whatever order the rendezvous admitted the nodes in; collectives
-    address processes by their process-group rank, hence `tracker_rank`."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-    tracker_rank: int = 0  # process-group rank of logical rank 0: it alone tracks
-    backend: str = ""
-    #: set by the worker's SIGINT handler; the loop turns it into KeyboardInterrupt between batches,
-    #: so an interrupt never lands in the middle of a collective or of the tracker's bookkeeping
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-    @property
-    def tracks(self) -> bool:
-        """Only this process writes the run record, metrics, checkpoints and TensorBoard files."""
-        return self.rank == 0
-
-    def share(self, obj: Any) -> Any:
-        """The tracker's `obj`, on every process (what the others pass is ignored)."""
-        if not self.distributed:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=self.tracker_rank)
-        return box[0]
-
-    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """`t` summed over every process (float64, so counts and sums stay exact)."""
-        if not self.distributed:
-            return t
-        import torch.distributed as dist
-
-        dist.all_reduce(t)
-        return t
 
 
 def library_versions() -> dict[str, str]:
@@ -146,10 +93,73 @@ def _eval_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.M
     return torch.stack([loss_sum.double(), correct.double()])
 
 
+@dataclass
+class EpochStart:
+    """What an observer sees as an epoch begins: the model and optimizer about to take the epoch's
+    first step, this process's shard of the epoch's permutation and its first batch."""
+
+    epoch: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    shard: torch.Tensor
+    xb: torch.Tensor
+    yb: torch.Tensor
+
+
+class Observer(Protocol):
+    """Watches a `fit` from outside its batch loop (called once per epoch and at the end); the
+    distributed tests' `distributed._Probe` is one."""
+
+    def epoch_start(self, start: EpochStart) -> None: ...
+
+    def end(self, model: nn.Module) -> None: ...
+
+
+@dataclass
+class _Job:
+    """One `fit` call's working set: built once by `_prepare` and `_start_run`, then read by the
+    epoch steps."""
+
+    recipe: Recipe
+    world: World
+    console: Console
+    progress: bool
+    store: RunStore | None  # the tracker's; None on the other processes
+    threads: int
+    device: torch.device
+    source: str
+    fingerprint: str
+    preprocess: dict[str, Any]
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    val_shard: tuple[torch.Tensor, torch.Tensor]  # this process's part of the validation split
+    test: tuple[torch.Tensor, torch.Tensor] | None
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    gen: torch.Generator
+    loss_fn: nn.Module
+    state: State
+    bar: Progress
+    n_used: int  # training samples used per epoch: every process gets an equal shard
+    bs: int  # batch size per process; the global batch is recipe.batch_size
+    batches: int  # per process and epoch
+    net: nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
+    run_id: str = ""
+    run_dir: Path = Path(".")
+    writer: Any = None  # the tracker's TensorBoard writer
+    task: TaskID | None = None  # the progress bar's
+
+    @property
+    def stop(self) -> threading.Event | None:
+        return self.world.stop if self.world.distributed else None
+
+
 def fit(recipe: Recipe | None, settings: Settings, *, resume: str | None = None,
         parent_run_id: str | None = None, expect_fingerprint: str | None = None,
         console: Console | None = None, progress: bool = True, init_weights: str | Path | None = None,
-        world: World | None = None, probe: Any = None) -> Run:
+        world: World | None = None, observer: Observer | None = None) -> Run:
     """Train per `recipe`, tracking everything; return the stored run. With `resume`, continue
     that interrupted run from its last completed epoch with the same recipe. `init_weights`: a
     state dict to start from instead of random weights (warm-start retraining).
@@ -158,8 +168,40 @@ def fit(recipe: Recipe | None, settings: Settings, *, resume: str | None = None,
     this: the tracker's recipe, run and starting state are broadcast to the others (which may pass
     `recipe=None`), each process trains on its own shard of every epoch's permutation with
     gradients all-reduced by DistributedDataParallel, so `batch_size` stays the global batch,
-    and only the tracker writes anything. `probe`: test hooks (see `distributed._Probe`)."""
+    and only the tracker writes anything. `observer`: called at each epoch's start and at the end.
+
+    The steps: `_prepare` (recipe, device, data, model), `_start_run` (the run and the starting
+    state), then per epoch `_epoch` (train, validate) and `_end_epoch` (best checkpoint, resume
+    snapshot, early stop), and `_finish` (test accuracy, status); `_ended_badly` records a failure
+    or an interrupt."""
     world = world or World()
+    job = _prepare(recipe, settings, world, console=console, progress=progress,
+                   expect_fingerprint=expect_fingerprint)
+    _start_run(job, resume=resume, parent_run_id=parent_run_id, init_weights=init_weights)
+    try:
+        _open_run(job)
+        with job.bar:
+            job.task = job.bar.add_task("train", total=job.batches, epoch="", loss="…", acc="…")
+            while job.state.epoch < job.recipe.epochs:
+                epoch = job.state.epoch + 1
+                if _end_epoch(job, epoch, _epoch(job, epoch, observer)):
+                    break
+        if observer is not None:
+            observer.end(job.model)
+        _finish(job)
+    except BaseException as e:
+        if (instead := _ended_badly(job, e)) is not None:
+            raise instead from None
+        raise
+    finally:
+        _close_run(job)
+    return world.share(job.store.get(job.run_id) if job.store is not None else None)
+
+
+def _prepare(recipe: Recipe | None, settings: Settings, world: World, *, console: Console | None,
+             progress: bool, expect_fingerprint: str | None) -> _Job:
+    """The recipe every process agrees on, its device and threads, the data as tensors on the
+    device, and a fresh model, optimizer and schedule seeded from the recipe."""
     tracks = world.tracks
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)
     if not tracks:
@@ -184,36 +226,50 @@ def fit(recipe: Recipe | None, settings: Settings, *, resume: str | None = None,
         raise UsageError(f"this process group uses {world.backend} but the recipe trains on {device}: "
                          "pass the same --device on every node")
 
-    ds = load(recipe.data, label_column=recipe.label_column, standardize=recipe.standardize)  # type: ignore[arg-type]
+    ds = load(recipe.data, label_column=recipe.label_column, standardize=recipe.standardize)
     splits = ds.split(recipe.val_fraction, recipe.split_seed)
     spec = ds.preprocess.fitted(splits.x_train)
     if expect_fingerprint is not None and expect_fingerprint != ds.fingerprint:
         console.print(f"[yellow]warning:[/] the data behind {ds.source} changed since the run "
                       f"being replayed (fingerprint {expect_fingerprint[:12]} → {ds.fingerprint[:12]})")
 
-    def tensors(x: np.ndarray | None, y: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if x is None or y is None:
-            return None
+    def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(spec.apply(x)).to(device), torch.from_numpy(y).to(device)
 
-    xtr, ytr = tensors(splits.x_train, splits.y_train)  # type: ignore[misc]
-    xva, yva = tensors(splits.x_val, splits.y_val)  # type: ignore[misc]
-    test = tensors(splits.x_test, splits.y_test)
+    xtr, ytr = tensors(splits.x_train, splits.y_train)
+    xva, yva = tensors(splits.x_val, splits.y_val)
+    test = (tensors(splits.x_test, splits.y_test)
+            if splits.x_test is not None and splits.y_test is not None else None)
 
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, input_shape=spec.raw_shape, num_classes=len(ds.classes),
                         args=recipe.model_args).to(device)
     opt = make_optimizer(recipe, model.parameters())
-    sched = make_schedule(recipe, opt)
-    gen = torch.Generator().manual_seed(recipe.seed)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    state = _State()
+    size = world.size
+    n_used = len(ytr) - len(ytr) % size  # the few left over sit this epoch out
+    bs = recipe.batch_size // size
+    bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}"), TimeRemainingColumn(),
+                   console=console, transient=True, disable=not progress)
+    return _Job(recipe=recipe, world=world, console=console, progress=progress, store=store, threads=threads,
+                device=device, source=ds.source, fingerprint=ds.fingerprint, preprocess=spec.to_dict(),
+                train=(xtr, ytr), val=(xva, yva), test=test,
+                val_shard=(xva, yva) if not world.distributed else (xva[world.rank :: size], yva[world.rank :: size]),
+                model=model, opt=opt, sched=make_schedule(recipe, opt),
+                gen=torch.Generator().manual_seed(recipe.seed),
+                loss_fn=nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing), state=State(), bar=bar,
+                n_used=n_used, bs=bs, batches=(n_used // size + bs - 1) // bs)
 
-    # the tracker sets up the starting state and the run; the others receive both (the "plan")
+
+def _start_run(job: _Job, *, resume: str | None, parent_run_id: str | None,
+               init_weights: str | Path | None) -> None:
+    """The tracker creates the run (or reopens `resume`) and sets up the starting state (a resume
+    snapshot, warm-start weights); the others receive both (the "plan") and stop with the
+    tracker's message if it failed. Then the model is wrapped for data-parallel training."""
+    recipe, world, model, device, store = job.recipe, job.world, job.model, job.device, job.store
     plan: Any = None
     failure: BaseException | None = None
-    if tracks:
-        assert store is not None
+    if store is not None:
         try:
             init_bytes = snap_bytes = None
             if init_weights is not None and resume is None:
@@ -224,16 +280,16 @@ def fit(recipe: Recipe | None, settings: Settings, *, resume: str | None = None,
                 except (RuntimeError, OSError, KeyError, pickle.UnpicklingError) as e:
                     raise UsageError(f"cannot start from the weights in {init_weights}: they do not fit a "
                                      f"{recipe.model} with these arguments ({str(e).splitlines()[0]})") from None
-                console.print(f"warm start from {init_weights}")
+                job.console.print(f"warm start from {init_weights}")
             if resume is not None:
                 run_id = resume
                 snap_bytes = resume_path(store.get(run_id)).read_bytes()
-                _restore(io.BytesIO(snap_bytes), model, opt, sched, gen, state)
+                restore(io.BytesIO(snap_bytes), model, job.opt, job.sched, job.gen, job.state)
                 store.reopen(run_id, recipe.to_dict())
-                console.print(f"[bold]resuming run {run_id}[/] after epoch {state.epoch}")
+                job.console.print(f"[bold]resuming run {run_id}[/] after epoch {job.state.epoch}")
             else:
-                run_id = store.create(recipe.to_dict(), ds.source, parent_run_id=parent_run_id)
-            plan = {"run_id": run_id, "fingerprint": ds.fingerprint,
+                run_id = store.create(recipe.to_dict(), job.source, parent_run_id=parent_run_id)
+            plan = {"run_id": run_id, "fingerprint": job.fingerprint,
                     "snapshot": snap_bytes if world.distributed else None,
                     "init": init_bytes if world.distributed else None}
         except BaseException as e:
@@ -247,165 +303,185 @@ def fit(recipe: Recipe | None, settings: Settings, *, resume: str | None = None,
         if plan["interrupted"]:
             raise KeyboardInterrupt
         raise (UsageError if plan["exit_code"] == 2 else ShipyardError)(plan["error"])
-    run_id = plan["run_id"]
-    if not tracks:
-        if plan["fingerprint"] != ds.fingerprint:
-            raise ShipyardError(f"the data behind {ds.source} differs between the nodes (fingerprint "
-                                f"{ds.fingerprint[:12]} here, {plan['fingerprint'][:12]} on node 0)")
+    job.run_id = plan["run_id"]
+    if store is None:
+        if plan["fingerprint"] != job.fingerprint:
+            raise ShipyardError(f"the data behind {job.source} differs between the nodes (fingerprint "
+                                f"{job.fingerprint[:12]} here, {plan['fingerprint'][:12]} on node 0)")
         if plan["snapshot"] is not None:
-            _restore(io.BytesIO(plan["snapshot"]), model, opt, sched, gen, state)
+            restore(io.BytesIO(plan["snapshot"]), model, job.opt, job.sched, job.gen, job.state)
         elif plan["init"] is not None:
             model.load_state_dict(torch.load(io.BytesIO(plan["init"]), map_location=device, weights_only=True))
-    net: nn.Module = model
+    job.net = model
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    stop = world.stop if world.distributed else None
-    val_shard = (xva, yva) if not world.distributed else (xva[world.rank :: world.size], yva[world.rank :: world.size])
+        job.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    n = len(ytr)
-    size = world.size
-    n_used = n - n % size  # every process gets an equal shard; the few left over sit this epoch out
-    bs = recipe.batch_size // size  # per process; the global batch is recipe.batch_size
-    shard_n = n_used // size
-    batches = (shard_n + bs - 1) // bs
-    bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}"), TimeRemainingColumn(),
-                   console=console, transient=True, disable=not progress)
-    writer = None
-    try:
-        run_dir = Path(".")
-        if tracks:
-            assert store is not None
-            store.update(run_id, data_fingerprint=ds.fingerprint, preprocess=spec.to_dict(),
-                         library_versions=library_versions(), threads=threads,
-                         device=str(device) if not world.distributed
-                         else f"{device.type} ×{size} ({world.backend})")
-            run_dir = Path(store.get(run_id).run_dir or "")
-        where = (f"{threads} thread{'s' if threads > 1 else ''} on {device}" if not world.distributed else
-                 f"{size} processes ({recipe.nproc} × {recipe.nnodes} node{'s' if recipe.nnodes > 1 else ''}, "
-                 f"{world.backend}), {threads} thread{'s' if threads > 1 else ''} each on {device.type}")
-        console.print(
-            f"run [bold]{run_id}[/]: {recipe.model} on {ds.source} "
-            f"({len(ytr)} train / {len(yva)} val"
-            + (f" / {len(test[1])} test" if test else "")
-            + f"), {recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, "
-            + where
+
+def _open_run(job: _Job) -> None:
+    """Record where and how the run trains, say so, and open the tracker's TensorBoard writer."""
+    recipe, world, device, threads, store = job.recipe, job.world, job.device, job.threads, job.store
+    if store is not None:
+        store.update(job.run_id, data_fingerprint=job.fingerprint, preprocess=job.preprocess,
+                     library_versions=library_versions(), threads=threads,
+                     device=str(device) if not world.distributed
+                     else f"{device.type} ×{world.size} ({world.backend})")
+        job.run_dir = Path(store.get(job.run_id).run_dir or "")
+    where = (f"{threads} thread{'s' if threads > 1 else ''} on {device}" if not world.distributed else
+             f"{world.size} processes ({recipe.nproc} × {recipe.nnodes} node{'s' if recipe.nnodes > 1 else ''}, "
+             f"{world.backend}), {threads} thread{'s' if threads > 1 else ''} each on {device.type}")
+    job.console.print(
+        f"run [bold]{job.run_id}[/]: {recipe.model} on {job.source} "
+        f"({len(job.train[1])} train / {len(job.val[1])} val"
+        + (f" / {len(job.test[1])} test" if job.test else "")
+        + f"), {recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}, "
+        + where
+    )
+    if store is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        job.writer = SummaryWriter(log_dir=str(job.run_dir / "tensorboard"))
+
+
+def _epoch(job: _Job, epoch: int, observer: Observer | None) -> dict[str, float]:
+    """Train one epoch and validate: the epoch's metrics, the same on every process."""
+    recipe, task = job.recipe, job.task
+    assert task is not None
+    job.bar.reset(task, total=job.batches, epoch=f"{epoch}/{recipe.epochs}", loss="…", acc="…")
+    t0 = time.perf_counter()
+    loss_sum, correct = _train_pass(job, epoch, observer)
+    lr = job.opt.param_groups[0]["lr"]
+    if job.sched is not None:
+        job.sched.step()
+    n_used, (xva, yva), model, loss_fn = job.n_used, job.val, job.model, job.loss_fn
+    if job.world.size == 1:
+        train_loss, train_acc = loss_sum.item() / n_used, correct.item() / n_used
+        val_loss, val_acc = evaluate(model, xva, yva, loss_fn)
+    else:  # every process ends up with the same numbers, so they all decide alike
+        sums = job.world.all_sum(torch.cat([torch.stack([loss_sum.double(), correct.double()]),
+                                            _eval_sums(model, *job.val_shard, loss_fn)]))
+        train_loss, train_acc = sums[0].item() / n_used, sums[1].item() / n_used
+        val_loss, val_acc = sums[2].item() / len(yva), sums[3].item() / len(yva)
+    dt = time.perf_counter() - t0
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        raise ShipyardError(f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} "
+                            f"in epoch {epoch}; training diverged (try a lower --lr)")
+    return {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+            "val_accuracy": val_acc, "lr": lr, "epoch_time_s": dt, "samples_per_s": n_used / dt}
+
+
+def _train_pass(job: _Job, epoch: int, observer: Observer | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's shard of a fresh permutation, batch by batch: (summed loss, correct count),
+    kept on the device. The loop reads locals only, like a hand-written one."""
+    world, recipe, device = job.world, job.recipe, job.device
+    net, model, opt, loss_fn = job.net, job.model, job.opt, job.loss_fn
+    assert net is not None
+    xtr, ytr = job.train
+    size, bs, batches, stop = world.size, job.bs, job.batches, job.stop
+    progress, bar, task, shard_n = job.progress, job.bar, job.task, job.n_used // world.size
+    assert task is not None
+    net.train()
+    perm = torch.randperm(len(ytr), generator=job.gen).to(device)  # the same on every process
+    shard = perm if size == 1 else perm[world.rank : job.n_used : size]
+    if size > 1:  # dropout differs between processes, and a resume replays it exactly
+        torch.manual_seed(recipe.seed + 1_000_003 * epoch + world.rank)
+    if observer is not None:
+        observer.epoch_start(EpochStart(epoch, model, opt, loss_fn, shard, xtr[shard[:bs]], ytr[shard[:bs]]))
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for b in range(batches):
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+        idx = shard[b * bs : (b + 1) * bs]
+        xb, yb = xtr[idx], ytr[idx]
+        out = net(xb)
+        loss = loss_fn(out, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum.add_(loss.detach(), alpha=len(idx))
+        correct += (out.argmax(1) == yb).sum()
+        if progress and b % PROGRESS_EVERY == PROGRESS_EVERY - 1:
+            bar.update(task, advance=PROGRESS_EVERY, loss=f"{loss.item():.4f}",
+                       acc=f"{correct.item() / min(shard_n, (b + 1) * bs):.2%}")
+    return loss_sum, correct
+
+
+def _end_epoch(job: _Job, epoch: int, metrics: dict[str, float]) -> bool:
+    """Keep the epoch: the best validation accuracy so far, and on the tracker the metrics, the
+    best checkpoint, the resume snapshot and TensorBoard. True when early stopping ends the run."""
+    state, recipe, store = job.state, job.recipe, job.store
+    improved = metrics["val_accuracy"] > state.best_val_accuracy
+    if improved:
+        state.best_val_accuracy, state.best_epoch, state.bad_epochs = metrics["val_accuracy"], epoch, 0
+    else:
+        state.bad_epochs += 1
+    state.epoch = epoch
+    if store is not None:
+        assert job.writer is not None
+        # metrics, best checkpoint and progress commit together; the resume snapshot
+        # follows, so an interrupt in between only makes a resume redo this epoch
+        store.log_epoch(job.run_id, epoch, metrics,
+                        {"checkpoint": to_bytes(job.model.state_dict())} if improved else None,
+                        epochs_run=epoch, best_epoch=state.best_epoch,
+                        best_val_accuracy=state.best_val_accuracy)
+        write_atomic(resume_path(job.run_dir), to_bytes(snapshot(job.model, job.opt, job.sched, job.gen, state)))
+        for k, v in metrics.items():
+            job.writer.add_scalar(_tb_tag(k), v, epoch)
+        job.writer.flush()
+    dt = metrics["epoch_time_s"]
+    job.console.print(
+        f"epoch {epoch:>3}/{recipe.epochs}  loss {metrics['train_loss']:.4f}  acc {metrics['train_accuracy']:.2%}  "
+        f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_accuracy']:.2%}{' *' if improved else '  '}  "
+        f"{dt:.1f}s  {job.n_used / dt:,.0f} samples/s", highlight=False)
+    if recipe.patience is not None and state.bad_epochs >= recipe.patience:
+        job.console.print(f"early stop: no val_accuracy gain in {recipe.patience} epochs")
+        return True
+    return False
+
+
+def _finish(job: _Job) -> None:
+    """The best checkpoint's test accuracy (when the data has a test split); the run is finished."""
+    store = job.store
+    if store is None:
+        return
+    test_acc = None
+    if job.test is not None:
+        assert job.writer is not None
+        job.model.load_state_dict(torch.load(io.BytesIO(checkpoint_bytes(store, job.run_id)), weights_only=True))
+        _, test_acc = evaluate(job.model, job.test[0], job.test[1], job.loss_fn)
+        job.writer.add_scalar("test/accuracy", test_acc, job.state.best_epoch or 0)
+    store.update(job.run_id, status="finished", ended_at=utcnow(), test_accuracy=test_acc)
+
+
+def _ended_badly(job: _Job, e: BaseException) -> RunInterrupted | None:
+    """Record why the run stopped: `interrupted` (returned: the RunInterrupted to raise instead,
+    which says how to resume) or `failed` (None: `e` goes on)."""
+    store, state, run_id, stop = job.store, job.state, job.run_id, job.stop
+    if store is None:
+        return None
+    if isinstance(e, KeyboardInterrupt) or (stop is not None and stop.is_set()):
+        # (a peer stopping first can fail a collective here before the flag is checked)
+        store.update(run_id, status="interrupted", ended_at=utcnow(),
+                     error=f"interrupted by the user after epoch {state.epoch}")
+        if state.epoch == 0:
+            return RunInterrupted(run_id, f"run {run_id} interrupted before its first epoch ended; "
+                                          "nothing to keep or resume")
+        return RunInterrupted(
+            run_id,
+            f"run {run_id} interrupted after epoch {state.epoch}; its best checkpoint is kept. "
+            f"Continue it with: shipyard train --resume {run_id}"
         )
+    store.update(run_id, status="failed", ended_at=utcnow(), error=f"{type(e).__name__}: {e}")
+    return None
 
-        if tracks:
-            from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        with bar:
-            task = bar.add_task("train", total=batches, epoch="", loss="…", acc="…")
-            while state.epoch < recipe.epochs:
-                epoch = state.epoch + 1
-                bar.reset(task, total=batches, epoch=f"{epoch}/{recipe.epochs}", loss="…", acc="…")
-                t0 = time.perf_counter()
-                net.train()
-                perm = torch.randperm(n, generator=gen).to(device)  # the same on every process
-                shard = perm if size == 1 else perm[world.rank : n_used : size]
-                if size > 1:  # dropout differs between processes, and a resume replays it exactly
-                    torch.manual_seed(recipe.seed + 1_000_003 * epoch + world.rank)
-                loss_sum = torch.zeros((), device=device)
-                correct = torch.zeros((), dtype=torch.long, device=device)
-                for b in range(batches):
-                    if stop is not None and stop.is_set():
-                        raise KeyboardInterrupt
-                    idx = shard[b * bs : (b + 1) * bs]
-                    xb, yb = xtr[idx], ytr[idx]
-                    if probe is not None and b == 0:
-                        probe.before_step(model, xb, yb, loss_fn, shard)
-                    out = net(xb)
-                    loss = loss_fn(out, yb)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if probe is not None and b == 0:
-                        probe.after_step(model)
-                    loss_sum.add_(loss.detach(), alpha=len(idx))
-                    correct += (out.argmax(1) == yb).sum()
-                    if progress and b % PROGRESS_EVERY == PROGRESS_EVERY - 1:
-                        bar.update(task, advance=PROGRESS_EVERY, loss=f"{loss.item():.4f}",
-                                   acc=f"{correct.item() / min(shard_n, (b + 1) * bs):.2%}")
-                lr = opt.param_groups[0]["lr"]
-                if sched is not None:
-                    sched.step()
-                if size == 1:
-                    train_loss, train_acc = loss_sum.item() / n, correct.item() / n
-                    val_loss, val_acc = evaluate(model, xva, yva, loss_fn)
-                else:  # every process ends up with the same numbers, so they all decide alike
-                    sums = world.all_sum(torch.cat([torch.stack([loss_sum.double(), correct.double()]),
-                                                    _eval_sums(model, *val_shard, loss_fn)]))
-                    train_loss, train_acc = sums[0].item() / n_used, sums[1].item() / n_used
-                    val_loss, val_acc = sums[2].item() / len(yva), sums[3].item() / len(yva)
-                dt = time.perf_counter() - t0
-                metrics = {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-                           "val_accuracy": val_acc, "lr": lr, "epoch_time_s": dt, "samples_per_s": n_used / dt}
-                if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                    raise ShipyardError(f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} "
-                                        f"in epoch {epoch}; training diverged (try a lower --lr)")
-                improved = val_acc > state.best_val_accuracy
-                if improved:
-                    state.best_val_accuracy, state.best_epoch, state.bad_epochs = val_acc, epoch, 0
-                else:
-                    state.bad_epochs += 1
-                state.epoch = epoch
-                if tracks:
-                    assert store is not None and writer is not None
-                    # metrics, best checkpoint and progress commit together; the resume snapshot
-                    # follows, so an interrupt in between only makes a resume redo this epoch
-                    store.log_epoch(run_id, epoch, metrics,
-                                    {"checkpoint": _to_bytes(model.state_dict())} if improved else None,
-                                    epochs_run=epoch, best_epoch=state.best_epoch,
-                                    best_val_accuracy=state.best_val_accuracy)
-                    _atomic_write(resume_path(run_dir), _to_bytes(_snapshot(model, opt, sched, gen, state)))
-                    for k, v in metrics.items():
-                        writer.add_scalar(_tb_tag(k), v, epoch)
-                    writer.flush()
-                console.print(
-                    f"epoch {epoch:>3}/{recipe.epochs}  loss {train_loss:.4f}  acc {train_acc:.2%}  "
-                    f"val_loss {val_loss:.4f}  val_acc {val_acc:.2%}{' *' if improved else '  '}  "
-                    f"{dt:.1f}s  {n_used / dt:,.0f} samples/s", highlight=False)
-                if recipe.patience is not None and state.bad_epochs >= recipe.patience:
-                    console.print(f"early stop: no val_accuracy gain in {recipe.patience} epochs")
-                    break
-        if probe is not None:
-            probe.end(model)
-        test_acc = None
-        if test is not None and tracks:
-            assert store is not None and writer is not None
-            model.load_state_dict(torch.load(io.BytesIO(_checkpoint_bytes(store, run_id)),
-                                             weights_only=True))
-            _, test_acc = evaluate(model, test[0], test[1], loss_fn)
-            writer.add_scalar("test/accuracy", test_acc, state.best_epoch or 0)
-        if store is not None:
-            store.update(run_id, status="finished", ended_at=utcnow(), test_accuracy=test_acc)
-    except BaseException as e:
-        if store is None:
-            raise
-        if isinstance(e, KeyboardInterrupt) or (stop is not None and stop.is_set()):
-            # (a peer stopping first can fail a collective here before the flag is checked)
-            store.update(run_id, status="interrupted", ended_at=utcnow(),
-                         error=f"interrupted by the user after epoch {state.epoch}")
-            if state.epoch == 0:
-                raise RunInterrupted(run_id, f"run {run_id} interrupted before its first epoch ended; "
-                                             "nothing to keep or resume") from None
-            raise RunInterrupted(
-                run_id,
-                f"run {run_id} interrupted after epoch {state.epoch}; its best checkpoint is kept. "
-                f"Continue it with: shipyard train --resume {run_id}"
-            ) from None
-        store.update(run_id, status="failed", ended_at=utcnow(), error=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        if writer is not None:
-            writer.close()
-            if store is not None:
-                store.put_tree(run_id, "tensorboard", Path(writer.log_dir))
-    return world.share(store.get(run_id) if store is not None else None)  # type: ignore[no-any-return]
+def _close_run(job: _Job) -> None:
+    if job.writer is not None:
+        job.writer.close()
+        if job.store is not None:
+            job.store.put_tree(job.run_id, "tensorboard", Path(job.writer.log_dir))
 
 
 def _tb_tag(key: str) -> str:
@@ -413,59 +489,3 @@ def _tb_tag(key: str) -> str:
         if key.startswith(prefix):
             return f"{prefix[:-1]}/{key[len(prefix):]}"
     return f"perf/{key}" if key in ("epoch_time_s", "samples_per_s") else f"opt/{key}"
-
-
-def _to_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def _checkpoint_bytes(store: RunStore, run_id: str) -> bytes:
-    run = store.get(run_id)
-    if "checkpoint" not in run.artifacts:
-        raise ShipyardError(f"run {run_id} has no checkpoint")
-    return store.artifacts.get_bytes(run.artifacts["checkpoint"]["sha256"])
-
-
-def resume_path(run_or_dir: Run | Path) -> Path:
-    """The resume snapshot: mutable state of the last completed epoch, kept in the run folder
-    (not the immutable artifact store)."""
-    folder = run_or_dir if isinstance(run_or_dir, Path) else Path(run_or_dir.run_dir or ".")
-    return folder / "resume.pt"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _snapshot(model: nn.Module, opt: Any, sched: Any, gen: torch.Generator, state: _State) -> dict[str, Any]:
-    """Everything a resumed run needs to continue exactly where this one stopped."""
-    return {
-        "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict() if sched is not None else None,
-        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "epoch": state.epoch, "best_val_accuracy": state.best_val_accuracy,
-        "best_epoch": state.best_epoch if state.best_epoch is not None else -1,
-        "bad_epochs": state.bad_epochs,
-    }
-
-
-def _restore(path: Path | io.BytesIO, model: nn.Module, opt: Any, sched: Any, gen: torch.Generator,
-             state: _State) -> None:
-    snap = torch.load(path, weights_only=True, map_location="cpu")
-    model.load_state_dict(snap["model"])
-    opt.load_state_dict(snap["optimizer"])
-    if sched is not None and snap["scheduler"] is not None:
-        sched.load_state_dict(snap["scheduler"])
-    gen.set_state(snap["generator"])
-    torch.set_rng_state(snap["torch_rng"])
-    if snap.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(snap["cuda_rng"])
-    state.epoch = int(snap["epoch"])
-    state.best_val_accuracy = float(snap["best_val_accuracy"])
-    state.best_epoch = int(snap["best_epoch"]) if snap["best_epoch"] >= 0 else None
-    state.bad_epochs = int(snap["bad_epochs"])

@@ -5,9 +5,12 @@ Adam 0.001, batch 32, 10 epochs, sparse categorical cross-entropy."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipyard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shipyard.data.preprocess import Standardize
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "cosine", "step")
@@ -18,7 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 class Recipe:
     data: str = "mnist-sample"
     label_column: str = "label"
-    standardize: str | None = None  # None: the source's default
+    standardize: Standardize | None = None  # None: the source's default
     val_fraction: float | None = None  # None: 0.1 with a shipped test split, else 0.2
     split_seed: int = 0
     model: str = "mlp"

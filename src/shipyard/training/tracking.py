@@ -269,7 +269,7 @@ class RunStore:
                 dead = pid is not None and not _pid_alive(pid)
                 why = f"process {pid} on {host} ended without finishing the run"
             else:
-                dead = beat is not None and now - as_utc(beat) > STALE_AFTER  # type: ignore[operator]
+                dead = beat is not None and now - as_utc(beat) > STALE_AFTER
                 why = f"no heartbeat from {host} since {beat}"
             if dead:
                 with self.engine.begin() as conn:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -82,10 +82,11 @@ def build_model(name: str, *, input_shape: Sequence[int], num_classes: int,
         kwargs = {**given, **args}
     elif ":" in name:
         factory = _import_factory(name)
+        params: Mapping[str, inspect.Parameter]
         try:
             params = inspect.signature(factory).parameters
         except (TypeError, ValueError):
-            params = {}  # type: ignore[assignment]
+            params = {}
         accepts_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
         kwargs = {k: v for k, v in given.items() if accepts_all or k in params} | args
     else:

@@ -31,12 +31,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipyard import _toml
 from shipyard.errors import ConfigError
 from shipyard.store import leases
 from shipyard.update import rollout as ro
+
+if TYPE_CHECKING:
+    from shipyard.registry import Registry
+    from shipyard.settings import Settings
 
 ALERT_KINDS = ("drift", "accuracy", "error_rate", "latency_p99", "rejections")
 
@@ -113,7 +117,8 @@ class Decision:
 
 
 class Autopilot:
-    def __init__(self, registry: Any, name: str, policy: Policy, *, settings: Any = None, dry_run: bool = False,
+    def __init__(self, registry: Registry, name: str, policy: Policy, *, settings: Settings | None = None,
+                 dry_run: bool = False,
                  log: Callable[[str], None] = print) -> None:
         self.reg = registry
         self.name = name
@@ -180,11 +185,10 @@ class Autopilot:
         if not leases.acquire(self.reg.engine, f"update:{self.name}", self.holder, 3600):
             return Decision("wait", "another process took the model's lease meanwhile")
         try:
-            import shipyard
+            from shipyard.update.retrain import retrain
 
             p = self.policy
-            result = shipyard.retrain(self.name, registry=self.reg, settings=self.settings, progress=False,
-                                      **p.retrain)
+            result = retrain(self.name, registry=self.reg, settings=self.settings, progress=False, **p.retrain)
             gate = result.gate
             self.reg.record(self.name, "autopilot", version=result.version,
                             reason=f"retrained v{result.version}; offline gate "

@@ -6,26 +6,34 @@ and on the original validation split; the challenger may not be worse on either 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shipyard.errors import DataError, UsageError
 from shipyard.update.data import Labelled
 
+if TYPE_CHECKING:
+    from shipyard.bundle import Bundle
+    from shipyard.data import Dataset
+    from shipyard.registry import ModelVersion, Registry
 
-def _accuracy(bundle: Any, x_raw: np.ndarray, y: np.ndarray) -> float | None:
+
+def _accuracy(bundle: Bundle, x_raw: np.ndarray, y: np.ndarray) -> float | None:
     if len(y) == 0:
         return None
     from shipyard.serve.runtime import ModelRuntime
 
     rt = ModelRuntime(bundle)
     spec = bundle.preprocess
+    if spec is None:
+        raise UsageError(f"the bundle {bundle.name!r} has no preprocessing spec: raw data cannot be fed to it")
     feats = spec.apply(x_raw)
     pred = np.concatenate([rt.predict(feats[i:i + 1024]).argmax(1) for i in range(0, len(feats), 1024)])
     return float((pred == y).mean())
 
 
-def offline(champion: Any, challenger: Any, recent: Labelled, original: Any, recipe: dict[str, Any], *,
+def offline(champion: Bundle, challenger: Bundle, recent: Labelled, original: Dataset, recipe: dict[str, Any], *,
             tolerance: float = 0.01) -> dict[str, Any]:
     """Compare the two bundles; returns accuracies, `passed` and the reason."""
     splits = original.split(recipe.get("val_fraction"), recipe.get("split_seed", 0))
@@ -45,17 +53,18 @@ def offline(champion: Any, challenger: Any, recent: Labelled, original: Any, rec
     return out
 
 
-def champion_data(registry: Any, name: str, champion: Any, bundle: Any, data: str | None = None
-                  ) -> tuple[Any, dict[str, Any], str]:
+def champion_data(registry: Registry, name: str, champion: ModelVersion, bundle: Bundle, data: str | None = None
+                  ) -> tuple[Dataset, dict[str, Any], str]:
     """The champion's original dataset, recipe and source (`data` overrides the source)."""
     from shipyard.data import load
-    from shipyard.errors import DataError, UsageError
 
-    lineage = bundle.meta.get("lineage") or {}
-    recipe = lineage.get("recipe")
+    lineage = bundle.meta.lineage
+    recipe = lineage.recipe
     if not recipe:
         raise UsageError(f"{champion.ref} records no training recipe (imported or hand-made bundle)")
-    source = data or lineage.get("data_source") or recipe.get("data")
+    source = data or lineage.data_source or recipe.get("data")
+    if not isinstance(source, str):
+        raise UsageError(f"{champion.ref} records no training data source; pass --data SOURCE")
     try:
         original = load(source, label_column=recipe.get("label_column", "label"),
                         standardize=recipe.get("standardize"))
@@ -68,7 +77,7 @@ def champion_data(registry: Any, name: str, champion: Any, bundle: Any, data: st
     return original, recipe, source
 
 
-def offline_gate(registry: Any, name: str, candidate: int, *, champion_alias: str = "production",
+def offline_gate(registry: Registry, name: str, candidate: int, *, champion_alias: str = "production",
                  holdout: float = 0.2, tolerance: float = 0.01, data: str | None = None) -> dict[str, Any]:
     """Run the offline gate of `name@candidate` against the champion now (for a candidate that
     did not come from `retrain`), and record the verdict in history."""
@@ -77,7 +86,10 @@ def offline_gate(registry: Any, name: str, candidate: int, *, champion_alias: st
     champ = registry.get(f"{name}@{champion_alias}")
     champ_bundle = registry.load(champ)
     original, recipe, _ = champion_data(registry, name, champ, champ_bundle, data)
-    _, recent = labelled(registry.engine, name, champ_bundle.preprocess).split(holdout)
+    spec = champ_bundle.preprocess
+    if spec is None:
+        raise UsageError(f"{champ.ref} has no preprocessing spec: its logged inputs cannot be turned back into data")
+    _, recent = labelled(registry.engine, name, spec).split(holdout)
     verdict = offline(champ_bundle, registry.load(f"{name}@{candidate}"), recent, original, recipe,
                       tolerance=tolerance)
     registry.record(name, "gate", version=candidate, reason=verdict["reason"], details={"gate": "offline", **verdict})

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
@@ -22,6 +22,9 @@ from shipyard.errors import NotFound, ShipyardError, UsageError
 from shipyard.settings import Settings
 from shipyard.update import gates
 from shipyard.update.data import Labelled, labelled
+
+if TYPE_CHECKING:
+    from shipyard.registry import Registry
 
 
 @dataclass
@@ -56,15 +59,16 @@ def server_running(home: Path) -> bool:
     return False
 
 
-def retrain(name: str, *, registry: Any = None, settings: Settings | None = None, champion: str = "production",
-            data: str | None = None, since: float | None = None, holdout: float = 0.2, min_labels: int = 20,
-            alias: str = "candidate", tolerance: float = 0.01, progress: bool = True,
-            console: Console | None = None, **overrides: Any) -> RetrainResult:
+def retrain(name: str, *, registry: Registry | None = None, settings: Settings | None = None,
+            champion: str = "production", data: str | None = None, since: float | None = None,
+            holdout: float = 0.2, min_labels: int = 20, alias: str = "candidate", tolerance: float = 0.01,
+            progress: bool = True, console: Console | None = None, **overrides: Any) -> RetrainResult:
     """Retrain NAME's champion (the version behind `champion`) on its original data plus the
     labelled production samples since `since`; register the result behind `alias` and run the
     offline gate. `overrides` change the champion's recipe (epochs, lr, …)."""
-    import shipyard
+    from shipyard.optimizing import optimize
     from shipyard.registry import Registry
+    from shipyard.training import Recipe, train
 
     t0 = time.perf_counter()
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)
@@ -102,7 +106,7 @@ def retrain(name: str, *, registry: Any = None, settings: Settings | None = None
     }
     if original.x_test is not None and original.y_test is not None:
         arrays["x_test"], arrays["y_test"] = original.x_test, original.y_test
-    np.savez(work / "data.npz", **arrays)  # type: ignore[arg-type]
+    np.savez(work / "data.npz", allow_pickle=False, **arrays)  # numeric arrays only: never pickle
 
     busy = server_running(home)
     if busy:  # serving latency first: one thread at low priority
@@ -118,22 +122,22 @@ def retrain(name: str, *, registry: Any = None, settings: Settings | None = None
     train_args.setdefault("nnodes", 1)  # a retrain runs on this host: other nodes cannot be summoned
     data_arg = f"npz:{work / 'data.npz'}"
     if parent_run and _run_exists(settings, parent_run):  # replay the champion's run with the new data
-        run = shipyard.train(like=parent_run, data=data_arg, init_weights=weights, settings=settings,
-                             progress=progress, **train_args)
+        run = train(like=parent_run, data=data_arg, init_weights=weights, settings=settings,
+                    progress=progress, **train_args)
     else:  # its run lives in another registry: the recipe the bundle records
-        run = shipyard.train(shipyard.Recipe.from_dict({**recipe, "data": data_arg}), init_weights=weights,
-                             settings=settings, progress=progress, **train_args)
+        run = train(Recipe.from_dict({**recipe, "data": data_arg}), init_weights=weights,
+                    settings=settings, progress=progress, **train_args)
     window_start, window_end = prod.window
     new_lineage = {"parent_version": champ.version, "parent_bundle": champ.bundle_sha256,
                    "production_window": {"since": window_start, "until": window_end,
                                          "trained_on": len(train_part), "held_out": len(recent),
                                          "holdout_since": recent.window[0]},
                    "original_data": source}
-    tried = tuple(v["name"] for v in bundle.meta.get("variants", [{"name": "fp32"}])) or ("fp32",)
+    tried = tuple(v.name for v in bundle.meta.variants) or ("fp32",)
     # monitored against the production world it was retrained for, not the one it left: the recent
     # holdout (never trained on, so its confidences are honest), when it has 200 samples or more
-    new_bundle = shipyard.optimize(run, name=name, output=work / f"{name}.tar.gz", settings=settings,
-                                   lineage=new_lineage, reference_data=(recent.x, recent.y), variants=tried)
+    new_bundle = optimize(run, name=name, output=work / f"{name}.tar.gz", settings=settings,
+                          lineage=new_lineage, reference_data=(recent.x, recent.y), variants=tried)
     samples = {"original": int(len(original.y)), "production_train": len(train_part),
                "recent_holdout": len(recent), "labels_total": prod.labels_total,
                "window": {"since": window_start, "until": window_end}}

@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -35,6 +35,10 @@ from shipyard.monitor import feedback, predlog, stats
 from shipyard.registry import RegistryConflict
 from shipyard.store import leases
 from shipyard.store.schema import rollouts
+
+if TYPE_CHECKING:
+    from shipyard.registry import Registry
+    from shipyard.serve.runtime import ModelRuntime
 
 GATES = ("error_rate", "p99", "accuracy", "agreement")
 
@@ -124,7 +128,8 @@ def _labelled_accuracy(engine: sa.Engine, name: str, version: int, since: float)
     return float(np.mean([p == y for p, y in hits])), len(hits)
 
 
-def _agreement(engine: sa.Engine, name: str, version: int, since: float, champion_rt: Any) -> tuple[float | None, int]:
+def _agreement(engine: sa.Engine, name: str, version: int, since: float, champion_rt: ModelRuntime
+               ) -> tuple[float | None, int]:
     """The champion's answers to the candidate's logged inputs, against the candidate's."""
     logged = predlog.read(engine, name, since=since, version=version)
     if not len(logged):
@@ -141,7 +146,7 @@ def _agreement(engine: sa.Engine, name: str, version: int, since: float, champio
 
 
 def evidence(engine: sa.Engine, name: str, candidate: int, champion: int, since: float, *,
-             champion_rt: Any = None, accuracy_since: float | None = None) -> dict[str, Any]:
+             champion_rt: ModelRuntime | None = None, accuracy_since: float | None = None) -> dict[str, Any]:
     """What the gates look at, for the window since `since`."""
     cand = stats.summary(engine, name, since=since, version=candidate)
     champ = stats.summary(engine, name, since=since, version=champion)
@@ -234,7 +239,7 @@ def _weights(candidate_alias: str, w: int) -> dict[str, int]:
 class Rollout:
     """One rollout run by this process (holds the model's `update:NAME` lease)."""
 
-    def __init__(self, registry: Any, name: str, config: RolloutConfig | None = None, *,
+    def __init__(self, registry: Registry, name: str, config: RolloutConfig | None = None, *,
                  log: Callable[[str], None] = print, holder: str | None = None) -> None:
         self.reg = registry
         self.engine: sa.Engine = registry.engine
@@ -359,7 +364,7 @@ class Rollout:
                             details={"gate": "online", "passed": False} if gate_failed else {"status": status_})
             self.log(f"{status_}: v{cand}'s weight is back to 0 ({reason})")
 
-    def _wait(self, cand: int, champ: int, since: float, champion_rt: Any,
+    def _wait(self, cand: int, champ: int, since: float, champion_rt: ModelRuntime,
               accuracy_since: float | None, *, label: str) -> dict[str, Any]:
         c = self.config
         deadline = time.monotonic() + c.step_timeout_s
@@ -388,7 +393,7 @@ class _Aborted(Exception):
     pass
 
 
-def abort(registry: Any, name: str, reason: str = "aborted by hand") -> dict[str, Any]:
+def abort(registry: Registry, name: str, reason: str = "aborted by hand") -> dict[str, Any]:
     """Stop a rollout: the candidate's weight goes back to 0 at once (the process running it
     notices within a poll and stops)."""
     st = status(registry.engine, name)
@@ -403,14 +408,14 @@ def abort(registry: Any, name: str, reason: str = "aborted by hand") -> dict[str
     return out
 
 
-def rollback(registry: Any, name: str, reason: str | None = None) -> dict[str, Any]:
+def rollback(registry: Registry, name: str, reason: str | None = None) -> dict[str, Any]:
     """Move `production` back to the version it pointed at before its last move, at once, and send
     it all the traffic."""
     moves = [e for e in registry.history(name) if e.kind == "alias" and e.alias == "production"]
-    if not moves or moves[-1].from_version is None:
+    last = moves[-1] if moves else None
+    if last is None or last.from_version is None:
         raise UsageError(f"{name}@production has no earlier version to roll back to (see `shipyard models "
                          f"history {name}`)")
-    last = moves[-1]
     try:
         registry.get(f"{name}@{last.from_version}")
     except NotFound:

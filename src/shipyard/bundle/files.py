@@ -1,16 +1,16 @@
-"""The bundle: the deployable unit and the contract between training and production.
+"""The bundle's files: the deployable unit and the contract between training and production.
 
-A folder (or a `.tar.gz` of one) holding `model.onnx`, `bundle.json`, optionally `weights.pt`
-and `reference.npz`, and `MANIFEST.sha256` with a checksum for every other file. Loading
-verifies the manifest first: a changed, missing or extra file is refused with a message that
-names it. No torch here: the server and the registry load bundles."""
+A folder (or a `.tar.gz` of one) holding `model.onnx`, `bundle.json` (read and written only by
+`BundleMeta`, `shipyard.bundle.meta`), optionally `weights.pt` and `reference.npz`, and
+`MANIFEST.sha256` with a checksum for every other file. Loading verifies the manifest first: a
+changed, missing or extra file is refused with a message that names it. No torch here: the
+server and the registry load bundles."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import io
-import json
 import os
 import shutil
 import tarfile
@@ -21,24 +21,16 @@ from typing import Any
 
 import numpy as np
 
+from shipyard.bundle.meta import META, SCHEMA_VERSION, BundleError, BundleMeta
 from shipyard.data.preprocess import PreprocessSpec
-from shipyard.errors import ShipyardError
 
-SCHEMA_VERSION = 1
 MANIFEST = "MANIFEST.sha256"
 MODEL = "model.onnx"
-META = "bundle.json"
 WEIGHTS = "weights.pt"
 REFERENCE = "reference.npz"
 #: files a bundle may hold besides the manifest
 KNOWN_FILES = (MODEL, META, WEIGHTS, REFERENCE)
 _MAX_MEMBER_BYTES = 2 << 30
-
-
-class BundleError(ShipyardError):
-    """A bundle that is malformed or does not verify; the message names the file."""
-
-    http_status = 400
 
 
 def sha256_file(path: Path) -> str:
@@ -54,7 +46,7 @@ class Bundle:
     """A verified bundle folder and its metadata (`bundle.json`)."""
 
     path: Path
-    meta: dict[str, Any]
+    meta: BundleMeta
     _reference: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     # -- loading -------------------------------------------------------------------------
@@ -70,23 +62,12 @@ class Bundle:
         elif not path.is_dir():
             raise BundleError(f"{path}: no such bundle (expected a folder or a .tar.gz)")
         verify(path)
-        try:
-            meta = json.loads((path / META).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{path / META}: not valid JSON ({e})") from None
-        if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
-            raise BundleError(f"{path / META}: unsupported schema_version "
-                              f"{meta.get('schema_version') if isinstance(meta, dict) else None!r} "
-                              f"(this shipyard reads {SCHEMA_VERSION})")
-        for key in ("name", "signature", "classes", "preprocess"):
-            if key not in meta:
-                raise BundleError(f"{path / META}: missing key {key!r}")
-        return cls(path, meta)
+        return cls(path, BundleMeta.load(path / META))
 
     # -- views ---------------------------------------------------------------------------
     @property
     def name(self) -> str:
-        return str(self.meta["name"])
+        return self.meta.name
 
     @property
     def model_path(self) -> Path:
@@ -94,12 +75,11 @@ class Bundle:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.meta["classes"])
+        return list(self.meta.classes)
 
     @property
     def preprocess(self) -> PreprocessSpec | None:
-        p = self.meta.get("preprocess")
-        return PreprocessSpec.from_dict(p) if p else None
+        return self.meta.preprocess
 
     @property
     def has_weights(self) -> bool:
@@ -121,36 +101,26 @@ class Bundle:
 
 
 # -- writing ------------------------------------------------------------------------------
-def write(folder: Path, meta: dict[str, Any], files: dict[str, bytes | Path]) -> Bundle:
+def write(folder: Path, meta: BundleMeta | dict[str, Any], files: dict[str, bytes | Path]) -> Bundle:
     """Write a bundle folder: the given files, `bundle.json`, then the manifest (last, so a
-    folder without one is recognisably incomplete)."""
+    folder without one is recognisably incomplete). `meta` is validated first (a dict is read in
+    this schema version's layout): a wrong key fails here, before anything is written."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise BundleError(f"{folder}: already exists and is not empty")
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = {"schema_version": SCHEMA_VERSION, **meta}
-    for name, content in files.items():
+    checked = BundleMeta.coerce(meta, where=str(folder / META))
+    for name in files:
         if name not in KNOWN_FILES or name == META:
             raise BundleError(f"{name}: not a bundle file (allowed: {', '.join(KNOWN_FILES)})")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
         if isinstance(content, bytes):
             (folder / name).write_bytes(content)
         else:
             shutil.copyfile(content, folder / name)
-    (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n")
+    checked.save(folder / META)
     write_manifest(folder)
     return Bundle.load(folder)
-
-
-def signature_inputs(onnx_input: str, feature_shape: tuple[int, ...] | list[int],
-                     spec: PreprocessSpec) -> list[dict[str, Any]]:
-    """The graph's float32 features input, plus the raw form (e.g. `image` uint8 [-1, 28, 28])
-    when the preprocessing spec turns something else into those features."""
-    inputs: list[dict[str, Any]] = [
-        {"name": onnx_input, "dtype": "float32", "shape": [-1, *feature_shape], "kind": "features"}]
-    if list(spec.raw_shape) != list(feature_shape) or spec.raw_dtype != "float32":
-        inputs.append({"name": "image" if len(spec.raw_shape) == 2 else "raw", "dtype": spec.raw_dtype,
-                       "shape": [-1, *spec.raw_shape], "kind": "raw"})
-    return inputs
 
 
 def place(staging: Path, dest: Path, *, replace: bool = False) -> Bundle:
@@ -177,14 +147,6 @@ def write_manifest(folder: Path) -> None:
     tmp = folder / f".{MANIFEST}.tmp"
     tmp.write_text("".join(lines))
     os.replace(tmp, folder / MANIFEST)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 # -- verifying ----------------------------------------------------------------------------
@@ -268,3 +230,7 @@ def unpack(archive: Path, dest: Path) -> Path:
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as e:
         raise BundleError(f"{archive}: not a readable .tar.gz bundle ({e})") from None
     return dest
+
+
+__all__ = ["KNOWN_FILES", "MANIFEST", "META", "MODEL", "REFERENCE", "SCHEMA_VERSION", "WEIGHTS", "Bundle",
+           "BundleError", "pack", "place", "sha256_file", "unpack", "verify", "write", "write_manifest"]

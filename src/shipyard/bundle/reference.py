@@ -1,13 +1,21 @@
 """The reference profile: what the training inputs and the model's predictions looked like, so
 that monitoring a freshly deployed model needs no extra setup. Computed with the chosen ONNX
 variant (so quantization does not shift it). Arrays travel in the bundle's `reference.npz`;
-`summary()` goes into `bundle.json`."""
+`summary()` goes into `bundle.json`. `Projection` puts live inputs on the profile's PCA basis:
+the prediction log keeps that of every request (serving hot path: numpy only)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from shipyard.bundle.files import REFERENCE
+
+if TYPE_CHECKING:
+    from shipyard.bundle.files import Bundle
 
 SCHEMA_VERSION = 1
 SAMPLE_SIZE = 2000
@@ -91,8 +99,60 @@ def summary(ref: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def profile(mean: np.ndarray, components: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Each input's PCA coordinates and, as the last column, its distance from the PCA subspace
-    (float64 here; the server computes the same in float32 per request, `ModelRuntime.project`)."""
+    (float64 here; the server computes the same in float32 per request, `Projection.project`)."""
     centred = x.reshape(len(x), -1).astype(np.float64) - mean
     coords = centred @ components.T.astype(np.float64)
     residual = np.sqrt(np.maximum((centred**2).sum(1) - (coords**2).sum(1), 0))
     return np.column_stack([coords, residual])
+
+
+class Projection:
+    """What the prediction log keeps of each input: its coordinates on the bundle's reference
+    PCA basis and, as one more column, its distance from that subspace (the reconstruction
+    error: noise and new domains live mostly outside the top components; drift_bench measured
+    σ 0.1 noise caught in 20% of windows without it, 100% with it)."""
+
+    def __init__(self, mean: np.ndarray, components: np.ndarray) -> None:
+        # one matmul gives the coordinates and x·mean (for |x - mean|²). Subnormal weights (pixels
+        # that never vary) are zeroed: 72 of them made the matmul 2.5× slower (1.6 µs per
+        # instance instead of 0.65)
+        both = np.column_stack([components.astype(np.float32).T, mean.astype(np.float32)])
+        both[np.abs(both) < np.finfo(np.float32).tiny] = 0
+        mean = both[:, -1]
+        self.both = np.ascontiguousarray(both)
+        self.offset = mean @ both[:, :-1]
+        self.mean_sq = float(mean @ mean)
+
+    @classmethod
+    def load(cls, bundle: Bundle | Path) -> Projection | None:
+        """From a bundle's (or a folder's) `reference.npz`; None when it has none (or no PCA)."""
+        folder = bundle if isinstance(bundle, Path) else bundle.path
+        try:
+            with np.load(folder / REFERENCE) as ref:
+                return cls(ref["pca_mean"], ref["pca_components"])
+        except (OSError, KeyError, ValueError):
+            return None
+
+    def project(self, features: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """float16, n×(k+1). `features` may be a list of arrays (the model calls of one log
+        flush): each is multiplied in place, without joining them first."""
+        both = self.both
+        parts = [features] if isinstance(features, np.ndarray) else list(features)
+        n = sum(len(f) for f in parts)
+        xb = np.empty((n, both.shape[1]), np.float32)
+        sq = np.empty(n, np.float32)
+        start = 0
+        for f in parts:  # two numpy calls per part: x·[B | mean] and |x|²
+            x = f.reshape(len(f), -1).astype(np.float32, copy=False)
+            end = start + len(x)
+            np.matmul(x, both, out=xb[start:end])
+            np.einsum("ij,ij->i", x, x, out=sq[start:end])
+            start = end
+        proj = xb[:, :-1]
+        proj -= self.offset  # (x - mean) @ B without a centred copy of x
+        centred_sq = sq - 2 * xb[:, -1] + self.mean_sq
+        residual = np.sqrt(np.maximum(centred_sq - np.einsum("ij,ij->i", proj, proj), 0))
+        out = np.empty((n, both.shape[1]), np.float16)
+        out[:, :-1] = proj
+        out[:, -1] = residual
+        return out

@@ -46,13 +46,18 @@ def tiny_onnx(classes: int = 10, seed: int = 0, *, batch: str | int = "batch", o
     return model.SerializeToString()
 
 
-def tiny_meta(name: str, classes: int, size_bytes: int, **extra: Any) -> dict[str, Any]:
+def tiny_meta(name: str, classes: int, size_bytes: int, /, **extra: Any) -> dict[str, Any]:
+    """A bundle.json for the tiny graph, in the layout `BundleMeta` reads (`bundle.write` checks
+    it). `extra` replaces keys; a `signature` given may leave out each input's `kind` (features)
+    and `onnx_input` (the first input)."""
+    if "signature" in extra:
+        extra["signature"] = full_signature(extra["signature"])
     return {
         "name": name,
-        "signature": {
+        "signature": full_signature({
             "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, FEATURES]}],
             "outputs": [{"name": "probabilities", "dtype": "float32", "shape": [-1, classes]}],
-        },
+        }),
         "classes": [str(i) for i in range(classes)],
         "preprocess": PreprocessSpec(raw_shape=(28, 28)).to_dict(),
         "variant": "fp32",
@@ -62,6 +67,13 @@ def tiny_meta(name: str, classes: int, size_bytes: int, **extra: Any) -> dict[st
                     "library_versions": {"onnx": onnx.__version__}},
         **extra,
     }
+
+
+def full_signature(signature: dict[str, Any]) -> dict[str, Any]:
+    """`signature` with what a test may leave out filled in: kind `features`, `onnx_input`."""
+    inputs = [{"kind": "features", **i} for i in signature.get("inputs", [])]
+    first = inputs[0]["name"] if inputs and "name" in inputs[0] else None
+    return {"onnx_input": first, **signature, "inputs": inputs}
 
 
 def make_bundle(folder: Path, name: str = "tiny", classes: int = 10, seed: int = 0, *, reference: bool = False,
@@ -75,7 +87,7 @@ def make_bundle(folder: Path, name: str = "tiny", classes: int = 10, seed: int =
     if reference:
         import onnxruntime as ort
 
-        from shipyard.monitor import reference as reference_mod
+        from shipyard.bundle import reference as reference_mod
 
         x_train, x_val, y_val = reference_data()
         probs = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"input": x_val})[0]
@@ -114,7 +126,7 @@ def make_mismatched_bundle(folder: Path, *, graph: dict[str, Any] | None = None,
     replaces its keys, e.g. signature or classes) or graph (`graph`: `tiny_onnx` options)
     departs from the other: the trial load must refuse it."""
     model = tiny_onnx(**(graph or {}))
-    bundle.write(Path(folder), {**tiny_meta("tiny", 10, len(model)), **meta}, {bundle.MODEL: model})
+    bundle.write(Path(folder), tiny_meta("tiny", 10, len(model), **meta), {bundle.MODEL: model})
     return Path(folder)
 
 
