@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,26 +14,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from harness.bundles import make_bundle, tiny_onnx
+from harness.bundles import tiny_onnx
 from shipyard.errors import BadRequest, NotFound
 from shipyard.registry import Registry
 from shipyard.serve.app import create_app
 from shipyard.serve.codec import decode_v2
 from shipyard.serve.config import ServeConfig
 from shipyard.serve.http import HttpApp
-from shipyard.settings import Settings
 
 from ..asgi import running
 
 Scenario = Callable[[httpx.AsyncClient, HttpApp], Awaitable[None]]
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    reg = Registry(settings=Settings(home=tmp_path / "home"))
-    reg.register(make_bundle(tmp_path / "b1", seed=1), "tiny", alias="production")
-    reg.register(make_bundle(tmp_path / "b2", seed=2), "tiny", alias="candidate")
-    return reg
 
 
 def run(registry: Registry, scenario: Scenario, **config: Any) -> None:

@@ -134,7 +134,7 @@ def test_nan_and_infinity_are_refused(plane: DataPlane, runtime: ModelRuntime) -
 def test_v1_bad_instances(plane: DataPlane, runtime: ModelRuntime) -> None:
     with pytest.raises(BadRequest, match="each instance must have shape"):
         predict_v1(plane, np.zeros((1, 5)))
-    with pytest.raises(BadRequest, match="values in 0..255"):
+    with pytest.raises(BadRequest, match="UINT8 takes whole numbers in 0..255, got 300"):
         predict_v1(plane, np.full((1, 28, 28), 300.0))
 
 

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from shipyard.errors import UsageError
-from shipyard.serve.config import ENV_PREFIX, TOKEN_ENV, ServeConfig
+from shipyard.serve.config import ENV_PREFIX, SECRETS, TOKEN_ENV, ServeConfig
 
 
 def test_the_defaults_are_valid_and_match_the_parts() -> None:
@@ -23,12 +23,15 @@ def test_every_knob_survives_the_trip_to_a_worker() -> None:
                     max_queue=64, timeout_ms=500.0, concurrency=128, latency_target_ms=20.0, poll_s=0.5,
                     notify=False, drain_timeout_s=3.0, drain_grace_s=0.0, drain_file="/tmp/drain", metrics=False,
                     log=False, log_sample=0.5, log_ring=10, log_retention_days=2.0, feedback_horizon_h=1.0,
-                    evaluate=False, window=100, window_max_age_s=9.0, alerts="/etc/rules.toml", token="s3cret")
+                    evaluate=False, window=100, window_max_age_s=9.0, alerts="/etc/rules.toml", token="s3cret",
+                    allowed_origins=("https://ops.example.com", "http://localhost:3000"),
+                    allowed_hosts=("models.internal",), feedback_secret="f" * 20)
     env = c.to_env()
     assert env[TOKEN_ENV] == "s3cret" and not any("s3cret" in v for k, v in env.items() if k != TOKEN_ENV)
+    assert "s3cret" not in repr(c) and "f" * 20 not in repr(c)
     assert ServeConfig.from_env(env) == c
     # every field is sent (a new knob cannot be forgotten on the way)
-    assert {k.removeprefix(ENV_PREFIX).lower() for k in env if k.startswith(ENV_PREFIX)} | {"token"} == \
+    assert {k.removeprefix(ENV_PREFIX).lower() for k in env if k.startswith(ENV_PREFIX)} | set(SECRETS) == \
         {f.name for f in dataclasses.fields(ServeConfig)}
 
 
@@ -69,3 +72,19 @@ def test_management_follows_the_token_or_loopback() -> None:
     assert ServeConfig(host="::1").management
     assert not ServeConfig(host="0.0.0.0").management
     assert ServeConfig(host="0.0.0.0", token="t").management
+
+
+def test_origins_and_the_feedback_secret_are_checked() -> None:
+    with pytest.raises(UsageError) as e:
+        ServeConfig(allowed_origins=("evil.example",), feedback_secret="short").checked()
+    assert "is not an origin like https://example.com" in str(e.value)
+    assert "SHIPYARD_FEEDBACK_SECRET must be at least 16 characters" in str(e.value)
+
+
+@pytest.mark.parametrize(("host", "message"), [
+    ("127.1", "not a full IP address"), ("not-a-host.invalid", "neither an IP address nor a name that resolves")])
+def test_a_host_the_server_cannot_bind_is_a_usage_error(host: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        ServeConfig(host=host).checked()
+    for good in ("127.0.0.1", "::1", "0.0.0.0", "localhost"):
+        ServeConfig(host=good).checked()

@@ -106,6 +106,9 @@ def profile(mean: np.ndarray, components: np.ndarray, x: np.ndarray) -> np.ndarr
     return np.column_stack([coords, residual])
 
 
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
 class Projection:
     """What the prediction log keeps of each input: its coordinates on the bundle's reference
     PCA basis and, as one more column, its distance from that subspace (the reconstruction
@@ -135,24 +138,41 @@ class Projection:
 
     def project(self, features: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """float16, n×(k+1). `features` may be a list of arrays (the model calls of one log
-        flush): each is multiplied in place, without joining them first."""
+        flush): each is multiplied in place, without joining them first.
+
+        Never ±inf: the server takes any finite float32 input (3e38 included), whose projection
+        can overflow float32 math (rows that do are computed again in float64) and float16 (every
+        value is clipped to ±65504, float16's largest). Such an input is far out of distribution
+        either way, and the drift tests see it as the extreme it is, not as inf or NaN that would
+        poison a window's statistics. NaN in (only with `--allow-nonfinite`) stays NaN."""
         both = self.both
         parts = [features] if isinstance(features, np.ndarray) else list(features)
         n = sum(len(f) for f in parts)
         xb = np.empty((n, both.shape[1]), np.float32)
         sq = np.empty(n, np.float32)
         start = 0
-        for f in parts:  # two numpy calls per part: x·[B | mean] and |x|²
-            x = f.reshape(len(f), -1).astype(np.float32, copy=False)
-            end = start + len(x)
-            np.matmul(x, both, out=xb[start:end])
-            np.einsum("ij,ij->i", x, x, out=sq[start:end])
-            start = end
-        proj = xb[:, :-1]
-        proj -= self.offset  # (x - mean) @ B without a centred copy of x
-        centred_sq = sq - 2 * xb[:, -1] + self.mean_sq
-        residual = np.sqrt(np.maximum(centred_sq - np.einsum("ij,ij->i", proj, proj), 0))
-        out = np.empty((n, both.shape[1]), np.float16)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is found and redone below
+            for f in parts:  # two numpy calls per part: x·[B | mean] and |x|²
+                x = f.reshape(len(f), -1).astype(np.float32, copy=False)
+                end = start + len(x)
+                np.matmul(x, both, out=xb[start:end])
+                np.einsum("ij,ij->i", x, x, out=sq[start:end])
+                start = end
+            proj = xb[:, :-1]
+            proj -= self.offset  # (x - mean) @ B without a centred copy of x
+            centred_sq = sq - 2 * xb[:, -1] + self.mean_sq
+            residual = np.sqrt(np.maximum(centred_sq - np.einsum("ij,ij->i", proj, proj), 0))
+        out = np.empty((n, both.shape[1]), np.float32)
         out[:, :-1] = proj
         out[:, -1] = residual
-        return out
+        if not np.isfinite(out).all():
+            self._redo_in_float64(parts, out)
+        np.clip(out, -_F16_MAX, _F16_MAX, out=out)
+        return out.astype(np.float16)
+
+    def _redo_in_float64(self, parts: Sequence[np.ndarray], out: np.ndarray) -> None:
+        """Rows whose float32 projection overflowed, in float64 (finite for any finite float32 input)."""
+        rows = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        x = np.concatenate([f.reshape(len(f), -1) for f in parts])[rows].astype(np.float64)
+        mean = self.both[:, -1].astype(np.float64)
+        out[rows] = np.clip(profile(mean, self.both[:, :-1].T.astype(np.float64), x), -_F16_MAX, _F16_MAX)

@@ -14,7 +14,7 @@ import typer
 
 from shipyard.cli._common import err, reporting, settings
 from shipyard.errors import UsageError
-from shipyard.serve.config import TOKEN_ENV, ServeConfig
+from shipyard.serve.config import FEEDBACK_SECRET_ENV, TOKEN_ENV, ServeConfig
 from shipyard.settings import Settings
 
 if TYPE_CHECKING:
@@ -53,11 +53,17 @@ def serve(
     window: Annotated[int, typer.Option(help="Predictions per drift window.")] = _D.window,
     window_max_age_s: Annotated[float, typer.Option(help="A window not full after this many seconds is tested with what it has (at least 50 predictions, or the whole window when it is smaller).")] = _D.window_max_age_s,
     alerts: Annotated[Path | None, typer.Option(help="Alert rules (TOML; see `shipyard monitor rules --example`). Default: drift in 2 windows, estimated accuracy 10 points under validation, server errors over 5%.")] = None,
+    allowed_origin: Annotated[list[str] | None, typer.Option(help="A browser origin (scheme://host[:port]) allowed to call the routes that change state (traffic, repository, feedback); repeatable. Default: none, so a web page cannot.")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(help="A Host name a loopback-bound server answers besides localhost and loopback addresses (DNS rebinding guard); repeatable.")] = None,
 ) -> None:
     """Serve registered models over the V2 Open Inference Protocol (REST) and v1 :predict.
 
-    Management routes (repository load/unload) need `Authorization: Bearer $SHIPYARD_TOKEN` when
-    SHIPYARD_TOKEN is set; without a token they are served on loopback addresses only."""
+    Management routes (repository, traffic) need `Authorization: Bearer $SHIPYARD_TOKEN` when
+    SHIPYARD_TOKEN is set; without a token they are served on loopback addresses only.
+    --auth-inference closes inference, feedback, metadata, metrics and the dashboard too (health
+    stays open for balancers). Routes that change state refuse cross-site requests and non-JSON
+    bodies. With SHIPYARD_FEEDBACK_SECRET set, each answer carries an X-Feedback-Token header and
+    a label is taken only with the token of its answer."""
     with reporting(False):
         s = settings()
         config = ServeConfig(
@@ -69,7 +75,10 @@ def serve(
             log_retention_days=log_retention_days, feedback_horizon_h=feedback_horizon_h, evaluate=evaluate,
             window=window, window_max_age_s=window_max_age_s,
             alerts=str(alerts.resolve()) if alerts is not None else None,
-            token=os.environ.get(TOKEN_ENV) or None).checked()
+            allowed_origins=tuple(o.lower().rstrip("/") for o in allowed_origin or ()),
+            allowed_hosts=tuple(h.lower() for h in allowed_host or ()),
+            token=os.environ.get(TOKEN_ENV) or None,
+            feedback_secret=os.environ.get(FEEDBACK_SECRET_ENV) or None).checked()
         rc = run(config, s)
     raise typer.Exit(rc)
 
@@ -115,7 +124,7 @@ def run(config: ServeConfig, s: Settings) -> int:
                 evaluator = _evaluator(s, config, alert_rules)
                 evaluator.start()
             return supervise(cmd, env, drain_file, grace_s=config.drain_grace_s,
-                             drain_timeout_s=config.drain_timeout_s)
+                             drain_timeout_s=config.drain_timeout_s, workers=config.workers)
         finally:
             if evaluator is not None:
                 evaluator.stop()
@@ -134,6 +143,7 @@ def _command(config: ServeConfig) -> list[str]:
             raise UsageError("granian is not installed: pip install granian, or use --http uvicorn")
         return [exe, "--interface", "asgi", "--factory", "--host", host, "--port", port, "--workers", workers,
                 "--log-level", "warning", "--no-ws", "--backpressure", str(config.concurrency),
+                "--respawn-failed-workers",  # a dead worker is replaced; the supervisor restarts the rest
                 "--workers-kill-timeout", f"{config.drain_timeout_s + 5:g}", target]
     return [sys.executable, "-m", "uvicorn", "--factory", target, "--host", host, "--port", port,
             "--workers", workers, "--log-level", "warning", "--no-access-log", "--lifespan", "on",

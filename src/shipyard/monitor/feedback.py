@@ -4,6 +4,7 @@ exports and traces."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,9 +13,10 @@ import numpy as np
 import sqlalchemy as sa
 
 from shipyard.monitor.predlog import find
-from shipyard.store.schema import feedback
+from shipyard.store.schema import feedback, feedback_changes
 
-__all__ = ["FeedbackResult", "accuracy", "label_of", "labels", "record_feedback"]
+__all__ = ["FeedbackResult", "accuracy", "changes", "label_of", "labels", "record_feedback"]
+log = logging.getLogger("shipyard.monitor")
 
 
 def labels(engine: sa.Engine, model: str, *, since: float | None = None) -> dict[str, int]:
@@ -40,19 +42,22 @@ class FeedbackResult:
 
     @property
     def counts(self) -> dict[str, int]:
-        out = {"accepted": 0, "unknown": 0, "late": 0, "invalid": 0}
+        out = {"accepted": 0, "unknown": 0, "late": 0, "invalid": 0, "forbidden": 0}
         for item in self.items:
             out[item["status"]] += 1
         return out
 
 
 def record_feedback(engine: sa.Engine, model: str, classes: list[str], items: list[tuple[Any, Any]],
-                    *, horizon_s: float, now: float | None = None) -> FeedbackResult:
+                    *, horizon_s: float, now: float | None = None, client: str | None = None,
+                    identity: str | None = None) -> FeedbackResult:
     """Store true labels for earlier request ids of `model`. Each item is reported: accepted,
     unknown (no logged prediction with that id), late (the prediction is older than the
-    horizon), or invalid (not one of the model's classes). A second label for one id replaces
-    the first. The join with the predictions happens here, in the database, so a label may
-    reach any worker."""
+    horizon), or invalid (not one of the model's classes). Two labels for one id in one call:
+    the last wins. A label that replaces a different earlier one is recorded in
+    `feedback_changes` with `client` (the address it came from) and `identity` (how it was
+    authenticated), never silently. The join with the predictions happens here, in the
+    database, so a label may reach any worker."""
     now = time.time() if now is None else now
     index = {c: i for i, c in enumerate(classes)}
     results: list[dict[str, Any]] = []
@@ -67,7 +72,7 @@ def record_feedback(engine: sa.Engine, model: str, classes: list[str], items: li
             results.append({"id": rid, "status": "accepted"})
     if labels:
         seen = find(engine, model, list(labels), since=now - horizon_s - 86400)
-        rows = []
+        rows: dict[str, dict[str, Any]] = {}  # by id: the last label for an id wins
         for item in results:
             rid = item["id"]
             if item["status"] != "accepted":
@@ -79,13 +84,31 @@ def record_feedback(engine: sa.Engine, model: str, classes: list[str], items: li
                 item["status"] = "late"
                 item["error"] = f"the prediction is older than the feedback horizon ({horizon_s / 3600:g} h)"
             else:
-                rows.append({"model": model, "request_id": rid, "label": labels[rid], "ts": now})
+                rows[rid] = {"model": model, "request_id": rid, "label": labels[rid], "ts": now}
         if rows:
+            ids = list(rows)
             with engine.begin() as conn:
-                conn.execute(feedback.delete().where(feedback.c.model == model,
-                                                     feedback.c.request_id.in_([r["request_id"] for r in rows])))
-                conn.execute(feedback.insert(), rows)
+                before = dict(conn.execute(sa.select(feedback.c.request_id, feedback.c.label).where(
+                    feedback.c.model == model, feedback.c.request_id.in_(ids))).all())
+                changes = [{"model": model, "request_id": rid, "old_label": int(before[rid]),
+                            "new_label": row["label"], "ts": now, "client": client, "identity": identity}
+                           for rid, row in rows.items() if rid in before and int(before[rid]) != row["label"]]
+                conn.execute(feedback.delete().where(feedback.c.model == model, feedback.c.request_id.in_(ids)))
+                conn.execute(feedback.insert(), list(rows.values()))
+                if changes:
+                    conn.execute(feedback_changes.insert(), changes)
+                    log.info("%d label(s) of %s changed by %s (%s)", len(changes), model, client or "?",
+                             identity or "anonymous")
     return FeedbackResult(results)
+
+
+def changes(engine: sa.Engine, model: str, request_id: str | None = None) -> list[dict[str, Any]]:
+    """Every recorded relabelling of `model` (of one request id), oldest first."""
+    q = sa.select(feedback_changes).where(feedback_changes.c.model == model).order_by(feedback_changes.c.id)
+    if request_id is not None:
+        q = q.where(feedback_changes.c.request_id == request_id)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(q)]
 
 
 def accuracy(engine: sa.Engine, model: str, *, version: int | None = None, last: int | None = None,

@@ -17,6 +17,7 @@ from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.fleet import Fleet, Spec
 from shipyard.serve.follow import Follower
 from shipyard.serve.http import HttpApp
+from shipyard.serve.supervisor import die_with_parent
 from shipyard.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,11 +44,14 @@ def create_app(config: ServeConfig | None = None, *, registry: Registry | None =
             alerts = load_alerts(config.alerts) if config.alerts else DEFAULT_RULES
         evaluator = Evaluator(reg, lambda: list(fleet.served), config.monitor, alerts=alerts)
     plane = DataPlane(fleet, batching=config.batching, predlog=predlog, evaluator=evaluator,
-                      feedback_horizon_s=config.feedback_horizon_s, metrics_enabled=config.metrics)
+                      feedback_horizon_s=config.feedback_horizon_s, metrics_enabled=config.metrics,
+                      feedback_secret=config.feedback_secret)
     return HttpApp(plane, config, follower=Follower(fleet, poll_s=config.poll_s, notify=config.notify))
 
 
 def app_from_env() -> HttpApp:
-    """Factory for server worker processes (`granian`/`uvicorn --factory`)."""
+    """Factory for server worker processes (`granian`/`uvicorn --factory`). A worker dies with
+    the process that started it (SIGTERM: it drains), so a killed server leaves no worker behind."""
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return create_app(ServeConfig.from_env(), settings=Settings.from_env())

@@ -2,17 +2,24 @@
 and the v1 `{"instances": …}` form. Pure functions, no I/O: transports call these.
 
 Binary extension: the JSON header is the first `Inference-Header-Content-Length` bytes of the
-body; tensors with `parameters.binary_data_size` follow it in order, little-endian, row-major."""
+body; tensors with `parameters.binary_data_size` follow it in order, little-endian, row-major.
+
+One rule for every JSON body (V2, v1, feedback, traffic), each break of it a 400 naming the problem:
+a key appears at most once in an object (no first- or last-wins), nesting and numbers stay within
+the parser's limits; integer tensors take whole numbers in their type's range, float tensors take
+numbers (never booleans, null or strings) that stay finite in their type, BOOL takes true/false;
+flags such as `binary_data_output` are JSON booleans. A request over the element cap is a 413."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from shipyard.errors import BadRequest
+from shipyard.errors import BadRequest, PayloadTooLarge
 
 try:  # orjson is several times faster on 7 KB bodies of floats; the standard module works too
     import orjson as _orjson
@@ -40,6 +47,7 @@ try:  # simdjson turns a JSON array of numbers into a buffer without a Python fl
     # a 784-float request decodes in 10 µs instead of 26 (orjson + numpy); orjson is the fallback
     import simdjson as _simdjson
     _HAVE_SIMDJSON = True
+    _CONTAINERS: tuple[type, ...] = (_simdjson.Object, _simdjson.Array)
 except ImportError:  # pragma: no cover - exercised where pysimdjson is absent
     _HAVE_SIMDJSON = False
 
@@ -53,12 +61,25 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 NUMPY_TO_V2 = {v.newbyteorder("="): k for k, v in DATATYPES.items()}
 #: the default cap on elements in one request (64 instances of 784 floats is 50,176)
 MAX_ELEMENTS = 4_000_000
+MAX_DIMS = 32  # numpy's own limit is 64; no served model takes more than a handful
+MAX_NESTING = 64  # arrays and objects outside tensor data
+MAX_KEYS = 128  # keys in one object (simdjson looks keys up one by one: a huge object would be quadratic)
+#: simdjson's buffer type per datatype: float64 holds every ≤32-bit integer exactly; 64-bit ones are read exactly
+_BUFFER_TYPE: dict[str, Literal["d", "i", "u"]] = {
+    **dict.fromkeys(("FP16", "FP32", "FP64", "UINT8", "UINT16", "UINT32", "INT8", "INT16", "INT32"), "d"),
+    "INT64": "i", "UINT64": "u"}
+#: the largest float input served: a request's float32 math (norms, the model, the prediction log's
+#: projection and samples) stays finite up to it, whatever its size; no real feature comes near
+MAX_FLOAT = 1e15
+_FLOAT_MAX = {"FP16": float(np.finfo(np.float16).max), "FP32": MAX_FLOAT, "FP64": MAX_FLOAT}
+_BUFFER_DTYPE = {"d": np.dtype(np.float64), "i": np.dtype(np.int64), "u": np.dtype(np.uint64)}
 
 
 @dataclass
 class Tensor:
     name: str
     array: np.ndarray
+    checked: bool = False  # its values passed `check_values` (JSON data; binary data has not)
 
 
 @dataclass
@@ -71,10 +92,80 @@ class InferRequest:
 
 
 def parse_json(body: bytes, what: str = "request body") -> Any:
+    """A JSON body as Python objects, by the one rule (duplicate keys, nesting and number limits
+    refused with a 400 naming the problem)."""
+    if not _HAVE_SIMDJSON:
+        return _parse_fallback(body, what)
+    return _strict(_parse_simd(body, what), 0)
+
+
+def _parse_simd(body: bytes, what: str = "request body") -> Any:
     try:
-        return loads(body)
-    except (JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-        raise BadRequest(f"{what} is not valid JSON: {e}") from None
+        return _simdjson.Parser().parse(body)
+    except (ValueError, UnicodeDecodeError, RuntimeError) as e:
+        raise _json_error(e, what) from None
+
+
+def _json_error(e: Exception, what: str) -> BadRequest:
+    text = str(e)
+    if "DEPTH_ERROR" in text or "depth limit" in text or isinstance(e, RecursionError):
+        return BadRequest(f"{what} is nested too deeply (arrays or objects over 1024 levels deep)")
+    if "BIGINT" in text or "NUMBER_OUT_OF_RANGE" in text or "infinity" in text:
+        return BadRequest(f"{what} holds a number too large to represent (integers over 64 bits, floats over "
+                          "1.8e308)")
+    if "NUMBER_ERROR" in text:
+        return BadRequest(f"{what} holds a malformed number, or one out of range (floats over 1.8e308)")
+    return BadRequest(f"{what} is not valid JSON: {text}")
+
+
+def _parse_fallback(body: bytes, what: str) -> Any:  # pragma: no cover - pysimdjson is a dependency
+    import json
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(items)
+        if len(out) != len(items):
+            raise BadRequest(_duplicate(next(k for i, (k, _) in enumerate(items) if k in dict(items[:i]))))
+        return out
+
+    try:
+        return json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise _json_error(e, what) from None
+
+
+def _duplicate(key: str) -> str:
+    return f"key {key!r} appears more than once in one object (duplicate keys are refused)"
+
+
+def _strict(value: Any, depth: int) -> Any:
+    """A simdjson value as Python objects, refusing duplicate keys at any depth."""
+    if isinstance(value, _simdjson.Array):
+        if depth >= MAX_NESTING:
+            raise BadRequest(f"request body is nested too deeply (over {MAX_NESTING} levels outside tensor data)")
+        return [_strict(v, depth + 1) if isinstance(v, _CONTAINERS) else v for v in value]
+    if isinstance(value, _simdjson.Object):
+        return _strict_object(value, depth, None)
+    return value
+
+
+def _strict_object(obj: Any, depth: int, convert: Callable[[str, Any, int], Any] | None) -> dict[str, Any]:
+    """An object's keys, each once (`convert` takes the values that are arrays or objects)."""
+    if depth >= MAX_NESTING:
+        raise BadRequest(f"request body is nested too deeply (over {MAX_NESTING} levels outside tensor data)")
+    if len(obj) > MAX_KEYS:
+        raise BadRequest(f"an object in the request holds {len(obj)} keys; at most {MAX_KEYS}")
+    out: dict[str, Any] = {}
+    for key in obj:
+        if key in out:
+            raise BadRequest(_duplicate(key))
+        try:
+            value = obj[key]
+        except KeyError:  # simdjson cannot look up a key holding NUL; no protocol has one
+            raise BadRequest(f"key {key!r} cannot be read (it holds a NUL character)") from None
+        if isinstance(value, _CONTAINERS):
+            value = _strict(value, depth + 1) if convert is None else convert(key, value, depth + 1)
+        out[key] = value
+    return out
 
 
 def decode_v2(body: bytes, header_length: int | None = None, *, max_elements: int = MAX_ELEMENTS) -> InferRequest:
@@ -99,112 +190,241 @@ def decode_v2(body: bytes, header_length: int | None = None, *, max_elements: in
     total = 0
     inputs: list[Tensor] = []
     for i, spec in enumerate(raw_inputs):
-        tensor, used = _decode_input(i, spec, binary, offset)
+        tensor, used = _decode_input(i, spec, binary, offset, max_elements)
         offset += used
         total += tensor.array.size
         if total > max_elements:
-            raise BadRequest(f"request holds more than {max_elements:,} tensor elements")
+            raise PayloadTooLarge(f"request holds more than {max_elements:,} tensor elements")
         inputs.append(tensor)
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data after the last binary input")
     if len({t.name for t in inputs}) != len(inputs):
         raise BadRequest("an input name appears more than once")
-    params = got if isinstance(got := doc.get("parameters"), dict) else {}
-    binary_default = bool(params.get("binary_data_output", False))
+    params = _object(doc, "parameters")
+    binary_default = _flag(params, "binary_data_output", False, "parameters")
+    raw_outputs = doc.get("outputs")
+    if raw_outputs is None:
+        raw_outputs = []
+    if not isinstance(raw_outputs, list):
+        raise BadRequest("'outputs' must be a list of {\"name\": …, \"parameters\": …} objects")
     outs: dict[str, bool] = {}
-    for o in doc.get("outputs") or []:
+    for o in raw_outputs:
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
             raise BadRequest("each requested output needs a 'name'")
-        p = got if isinstance(got := o.get("parameters"), dict) else {}
-        outs[o["name"]] = bool(p.get("binary_data", binary_default))
+        if o["name"] in outs:
+            raise BadRequest(f"output {o['name']!r} is requested more than once")
+        p = _object(o, "parameters", o["name"], "output")
+        outs[o["name"]] = _flag(p, "binary_data", binary_default, f"output {o['name']!r}: parameters")
     return InferRequest(rid, inputs, outs, binary_default, params)
 
 
+def _object(doc: dict[str, Any], key: str, owner: str | None = None, kind: str = "input") -> dict[str, Any]:
+    got = doc.get(key)
+    if got is None:
+        return {}
+    if not isinstance(got, dict):
+        where = f"{kind} {owner!r}: " if owner is not None else ""
+        raise BadRequest(f"{where}'{key}' must be an object, got {type(got).__name__}")
+    return got
+
+
+def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    got = params.get(key, default)
+    if not isinstance(got, bool):
+        raise BadRequest(f"{where}.{key} must be true or false (a JSON boolean), got {got!r}")
+    return got
+
+
 def _parse_request(body: bytes) -> Any:
-    """The request JSON as Python objects, except that float tensors' `data` arrive as float64
-    numpy arrays (flattened row-major, as nested arrays are) when simdjson is installed."""
+    """The request JSON as Python objects (by the one rule), except that numeric tensors' `data`
+    arrive as numpy buffers (float64, or int64/uint64 for the 64-bit types; flattened row-major,
+    as nested arrays are) when simdjson is installed, without a Python object per element."""
     if not _HAVE_SIMDJSON:
         return parse_json(body)
-    try:
-        doc = _simdjson.Parser().parse(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    doc = _parse_simd(body)
     if not isinstance(doc, _simdjson.Object):
-        return _plain(doc)
-    out: dict[str, Any] = {}
-    for key in doc:
-        value = doc[key]
-        if key == "inputs" and isinstance(value, _simdjson.Array):
-            out[key] = [_input_fast(v) for v in value]
-        else:
-            out[key] = _plain(value)
-    return out
+        return _strict(doc, 0)
+    return _strict_object(doc, 0, _top_value)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, _simdjson.Object):
-        return value.as_dict()
-    if isinstance(value, _simdjson.Array):
-        return value.as_list()
-    return value
+def _top_value(key: str, value: Any, depth: int) -> Any:
+    if key == "inputs" and isinstance(value, _simdjson.Array):
+        return [_strict_object(v, 2, _input_value) if isinstance(v, _simdjson.Object) else _strict(v, 2)
+                for v in value]
+    return _strict(value, depth)
 
 
-def _input_fast(spec: Any) -> Any:
-    if not isinstance(spec, _simdjson.Object):
-        return _plain(spec)
-    out: dict[str, Any] = {}
-    for key in spec:
-        value = spec[key]
-        if key == "data" and isinstance(value, _simdjson.Array) and "datatype" in spec \
-                and isinstance(dt := spec["datatype"], str) and dt in _FLOAT_TYPES:
-            try:
-                out[key] = np.frombuffer(value.as_buffer(of_type="d"), dtype=np.float64)
-                continue
-            except (TypeError, ValueError):  # not all numbers: the general path says what is wrong
-                pass
-        out[key] = _plain(value)
-    return out
+def _input_value(key: str, value: Any, depth: int) -> Any:
+    """One input's fields; `data` stays a simdjson array (`_decode_input` reads it as a buffer)."""
+    if key == "data" and isinstance(value, _simdjson.Array):
+        return value
+    return _strict(value, depth)
 
 
-def _decode_input(i: int, spec: Any, binary: memoryview, offset: int) -> tuple[Tensor, int]:
+def _decode_input(i: int, spec: Any, binary: memoryview, offset: int,
+                  max_elements: int = MAX_ELEMENTS) -> tuple[Tensor, int]:
     if not isinstance(spec, dict):
         raise BadRequest(f"inputs[{i}] must be an object")
     name = spec.get("name")
     if not isinstance(name, str) or not name:
         raise BadRequest(f"inputs[{i}] needs a 'name'")
     datatype = spec.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise BadRequest(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
     shape = spec.get("shape")
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool)
                                                            and d >= 0 for d in shape):
-        raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+        raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers, got "
+                         f"{_brief(shape)}")
+    if len(shape) > MAX_DIMS:
+        raise BadRequest(f"input {name!r}: 'shape' has {len(shape):,} dimensions; at most {MAX_DIMS}")
     count = math.prod(shape)
-    if count > MAX_ELEMENTS:
-        raise BadRequest(f"input {name!r}: shape {shape} holds more than {MAX_ELEMENTS:,} elements")
+    if count > max_elements:
+        raise PayloadTooLarge(f"input {name!r}: shape {_brief(shape)} holds more than {max_elements:,} elements")
     dtype = DATATYPES[datatype]
-    params = got if isinstance(got := spec.get("parameters"), dict) else {}
+    params = _object(spec, "parameters", name)
     size = params.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
         if size != count * dtype.itemsize:
             raise BadRequest(f"input {name!r}: binary_data_size {size} does not match shape {shape} of "
                              f"{datatype} ({count * dtype.itemsize} bytes)")
         if offset + size > len(binary):
             raise BadRequest(f"input {name!r}: body ends before its {size} bytes of binary data")
-        arr = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
-        return Tensor(name, arr), size
+        return Tensor(name, np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)), size
     if "data" not in spec:
         raise BadRequest(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
+    where = f"input {name!r}"
     data = spec["data"]
-    try:
-        arr = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError):
-        raise BadRequest(f"input {name!r}: 'data' is not an array of {datatype} values") from None
+    arr: np.ndarray | None = None
+    if _HAVE_SIMDJSON and isinstance(data, _simdjson.Array):
+        kind = _BUFFER_TYPE.get(datatype)
+        if kind is not None:
+            buf: np.ndarray | None
+            try:
+                buf = np.frombuffer(data.as_buffer(of_type=kind), dtype=_BUFFER_DTYPE[kind])
+            except (TypeError, ValueError):  # not all numbers, or not in range: `_values` says which
+                buf = None
+            if buf is not None:
+                arr = check_values(where, datatype, buf)
+        if arr is None:
+            data = data.as_list()
+    if arr is None:
+        if not isinstance(data, list):
+            raise BadRequest(f"{where}: 'data' must be an array of {datatype} values, got {type(data).__name__}")
+        arr = _values(where, datatype, data)
     if arr.size != count:
         raise BadRequest(f"input {name!r}: shape {shape} needs {count} values, 'data' has {arr.size}")
-    return Tensor(name, arr.reshape(shape)), 0
+    return Tensor(name, arr.reshape(shape), checked=True), 0
+
+
+def _brief(value: Any) -> str:
+    """A value as the client wrote it (JSON spelling), cut to 80 characters."""
+    text = {True: "true", False: "false", None: "null"}.get(value, repr(value)) if value is None or \
+        isinstance(value, bool) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _kind(value: Any) -> str:
+    kinds = {bool: "booleans", type(None): "null", str: "strings", dict: "objects", list: "arrays"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _flatten(where: str, data: list[Any]) -> list[Any]:
+    """Nested lists of values, row-major (as V2 allows)."""
+    if not any(isinstance(v, list) for v in data):
+        return data
+    flat: list[Any] = []
+    stack: list[tuple[Any, int]] = [(iter(data), 0)]
+    while stack:
+        it, depth = stack[-1]
+        for v in it:
+            if isinstance(v, list):
+                if depth + 1 >= MAX_NESTING:
+                    raise BadRequest(f"{where}: 'data' is nested more than {MAX_NESTING} levels deep")
+                stack.append((iter(v), depth + 1))
+                break
+            flat.append(v)
+        else:
+            stack.pop()
+    return flat
+
+
+def _values(where: str, datatype: str, data: list[Any]) -> np.ndarray:
+    """Tensor values from JSON (nested lists of numbers), by the one rule; the slow path:
+    simdjson's buffers take the usual requests."""
+    flat = _flatten(where, data)
+    if datatype == "BOOL":
+        bad = next((v for v in flat if not isinstance(v, bool)), _NONE)
+        if bad is not _NONE:
+            raise BadRequest(f"{where}: BOOL takes true or false, not {_kind(bad)} (got {_brief(bad)})")
+        return np.array(flat, dtype=np.bool_)
+    bad = next((v for v in flat if isinstance(v, bool) or not isinstance(v, (int, float))), _NONE)
+    if bad is not _NONE:
+        raise BadRequest(f"{where}: 'data' is not an array of {datatype} values: {datatype} {_numbers_only(bad)}")
+    dtype = DATATYPES[datatype]
+    if dtype.kind == "f":
+        try:
+            src = np.array(flat, dtype=np.float64)
+        except OverflowError:
+            src = np.array([math.inf], dtype=np.float64)
+        return check_values(where, datatype, src)
+    info = np.iinfo(dtype)
+    bad = next((v for v in flat if (isinstance(v, float) and not v.is_integer()) or not info.min <= v <= info.max),
+               _NONE)
+    if bad is not _NONE:
+        raise BadRequest(_whole_numbers(where, datatype, bad))
+    return np.array([int(v) for v in flat] if any(isinstance(v, float) for v in flat) else flat, dtype=dtype)
+
+
+_NONE = object()
+
+
+def _numbers_only(bad: Any) -> str:
+    return f"takes numbers, not {_kind(bad)} (got {_brief(bad)})"
+
+
+def _whole_numbers(where: str, datatype: str, bad: Any) -> str:
+    info = np.iinfo(DATATYPES[datatype])
+    shown = bad.item() if isinstance(bad, np.generic) else bad
+    if isinstance(shown, float) and shown.is_integer():
+        shown = int(shown)
+    return f"{where}: {datatype} takes whole numbers in {info.min}..{info.max}, got {shown!r}"
+
+
+def float_limit(datatype: str) -> str:
+    """Why a float value is refused (the same words for V2, v1 and binary tensors)."""
+    return f"not a finite number within ±{_FLOAT_MAX[datatype]:.4g}, the {datatype} range served " \
+        "(float32 math on the request must stay finite)"
+
+
+def check_values(where: str, datatype: str, src: np.ndarray) -> np.ndarray:
+    """Numbers read from JSON (float64, or int64/uint64) as `datatype`, by the one rule (V2 and
+    v1 alike): integer types take whole numbers in their range, float types values within
+    ±MAX_FLOAT (FP16: its range). Raises BadRequest naming the first value that breaks it."""
+    top = _FLOAT_MAX.get(datatype)
+    if top is not None:
+        if src.size and not np.abs(src).max() <= top:  # NaN fails it too
+            flat = src.ravel()
+            bad = flat[np.flatnonzero(~(np.abs(flat) <= top))[0]].item()
+            raise BadRequest(f"{where}: {bad!r} is {float_limit(datatype)}")
+        return src.astype(DATATYPES[datatype])
+    dtype = DATATYPES[datatype]
+    if src.dtype == dtype:
+        return src
+    if dtype.kind == "b":
+        raise BadRequest(f"{where}: BOOL takes true or false")
+    info = np.iinfo(dtype)
+    if src.dtype.kind == "f":
+        bad_mask = (src != np.trunc(src)) | (src < info.min) | (src >= info.max + 1) | np.isnan(src)
+    elif src.dtype.kind in "iu":
+        bad_mask = (src < info.min) | (src > info.max)
+    else:
+        raise BadRequest(f"{where}: {datatype} takes whole numbers in {info.min}..{info.max}")
+    if bad_mask.any():
+        raise BadRequest(_whole_numbers(where, datatype, src.ravel()[np.flatnonzero(bad_mask.ravel())[0]]))
+    return src.astype(dtype)
 
 
 def encode_v2(model: str, version: str | None, rid: str | None, outputs: list[tuple[str, np.ndarray, bool]],
@@ -245,14 +465,35 @@ def encode_v2(model: str, version: str | None, rid: str | None, outputs: list[tu
 
 
 def decode_v1(body: bytes) -> np.ndarray:
-    """`{"instances": [...]}` (TF-Serving / KServe v1) → one array; instances must share a shape."""
-    doc = parse_json(body)
-    if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list) or not doc["instances"]:
+    """`{"instances": [...]}` (TF-Serving / KServe v1) → one float64 array (instances must share a
+    shape), by the same rule as V2: `check_values` then applies the input's datatype."""
+    if _HAVE_SIMDJSON:
+        doc = _parse_simd(body)
+        if isinstance(doc, _simdjson.Object):
+            doc = _strict_object(doc, 0, lambda k, v, d: v if k == "instances" else _strict(v, d))
+    else:  # pragma: no cover - pysimdjson is a dependency
+        doc = parse_json(body)
+    raw = doc.get("instances") if isinstance(doc, dict) else None
+    if not isinstance(raw, list) and not (_HAVE_SIMDJSON and isinstance(raw, _simdjson.Array)) or not len(raw):
         raise BadRequest("request must be a JSON object with a non-empty 'instances' list")
+    values = raw if isinstance(raw, list) else raw.as_list()
+    if _HAVE_SIMDJSON and not isinstance(raw, list):
+        try:
+            raw.as_buffer(of_type="d")  # every leaf a number (no booleans, null or strings)
+            numbers = True
+        except (TypeError, ValueError):
+            numbers = False
+    else:  # pragma: no cover
+        numbers = False
+    if not numbers:
+        flat = _flatten("'instances'", values)
+        bad = next((v for v in flat if isinstance(v, bool) or not isinstance(v, (int, float))), _NONE)
+        if bad is not _NONE:
+            raise BadRequest(f"'instances' must be equally shaped arrays of numbers: an input {_numbers_only(bad)}")
     try:
-        arr = np.asarray(doc["instances"], dtype=np.float64)
-    except (ValueError, TypeError):
+        arr = np.asarray(values, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
         raise BadRequest("'instances' must be equally shaped arrays of numbers") from None
     if arr.size > MAX_ELEMENTS:
-        raise BadRequest(f"request holds more than {MAX_ELEMENTS:,} values")
+        raise PayloadTooLarge(f"request holds more than {MAX_ELEMENTS:,} values")
     return arr

@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import socket
 import types
 import typing
 from collections.abc import Mapping
@@ -24,8 +25,10 @@ from shipyard.monitor.config import LogConfig, MonitorConfig
 from shipyard.serve.batching import BatchConfig
 
 ENV_PREFIX = "SHIPYARD_SERVE_"
-#: the bearer token is a secret: it travels in its own variable, never in `SHIPYARD_SERVE_*`
+#: secrets travel in variables of their own, never in `SHIPYARD_SERVE_*` (nor in a repr)
 TOKEN_ENV = "SHIPYARD_TOKEN"
+FEEDBACK_SECRET_ENV = "SHIPYARD_FEEDBACK_SECRET"
+SECRETS = {"token": TOKEN_ENV, "feedback_secret": FEEDBACK_SECRET_ENV}
 HTTP_SERVERS = ("granian", "uvicorn")
 _BATCH = BatchConfig()
 _LOG = LogConfig()
@@ -69,7 +72,11 @@ class ServeConfig:
     window: int = _MONITOR.window
     window_max_age_s: float = _MONITOR.max_age_s
     alerts: str | None = None  # a TOML file of alert rules; None: the default rules
-    token: str | None = field(default=None, repr=False)
+    # who may ask what (README: Security model)
+    allowed_origins: tuple[str, ...] = ()  # browser origins that may call routes that change state
+    allowed_hosts: tuple[str, ...] = ()  # Host names a loopback-bound server answers besides loopback ones
+    token: str | None = field(default=None, repr=False)  # bearer token: management, and inference when asked
+    feedback_secret: str | None = field(default=None, repr=False)  # set: labels must carry the answer's proof
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -121,6 +128,8 @@ class ServeConfig:
 
         need(self.http in HTTP_SERVERS, f"http must be granian or uvicorn, got {self.http!r}")
         need(0 <= self.port <= 65535, f"port must be in 0..65535, got {self.port}")
+        if (bad_host := _host_problem(self.host)) is not None:
+            problems.append(bad_host)
         need(self.workers >= 1, f"workers must be ≥ 1, got {self.workers}")
         need(self.threads >= 1, f"threads must be ≥ 1, got {self.threads}")
         need(math.isfinite(self.max_body_mb) and self.max_body_mb > 0,
@@ -132,9 +141,18 @@ class ServeConfig:
         need(self.log_ring >= 0, f"log_ring must be ≥ 0, got {self.log_ring}")
         need(self.log_retention_days > 0, f"log_retention_days must be > 0, got {self.log_retention_days:g}")
         need(self.feedback_horizon_h > 0, f"feedback_horizon_h must be > 0, got {self.feedback_horizon_h:g}")
+        # a label is checked against the log's request ids: they must outlive the horizon
+        need(self.feedback_horizon_h <= self.log_retention_days * 24,
+             f"feedback_horizon_h ({self.feedback_horizon_h:g}) must not outlast the prediction log's retention "
+             f"(log_retention_days {self.log_retention_days:g} = {self.log_retention_days * 24:g} h)")
         need(self.window_max_age_s > 0, f"window_max_age_s must be > 0, got {self.window_max_age_s:g}")
         need(not self.auth_inference or self.token is not None,
              f"auth_inference needs {TOKEN_ENV} to be set")
+        for origin in self.allowed_origins:
+            need(origin == origin.lower().rstrip("/") and "://" in origin,
+                 f"allowed_origins: {origin!r} is not an origin like https://example.com (scheme://host[:port])")
+        if self.feedback_secret is not None:
+            need(len(self.feedback_secret) >= 16, f"{FEEDBACK_SECRET_ENV} must be at least 16 characters")
         for check in (self.batching.checked, self.monitor.check):
             try:
                 check()
@@ -149,11 +167,12 @@ class ServeConfig:
         """The variables a worker process rebuilds this config from (the token under its own name)."""
         env: dict[str, str] = {}
         for f in dataclasses.fields(self):
-            if f.name == "token":
+            value = getattr(self, f.name)
+            if f.name in SECRETS:
+                if value is not None:
+                    env[SECRETS[f.name]] = value
                 continue
-            env[ENV_PREFIX + f.name.upper()] = _encode(getattr(self, f.name))
-        if self.token is not None:
-            env[TOKEN_ENV] = self.token
+            env[ENV_PREFIX + f.name.upper()] = _encode(value)
         return env
 
     @classmethod
@@ -163,7 +182,7 @@ class ServeConfig:
         hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            key = TOKEN_ENV if f.name == "token" else ENV_PREFIX + f.name.upper()
+            key = SECRETS.get(f.name) or ENV_PREFIX + f.name.upper()
             if key in env:
                 try:
                     values[f.name] = _decode(env[key], hints[f.name])
@@ -201,3 +220,20 @@ def _decode(text: str, hint: Any) -> Any:
     if typing.get_origin(hint) is tuple:
         return tuple(s for s in text.split(",") if s)
     return hint(text)
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` is no address to listen on (None if it is): an IP address written in full, or
+    a name that resolves. Shorthands like 127.1 are refused: the HTTP server cannot bind them."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if host.replace(".", "").isdigit():
+        return f"host {host!r} is not a full IP address (write e.g. 127.0.0.1)"
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return f"host {host!r} is neither an IP address nor a name that resolves"
+    return None

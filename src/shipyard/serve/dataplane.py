@@ -9,9 +9,11 @@ loaded: every runtime gets its batcher and its log hook there, and nowhere else.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import hashlib
+import hmac
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,7 @@ from shipyard.monitor.feedback import record_feedback
 from shipyard.monitor.predlog import PredictionLog
 from shipyard.monitor.stats import ServingStats
 from shipyard.serve.batching import INLINE_LIMIT_S, BatchConfig, Batcher
-from shipyard.serve.codec import InferRequest, dumps, encode_v2
+from shipyard.serve.codec import InferRequest, check_values, dumps, encode_v2
 from shipyard.serve.fleet import Fleet, Spec
 from shipyard.serve.runtime import LABEL, ModelRuntime
 
@@ -35,17 +37,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("shipyard.serve")
 OUTPUTS = ("probabilities", LABEL)
 MAX_FEEDBACK = 10_000
-_PREFIX = os.urandom(6).hex()
-_COUNTER = itertools.count(1)
 
 
 def request_id(rid: str | None) -> str:
     """The client's id (the V2 body's `id`, else an `X-Request-ID` header: a load balancer sets
     one per client request and keeps it when it retries, so the prediction log can tell a retry
-    from a new request), or a new one: a random per-process prefix and a counter (unique across
-    workers and restarts, and ten times cheaper than uuid4 on the hot path)."""
+    from a new request), or a new one of 128 random bits: nobody can guess another client's id
+    to label its prediction (a prefix and a counter were guessable)."""
     if not rid:
-        return f"{_PREFIX}-{next(_COUNTER)}"
+        return secrets.token_hex(16)
     if len(rid) > 256 or not (rid.isascii() and rid.isprintable()):
         raise BadRequest("a request id must be at most 256 printable ASCII characters")
     return rid
@@ -60,6 +60,7 @@ class Answer:
     version: str
     rid: str
     binary_header: int | None = None  # the JSON header's length when outputs travel as binary
+    proof: str | None = None  # the feedback token for this answer (when the server requires one)
 
 
 class DataPlane:
@@ -67,12 +68,14 @@ class DataPlane:
 
     def __init__(self, fleet: Fleet, *, batching: BatchConfig | None = None, predlog: PredictionLog | None = None,
                  evaluator: Evaluator | None = None, feedback_horizon_s: float = 7 * 86400,
-                 metrics_enabled: bool = True) -> None:
+                 metrics_enabled: bool = True, feedback_secret: str | None = None) -> None:
         self.fleet = fleet
         self.batching = (batching or BatchConfig()).checked()
         self.predlog = predlog
         self.evaluator = evaluator  # computes when it holds the lease
         self.feedback_horizon_s = feedback_horizon_s
+        # set: every answer carries a proof (HMAC of model and request id) that its label must present
+        self._feedback_key = feedback_secret.encode() if feedback_secret else None
         self.request_metrics = metrics.RequestMetrics(metrics_enabled)
         # the same counts, every few seconds into the database (alert rules, status, report, dashboard)
         self.serving_stats = ServingStats() if metrics_enabled else None
@@ -151,7 +154,7 @@ class DataPlane:
             names = [t.name for t in request.inputs]
             raise BadRequest(f"send exactly one input (features or the raw form), got {len(names)}: {names}")
         tensor = request.inputs[0]
-        features = rt.features(tensor.name, tensor.array)
+        features = rt.features(tensor.name, tensor.array, checked=tensor.checked)
         wanted = request.binary_outputs or dict.fromkeys(OUTPUTS, request.binary_default)
         if request.binary_outputs and (unknown := [n for n in wanted if n not in OUTPUTS]):
             raise BadRequest(f"model {rt.name!r} has no output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
@@ -163,7 +166,7 @@ class DataPlane:
         body, header = encode_v2(rt.name, v if rt.version is not None else None, rid, outputs)
         if version is None:
             self._mirror(name, rt, features, probs)
-        return Answer(body, rt.name, v, rid, header)
+        return Answer(body, rt.name, v, rid, header, self.proof(name, rid) if self._feedback_key else None)
 
     async def predict_v1(self, name: str, instances: np.ndarray, *, key: bytes | None = None,
                          request_id_header: str | None = None, runtime: ModelRuntime | None = None) -> Answer:
@@ -179,7 +182,13 @@ class DataPlane:
         body = dumps({"predictions": [{"label": str(lab), "probabilities": p}
                                       for lab, p in zip(labels, probs, strict=True)],
                       "model_name": rt.name, "model_version": version, "id": rid})
-        return Answer(body, rt.name, str(rt.version), rid)
+        return Answer(body, rt.name, str(rt.version), rid, None,
+                      self.proof(name, rid) if self._feedback_key else None)
+
+    def proof(self, name: str, rid: str) -> str:
+        """The feedback token of one answer: only who saw the answer can label it."""
+        assert self._feedback_key is not None
+        return hmac.new(self._feedback_key, f"{name}\0{rid}".encode(), hashlib.sha256).hexdigest()[:32]
 
     # -- shadow -------------------------------------------------------------------------------
     def _mirror(self, name: str, primary: ModelRuntime, features: np.ndarray, probs: np.ndarray) -> None:
@@ -214,10 +223,13 @@ class DataPlane:
         metrics.SHADOW.labels(rt.name, "agreed").inc(agreed)
 
     # -- feedback -----------------------------------------------------------------------------
-    async def feedback(self, name: str, doc: Any) -> tuple[int, dict[str, Any]]:
+    async def feedback(self, name: str, doc: Any, *, client: str | None = None,
+                       identity: str | None = None) -> tuple[int, dict[str, Any]]:
         """`{"feedback": [{"id": REQUEST_ID, "label": CLASS}, …]}`: true labels for earlier
         predictions, joined with the prediction log in the database (any worker may hold it).
-        Returns (status, document): 200 with counts, or the one item's error status."""
+        With a feedback secret, each item also carries `"token"`: the answer's proof. `client`
+        and `identity` are recorded when a label changes an earlier one. Returns (status,
+        document): 200 with counts, or the one item's error status."""
         rt = self.fleet.get(name)
         plog = self.predlog
         if plog is None:
@@ -228,16 +240,26 @@ class DataPlane:
         if len(items) > MAX_FEEDBACK:
             raise BadRequest(f"at most {MAX_FEEDBACK:,} labels per request, got {len(items):,}")
         pairs = []
+        refused: dict[int, dict[str, Any]] = {}  # position → the item's refusal (no valid proof)
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("id"), str) or "label" not in item:
                 raise BadRequest(f"feedback[{i}] needs a string 'id' and a 'label'")
+            if self._feedback_key is not None:
+                token = item.get("token")
+                if not isinstance(token, str) or not hmac.compare_digest(token, self.proof(name, item["id"])):
+                    refused[i] = {"id": item["id"], "status": "forbidden",
+                                  "error": "this server takes a label only with the feedback token of its "
+                                           "answer (the X-Feedback-Token header), as 'token'"}
+                    continue
             pairs.append((item["id"], item["label"]))
         loop = asyncio.get_running_loop()
         classes = [str(c) for c in rt.classes]
+        who = identity or ("feedback-token" if self._feedback_key else "anonymous")
 
         def store(batch: list[tuple[Any, Any]]) -> Any:
             plog.flush()  # this worker's own recent predictions first
-            return record_feedback(plog.engine, name, classes, batch, horizon_s=self.feedback_horizon_s)
+            return record_feedback(plog.engine, name, classes, batch, horizon_s=self.feedback_horizon_s,
+                                   client=client, identity=who)
 
         result = await loop.run_in_executor(None, store, pairs)
         # another worker may not have written its log yet: look again until its flush is surely done
@@ -248,12 +270,15 @@ class DataPlane:
             await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
             retry = {it["id"]: it for it in (await loop.run_in_executor(None, store, unknown)).items}
             result.items = [retry.get(it["id"], it) if it["status"] == "unknown" else it for it in result.items]
+        if refused:  # back in the order they were sent
+            accepted = iter(result.items)
+            result.items = [refused[i] if i in refused else next(accepted) for i in range(len(items))]
         counts = result.counts
         for outcome, n in counts.items():
             if n:
                 metrics.FEEDBACK.labels(name, outcome).inc(n)
         if len(result.items) == 1 and counts["accepted"] == 0:
-            status = {"unknown": 404, "late": 410, "invalid": 400}[result.items[0]["status"]]
+            status = {"unknown": 404, "late": 410, "invalid": 400, "forbidden": 403}[result.items[0]["status"]]
             return status, {"error": result.items[0]["error"], **counts}
         return 200, {**counts, "items": [it for it in result.items if it["status"] != "accepted"]}
 
@@ -359,13 +384,10 @@ def _v1_features(rt: ModelRuntime, instances: np.ndarray) -> np.ndarray:
     if match is None:
         shapes = " or ".join(str(list(s.shape)) for s in rt.inputs.values())
         raise BadRequest(f"each instance must have shape {shapes}, got {list(instances.shape[1:])}")
-    arr = instances
-    if match.dtype.kind in "iu":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise BadRequest(f"input {match.name!r} takes whole numbers ({match.v2_datatype})")
-        info = np.iinfo(match.dtype)
-        if arr.min() < info.min or arr.max() > info.max:
-            raise BadRequest(f"input {match.name!r} takes values in {info.min}..{info.max}")
-    return rt.features(match.name, arr.astype(match.dtype))
+    if instances.shape[0] == 0:
+        raise BadRequest(f"input {match.name!r} holds no instances")
+    # the V2 rule and messages: whole numbers in range for integer inputs, finite in the type for floats
+    return rt.features(match.name, check_values(f"input {match.name!r}", match.v2_datatype, instances),
+                       checked=True)
 
 

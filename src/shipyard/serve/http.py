@@ -11,7 +11,6 @@ management routes to re-read the registry and to set a model's traffic split."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import re
@@ -21,13 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shipyard._version import __version__
-from shipyard.errors import BadRequest, NotFound, Overloaded, PayloadTooLarge, ShipyardError
+from shipyard.errors import BadRequest, NotFound, Overloaded, ShipyardError
 from shipyard.monitor import metrics
 from shipyard.serve import openapi
 from shipyard.serve.codec import decode_v1, decode_v2, dumps, parse_json
 from shipyard.serve.config import ServeConfig
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.follow import Follower, freeze_heap
+from shipyard.serve.guard import Guard
+from shipyard.serve.supervisor import capacity, worker_up
 
 log = logging.getLogger("shipyard.serve")
 Scope = dict[str, Any]
@@ -40,14 +41,6 @@ ROUTE_KEY = b"x-shipyard-route-key"
 _JSON: Headers = [(b"content-type", b"application/json")]
 _HTML: Headers = [(b"content-type", b"text/html; charset=utf-8")]
 _PATH_CACHE = 4096  # paths come from clients: the cache of matched paths stays bounded
-
-
-class Unauthorized(ShipyardError):
-    http_status = 401
-
-
-class Forbidden(ShipyardError):
-    http_status = 403
 
 
 class MethodNotAllowed(ShipyardError):
@@ -71,9 +64,12 @@ Handler = Callable[[Request], Awaitable[Reply]]
 
 @dataclass(frozen=True)
 class Route:
-    """One row of the route table. `access`: `public`, `inference` (the token when
-    `auth_inference`), or `management` (the token, or a loopback-only server). `docs`: the
-    OpenAPI operation per method."""
+    """One row of the route table. `access`: `public` (health, server metadata, the OpenAPI
+    document: always open), `read` (model metadata, metrics, dashboard) and `inference` (infer,
+    feedback) need the token when `auth_inference`; `management` needs the token, or a server
+    bound to loopback. `writes`: the methods that change state — they refuse cross-site
+    requests (an Origin not allowed) and bodies that are not JSON. `docs`: the OpenAPI
+    operation per method."""
 
     pattern: str
     methods: dict[str, Handler]
@@ -81,6 +77,7 @@ class Route:
     what: str  # names the route in a 405 message
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)
     metric_route: str | None = None  # inference routes count their errors under this route label
+    writes: frozenset[str] = frozenset()
 
     @property
     def regex(self) -> re.Pattern[str]:
@@ -96,9 +93,7 @@ class HttpApp:
         self.plane = plane
         self.config = config
         self.follower = follower
-        self.max_body = config.max_body
-        self.token = config.token
-        self.management = config.management
+        self.guard = Guard(config)
         self.auth_inference = config.auth_inference
         self.drain_timeout_s = config.drain_timeout_s
         self.drain_file = config.drain_file  # created by the supervisor on SIGTERM, for every worker
@@ -120,32 +115,38 @@ class HttpApp:
             Route("/v1/models/{name}:predict", {"POST": self._infer_v1}, "inference", ":predict",
                   {"POST": d.V1_PREDICT}, "v1"),
             Route("/v2/models/{name}/feedback", {"POST": self._feedback}, "inference", "feedback",
-                  {"POST": d.FEEDBACK}),
+                  {"POST": d.FEEDBACK}, writes=frozenset({"POST"})),
             Route("/v2/health/live", {"GET": self._live}, "public", "live", {"GET": d.ok()}),
             Route("/v2/health/ready", {"GET": self._health}, "public", "ready", {"GET": d.READY}),
             Route("/v2", {"GET": self._server}, "public", "server metadata", {"GET": d.ok("Server metadata")}),
-            Route("/v2/models/{name}", {"GET": self._meta}, "public", "model metadata", {"GET": d.model_get()}),
-            Route("/v2/models/{name}/ready", {"GET": self._ready}, "public", "model ready",
+            Route("/v2/", {"GET": self._server}, "public", "server metadata", {"GET": d.ok("Server metadata")}),
+            Route("/", {"GET": self._alive}, "public", "liveness", {"GET": d.ok("KServe v1 liveness")}),
+            Route("/v2/models", {"GET": self._models}, "read", "models", {"GET": d.ok("The models served here")}),
+            Route("/v1/models", {"GET": self._models_v1}, "read", "models",
+                  {"GET": d.ok("The models served here (KServe v1)")}),
+            Route("/v2/models/{name}", {"GET": self._meta}, "read", "model metadata", {"GET": d.model_get()}),
+            Route("/v2/models/{name}/ready", {"GET": self._ready}, "read", "model ready",
                   {"GET": d.model_get()}),
-            Route("/v2/models/{name}/versions/{version}", {"GET": self._meta}, "public", "model metadata",
+            Route("/v2/models/{name}/versions/{version}", {"GET": self._meta}, "read", "model metadata",
                   {"GET": d.model_get(version=True)}),
-            Route("/v2/models/{name}/versions/{version}/ready", {"GET": self._ready}, "public", "model ready",
+            Route("/v2/models/{name}/versions/{version}/ready", {"GET": self._ready}, "read", "model ready",
                   {"GET": d.model_get(version=True)}),
-            Route("/v1/models/{name}", {"GET": self._v1_meta}, "public", "model status", {"GET": d.model_get()}),
+            Route("/v1/models/{name}", {"GET": self._v1_meta}, "read", "model status", {"GET": d.model_get()}),
             Route("/v2/repository/index", {"GET": self._index, "POST": self._index}, "management", "index",
                   {"POST": d.INDEX}),
             Route("/v2/repository/refresh", {"POST": self._refresh}, "management", "refresh",
-                  {"POST": d.REFRESH}),
+                  {"POST": d.REFRESH}, writes=frozenset({"POST"})),
             Route("/v2/repository/models/{name}/load", {"POST": self._load}, "management", "load",
-                  {"POST": d.repository_action()}),
+                  {"POST": d.repository_action()}, writes=frozenset({"POST"})),
             Route("/v2/repository/models/{name}/unload", {"POST": self._unload}, "management", "unload",
-                  {"POST": d.repository_action()}),
+                  {"POST": d.repository_action()}, writes=frozenset({"POST"})),
             Route("/v2/repository/models/{name}/traffic", {"GET": self._traffic, "POST": self._set_traffic},
-                  "management", "traffic", {"GET": d.TRAFFIC_GET, "POST": d.TRAFFIC_POST}),
-            Route("/metrics", {"GET": self._metrics}, "public", "metrics", {"GET": d.METRICS}),
+                  "management", "traffic", {"GET": d.TRAFFIC_GET, "POST": d.TRAFFIC_POST},
+                  writes=frozenset({"POST"})),
+            Route("/metrics", {"GET": self._metrics}, "read", "metrics", {"GET": d.METRICS}),
             Route("/openapi.json", {"GET": self._openapi}, "public", "openapi", {"GET": d.ok()}),
-            Route("/dashboard", {"GET": self._dashboard}, "public", "dashboard", {"GET": d.DASHBOARD}),
-            Route("/dashboard/fragment", {"GET": self._fragment}, "public", "dashboard", {"GET": d.FRAGMENT}),
+            Route("/dashboard", {"GET": self._dashboard}, "read", "dashboard", {"GET": d.DASHBOARD}),
+            Route("/dashboard/fragment", {"GET": self._fragment}, "read", "dashboard", {"GET": d.FRAGMENT}),
         ]
 
     def _match(self, path: str) -> tuple[Route, dict[str, str]] | None:
@@ -181,8 +182,13 @@ class HttpApp:
             handler = route.methods.get(scope["method"])
             if handler is None:
                 raise MethodNotAllowed(f"{route.what} takes {' or '.join(route.methods)}")
-            if route.access == "management" or (self.auth_inference and route.access == "inference"):
-                self._authorize(scope, route.access)
+            guard = self.guard
+            if guard.hosts is not None:
+                guard.check_host(scope)
+            if route.access == "management" or (self.auth_inference and route.access != "public"):
+                guard.authorize(scope, route.access)
+            if scope["method"] in route.writes:
+                guard.check_write(scope)
             status, body, headers = await handler(Request(scope, receive, params))
         except ShipyardError as e:
             status, body = e.http_status, dumps({"error": str(e)})
@@ -224,6 +230,7 @@ class HttpApp:
                     self._ticker = loop.create_task(self._tick())
                 self.plane.start()
                 await send({"type": "lifespan.startup.complete"})
+                worker_up(self.drain_file)  # this worker now counts as capacity (serve/supervisor.py)
             elif message["type"] == "lifespan.shutdown":
                 await self.drain()
                 await self.plane.stop()
@@ -258,45 +265,6 @@ class HttpApp:
             self.plane.export_metrics(inflight=self.inflight)
             await asyncio.sleep(1.0)
 
-    # -- access and limits --------------------------------------------------------------------
-    def _authorize(self, scope: Scope, access: str) -> None:
-        if access == "management":
-            if not self.management:
-                raise Forbidden("management routes are off: set SHIPYARD_TOKEN to use them on a non-loopback "
-                                "address")
-            self._check_token(scope)
-        elif self.auth_inference:
-            self._check_token(scope)
-
-    def _check_token(self, scope: Scope) -> None:
-        if self.token is None:
-            return
-        auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        if not hmac.compare_digest(auth, f"Bearer {self.token}".encode()):
-            raise Unauthorized("missing or wrong bearer token")
-
-    async def _body(self, req: Request) -> bytes:
-        for k, v in req.scope["headers"]:
-            if k == b"content-length" and v.isdigit() and int(v) > self.max_body:
-                raise PayloadTooLarge(f"request body of {int(v):,} bytes is over the {self.max_body:,}-byte limit")
-        message = await req.receive()
-        if not message.get("more_body"):  # the usual case: the whole body in one message
-            body: bytes = message.get("body", b"")
-            if len(body) > self.max_body:
-                raise PayloadTooLarge(f"request body is over the {self.max_body:,}-byte limit")
-            return body
-        chunks: list[bytes] = [message.get("body", b"")]
-        size = len(chunks[0])
-        while True:
-            message = await req.receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise PayloadTooLarge(f"request body is over the {self.max_body:,}-byte limit")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
-
     # -- inference ----------------------------------------------------------------------------
     async def _infer_v2(self, req: Request) -> Reply:
         header_len = key = hrid = None
@@ -312,14 +280,18 @@ class HttpApp:
         t0 = time.perf_counter()
         name, version = req.params["name"], req.params.get("version")
         rt = self.plane.pick(name, version, key)  # an unknown model is refused before its body is read
-        request = decode_v2(await self._body(req), header_len)
+        request = decode_v2(await self.guard.body(req.scope, req.receive), header_len)
         ans = await self.plane.infer_v2(name, version, request, key=key, request_id_header=hrid, runtime=rt)
         self.plane.observe(ans.model, ans.version, "v2", 200, time.perf_counter() - t0)
         rid = ans.rid.encode()
         if ans.binary_header is not None:
-            return 200, ans.body, [(b"content-type", b"application/octet-stream"), (b"x-request-id", rid),
-                                   (b"inference-header-content-length", str(ans.binary_header).encode())]
-        return 200, ans.body, [*_JSON, (b"x-request-id", rid)]
+            headers = [(b"content-type", b"application/octet-stream"), (b"x-request-id", rid),
+                       (b"inference-header-content-length", str(ans.binary_header).encode())]
+        else:
+            headers = [*_JSON, (b"x-request-id", rid)]
+        if ans.proof is not None:
+            headers.append((b"x-feedback-token", ans.proof.encode()))
+        return 200, ans.body, headers
 
     async def _infer_v1(self, req: Request) -> Reply:
         t0 = time.perf_counter()
@@ -331,15 +303,21 @@ class HttpApp:
                 hrid = v.decode("latin-1")
         name = req.params["name"]
         rt = self.plane.pick(name, None, key)
-        ans = await self.plane.predict_v1(name, decode_v1(await self._body(req)), key=key, request_id_header=hrid,
-                                          runtime=rt)
+        instances = decode_v1(await self.guard.body(req.scope, req.receive))
+        ans = await self.plane.predict_v1(name, instances, key=key, request_id_header=hrid, runtime=rt)
         self.plane.observe(ans.model, ans.version, "v1", 200, time.perf_counter() - t0)
-        return 200, ans.body, [*_JSON, (b"x-request-id", ans.rid.encode())]
+        headers = [*_JSON, (b"x-request-id", ans.rid.encode())]
+        if ans.proof is not None:
+            headers.append((b"x-feedback-token", ans.proof.encode()))
+        return 200, ans.body, headers
 
     async def _feedback(self, req: Request) -> Reply:
         name = req.params["name"]
         self.plane.pick(name)
-        status, doc = await self.plane.feedback(name, parse_json(await self._body(req)))
+        client = req.scope.get("client")
+        status, doc = await self.plane.feedback(name, parse_json(await self.guard.body(req.scope, req.receive)),
+                                                client=client[0] if client else None,
+                                                identity="bearer" if self.guard.has_token(req.scope) else None)
         return status, dumps(doc), _JSON
 
     # -- models, health, metadata -------------------------------------------------------------
@@ -347,10 +325,26 @@ class HttpApp:
         return 200, dumps({"live": True}), _JSON
 
     async def _health(self, req: Request) -> Reply:
+        """Open to every balancer; the detail (models, errors, pid) only to who may read, when
+        `auth_inference` closes the rest."""
         draining = self.draining
         ready = self.plane.fleet.ready and not draining
-        detail = {"ready": ready, "draining": draining, **self.plane.health(), "pid": os.getpid()}
+        detail: dict[str, Any] = {"ready": ready, "draining": draining}
+        workers = capacity(self.drain_file)  # alive/expected HTTP workers, as the supervisor sees them
+        if workers is not None:
+            detail["workers"] = workers
+        if not self.auth_inference or self.guard.has_token(req.scope):
+            detail.update({**self.plane.health(), "pid": os.getpid()})
         return (200 if ready else 503), dumps(detail), _JSON
+
+    async def _alive(self, req: Request) -> Reply:
+        return 200, dumps({"status": "alive"}), _JSON
+
+    async def _models(self, req: Request) -> Reply:
+        return 200, dumps({"models": self.plane.index()}), _JSON
+
+    async def _models_v1(self, req: Request) -> Reply:
+        return 200, dumps({"models": sorted(self.plane.fleet.served)}), _JSON
 
     async def _server(self, req: Request) -> Reply:
         return 200, dumps({"name": "shipyard", "version": __version__,
@@ -419,5 +413,5 @@ class HttpApp:
         return 200, dumps(await self.plane.traffic(req.params["name"])), _JSON
 
     async def _set_traffic(self, req: Request) -> Reply:
-        doc = parse_json(await self._body(req))
+        doc = parse_json(await self.guard.body(req.scope, req.receive))
         return 200, dumps(await self.plane.set_traffic(req.params["name"], doc)), _JSON

@@ -34,8 +34,14 @@ def infer(params: list[dict[str, Any]]) -> dict[str, Any]:
         "requestBody": {"required": True, "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-        "responses": {"200": {"description": "Outputs `probabilities` and `label`", "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}}}},
+        "responses": {"200": {
+            "description": "Outputs `probabilities` (FP32) and `label` (BYTES); with binary outputs requested, a "
+                           "JSON header of Inference-Header-Content-Length bytes followed by the tensors' bytes",
+            "headers": {"Inference-Header-Content-Length": {"schema": {"type": "integer"}},
+                        "X-Request-Id": {"schema": {"type": "string"}},
+                        "X-Feedback-Token": {"schema": {"type": "string"}}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}},
+                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             "400": _ERROR, "401": _ERROR, "404": _ERROR, "413": _ERROR,
             "503": {**_ERROR, "description": "Queue full: retry after the Retry-After header's seconds"},
             "504": {**_ERROR, "description": "Waited past the request deadline; the work was dropped"}}}
@@ -100,7 +106,8 @@ def document(routes: Sequence[Route], models: list[str] | None = None) -> dict[s
             paths.setdefault(route.pattern, {})[method.lower()] = {**op, **({"parameters": params} if params else {})}
     tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
         "name": {"type": "string"}, "datatype": {"type": "string", "enum": [
-            "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]},
+            "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
+            "BYTES"]},
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "parameters": {"type": "object"}, "data": {"type": "array"}}}
     return {

@@ -16,7 +16,7 @@ from shipyard.bundle import Bundle
 from shipyard.bundle.meta import dump
 from shipyard.bundle.reference import Projection
 from shipyard.errors import BadRequest
-from shipyard.serve.codec import DATATYPES, NUMPY_TO_V2
+from shipyard.serve.codec import DATATYPES, MAX_FLOAT, NUMPY_TO_V2, float_limit
 
 if TYPE_CHECKING:
     from shipyard.monitor.metrics import BatchMetrics
@@ -80,8 +80,10 @@ class ModelRuntime:
         """Run one batch of `n` (the server times this to decide where batches run)."""
         self.predict(np.zeros((n, *self.inputs[self.onnx_input].shape), dtype=np.float32))
 
-    def features(self, name: str, array: np.ndarray) -> np.ndarray:
-        """Validate one request input and turn it into the graph's float32 features."""
+    def features(self, name: str, array: np.ndarray, *, checked: bool = False) -> np.ndarray:
+        """Validate one request input and turn it into the graph's float32 features. `checked`:
+        its values already passed `codec.check_values` (JSON), so the float range is not looked
+        at again."""
         spec = self.inputs.get(name)
         if spec is None:
             takes = " or ".join(f"{s.name!r} ({s.v2_datatype} {[-1, *s.shape]})" for s in self.inputs.values())
@@ -93,9 +95,8 @@ class ModelRuntime:
             raise BadRequest(f"input {name!r} must have shape {[-1, *spec.shape]}, got {list(array.shape)}")
         if array.shape[0] == 0:
             raise BadRequest(f"input {name!r} holds no instances")
-        if array.dtype.kind == "f" and not self.allow_nonfinite and not np.isfinite(array).all():
-            bad = int(np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))[0])
-            raise BadRequest(f"input {name!r}: instance {bad} contains NaN or infinity")
+        if array.dtype.kind == "f" and not self.allow_nonfinite and not checked:
+            _check_floats(name, array)
         if spec.kind == "raw":
             assert self.preprocess is not None
             return self.preprocess.apply(array)
@@ -129,6 +130,22 @@ class ModelRuntime:
             "parameters": {"classes": list(self.classes), "variant": self.bundle.meta.variant,
                            "preprocess": dump(self.preprocess), **self.serving},
         }
+
+
+def _check_floats(name: str, array: np.ndarray) -> None:
+    """Float features must be finite and within ±MAX_FLOAT (FP16: its range), as JSON ones are
+    (`codec.check_values`): beyond that a model answers NaN probabilities and the prediction log's
+    projection and samples overflow, so such an input is refused, not served."""
+    datatype = NUMPY_TO_V2[array.dtype.newbyteorder("=")]
+    limit = MAX_FLOAT if datatype != "FP16" else float(np.finfo(np.float16).max)
+    if not array.size or np.abs(array).max() <= limit:  # NaN fails it too
+        return
+    rows = array.reshape(len(array), -1)
+    bad = int(np.flatnonzero(~(np.abs(rows) <= limit).all(axis=1))[0])
+    value = rows[bad][np.flatnonzero(~(np.abs(rows[bad]) <= limit))[0]].item()
+    if not np.isfinite(value):
+        raise BadRequest(f"input {name!r}: instance {bad} contains NaN or infinity")
+    raise BadRequest(f"input {name!r}: instance {bad} holds {value:.4g}, {float_limit(datatype)}")
 
 
 __all__ = ["DATATYPES", "LABEL", "InputSpec", "ModelRuntime"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-HEAD = "0006"
+HEAD = "0007"
 
 metadata = sa.MetaData()
 
@@ -188,6 +188,22 @@ feedback = sa.Table(
     sa.Column("label", sa.Integer, nullable=False),  # class index; a second label replaces the first
     sa.Column("ts", sa.Float, nullable=False),
     sa.Index("ix_feedback_model_ts", "model", "ts"),
+)
+
+# A label that replaces a different earlier label for the same prediction is kept here (0007): who
+# relabelled what, when, from where — labels steer gates and retraining, so changes are audited.
+feedback_changes = sa.Table(
+    "feedback_changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(NAME_LEN), nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("old_label", sa.Integer, nullable=False),
+    sa.Column("new_label", sa.Integer, nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("client", sa.String(255)),  # the address the new label came from
+    sa.Column("identity", sa.String(64)),  # bearer, feedback-token or anonymous
+    sa.Index("ix_feedback_changes_model_request", "model", "request_id"),
 )
 
 # -- monitoring state, leases, alerts (0005) ---------------------------------------------------
