@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,9 @@ from typing import Any
 import httpx
 
 HERE = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(HERE))  # the repository root: the shared harness/ (bundles)
+sys.path.insert(0, str(HERE))  # the repository root: the shared harness/ (bundles, load)
+
+from harness.load import Load  # noqa: E402 - after the path is set
 
 BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784],
                                "data": [0.25] * 784}]}).encode()
@@ -82,36 +83,6 @@ def until(predicate: Any, what: str, timeout: float = 120) -> Any:
     return value
 
 
-class Load:
-    def __init__(self, base: str, threads: int) -> None:
-        self.base = base
-        self.records: list[tuple[float, float, bool]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as c:
-            while not self.stop.is_set():
-                t0 = time.monotonic()
-                try:
-                    ok = c.post(f"{self.base}/v2/models/digits/infer", content=BODY).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                self.records.append((t0, time.monotonic(), ok))
-                if not ok:
-                    self.stop.wait(0.01)
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
-
-
 def one(home: Path, http: str, workers: int, target: str, threads: int) -> dict[str, float]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -123,8 +94,8 @@ def one(home: Path, http: str, workers: int, target: str, threads: int) -> dict[
         until(lambda: proc.poll() is None and full(base, workers), "the server ready")
         server = until(lambda: children(proc.pid), "the server process")[0]
         victim = server if target == "server" or (http == "uvicorn" and workers == 1) else children(server)[0]
-        with Load(base, threads) as load:
-            until(lambda: sum(1 for r in list(load.records) if r[2]) >= 50, "requests served")
+        with Load(base, BODY, threads) as load:
+            until(lambda: sum(1 for r in list(load.records) if r[2] == 200) >= 50, "requests served")
             killed = time.monotonic()
             os.kill(victim, signal.SIGKILL)
 
@@ -142,13 +113,13 @@ def one(home: Path, http: str, workers: int, target: str, threads: int) -> dict[
 
             until(restored, "full capacity again")
             full_s = time.monotonic() - killed
-            until(lambda: any(r[0] > killed + full_s and r[2] for r in list(load.records)), "answers after it")
+            until(lambda: any(r[0] > killed + full_s and r[2] == 200 for r in list(load.records)), "answers after it")
         recs = [r for r in load.records if r[1] >= killed]
         answering = min(end for start, end, ok in recs if ok and start >= killed) - killed
-        ends = sorted([killed] + [end for _, end, ok in recs if ok])
+        ends = sorted([killed] + [end for _, end, status in recs if status == 200])
         gap = max(b - a for a, b in zip(ends, ends[1:], strict=False))
         return {"answer_s": answering, "full_s": full_s, "gap_s": gap,
-                "failed": sum(1 for r in recs if not r[2]), "requests": len(recs)}
+                "failed": sum(1 for r in recs if r[2] != 200), "requests": len(recs)}
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGINT)

@@ -21,3 +21,10 @@ def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60, interva
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
         time.sleep(interval)
+
+
+def clock_moves_on() -> None:
+    """Return once `time.time()` has passed the moment of the call: what is stamped next gets a
+    later time than what was stamped before (e.g. distinct prediction-log chunks)."""
+    then = time.time()
+    wait_for(lambda: time.time() > then, "the clock to move on", timeout=5, interval=0.001)

@@ -21,6 +21,9 @@ def test_liveness_and_model_lists(registry: Registry) -> None:
         assert (await c.get("/v2/")).json() == (await c.get("/v2")).json()
         assert (await c.get("/v2/models")).json() == {"models": [{"name": "tiny", "version": "1", "state": "READY"}]}
         assert (await c.get("/v1/models")).json() == {"models": ["tiny"]}
+        head = await c.head("/v2/health/ready")  # GET without the body, for probes that use HEAD
+        assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) > 0
+        assert (await c.head("/v2/models/tiny/infer")).status_code == 405
 
     run(registry, scenario)
 

@@ -27,6 +27,7 @@ from shipyard.store.schema import prediction_chunks, prediction_inputs
 
 from ..conftest import SHIPYARD, _free_port, stream_cli
 from ..serving import serve, server_env
+from ..waiting import clock_moves_on, wait_for
 
 if TYPE_CHECKING:
     from ..conftest import Optimized
@@ -49,13 +50,6 @@ def home(tmp_path: Path) -> tuple[Path, Registry]:
     reg = Registry(settings=Settings(home=home))
     reg.register(make_bundle(tmp_path / "a", seed=0), "digits", alias="production")
     return home, reg
-
-
-def _wait(predicate: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_predictions_are_logged_and_labels_reach_them_through_any_worker(home: tuple[Path, Registry]) -> None:
@@ -107,7 +101,7 @@ def test_the_log_keeps_projections_a_sample_and_a_ring_and_retention_bounds_them
         x = RNG.random((25, 784)).astype(np.float32)
         log.record_batch(rt, [f"r{k}-{i}" for i in range(25)], [1] * 25, x, rt.predict(x))
         assert log.flush() == 25
-        time.sleep(0.01)  # distinct chunk times
+        clock_moves_on()  # distinct chunk times
     log.record_batch(rt, ["shadow-copy"], [1], x[:1], rt.predict(x[:1]))
     log.record_batch(rt, [None], [1], x[:1], rt.predict(x[:1]))  # a shadow's copy is not logged
     log.flush()
@@ -244,7 +238,7 @@ def test_a_real_prometheus_scrapes_every_worker_merged(home: tuple[Path, Registr
                     return False
                 return bool(got) and float(got[0]["value"][1]) >= 25
 
-            _wait(scraped, "Prometheus to scrape the server")
+            wait_for(scraped, "Prometheus to scrape the server")
             total = _query(url, 'sum(shipyard_requests_total{model="digits",status="200"})')
             assert float(total[0]["value"][1]) == 25  # both workers' counts, merged, nothing twice
             assert float(_query(url, 'sum(shipyard_requests_total{status="404"})')[0]["value"][1]) == 1
@@ -256,7 +250,7 @@ def test_a_real_prometheus_scrapes_every_worker_merged(home: tuple[Path, Registr
             assert float(hist[0]["value"][1]) == 25
             loads = _query(url, 'sum(shipyard_model_loads_total{model="digits",outcome="ok"})')
             assert float(loads[0]["value"][1]) == 2  # one per worker
-            _wait(lambda: bool(_query(url, 'sum(shipyard_predictions_logged_total{model="digits"})')) and float(
+            wait_for(lambda: bool(_query(url, 'sum(shipyard_predictions_logged_total{model="digits"})')) and float(
                 _query(url, 'sum(shipyard_predictions_logged_total{model="digits"})')[0]["value"][1]) == 25,
                 "the prediction log's counter")
         finally:

@@ -493,7 +493,9 @@ RACER = textwrap.dedent("""
     home, url, bundle, tag, gate = sys.argv[1:6]
     reg = Registry(url or None, settings=Settings(home=Path(home)), actor=f"racer-{tag}@test")
     Path(gate, f"ready-{tag}").touch()
+    deadline = time.monotonic() + 120
     while not Path(gate, "go").exists():  # start both racers at the same moment
+        assert time.monotonic() < deadline, "never told to go"
         time.sleep(0.01)
     for i in range(10):
         print(reg.register(bundle, "race", reason=f"{tag}-{i}").version, flush=True)

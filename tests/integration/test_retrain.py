@@ -5,7 +5,6 @@ joined with feedback) plus the original data, warm-started from the champion, re
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +23,7 @@ from shipyard.update.data import labelled
 
 from ..conftest import run_cli
 from ..serving import server_env
+from ..waiting import clock_moves_on
 
 if TYPE_CHECKING:
     from ..conftest import Champion
@@ -38,7 +38,7 @@ def _log_labelled(reg: Registry, images: np.ndarray, labels: np.ndarray, prefix:
     for s in range(0, len(images), 50):  # several flushes: distinct times, as live traffic has
         log.record_batch(rt, ids[s:s + 50], [1] * len(ids[s:s + 50]), feats[s:s + 50], rt.predict(feats[s:s + 50]))
         log.flush()
-        time.sleep(0.01)
+        clock_moves_on()
     res = record_feedback(reg.engine, "digits", rt.bundle.classes, list(zip(ids, labels.astype(str).tolist(),
                                                                                strict=True)), horizon_s=3600)
     assert res.counts["accepted"] == len(ids)

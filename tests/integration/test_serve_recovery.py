@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from harness import load as load_mod
 from harness.bundles import make_bundle
 from shipyard.registry import Registry
 from shipyard.settings import Settings
@@ -36,41 +35,8 @@ def home(tmp_path: Path) -> Path:
     return home
 
 
-class Load:
-    """Client threads sending inference requests until stopped; each request is recorded as
-    (start, end, status code or error name). After an error a client pauses 10 ms before its
-    next request, as a real client backs off."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.records: list[tuple[float, float, Any]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(THREADS)]
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as c:
-            while not self.stop.is_set():
-                t0 = time.monotonic()
-                try:
-                    status: Any = c.post(f"{self.base}/v2/models/digits/infer", content=BODY).status_code
-                except httpx.HTTPError as e:
-                    status = type(e).__name__
-                self.records.append((t0, time.monotonic(), status))
-                if status != 200:
-                    self.stop.wait(0.01)
-
-    def ok_after(self, t: float) -> int:
-        return sum(1 for start, _, status in list(self.records) if start > t and status == 200)
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
+def Load(base: str) -> load_mod.Load:  # noqa: N802 - reads as the class it makes
+    return load_mod.Load(base, BODY, THREADS)
 
 
 def _children(pid: int) -> list[int]:

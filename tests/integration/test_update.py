@@ -22,6 +22,7 @@ from shipyard.update import rollout as ro
 
 from ..conftest import run_cli
 from ..serving import serve, server_env
+from ..waiting import wait_for
 
 if TYPE_CHECKING:
     from ..conftest import Champion
@@ -77,10 +78,7 @@ class Users:
 
 
 def _wait(what: str, predicate: Any, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
+    wait_for(predicate, what, timeout, interval=0.25)
 
 
 def test_shift_retrain_canary_promote_and_rollback_without_a_failed_request(champion: Champion) -> None:

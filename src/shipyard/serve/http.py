@@ -179,7 +179,9 @@ class HttpApp:
             if matched is None:
                 raise NotFound(f"no route {scope['method']} {scope['path']}")
             route, params = matched
-            handler = route.methods.get(scope["method"])
+            method = scope["method"]
+            # HEAD is GET without the body (RFC 9110), for balancers and probes that use it
+            handler = route.methods.get("GET" if method == "HEAD" else method)
             if handler is None:
                 raise MethodNotAllowed(f"{route.what} takes {' or '.join(route.methods)}")
             guard = self.guard
@@ -203,7 +205,7 @@ class HttpApp:
             self.inflight -= 1
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     def _count_error(self, matched: tuple[Route, dict[str, str]] | None, status: int, t0: float) -> None:
         if matched is not None and matched[0].metric_route is not None:
