@@ -190,9 +190,6 @@ class ServeConfig:
                     raise UsageError(f"{key}={env[key]!r} is not a valid {f.name}") from None
         return cls(**values).checked()
 
-    @classmethod
-    def knobs(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
 
 
 def _encode(value: Any) -> str:

@@ -55,9 +55,6 @@ class Request:
     receive: Receive
     params: dict[str, str]
 
-    def header(self, name: bytes) -> bytes | None:
-        return next((v for k, v in self.scope["headers"] if k == name), None)
-
 
 Handler = Callable[[Request], Awaitable[Reply]]
 
@@ -91,7 +88,6 @@ class HttpApp:
 
     def __init__(self, plane: DataPlane, config: ServeConfig, *, follower: Follower | None = None) -> None:
         self.plane = plane
-        self.config = config
         self.follower = follower
         self.guard = Guard(config)
         self.auth_inference = config.auth_inference
