@@ -245,7 +245,7 @@ def test_a_real_prometheus_scrapes_every_worker_merged(home: tuple[Path, Registr
             alias = _query(url, 'shipyard_alias_version{model="digits",alias="production"}')
             assert alias and float(alias[0]["value"][1]) == 1
             weight = _query(url, 'shipyard_traffic_weight{model="digits",alias="production"}')
-            assert float(weight[0]["value"][1]) == 100
+            assert float(weight[0]["value"][1]) == 1  # a 0-1 ratio (all of the traffic)
             hist = _query(url, 'sum(shipyard_request_seconds_count{model="digits"})')
             assert float(hist[0]["value"][1]) == 25
             loads = _query(url, 'sum(shipyard_model_loads_total{model="digits",outcome="ok"})')

@@ -43,6 +43,32 @@ def test_every_variant_loads_predicts_and_keeps_parity(optimized: Optimized) -> 
     assert bundle.meta.choice is not None and bundle.meta.choice.reason == reason
 
 
+def test_each_variant_is_measured_for_batch_invariance_and_only_an_invariant_one_ships(
+        optimized: Optimized) -> None:
+    """Held-out inputs alone vs inside random batches of 2-64. Measured on this machine: fp32 and
+    int8-static 0.0, int8-dynamic up to ~0.009 (its activation scale comes from the whole batch)."""
+    _, _, bundle, measured, reason = optimized
+    by = {m.name: m for m in measured}
+    for name in ("fp32", "int8-static"):
+        assert by[name].batch_invariant is True and by[name].batch_max_diff is not None
+        assert by[name].batch_max_diff <= 1e-6
+    dynamic = by["int8-dynamic"]
+    assert dynamic.batch_invariant is False and dynamic.batch_max_diff is not None and dynamic.batch_max_diff > 1e-4
+    assert by[bundle.meta.variant or ""].batch_invariant is True and bundle.meta.batch_invariant is True
+    assert {v.name: v.batch_invariant for v in bundle.meta.variants} == {m.name: m.batch_invariant for m in measured}
+    assert bundle.meta.choice is not None and bundle.meta.choice.allow_batch_variance is False
+    assert "that answer the same inside a batch" in reason and "int8-dynamic differs by up to" in reason
+
+
+def test_allow_batch_variance_is_recorded_in_the_bundle(trained: Trained, tmp_path: Path) -> None:
+    settings, run = trained
+    b = optimize(run, settings=settings, output=tmp_path / "b", variants=("fp32", "int8-dynamic"),
+                 bench_seconds=0.02, allow_batch_variance=True)[0]
+    assert b.meta.choice is not None and b.meta.choice.allow_batch_variance is True
+    assert "batch-variant ones allowed" in b.meta.choice.reason
+    assert b.meta.batch_invariant is (b.meta.variant == "fp32")  # int8-dynamic when it was faster
+
+
 def test_bundle_contents(optimized: Optimized) -> None:
     _, run, bundle, _, _ = optimized
     assert set(bundle.files()) == {"model.onnx", "bundle.json", "weights.pt", "reference.npz", "MANIFEST.sha256"}
@@ -195,12 +221,18 @@ def test_cli_optimize_and_bundle_contracts(trained: Trained, cli_env: dict[str, 
                  "--optimize-for", "latency"], env)
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert res["bundle"] == str(out) and out.is_file() and res["chosen"] in ("fp32", "int8-dynamic", "int8-static")
-    assert {"name", "accuracy", "size_bytes", "latency_p50_ms", "throughput_per_s"} <= set(res["variants"][0])
+    assert {"name", "accuracy", "size_bytes", "latency_p50_ms", "throughput_per_s", "batch_invariant",
+            "batch_max_diff"} <= set(res["variants"][0])
+    assert res["batch_invariant"] is True and res["allow_batch_variance"] is False
     assert Path(res["plot"]).read_bytes().startswith(b"\x89PNG")
     ok = run_cli(["bundle", "verify", str(out), "--json"], env)
     assert json.loads(ok.stdout)["ok"] is True
     shown = json.loads(run_cli(["bundle", "show", str(out), "--json"], env).stdout)
     assert shown["variant"] == res["chosen"] and shown["choice"]["objective"] == "latency"
+    assert {v["name"]: v["batch_invariant"] for v in shown["variants"]} == \
+        {v["name"]: v["batch_invariant"] for v in res["variants"]}
+    table = run_cli(["bundle", "show", str(out)], env).stdout
+    assert "in a batch" in table and "invariant" in table and "varies" in table
 
     folder = tmp_path / "folder"
     Bundle.load(out, unpack_to=folder)

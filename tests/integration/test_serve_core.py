@@ -16,7 +16,8 @@ from shipyard.data import load
 from shipyard.errors import BadRequest
 from shipyard.registry import Registry
 from shipyard.serve.app import create_app
-from shipyard.serve.codec import InferRequest, decode_v1, decode_v2
+from shipyard.serve.codec import InferRequest, decode_v2
+from shipyard.serve.codec_v1 import decode_v1
 from shipyard.serve.config import ServeConfig
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.runtime import ModelRuntime

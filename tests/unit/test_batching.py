@@ -142,6 +142,7 @@ def test_effective_values_are_reported() -> None:
     assert cfg.to_dict()["enabled"] is False
     assert BatchConfig().checked().to_dict() == {"max_batch_size": 64, "max_delay_ms": 0.0, "max_queue": 1024,
                                                  "timeout_ms": 10000.0, "concurrency": 1024, "latency_target_ms": None,
+                                                 "unbatched_if_variant": False,
                                                  "enabled": True}
 
 

@@ -42,7 +42,7 @@ def as_v2(d: dict[str, Any]) -> dict[str, Any]:
     """What version 2 holds for a version-1 dict: the same, with the signature's implicit parts
     stated."""
     out = json.loads(json.dumps(d))
-    out["schema_version"] = 2
+    out["schema_version"] = SCHEMA_VERSION  # version 3 only adds optional keys
     sig = out["signature"]
     for i in sig["inputs"]:
         i.setdefault("kind", "features")
@@ -63,7 +63,7 @@ def test_a_bundle_json_written_before_the_typed_schema_is_upgraded_and_keeps_its
     d = json.loads((V1 / name).read_text())
     assert d["schema_version"] == 1
     meta = BundleMeta.from_dict(d)
-    assert meta.schema_version == SCHEMA_VERSION == 2
+    assert meta.schema_version == SCHEMA_VERSION == 3
     assert meta.to_dict() == as_v2(d)  # every key and value kept; nothing added but the version
     assert BundleMeta.from_dict(meta.to_dict()) == meta
     assert meta.signature.onnx_input == meta.signature.graph_inputs[0].name
@@ -99,7 +99,7 @@ def test_the_implicit_signature_of_version_1_is_stated_by_the_upgrade(tmp_path: 
     folder = make_bundle(tmp_path / "b")
     rewrite_meta(folder, to_v1)
     b = Bundle.load(folder)
-    assert b.meta == meta and b.meta.schema_version == 2
+    assert b.meta == meta and b.meta.schema_version == SCHEMA_VERSION
 
 
 def test_round_trip_of_what_the_test_bundles_write(tmp_path: Path) -> None:
@@ -112,6 +112,27 @@ def test_round_trip_of_what_the_test_bundles_write(tmp_path: Path) -> None:
     # a BundleMeta (not only a dict) can be written too
     again = bundle.write(tmp_path / "again", b.meta, {bundle.MODEL: b.model_path})
     assert again.meta == b.meta
+
+
+def test_batch_invariance_is_read_from_version_3_and_unknown_in_older_bundles(tmp_path: Path) -> None:
+    older = {**tiny_meta("tiny", 10, 100), "schema_version": 2}
+    meta = BundleMeta.from_dict(older)
+    assert meta.batch_invariant is None and meta.batch_max_diff is None  # not measured: not proven
+    assert meta.to_dict() == {**older, "schema_version": 3}  # nothing added but the version
+    variants = [{"name": "fp32", "accuracy": 0.9, "size_bytes": 100, "latency_p50_ms": 0.1,
+                 "throughput_per_s": 1000.0, "batch_max_diff": 0.0, "batch_invariant": True},
+                {"name": "int8-dynamic", "accuracy": 0.9, "size_bytes": 30, "latency_p50_ms": 0.1,
+                 "throughput_per_s": 3000.0, "batch_max_diff": 0.009, "batch_invariant": False}]
+    choice = {"objective": "throughput", "reason": "fastest", "threads": 1, "allow_batch_variance": True}
+    written = bundle.write(tmp_path / "b", tiny_meta("tiny", 10, 100, variants=variants, variant="int8-dynamic",
+                                                     choice=choice), {bundle.MODEL: tiny_onnx()})
+    assert written.meta.batch_invariant is False and written.meta.batch_max_diff == 0.009
+    assert written.meta.choice is not None and written.meta.choice.allow_batch_variance is True
+    assert Bundle.load(written.path).meta == written.meta
+    on_disk = json.loads((written.path / bundle.META).read_text())
+    assert on_disk["variants"] == variants and on_disk["schema_version"] == 3
+    with pytest.raises(BundleError, match=r"'variants\[0\]\.batch_invariant' has value 'yes'"):
+        BundleMeta.from_dict({**older, "variants": [{**variants[0], "batch_invariant": "yes"}]})
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -154,7 +175,7 @@ def test_a_missing_key_is_refused_naming_it(tmp_path: Path) -> None:
      r"'lineage\.parent_version' has value 'one', expected an integer or null"),
     (lambda d: d["preprocess"].update(standardize="sometimes"),
      r"'preprocess\.standardize' has value 'sometimes', expected one of 'none', 'global', 'feature'"),
-    (lambda d: d.update(schema_version=3), r"'schema_version' has value 3: unsupported \(written by a newer"),
+    (lambda d: d.update(schema_version=4), r"'schema_version' has value 4: unsupported \(written by a newer"),
 ])
 def test_a_tampered_bundle_json_is_refused_at_load_naming_key_and_value(tmp_path: Path, change: Any,
                                                                          message: str) -> None:

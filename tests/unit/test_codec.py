@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from shipyard.errors import BadRequest
-from shipyard.serve.codec import decode_v1, decode_v2, encode_v2
+from shipyard.serve.codec import decode_v2, encode_v2
+from shipyard.serve.codec_v1 import decode_v1, encode_v1
 
 
 def body(inputs: list[dict], **extra: object) -> bytes:
@@ -83,9 +84,39 @@ def test_encode_json_and_binary() -> None:
 
 
 def test_v1_instances() -> None:
-    arr = decode_v1(b'{"instances": [[1, 2], [3, 4]]}')
-    assert arr.shape == (2, 2)
+    req = decode_v1(b'{"instances": [[1, 2], [3, 4]]}')
+    assert req.array.shape == (2, 2) and req.form == "instances" and req.input is None
     for bad, message in ((b'{"instances": []}', "non-empty"), (b'{"instances": [[1], [1, 2]]}', "equally shaped"),
                          (b"nope", "not valid JSON")):
         with pytest.raises(BadRequest, match=message):
             decode_v1(bad)
+
+
+def test_v1_inputs_rows_or_named_columns() -> None:
+    """TF Serving's columnar form: a list (the one input), or an object naming the input."""
+    rows = decode_v1(b'{"inputs": [[1, 2], [3, 4]], "signature_name": "serving_default"}')
+    assert rows.form == "inputs" and rows.input is None and rows.array.tolist() == [[1, 2], [3, 4]]
+    named = decode_v1(b'{"inputs": {"pixels": [[1, 2]]}}')
+    assert named.form == "inputs" and named.input == "pixels" and named.array.shape == (1, 2)
+    for bad, message in ((b'{"instances": [[1]], "inputs": [[1]]}', "not both"),
+                         (b'{"inputs": {}}', "exactly one input"),
+                         (b'{"inputs": {"a": [[1]], "b": [[1]]}}', "exactly one input"),
+                         (b'{"inputs": {"a": [[1]], "a": [[2]]}}', "more than once"),
+                         (b'{"inputs": {"a": [[true]]}}', "'inputs' 'a' must be equally shaped .* not booleans"),
+                         (b'{"inputs": {"a": "x"}}', "non-empty list"),
+                         (b'{"inputs": []}', "non-empty list"),
+                         (b'{"inputs": [["1"]]}', "not strings"),
+                         (b'{"other": 1}', "'instances' .* or 'inputs'")):
+        with pytest.raises(BadRequest, match=message):
+            decode_v1(bad)
+
+
+def test_v1_answers_in_the_form_asked() -> None:
+    probs = np.array([[0.25, 0.75], [0.5, 0.5]], np.float32)
+    labels = np.array(["cat", "dog"], dtype=object)
+    rows = json.loads(encode_v1("instances", labels, probs, model="m", version="3", rid="r"))
+    assert rows["predictions"] == [{"label": "cat", "probabilities": [0.25, 0.75]},
+                                   {"label": "dog", "probabilities": [0.5, 0.5]}]
+    cols = json.loads(encode_v1("inputs", labels, probs, model="m", version="3", rid="r"))
+    assert cols["outputs"] == {"label": ["cat", "dog"], "probabilities": [[0.25, 0.75], [0.5, 0.5]]}
+    assert (cols["model_name"], cols["model_version"], cols["id"]) == ("m", "3", "r") and "predictions" not in cols

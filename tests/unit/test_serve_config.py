@@ -81,6 +81,14 @@ def test_origins_and_the_feedback_secret_are_checked() -> None:
     assert "SHIPYARD_FEEDBACK_SECRET must be at least 16 characters" in str(e.value)
 
 
+def test_the_exports_placeholder_is_not_a_secret() -> None:
+    with pytest.raises(UsageError) as e:
+        ServeConfig(token="CHANGE-ME", feedback_secret="CHANGE-ME" * 2).checked()
+    assert "SHIPYARD_TOKEN is still the placeholder" in str(e.value)
+    assert "SHIPYARD_FEEDBACK_SECRET is still the placeholder" in str(e.value)
+    ServeConfig(token="t0ken", feedback_secret="s" * 16).checked()
+
+
 @pytest.mark.parametrize(("host", "message"), [
     ("127.1", "not a full IP address"), ("not-a-host.invalid", "neither an IP address nor a name that resolves")])
 def test_a_host_the_server_cannot_bind_is_a_usage_error(host: str, message: str) -> None:

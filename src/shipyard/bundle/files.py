@@ -15,8 +15,10 @@ import os
 import shutil
 import tarfile
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,15 @@ REFERENCE = "reference.npz"
 #: files a bundle may hold besides the manifest
 KNOWN_FILES = (MODEL, META, WEIGHTS, REFERENCE)
 _MAX_MEMBER_BYTES = 2 << 30
+#: the temporary folders `Bundle.load` unpacks archives into (each removed with its Bundle)
+TEMP_PREFIX = "shipyard-bundle-"
+
+
+def _remove_unpacked(folder: Path, pid: int) -> None:
+    """A Bundle's finalizer: only the process that unpacked it removes it (a forked child
+    exiting must not take its parent's copy)."""
+    if os.getpid() == pid:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def sha256_file(path: Path) -> str:
@@ -43,26 +54,56 @@ def sha256_file(path: Path) -> str:
 
 @dataclass
 class Bundle:
-    """A verified bundle folder and its metadata (`bundle.json`)."""
+    """A verified bundle folder and its metadata (`bundle.json`).
+
+    A `.tar.gz` opened without `unpack_to` is unpacked into a temporary folder that the Bundle
+    owns: it is removed by `close()` (or leaving `with Bundle.load(...) as b:`), else when the
+    Bundle is garbage-collected or the process exits, so no unpacked copy outlives its use."""
 
     path: Path
     meta: BundleMeta
     _reference: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    _cleanup: weakref.finalize | None = field(default=None, repr=False, compare=False)
 
     # -- loading -------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, *, unpack_to: Path | None = None) -> Bundle:
         """Open and verify a bundle folder or `.tar.gz` (unpacked into `unpack_to`, or a
-        temporary folder)."""
+        temporary folder this Bundle owns and removes; also when loading fails)."""
         path = Path(path)
+        owned = None
         if path.is_file():
-            dest = unpack_to or Path(tempfile.mkdtemp(prefix="shipyard-bundle-"))
-            unpack(path, dest)
-            path = dest
-        elif not path.is_dir():
+            dest = unpack_to or Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+            owned = dest if unpack_to is None else None
+            try:
+                unpack(path, dest)
+                verify(dest)
+                meta = BundleMeta.load(dest / META)
+            except BaseException:
+                if owned is not None:
+                    shutil.rmtree(owned, ignore_errors=True)
+                raise
+            b = cls(dest, meta)
+            if owned is not None:
+                b._cleanup = weakref.finalize(b, _remove_unpacked, owned, os.getpid())
+            return b
+        if not path.is_dir():
             raise BundleError(f"{path}: no such bundle (expected a folder or a .tar.gz)")
         verify(path)
         return cls(path, BundleMeta.load(path / META))
+
+    def close(self) -> None:
+        """Remove the temporary folder a `.tar.gz` was unpacked into (if this Bundle made one);
+        `path` is gone afterwards. Nothing happens for a folder bundle."""
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
     # -- views ---------------------------------------------------------------------------
     @property

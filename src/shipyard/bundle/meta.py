@@ -22,8 +22,9 @@ from shipyard.bundle.record import Record, RecordError, dump, short, wrong
 from shipyard.data.preprocess import PreprocessSpec
 from shipyard.errors import ShipyardError
 
-#: version 2: every signature input states its `kind`, and the signature its `onnx_input`
-SCHEMA_VERSION = 2
+#: version 2: every signature input states its `kind`, and the signature its `onnx_input`;
+#: version 3: variants may state their batch invariance (absent: not measured, so not proven)
+SCHEMA_VERSION = 3
 META = "bundle.json"
 
 
@@ -96,6 +97,9 @@ class Variant(Record):
     max_abs_diff: float | None = None  # fp32: against PyTorch
     agreement: float | None = None  # int8: argmax agreement with fp32
     chosen: bool = False
+    # max |probabilities alone − inside a batch of 2–64| on held-out inputs; None: not measured
+    batch_max_diff: float | None = None
+    batch_invariant: bool | None = None  # batch_max_diff ≤ 1e-6; None: not measured (not proven)
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class Choice(Record):
     objective: str | None
     reason: str
     threads: int
+    allow_batch_variance: bool | None = None  # optimize --allow-batch-variance (None: before it existed)
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,19 @@ class BundleMeta(Record):
     retrainable: bool | None = None
     reference: ReferenceSummary | None = None
 
+    @property
+    def batch_invariant(self) -> bool | None:
+        """Whether the shipped variant answers an input the same alone and inside a batch: True
+        or False as measured when the bundle was made, None when it was not (older bundles)."""
+        shipped = next((v for v in self.variants if v.name == self.variant), None)
+        return shipped.batch_invariant if shipped is not None else None
+
+    @property
+    def batch_max_diff(self) -> float | None:
+        """The shipped variant's measured max difference alone vs inside a batch (None: not measured)."""
+        shipped = next((v for v in self.variants if v.name == self.variant), None)
+        return shipped.batch_max_diff if shipped is not None else None
+
     @classmethod
     def from_dict(cls, d: Any, *, where: str = META) -> BundleMeta:
         """Upgrade to this schema version, then validate; a BundleError names `where`, the key
@@ -267,8 +285,14 @@ def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "schema_version": 2}
 
 
+def _v2_to_v3(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 adds optional keys only (a variant's `batch_max_diff`, `batch_invariant`; the
+    choice's `allow_batch_variance`): absent, they read as not measured."""
+    return {**d, "schema_version": 3}
+
+
 #: schema version → the function that turns that layout into the next one
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def upgrade(d: Any, where: str = META) -> dict[str, Any]:

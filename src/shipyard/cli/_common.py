@@ -151,15 +151,22 @@ def when(iso: str | None) -> str:
     return iso[:19].replace("T", " ") if iso else "–"
 
 
+def batch_invariance(v: dict[str, Any]) -> str:
+    """A variant's batch invariance in words: whether its answers depend on their batch-mates."""
+    if v.get("batch_invariant") is None:
+        return "not measured"
+    return "invariant" if v["batch_invariant"] else f"varies {v.get('batch_max_diff') or 0:.1e}"
+
+
 def variants_table(variants: list[dict[str, Any]]) -> Table:
     """The measured variants of a bundle (`optimize` and `bundle show`), relative to fp32."""
     fp32 = next((v for v in variants if v["name"] == "fp32"), variants[0])
-    t = Table("variant", "accuracy", "size", "×fp32", "p50 b=1", "b=64 /s", "×fp32", "parity", "")
+    t = Table("variant", "accuracy", "size", "×fp32", "p50 b=1", "b=64 /s", "×fp32", "parity", "in a batch", "")
     for v in variants:
         parity = (f"max diff {v['max_abs_diff']:.1e}" if v.get("max_abs_diff") is not None
                   else f"agree {v['agreement']:.1%}" if v.get("agreement") is not None else "")
         t.add_row(v["name"], pct(v["accuracy"]), f"{v['size_bytes'] / 1024:,.0f} KiB",
                   f"{v['size_bytes'] / fp32['size_bytes']:.2f}", f"{v['latency_p50_ms'] * 1000:,.1f} µs",
                   f"{v['throughput_per_s']:,.0f}", f"{v['throughput_per_s'] / fp32['throughput_per_s']:.2f}",
-                  parity, "[green]chosen[/]" if v.get("chosen") else "")
+                  parity, batch_invariance(v), "[green]chosen[/]" if v.get("chosen") else "")
     return t

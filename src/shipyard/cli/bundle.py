@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -66,11 +65,11 @@ def show(
 
 
 def _open(path: Path) -> tuple[Bundle, dict[str, int]]:
-    """Verify a bundle folder or archive (archives unpack into a temporary folder, removed after)."""
+    """Verify a bundle folder or archive (an archive unpacks into a temporary folder, removed
+    before this returns, also when verifying fails: the metadata and file sizes are kept)."""
     from shipyard.bundle import Bundle
 
-    with tempfile.TemporaryDirectory() as tmp:
-        b = Bundle.load(path, unpack_to=Path(tmp) / "bundle")
+    with Bundle.load(path) as b:
         return b, b.files()
 
 

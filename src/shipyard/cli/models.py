@@ -12,7 +12,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from shipyard.cli._common import JsonOpt, ReasonOpt, emit_json, err, out, pct, registry, reporting, size, when
+from shipyard.cli._common import (
+    JsonOpt,
+    ReasonOpt,
+    batch_invariance,
+    emit_json,
+    err,
+    out,
+    pct,
+    registry,
+    reporting,
+    size,
+    when,
+)
 from shipyard.errors import ShipyardError, UsageError
 
 if TYPE_CHECKING:
@@ -130,11 +142,12 @@ def _print_version(mv: ModelVersion) -> None:
         head.add_row(f"[dim]{k}[/]", str(v))
     out.print(head)
     if mv.variants:
-        t = Table("variant", "accuracy", "size", "p50 batch 1", "throughput batch 64")
+        t = Table("variant", "accuracy", "size", "p50 batch 1", "throughput batch 64", "in a batch")
         for v in mv.variants:
             mark = " *" if v.name == mv.variant else ""
             t.add_row(f"{v.name}{mark}", *[_metric(k, getattr(v, k)) for k in
-                                           ("accuracy", "size_bytes", "latency_p50_ms", "throughput_per_s")])
+                                           ("accuracy", "size_bytes", "latency_p50_ms", "throughput_per_s")],
+                      batch_invariance(v.to_dict()))
         out.print(t)
 
 

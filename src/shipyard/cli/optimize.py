@@ -21,9 +21,13 @@ def optimize(
     variants: Annotated[str, typer.Option(help="Comma-separated: fp32,int8-dynamic,int8-static.")] = "fp32,int8-dynamic,int8-static",
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads while measuring.")] = 1,
     bench_seconds: Annotated[float, typer.Option(help="Seconds per latency and per throughput measurement.")] = 0.5,
+    allow_batch_variance: Annotated[bool, typer.Option("--allow-batch-variance", help="Let a variant whose answers depend on their batch-mates (int8-dynamic) be chosen; recorded in the bundle, and servers refuse to batch it unless --unbatched-if-variant.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a run to ONNX, measure fp32 and int8 variants, and bundle the best by policy."""
+    """Export a run to ONNX, measure fp32 and int8 variants, and bundle the best by policy.
+
+    Only variants that answer an input the same alone and inside a batch of 2-64 (max difference
+    of probabilities ≤ 1e-6) are chosen, unless --allow-batch-variance."""
     from shipyard.optimizing.build import optimize as run_optimize
     from shipyard.optimizing.plots import plot_variants
 
@@ -31,7 +35,7 @@ def optimize(
         wanted = tuple(v.strip() for v in variants.split(",") if v.strip())
         bundle, measured, reason = run_optimize(run, name=name, output=output, optimize_for=optimize_for,
                                                 variants=wanted, threads=threads, bench_seconds=bench_seconds,
-                                                settings=settings())
+                                                settings=settings(), allow_batch_variance=allow_batch_variance)
         run_id = bundle.meta.lineage.run_id
         plot_path = (Path(settings().runs_dir / str(run_id)) / "variants.png" if output is None
                      else Path(str(output).removesuffix(".tar.gz").removesuffix(".tgz") + ".variants.png"))
@@ -39,6 +43,7 @@ def optimize(
         where = str(output) if output is not None else str(bundle.path)
         if as_json:
             emit_json({"bundle": where, "name": bundle.name, "chosen": bundle.meta.variant, "reason": reason,
+                       "batch_invariant": bundle.meta.batch_invariant, "allow_batch_variance": allow_batch_variance,
                        "variants": [m.to_dict() for m in measured], "plot": str(plot)})
             return
         out.print(variants_table([m.to_dict() for m in measured]))

@@ -3,6 +3,7 @@ one to one onto `ServeConfig`, which holds every default and every check."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -37,8 +38,9 @@ def serve(
     max_delay_ms: Annotated[float, typer.Option(help="How long a batch may wait for company (0: batch what is waiting, no added latency).")] = _D.max_delay_ms,
     max_queue: Annotated[int, typer.Option(help="Instances waiting per model version; beyond it 503 + Retry-After.")] = _D.max_queue,
     timeout_ms: Annotated[float, typer.Option(help="Per-request deadline in the queue; past it 504 and the work is dropped.")] = _D.timeout_ms,
-    concurrency: Annotated[int, typer.Option(help="Requests each worker admits at once (the HTTP server's backpressure).")] = _D.concurrency,
+    concurrency: Annotated[int, typer.Option(help="Requests each worker handles at once; beyond it 503 + Retry-After, before the body is read (health stays open).")] = _D.concurrency,
     latency_target_ms: Annotated[float | None, typer.Option(help="Adapt the batch delay online to hold p99 under this many ms at the highest throughput it can (--max-delay-ms caps the delay).")] = _D.latency_target_ms,
+    unbatched_if_variant: Annotated[bool, typer.Option("--unbatched-if-variant", help="Serve a model version whose answers depend on their batch-mates (e.g. int8-dynamic) unbatched; without it such a version is refused (at start-up, or when an alias moves to it).")] = _D.unbatched_if_variant,
     poll_s: Annotated[float, typer.Option(help="How often to look for alias moves and traffic changes in the registry, seconds (0: only on notifications and POST /v2/repository/refresh).")] = _D.poll_s,
     notify: Annotated[bool, typer.Option("--notify/--no-notify", help="On PostgreSQL, follow registry changes at once through LISTEN/NOTIFY (polling stays as the fallback).")] = _D.notify,
     drain_timeout: Annotated[float, typer.Option(help="On SIGTERM, how long queued and in-flight requests may take to finish, seconds.")] = _D.drain_timeout_s,
@@ -55,6 +57,11 @@ def serve(
     alerts: Annotated[Path | None, typer.Option(help="Alert rules (TOML; see `shipyard monitor rules --example`). Default: drift in 2 windows, estimated accuracy 10 points under validation, server errors over 5%.")] = None,
     allowed_origin: Annotated[list[str] | None, typer.Option(help="A browser origin (scheme://host[:port]) allowed to call the routes that change state (traffic, repository, feedback); repeatable. Default: none, so a web page cannot.")] = None,
     allowed_host: Annotated[list[str] | None, typer.Option(help="A Host name a loopback-bound server answers besides localhost and loopback addresses (DNS rebinding guard); repeatable.")] = None,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a client has to send a whole request body; past it 408 and the connection is closed.")] = _D.body_timeout_s,
+    header_timeout: Annotated[float, typer.Option(help="Seconds a client has to send its request line and headers; also how long an idle keep-alive connection is kept (granian; at most 60).")] = _D.header_timeout_s,
+    max_connections: Annotated[int, typer.Option(help="Open connections per worker, idle keep-alives included (granian's backpressure, uvicorn's --limit-concurrency); beyond it granian leaves new connections in the listen backlog, uvicorn answers 503.")] = _D.max_connections,
+    per_client_limit: Annotated[int, typer.Option(help="Requests in flight per client address and worker; beyond it 429 + Retry-After, before the body is read (0: no limit). Behind a load balancer, set --trusted-proxy.")] = _D.per_client_limit,
+    trusted_proxy: Annotated[list[str] | None, typer.Option(help="Address or CIDR of a proxy or load balancer whose X-Forwarded-For names the client (for --per-client-limit); repeatable. Default: none, so X-Forwarded-For is ignored.")] = None,
 ) -> None:
     """Serve registered models over the V2 Open Inference Protocol (REST) and v1 :predict.
 
@@ -71,12 +78,15 @@ def serve(
             max_body_mb=max_body_mb, auth_inference=auth_inference, max_batch_size=max_batch_size,
             max_delay_ms=max_delay_ms, max_queue=max_queue, timeout_ms=timeout_ms, concurrency=concurrency,
             latency_target_ms=latency_target_ms, poll_s=poll_s, notify=notify, drain_timeout_s=drain_timeout,
+            unbatched_if_variant=unbatched_if_variant,
             drain_grace_s=drain_grace, metrics=metrics, log=log, log_sample=log_sample, log_ring=log_ring,
             log_retention_days=log_retention_days, feedback_horizon_h=feedback_horizon_h, evaluate=evaluate,
             window=window, window_max_age_s=window_max_age_s,
             alerts=str(alerts.resolve()) if alerts is not None else None,
             allowed_origins=tuple(o.lower().rstrip("/") for o in allowed_origin or ()),
             allowed_hosts=tuple(h.lower() for h in allowed_host or ()),
+            body_timeout_s=body_timeout, header_timeout_s=header_timeout, max_connections=max_connections,
+            per_client_limit=per_client_limit, trusted_proxies=tuple(trusted_proxy or ()),
             token=os.environ.get(TOKEN_ENV) or None,
             feedback_secret=os.environ.get(FEEDBACK_SECRET_ENV) or None).checked()
         rc = run(config, s)
@@ -114,6 +124,7 @@ def run(config: ServeConfig, s: Settings) -> int:
                   + (f"up to {b.max_batch_size} instances, {b.max_delay_ms:g} ms delay" if b.enabled else "off")
                   + f", queue {b.max_queue}, timeout {b.timeout_ms:g} ms"
                   + (f", latency target {b.latency_target_ms:g} ms" if b.latency_target_ms else ""))
+        _open_files(config.max_connections)
         cmd = _command(config)
         evaluator = None
         try:
@@ -142,13 +153,37 @@ def _command(config: ServeConfig) -> list[str]:
         if exe is None:
             raise UsageError("granian is not installed: pip install granian, or use --http uvicorn")
         return [exe, "--interface", "asgi", "--factory", "--host", host, "--port", port, "--workers", workers,
-                "--log-level", "warning", "--no-ws", "--backpressure", str(config.concurrency),
+                "--log-level", "warning", "--no-ws",
+                # per connection, idle keep-alives included (measured on granian 2.8): the connection cap
+                "--backpressure", str(config.max_connections),
+                "--http1-header-read-timeout", str(max(1, round(config.header_timeout_s * 1000))),
                 "--respawn-failed-workers",  # a dead worker is replaced; the supervisor restarts the rest
                 "--workers-kill-timeout", f"{config.drain_timeout_s + 5:g}", target]
     return [sys.executable, "-m", "uvicorn", "--factory", target, "--host", host, "--port", port,
             "--workers", workers, "--log-level", "warning", "--no-access-log", "--lifespan", "on",
-            "--limit-concurrency", str(config.concurrency),
+            "--limit-concurrency", str(config.max_connections),
+            "--no-proxy-headers",  # the client is ours to tell (--trusted-proxy), not uvicorn's from 127.0.0.1
             "--timeout-graceful-shutdown", str(int(config.drain_timeout_s) + 1)]
+
+
+def _open_files(connections: int) -> None:
+    """Raise this process's open-file limit (the workers inherit it) so each worker can hold
+    `connections` sockets besides its files: a soft limit of 1024 is common, and a worker out of
+    descriptors stops accepting."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return
+    want = connections + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        if soft < want:
+            err.print(f"the open-file limit ({soft}) is under --max-connections ({connections}) + 1024: "
+                      "raise it (ulimit -n) or lower --max-connections")
 
 
 def _evaluator(settings: Settings, config: ServeConfig, alerts: AlertConfig) -> Evaluator:

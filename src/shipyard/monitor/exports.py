@@ -115,7 +115,7 @@ PANELS: list[tuple[str, list[tuple[str, str]], str]] = [
      "short"),
     ("Accuracy: estimated, realised, validation", [('shipyard_accuracy{model=~"$model"}',
                                                     "{{model}} v{{version}} {{kind}}")], "percentunit"),
-    ("Traffic split (%)", [('shipyard_traffic_weight{model=~"$model"}', "{{model}} {{alias}}")], "percent"),
+    ("Traffic split", [('shipyard_traffic_weight{model=~"$model"}', "{{model}} {{alias}}")], "percentunit"),
     ("Version behind each alias", [('shipyard_alias_version{model=~"$model"}', "{{model}} {{alias}}")], "short"),
     ("Queue depth and in flight", [('sum by (model) (shipyard_queue_depth{model=~"$model"})', "{{model}} queued"),
                                    ("sum(shipyard_inflight_requests)", "in flight")], "short"),

@@ -35,14 +35,17 @@ BATCH_SIZE = Histogram("shipyard_batch_size", "Instances per ONNX Runtime call",
 QUEUE_DEPTH = Gauge("shipyard_queue_depth", "Instances waiting for a batch", ["model", "version"],
                     multiprocess_mode="livesum")
 INFLIGHT = Gauge("shipyard_inflight_requests", "Requests being handled", multiprocess_mode="livesum")
+REFUSED = Counter("shipyard_refused_requests", "Requests refused to keep the server answering, by reason: "
+                  "client_limit (429: the client's share of a worker in flight), worker_limit (503: the worker's "
+                  "--concurrency in flight), body_timeout (408: the body did not arrive in time)", ["reason"])
 MODEL_LOADS = Counter("shipyard_model_loads", "Model version loads, by outcome (ok or failed)",
                       ["model", "version", "outcome"])
 MODEL_LOAD_SECONDS = Histogram("shipyard_model_load_seconds", "Time to load, verify and warm a model version",
                                ["model"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 ALIAS_VERSION = Gauge("shipyard_alias_version", "The version each served alias points at", ["model", "alias"],
                       multiprocess_mode="mostrecent")
-TRAFFIC_WEIGHT = Gauge("shipyard_traffic_weight", "Percent of a model's traffic routed to each alias (shadow: 0)",
-                       ["model", "alias"], multiprocess_mode="mostrecent")
+TRAFFIC_WEIGHT = Gauge("shipyard_traffic_weight", "Share of a model's traffic routed to each alias, 0-1 (shadow: 0)",
+                       ["model", "alias"], multiprocess_mode="mostrecent")  # a ratio, as Prometheus advises
 SHADOW = Counter("shipyard_shadow_requests", "Copies sent to a shadow version, by outcome "
                  "(compared, agreed, dropped, failed)", ["model", "outcome"])
 BATCH_DELAY = Gauge("shipyard_batch_delay_seconds", "The batch delay in force (adapted in latency-target mode)",
@@ -52,6 +55,11 @@ DELAY_DECISIONS = Counter("shipyard_latency_target_decisions", "Latency-target m
 LOGGED = Counter("shipyard_predictions_logged", "Predictions written to the prediction log", ["model"])
 LOG_DROPPED = Counter("shipyard_predictions_dropped", "Predictions not logged because the writer fell behind",
                       ["model"])
+LOG_LOST = Counter("shipyard_prediction_log_dropped", "Prediction-log rows not written, by reason: backlog (the "
+                   "writer fell behind), deleted, replaced or unwritable (the SQLite file), write_error (the "
+                   "database refused or could not be reached)", ["reason"])
+LOG_OK = Gauge("shipyard_prediction_log_ok", "1 while the prediction log can write to its database, 0 while it "
+               "cannot (the lowest over the server's workers)", multiprocess_mode="livemin")
 FEEDBACK = Counter("shipyard_feedback", "Labels received, by outcome (accepted, unknown, late, invalid)",
                    ["model", "outcome"])
 # set from the evaluator's persisted state (monitoring windows), once it exists for a model

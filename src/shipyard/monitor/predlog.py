@@ -9,6 +9,12 @@ by one statement. When the writer falls behind, the pending buffer is bounded an
 records are dropped and counted; inference never waits for the database. Retention (by age, by
 rows per model, and the input ring) runs in the writer every minute.
 
+When the database cannot take rows (its SQLite file deleted, replaced or unwritable, checked
+before every write; a write that fails, e.g. PostgreSQL away), nothing is written into the void:
+records wait in the bounded buffer, the state and its reason show in readiness (`health`), one
+log line marks each change of state, and what overflows is counted by reason
+(`shipyard_prediction_log_dropped_total`). When the database is back, what waited is written.
+
 The log lives in the registry's database, so predictions made by any worker or replica, and
 labels received by any of them, meet there (`feedback`)."""
 
@@ -32,12 +38,15 @@ import sqlalchemy as sa
 
 from shipyard.monitor import metrics
 from shipyard.monitor.config import LogConfig
+from shipyard.monitor.logstate import LogState, why
+from shipyard.store.engine import DatabaseUnavailable, file_problem, sqlite_path
 from shipyard.store.schema import prediction_chunks, prediction_inputs
 
 if TYPE_CHECKING:
     from shipyard.serve.runtime import ModelRuntime
 
 log = logging.getLogger("shipyard.monitor")
+PROBE_S = 5.0  # an idle writer checks that PostgreSQL still answers this often (SQLite: every flush)
 
 
 class PredictionLog:
@@ -62,6 +71,9 @@ class PredictionLog:
         self._ring_clock = time.monotonic()
         self.ring_skipped = 0
         self.build_s = self.insert_s = 0.0  # where the writer's time goes
+        self.status = LogState(self.config.max_pending)  # whether rows can be written, and what was lost
+        self._contact = time.monotonic()
+        self._taken = 0  # rows the writer holds while it tries them (readiness counts them as waiting)
 
     # -- the hot path ------------------------------------------------------------------------
     def record(self, runtime: ModelRuntime, request_id: str, features: np.ndarray, probs: np.ndarray) -> None:
@@ -91,6 +103,7 @@ class PredictionLog:
     def _drop(self, model: str, n: int) -> None:
         self.dropped += n
         metrics.LOG_DROPPED.labels(model).inc(n)
+        self.status.dropped(n)
 
     # -- the writer --------------------------------------------------------------------------
     # Every `flush_s` the event loop hands what is pending to one helper thread, which builds
@@ -106,7 +119,13 @@ class PredictionLog:
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.flush)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self.flush)
+        except Exception as e:  # noqa: BLE001 - say what is lost, and go on shutting down
+            lost = self._pending_rows
+            for rec in self._take():
+                self._drop(rec[0].name, len(rec[3]))
+            log.error("prediction log: %d row(s) could not be written before shutdown and are lost: %s", lost, e)
         self._pool.shutdown(wait=True)
         if self.written:
             log.info("prediction log: %d rows, %.2f µs/row building, %.2f µs/row writing; %d dropped, "
@@ -117,19 +136,42 @@ class PredictionLog:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.flush_s)
+            self._taken = self._pending_rows
             batch = self._take()
-            if batch:
-                try:
-                    await loop.run_in_executor(self._pool, self._build_and_write, batch)
-                except Exception as e:  # noqa: BLE001 - the database may be away: keep serving, retry later
-                    self._requeue(batch)
-                    log.warning("prediction log: cannot write (%s); %d record(s) waiting", e, len(self.pending))
-            if time.monotonic() - self._last_retention > 60:
+            if not await loop.run_in_executor(self._pool, self._cycle, batch):
+                self._requeue(batch)  # the database may be away: keep serving, retry next time
+            self._taken = 0
+            if self.status.ok and time.monotonic() - self._last_retention > 60:
                 self._last_retention = time.monotonic()
                 try:
                     await loop.run_in_executor(self._pool, self.retain)
                 except Exception as e:  # noqa: BLE001
                     log.warning("prediction log: retention failed (%s); will retry", e)
+
+    def _cycle(self, batch: list[tuple[Any, ...]]) -> bool:
+        """Check the database, then write `batch` (an idle writer probes instead); the state
+        follows what happened. Never raises: False when `batch` was not written."""
+        try:
+            if (problem := file_problem(self.engine)) is not None:
+                raise DatabaseUnavailable(problem.message, problem.state)
+            sqlite = sqlite_path(self.engine) is not None
+            if not sqlite and (not self.status.ok or (not batch and time.monotonic() - self._contact > PROBE_S)):
+                with self.engine.connect() as conn:  # cheap, before building rows that may not be written
+                    conn.exec_driver_sql("SELECT 1")
+            elif sqlite and not batch and self.status.state == "write_error":
+                return True  # only a write tells whether writing works again
+            if batch:
+                self._build_and_write(batch)
+        except Exception as e:  # noqa: BLE001 - any failure is a state, shown and logged once
+            self.status.set(getattr(e, "state", "write_error"), why(e))
+            return not batch
+        self._contact = time.monotonic()
+        self.status.set("ok")
+        return True
+
+    def health(self) -> dict[str, Any]:
+        """For readiness (`LogState.health`)."""
+        return self.status.health(self._pending_rows + self._taken)
 
     def _take(self) -> list[tuple[Any, ...]]:
         batch = []
@@ -167,15 +209,16 @@ class PredictionLog:
 
     def flush(self) -> int:
         """Write everything pending now, from any thread (feedback, shutdown, tests); returns the
-        number of rows written."""
+        number of rows written. DatabaseUnavailable (503) when the database cannot take them:
+        what comes next (a label) would be lost too."""
         batch = self._take()
-        if not batch:
-            return 0
-        try:
-            return self._build_and_write(batch)
-        except Exception:
-            self._requeue(batch)
-            raise
+        written = self._cycle(batch)
+        if not self.status.ok:
+            if not written:
+                self._requeue(batch)
+            raise DatabaseUnavailable(f"the prediction log cannot write ({self.status.state}): "
+                                      f"{self.status.error}", self.status.state)
+        return sum(len(r[3]) for r in batch)
 
     def _rows(self, batch: list[tuple[Any, ...]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Records → one columnar prediction chunk per model version, and input chunks. The

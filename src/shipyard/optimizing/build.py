@@ -43,13 +43,14 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
              optimize_for: str = "throughput", variants: tuple[str, ...] = V.VARIANTS,
              threads: int = 1, bench_seconds: float = 0.5, settings: Settings | None = None,
              console: Console | None = None, lineage: dict[str, Any] | None = None,
-             reference_data: tuple[np.ndarray, np.ndarray] | None = None
+             reference_data: tuple[np.ndarray, np.ndarray] | None = None, allow_batch_variance: bool = False
              ) -> tuple[Bundle, list[Measured], str]:
     """Returns the written bundle, the measured variants, and the reason for the choice.
     `lineage` adds to the bundle's lineage (retraining: the parent version, the production
     window trained on). `reference_data` (raw inputs, labels): the held-out data the reference
     profile describes, instead of the validation split — a model retrained for a shifted world
-    is monitored against that world, not the one it left."""
+    is monitored against that world, not the one it left. `allow_batch_variance`: a variant whose
+    answers depend on its batch-mates (int8-dynamic) may be chosen; the choice records it."""
     settings = settings or Settings.from_env()
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)
     store = RunStore(settings)
@@ -116,7 +117,7 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         for m in measured:
             if m.name != "fp32":
                 m.agreement = float((probs[m.name].argmax(1) == probs["fp32"].argmax(1)).mean())
-        chosen, reason = choose(measured, optimize_for)
+        chosen, reason = choose(measured, optimize_for, allow_batch_variance=allow_batch_variance)
         chosen.chosen = True
         console.print(f"chose [bold]{chosen.name}[/]: {reason}")
 
@@ -136,13 +137,14 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads,
                      exporter, parity, reference.summary(ref))
         meta["lineage"].update(lineage or {})
+        meta["choice"]["allow_batch_variance"] = allow_batch_variance
         meta["reference"]["held_out"] = ref_from
         staging = work / "staging"
         bundle_mod.write(staging, meta, {bundle_mod.MODEL: files[chosen.name], bundle_mod.WEIGHTS: weights,
                                          bundle_mod.REFERENCE: ref_path})
         if tarball:
             bundle_mod.pack(staging, dest)
-            result = Bundle.load(dest, unpack_to=Path(tempfile.mkdtemp(prefix="shipyard-bundle-")))
+            result = Bundle.load(dest)  # its unpacked copy goes with it (`Bundle.close`, or when collected)
         else:  # the run's own bundle folder is ours to replace; a user's path must be new
             result = bundle_mod.place(staging, dest, replace=output is None)
     finally:

@@ -1,15 +1,19 @@
 """Measure a variant on this machine: accuracy, file size, batch-1 p50 latency and batch-64
-throughput, each at a fixed ONNX Runtime thread count so variants compare fairly."""
+throughput, each at a fixed ONNX Runtime thread count so variants compare fairly, and whether
+an input's answer depends on its batch-mates (`invariance`)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from shipyard.optimizing import invariance
 
 
 @dataclass
@@ -22,6 +26,13 @@ class Measured:
     max_abs_diff: float | None = None  # fp32 variants: vs PyTorch
     agreement: float | None = None  # int8 variants: argmax agreement with fp32
     chosen: bool = False
+    batch_max_diff: float | None = None  # max |p alone − p inside a batch of 2–64| (None: not measured)
+    batch_invariant: bool | None = None  # batch_max_diff ≤ invariance.TOLERANCE
+
+    def measure_invariance(self, predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> None:
+        """Record whether an input of `x` gets the same answer alone and inside batches."""
+        self.batch_max_diff = invariance.max_diff(predict, x)
+        self.batch_invariant = invariance.is_invariant(self.batch_max_diff)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,7 +53,8 @@ def predict(sess: ort.InferenceSession, x: np.ndarray, batch: int = 1024) -> np.
 
 def measure(name: str, path: Path, x_val: np.ndarray, y_val: np.ndarray, *, threads: int = 1,
             seconds: float = 0.5) -> tuple[Measured, np.ndarray]:
-    """Returns the measurements and the variant's validation probabilities."""
+    """Returns the measurements (batch invariance on `x_val` included) and the variant's
+    validation probabilities."""
     sess = session(path, threads)
     feed = sess.get_inputs()[0].name
     probs = predict(sess, x_val)
@@ -65,4 +77,6 @@ def measure(name: str, path: Path, x_val: np.ndarray, y_val: np.ndarray, *, thre
         sess.run(None, {feed: batch})
         n += 1
     throughput = n * 64 / (time.perf_counter() - t0)
-    return Measured(name, accuracy, path.stat().st_size, float(np.median(times)), throughput), probs
+    m = Measured(name, accuracy, path.stat().st_size, float(np.median(times)), throughput)
+    m.measure_invariance(lambda a: sess.run(None, {feed: a})[0], x_val)
+    return m, probs

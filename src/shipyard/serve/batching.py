@@ -14,7 +14,11 @@ whose deadline has passed when its batch forms is dropped and answered 504.
 
 Small models run inline on the loop (a thread hop costs more than the batch); a model whose
 measured batch takes longer than `INLINE_LIMIT_S` runs on one worker thread so the loop keeps
-accepting requests meanwhile."""
+accepting requests meanwhile.
+
+A version whose answers depend on their batch-mates (int8-dynamic: its activation scale comes from
+the whole batch) is never batched silently: `admit` refuses to load it, or, with
+`unbatched_if_variant`, runs it unbatched (`optimizing/invariance.py`)."""
 
 from __future__ import annotations
 
@@ -26,11 +30,15 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shipyard.errors import BadRequest, DeadlineExceeded, Overloaded, UsageError
+from shipyard.errors import BadRequest, DeadlineExceeded, Overloaded, ShipyardError, UsageError
+from shipyard.optimizing import invariance
+
+if TYPE_CHECKING:
+    from shipyard.serve.runtime import ModelRuntime
 
 log = logging.getLogger("shipyard.serve")
 INLINE_LIMIT_S = 0.002
@@ -47,6 +55,7 @@ class BatchConfig:
     timeout_ms: float = 10_000.0  # per request, from arrival to the start of its batch
     concurrency: int = 1024  # requests the HTTP server admits at once per worker
     latency_target_ms: float | None = None  # adapt the delay online (max_delay_ms caps it)
+    unbatched_if_variant: bool = False  # a batch-variant version runs unbatched instead of being refused
 
     def checked(self) -> BatchConfig:
         problems = []
@@ -90,6 +99,44 @@ class BatchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "enabled": self.enabled}
+
+
+class BatchVariance(ShipyardError):
+    """This server batches, and a version's answers depend on their batch-mates (HTTP 409)."""
+
+    http_status = 409
+
+
+def admit(rt: ModelRuntime, config: BatchConfig) -> bool:
+    """Whether `rt` may be batched: its bundle says it is batch-invariant, or (a bundle that does
+    not say) a probe at load finds it so. A variant one raises `BatchVariance`, or with
+    `unbatched_if_variant` returns False: the caller serves it unbatched. The finding goes into
+    `rt.serving["batching"]` (model metadata)."""
+    meta = rt.bundle.meta
+    known = meta.batch_invariant
+    if known is not None:
+        info: dict[str, Any] = {"invariant": known, "max_diff": meta.batch_max_diff, "measured": "by optimize"}
+    else:
+        diff = invariance.probe(rt.predict, rt.inputs[rt.onnx_input].shape, max_batch=config.max_batch_size)
+        info = {"invariant": invariance.is_invariant(diff), "max_diff": diff,
+                "measured": "at load (the bundle does not say)"}
+    batching = rt.serving.setdefault("batching", config.to_dict())
+    batching["invariance"] = info
+    if info["invariant"]:
+        return True
+    diff = info["max_diff"]
+    why = (f"{rt.name} version {rt.version} ({meta.variant or 'its model'}) answers differently inside a batch "
+           f"than alone (probabilities differ by up to {diff:.2g}" if diff is not None else
+           f"{rt.name} version {rt.version} ({meta.variant or 'its model'}) is not proven to answer the same "
+           "inside a batch as alone (")
+    why += f", measured {info['measured']}; invariant means ≤ {invariance.TOLERANCE:g})"
+    if not config.unbatched_if_variant:
+        raise BatchVariance(f"{why}: refusing to batch it. Serve it with --unbatched-if-variant (this version "
+                            "unbatched) or --max-batch-size 1 (nothing batched), or re-optimize without "
+                            "--allow-batch-variance")
+    log.warning("%s: serving it unbatched (--unbatched-if-variant)", why)
+    batching.update(enabled=False, unbatched=why)
+    return False
 
 
 class DelayController:

@@ -1,5 +1,6 @@
-"""The V2 Open Inference Protocol's tensors ↔ numpy, JSON and the binary tensor data extension,
-and the v1 `{"instances": …}` form. Pure functions, no I/O: transports call these.
+"""The V2 Open Inference Protocol's tensors ↔ numpy, JSON and the binary tensor data extension;
+the JSON rule every body follows (the v1 `:predict` bodies are in `codec_v1`). Pure functions,
+no I/O: transports call these.
 
 Binary extension: the JSON header is the first `Inference-Header-Content-Length` bytes of the
 body; tensors with `parameters.binary_data_size` follow it in order, little-endian, row-major.
@@ -13,7 +14,7 @@ flags such as `binary_data_output` are JSON booleans. A request over the element
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -261,6 +262,27 @@ def _input_value(key: str, value: Any, depth: int) -> Any:
     return _strict(value, depth)
 
 
+def parse_keeping(body: bytes, keys: Collection[str]) -> Any:
+    """A body by the one rule, except that arrays under the top-level `keys`, directly or one
+    object down (`{"inputs": {"NAME": [...]}}`), stay simdjson arrays when simdjson is installed:
+    their numbers are then checked as one buffer, not a Python object per element."""
+    if not _HAVE_SIMDJSON:
+        return parse_json(body)
+    doc = _parse_simd(body)
+    if not isinstance(doc, _simdjson.Object):
+        return _strict(doc, 0)
+
+    def arrays(key: str, value: Any, depth: int) -> Any:
+        return value if isinstance(value, _simdjson.Array) else _strict(value, depth)
+
+    def keep(key: str, value: Any, depth: int) -> Any:
+        if key not in keys:
+            return _strict(value, depth)
+        return value if isinstance(value, _simdjson.Array) else _strict_object(value, depth, arrays)
+
+    return _strict_object(doc, 0, keep)
+
+
 def _decode_input(i: int, spec: Any, binary: memoryview, offset: int,
                   max_elements: int = MAX_ELEMENTS) -> tuple[Tensor, int]:
     if not isinstance(spec, dict):
@@ -331,7 +353,7 @@ def _kind(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-def _flatten(where: str, data: list[Any]) -> list[Any]:
+def flatten(where: str, data: list[Any]) -> list[Any]:
     """Nested lists of values, row-major (as V2 allows)."""
     if not any(isinstance(v, list) for v in data):
         return data
@@ -354,7 +376,7 @@ def _flatten(where: str, data: list[Any]) -> list[Any]:
 def _values(where: str, datatype: str, data: list[Any]) -> np.ndarray:
     """Tensor values from JSON (nested lists of numbers), by the one rule; the slow path:
     simdjson's buffers take the usual requests."""
-    flat = _flatten(where, data)
+    flat = flatten(where, data)
     if datatype == "BOOL":
         bad = next((v for v in flat if not isinstance(v, bool)), _NONE)
         if bad is not _NONE:
@@ -362,7 +384,7 @@ def _values(where: str, datatype: str, data: list[Any]) -> np.ndarray:
         return np.array(flat, dtype=np.bool_)
     bad = next((v for v in flat if isinstance(v, bool) or not isinstance(v, (int, float))), _NONE)
     if bad is not _NONE:
-        raise BadRequest(f"{where}: 'data' is not an array of {datatype} values: {datatype} {_numbers_only(bad)}")
+        raise BadRequest(f"{where}: 'data' is not an array of {datatype} values: {datatype} {numbers_only(bad)}")
     dtype = DATATYPES[datatype]
     if dtype.kind == "f":
         try:
@@ -381,7 +403,8 @@ def _values(where: str, datatype: str, data: list[Any]) -> np.ndarray:
 _NONE = object()
 
 
-def _numbers_only(bad: Any) -> str:
+def numbers_only(bad: Any) -> str:
+    """Why a non-number is refused where numbers go (the same words for V2 and v1)."""
     return f"takes numbers, not {_kind(bad)} (got {_brief(bad)})"
 
 
@@ -462,38 +485,3 @@ def encode_v2(model: str, version: str | None, rid: str | None, outputs: list[tu
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
-
-
-def decode_v1(body: bytes) -> np.ndarray:
-    """`{"instances": [...]}` (TF-Serving / KServe v1) → one float64 array (instances must share a
-    shape), by the same rule as V2: `check_values` then applies the input's datatype."""
-    if _HAVE_SIMDJSON:
-        doc = _parse_simd(body)
-        if isinstance(doc, _simdjson.Object):
-            doc = _strict_object(doc, 0, lambda k, v, d: v if k == "instances" else _strict(v, d))
-    else:  # pragma: no cover - pysimdjson is a dependency
-        doc = parse_json(body)
-    raw = doc.get("instances") if isinstance(doc, dict) else None
-    if not isinstance(raw, list) and not (_HAVE_SIMDJSON and isinstance(raw, _simdjson.Array)) or not len(raw):
-        raise BadRequest("request must be a JSON object with a non-empty 'instances' list")
-    values = raw if isinstance(raw, list) else raw.as_list()
-    if _HAVE_SIMDJSON and not isinstance(raw, list):
-        try:
-            raw.as_buffer(of_type="d")  # every leaf a number (no booleans, null or strings)
-            numbers = True
-        except (TypeError, ValueError):
-            numbers = False
-    else:  # pragma: no cover
-        numbers = False
-    if not numbers:
-        flat = _flatten("'instances'", values)
-        bad = next((v for v in flat if isinstance(v, bool) or not isinstance(v, (int, float))), _NONE)
-        if bad is not _NONE:
-            raise BadRequest(f"'instances' must be equally shaped arrays of numbers: an input {_numbers_only(bad)}")
-    try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (ValueError, TypeError, OverflowError):
-        raise BadRequest("'instances' must be equally shaped arrays of numbers") from None
-    if arr.size > MAX_ELEMENTS:
-        raise PayloadTooLarge(f"request holds more than {MAX_ELEMENTS:,} values")
-    return arr

@@ -54,6 +54,7 @@ class ServeConfig:
     timeout_ms: float = _BATCH.timeout_ms
     concurrency: int = _BATCH.concurrency
     latency_target_ms: float | None = _BATCH.latency_target_ms
+    unbatched_if_variant: bool = _BATCH.unbatched_if_variant  # serve batch-variant versions unbatched, not refuse
     # following the registry (serve/follow.py)
     poll_s: float = 2.0
     notify: bool = True
@@ -75,6 +76,12 @@ class ServeConfig:
     # who may ask what (README: Security model)
     allowed_origins: tuple[str, ...] = ()  # browser origins that may call routes that change state
     allowed_hosts: tuple[str, ...] = ()  # Host names a loopback-bound server answers besides loopback ones
+    # slow and abusive clients (README: Security model)
+    body_timeout_s: float = 10.0  # the whole request body must arrive within this, else 408
+    header_timeout_s: float = 10.0  # request line and headers, and a keep-alive's idle time (granian)
+    max_connections: int = 4096  # open connections per worker, idle keep-alives included (granian backpressure)
+    per_client_limit: int = 128  # requests in flight per client address and worker, else 429 (0: no limit)
+    trusted_proxies: tuple[str, ...] = ()  # addresses or CIDRs whose X-Forwarded-For names the client
     token: str | None = field(default=None, repr=False)  # bearer token: management, and inference when asked
     feedback_secret: str | None = field(default=None, repr=False)  # set: labels must carry the answer's proof
 
@@ -100,7 +107,7 @@ class ServeConfig:
     @property
     def batching(self) -> BatchConfig:
         return BatchConfig(self.max_batch_size, self.max_delay_ms, self.max_queue, self.timeout_ms,
-                           self.concurrency, self.latency_target_ms)
+                           self.concurrency, self.latency_target_ms, self.unbatched_if_variant)
 
     @property
     def log_config(self) -> LogConfig:
@@ -151,6 +158,20 @@ class ServeConfig:
         for origin in self.allowed_origins:
             need(origin == origin.lower().rstrip("/") and "://" in origin,
                  f"allowed_origins: {origin!r} is not an origin like https://example.com (scheme://host[:port])")
+        need(math.isfinite(self.body_timeout_s) and self.body_timeout_s > 0,
+             f"body_timeout_s must be > 0, got {self.body_timeout_s:g}")
+        need(0.001 <= self.header_timeout_s <= 60,  # granian takes 1..60000 ms
+             f"header_timeout_s must be in 0.001..60, got {self.header_timeout_s:g}")
+        need(self.max_connections >= 1, f"max_connections must be ≥ 1, got {self.max_connections}")
+        need(self.per_client_limit >= 0, f"per_client_limit must be ≥ 0 (0: no limit), got {self.per_client_limit}")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                problems.append(f"trusted_proxies: {proxy!r} is not an IP address or CIDR network")
+        for env, value in ((TOKEN_ENV, self.token), (FEEDBACK_SECRET_ENV, self.feedback_secret)):
+            # the placeholder `export k8s` writes: a server must not start with a well-known secret
+            need(value is None or "CHANGE-ME" not in value, f"{env} is still the placeholder CHANGE-ME: set it")
         if self.feedback_secret is not None:
             need(len(self.feedback_secret) >= 16, f"{FEEDBACK_SECRET_ENV} must be at least 16 characters")
         for check in (self.batching.checked, self.monitor.check):

@@ -26,10 +26,12 @@ from shipyard.monitor import stats as stats_mod
 from shipyard.monitor.feedback import record_feedback
 from shipyard.monitor.predlog import PredictionLog
 from shipyard.monitor.stats import ServingStats
-from shipyard.serve.batching import INLINE_LIMIT_S, BatchConfig, Batcher
-from shipyard.serve.codec import InferRequest, check_values, dumps, encode_v2
+from shipyard.serve.batching import INLINE_LIMIT_S, BatchConfig, Batcher, admit
+from shipyard.serve.codec import InferRequest, check_values, encode_v2
+from shipyard.serve.codec_v1 import V1Request, encode_v1
 from shipyard.serve.fleet import Fleet, Spec
 from shipyard.serve.runtime import LABEL, ModelRuntime
+from shipyard.store.engine import file_problem
 
 if TYPE_CHECKING:
     from shipyard.monitor.evaluator import Evaluator
@@ -79,6 +81,7 @@ class DataPlane:
         self.request_metrics = metrics.RequestMetrics(metrics_enabled)
         # the same counts, every few seconds into the database (alert rules, status, report, dashboard)
         self.serving_stats = ServingStats() if metrics_enabled else None
+        self._stats_failing = False
         if self.serving_stats is not None:
             self.request_metrics.sink = self.serving_stats.add
         self.shadow_stats = {"mirrored": 0, "dropped": 0, "compared": 0, "agreed": 0, "failed": 0}
@@ -87,10 +90,12 @@ class DataPlane:
 
     # -- model loading ------------------------------------------------------------------------
     def _on_load(self, rt: ModelRuntime) -> None:
-        """Wire a freshly loaded version: its batcher (or none) and its prediction-log hook."""
+        """Wire a freshly loaded version: its batcher (or none) and its prediction-log hook. A
+        version whose answers depend on their batch-mates is refused (`BatchVariance`: the fleet
+        keeps what it served and reports why) or, if the operator said so, served unbatched."""
         cfg = self.batching
         rt.serving["batching"] = cfg.to_dict()
-        if not cfg.enabled:
+        if not cfg.enabled or not admit(rt, cfg):
             return
         # a model whose full batch costs more than a couple of ms runs off the event loop
         t0 = time.perf_counter()
@@ -168,20 +173,22 @@ class DataPlane:
             self._mirror(name, rt, features, probs)
         return Answer(body, rt.name, v, rid, header, self.proof(name, rid) if self._feedback_key else None)
 
-    async def predict_v1(self, name: str, instances: np.ndarray, *, key: bytes | None = None,
+    async def predict_v1(self, name: str, request: V1Request | np.ndarray, *, key: bytes | None = None,
                          request_id_header: str | None = None, runtime: ModelRuntime | None = None) -> Answer:
-        """`{"instances": …}` → `{"predictions": [{"label", "probabilities"}, …]}`. The instance
-        shape says which input it is: ready features, or the raw form (e.g. 28×28 pixels)."""
+        """`{"instances": …}` → `{"predictions": [{"label", "probabilities"}, …]}`, `{"inputs": …}`
+        → `{"outputs": {"label", "probabilities"}}` (`codec_v1`; an array is the row form). The
+        input named, else the instance shape, says which input it is: ready features, or the raw
+        form (e.g. 28×28 pixels)."""
+        if isinstance(request, np.ndarray):
+            request = V1Request(request)
         rt = runtime or self.fleet.get(name, None, key)
-        features = _v1_features(rt, instances)
+        features = _v1_features(rt, request.array, request.input)
         rid = request_id(request_id_header)
         probs = await self._predict(rt, features, rid)
         self._mirror(name, rt, features, probs)
         labels = rt.labels(probs)
         version = str(rt.version) if rt.version is not None else None
-        body = dumps({"predictions": [{"label": str(lab), "probabilities": p}
-                                      for lab, p in zip(labels, probs, strict=True)],
-                      "model_name": rt.name, "model_version": version, "id": rid})
+        body = encode_v1(request.form, labels, probs, model=rt.name, version=version, rid=rid)
         return Answer(body, rt.name, str(rt.version), rid, None,
                       self.proof(name, rid) if self._feedback_key else None)
 
@@ -305,6 +312,16 @@ class DataPlane:
     def health(self) -> dict[str, Any]:
         return {**self.fleet.health(), "shadow": self.shadow_stats}
 
+    def database_health(self) -> dict[str, Any]:
+        """Whether what this server writes reaches its database (the prediction log's writer
+        state; without a log, whether the SQLite file is still the one opened): readiness shows
+        it, so a deleted or unreachable database is seen, not silently written past."""
+        if self.predlog is not None:
+            return self.predlog.health()
+        problem = file_problem(self.fleet.registry.engine)
+        return {"ok": problem is None, "state": problem.state if problem else "ok",
+                "error": problem.message if problem else None}
+
     def index(self) -> list[dict[str, Any]]:
         return [{"name": n, "version": str(t.pick().version), "state": "READY"}
                 for n, t in sorted(self.fleet.served.items())]
@@ -376,13 +393,23 @@ class DataPlane:
         try:
             stats_mod.write(self.fleet.registry.engine, rows)
         except Exception as e:  # noqa: BLE001 - the database may be away
-            log.warning("cannot write serving statistics: %s", e)
+            if not self._stats_failing:  # one line per outage, not one per interval
+                log.warning("cannot write serving statistics: %s", e)
+            self._stats_failing = True
+        else:
+            if self._stats_failing:
+                log.warning("writing serving statistics again")
+            self._stats_failing = False
 
 
-def _v1_features(rt: ModelRuntime, instances: np.ndarray) -> np.ndarray:
-    match = next((s for s in rt.inputs.values() if tuple(instances.shape[1:]) == s.shape), None)
+def _v1_features(rt: ModelRuntime, instances: np.ndarray, name: str | None = None) -> np.ndarray:
+    if name is not None and name not in rt.inputs:
+        takes = " or ".join(f"{s.name!r}" for s in rt.inputs.values())
+        raise BadRequest(f"model {rt.name!r} has no input {name!r}; it takes {takes}")
+    specs = [s for s in rt.inputs.values() if name in (None, s.name)]
+    match = next((s for s in specs if tuple(instances.shape[1:]) == s.shape), None)
     if match is None:
-        shapes = " or ".join(str(list(s.shape)) for s in rt.inputs.values())
+        shapes = " or ".join(str(list(s.shape)) for s in specs)
         raise BadRequest(f"each instance must have shape {shapes}, got {list(instances.shape[1:])}")
     if instances.shape[0] == 0:
         raise BadRequest(f"input {match.name!r} holds no instances")

@@ -183,7 +183,8 @@ class Fleet:
                     self.errors.pop(spec.name, None)
                 except ShipyardError as e:
                     self.errors[spec.name] = str(e)
-                    log.error("cannot update %s: %s (still serving what was there)", spec, e)
+                    log.error("cannot update %s: %s%s", spec, e,
+                              " (still serving what was there)" if self.ready else "")
                     if not self.ready:
                         raise
             if self.specs is None:  # a model that lost its production alias stops being served
@@ -284,7 +285,7 @@ class Fleet:
         for name, table in self.served.items():
             for r in table.routes:
                 metrics.ALIAS_VERSION.labels(name, r.alias).set(r.runtime.version or 0)
-                metrics.TRAFFIC_WEIGHT.labels(name, r.alias).set(r.weight)
+                metrics.TRAFFIC_WEIGHT.labels(name, r.alias).set(r.weight / 100)  # percent → 0-1 ratio
             if table.shadow is not None:
                 metrics.ALIAS_VERSION.labels(name, table.shadow.alias).set(table.shadow.runtime.version or 0)
                 metrics.TRAFFIC_WEIGHT.labels(name, table.shadow.alias).set(0)

@@ -66,10 +66,12 @@ class Follower:
                     changed = await loop.run_in_executor(None, self.fleet.refresh)
                     if changed:
                         freeze_heap()
-                self.fleet.errors.pop("registry", None)
+                if self.fleet.errors.pop("registry", None) is not None:
+                    log.warning("reading the registry again")
             except Exception as e:  # noqa: BLE001 - the database may be away: keep serving what we have
+                if "registry" not in self.fleet.errors:  # one line per outage, not one per poll
+                    log.warning("cannot read the registry (still serving what is loaded): %s", e)
                 self.fleet.errors["registry"] = f"cannot read the registry: {e}"
-                log.warning("cannot read the registry (still serving what is loaded): %s", e)
             self.fleet.reap()
 
     def _start_listener(self, loop: asyncio.AbstractEventLoop) -> bool:
@@ -86,16 +88,22 @@ class Follower:
         def listen() -> None:
             import psycopg
 
+            failing = False
             while not self._stop.is_set():
                 try:
                     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
                         conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                        if failing:
+                            log.warning("registry notifications: listening again")
+                            failing = False
                         wake()
                         while not self._stop.is_set():
                             for _ in conn.notifies(timeout=1.0):
                                 wake()
                 except Exception as e:  # noqa: BLE001 - the database went away: retry, poll meanwhile
-                    log.warning("registry notifications: %s; reconnecting", e)
+                    if not failing:  # one line per outage; reconnecting every second until it is back
+                        log.warning("registry notifications: %s; reconnecting", e)
+                        failing = True
                     self._stop.wait(1.0)  # reconnect in a second, unless told to stop meanwhile
 
         threading.Thread(target=listen, name="shipyard-listen", daemon=True).start()

@@ -1,16 +1,22 @@
 """Who may ask what, and how much: the bearer token and the access levels, the Host check that
-stops DNS rebinding, the refusal of cross-site writes, and the request body's limit (compressed
-bodies included). The transport (`serve/http.py`) asks the guard before a handler runs."""
+stops DNS rebinding, the refusal of cross-site writes, the request body's limit (compressed
+bodies included) and deadline, and the share of a worker one client may hold (so slow or
+abusive clients cannot stall everyone). The transport (`serve/http.py`) asks the guard before a
+handler runs."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
 import re
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from shipyard.errors import BadRequest, PayloadTooLarge, ShipyardError
+from shipyard.errors import BadRequest, Overloaded, PayloadTooLarge, ShipyardError
+from shipyard.monitor import metrics
 from shipyard.serve.config import ServeConfig
 
 Scope = dict[str, Any]
@@ -32,6 +38,22 @@ class UnsupportedMediaType(ShipyardError):
 
 class MisdirectedRequest(ShipyardError):
     http_status = 421
+
+
+class RequestTimeout(ShipyardError):
+    http_status = 408
+
+
+class TooManyRequests(Overloaded):
+    http_status = 429
+
+
+class Busy(Overloaded):
+    """The worker has its `concurrency` in flight (503, Retry-After)."""
+
+
+#: refusals sent before the body was read (or while it was still coming): the connection is closed
+CLOSES = (RequestTimeout, TooManyRequests, Busy)
 
 
 # zlib's window bits: gzip's header and trailer (16 + 15); deflate as HTTP means it, zlib-wrapped (15)
@@ -61,6 +83,89 @@ class Guard:
         self.hosts = (frozenset(h.lower().encode() for h in config.allowed_hosts) | _LOOPBACK_HOSTS
                       if config.loopback else None)
         self._bearer = f"bearer {config.token}".encode() if config.token else None
+        self.body_timeout = config.body_timeout_s
+        self.concurrency = config.concurrency
+        self.per_client = config.per_client_limit
+        self.proxies = tuple(ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies)
+        self._trusted_cache: dict[str, bool] = {}
+        self._keys: dict[str, str] = {}  # address as written -> the client it counts as
+        self._in_flight: dict[str, int] = {}  # client -> requests of it in flight in this worker
+        self._reading: dict[asyncio.Task[Any], float] = {}  # handler -> the deadline of its body
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- how much: the worker's and each client's share -------------------------------------
+    def admit(self, scope: Scope, inflight: int) -> str | None:
+        """Let a request in, or refuse it at once, before its body is read (so a refused one
+        holds nothing): 503 when the worker has `concurrency` requests in flight (`inflight`
+        counts this one), 429 when its client already has `per_client_limit` of them. Returns
+        the client to `release` when the request is done (None: not counted)."""
+        if inflight > self.concurrency:
+            metrics.REFUSED.labels("worker_limit").inc()
+            raise Busy(f"this worker has {self.concurrency} requests in flight (--concurrency); retry later")
+        if not self.per_client:
+            return None
+        client = self.client(scope)
+        n = self._in_flight.get(client, 0)
+        if n >= self.per_client:
+            metrics.REFUSED.labels("client_limit").inc()
+            raise TooManyRequests(f"{n} requests from {client} are in flight in this worker, its limit "
+                                  f"(--per-client-limit); retry later")
+        self._in_flight[client] = n + 1
+        return client
+
+    def release(self, client: str) -> None:
+        n = self._in_flight.pop(client) - 1
+        if n:
+            self._in_flight[client] = n
+
+    def client(self, scope: Scope) -> str:
+        """Who sent the request: the peer address, or, when the peer is a trusted proxy, the
+        right-most address in X-Forwarded-For that is not a trusted proxy (each proxy appends
+        the peer it saw, so what a client wrote itself stays on the left). Without the port a
+        proxy may have written; an IPv6 client counts by its /64, which one host usually holds."""
+        peer = scope.get("client")
+        addr: str = peer[0] if peer else ""
+        if self.proxies and self._trusted(addr):
+            hops = [h.strip() for k, v in scope["headers"] if k == b"x-forwarded-for"
+                    for h in v.decode("latin-1").split(",")]
+            for hop in reversed(hops):
+                if hop:
+                    addr = hop
+                    if not self._trusted(hop):
+                        break
+        if ":" not in addr and "[" not in addr:
+            return addr  # IPv4 as the server wrote it: the usual case, nothing to parse
+        key = self._keys.get(addr)
+        if key is None:
+            try:
+                ip = ipaddress.ip_address(_bare(addr))
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+                    key = str(ipaddress.ip_network(f"{ip}/64", strict=False))
+                else:
+                    key = str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
+            except ValueError:
+                key = addr[:64]
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            self._keys[addr] = key
+        return key
+
+    def _trusted(self, addr: str) -> bool:
+        known = self._trusted_cache.get(addr)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(_bare(addr))
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped  # an IPv4 proxy seen through a dual-stack socket
+                known = any(ip in net for net in self.proxies)
+            except ValueError:
+                known = False
+            if len(self._trusted_cache) >= 4096:
+                self._trusted_cache.clear()
+            self._trusted_cache[addr] = known
+        return known
 
     def authorize(self, scope: Scope, access: str) -> None:
         if access == "management":
@@ -138,6 +243,49 @@ class Guard:
         return out
 
     async def _raw_body(self, receive: Receive) -> bytes:
+        """The body as it comes, within `body_timeout` seconds for all of it: past that, 408
+        (a client that sends one byte a second must not hold its slot). One timer per worker
+        sweeps the deadlines (`_sweep`), so a request pays a dict entry, not a timer of its own."""
+        loop = self._loop  # asking the running loop costs more than the rest of this together
+        task = asyncio.current_task(loop) if loop is not None else None
+        if task is None:  # the first request, or a new loop (tests run several)
+            loop = self._loop = asyncio.get_running_loop()
+            self._reading, self._expired, self._sweeper = {}, set(), None
+            task = asyncio.current_task(loop)
+            if task is None:  # not run by an asyncio task (nothing to cancel): a timer of its own
+                try:
+                    return await asyncio.wait_for(self._read(receive), self.body_timeout)
+                except TimeoutError:
+                    raise self._timed_out() from None
+        self._reading[task] = time.monotonic() + self.body_timeout
+        if self._sweeper is None:  # at most once a tick: a swept empty table stops the timer
+            self._sweeper = asyncio.get_running_loop().call_later(min(1.0, self.body_timeout / 4), self._sweep)
+        try:
+            return await self._read(receive)
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise
+            task.uncancel()
+            raise self._timed_out() from None
+        finally:
+            self._reading.pop(task, None)
+            self._expired.discard(task)
+
+    def _sweep(self) -> None:
+        """Cancel the body reads past their deadline; `_raw_body` turns that into a 408."""
+        now = time.monotonic()
+        for task, deadline in self._reading.items():
+            if deadline <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        self._sweeper = (asyncio.get_running_loop().call_later(min(1.0, self.body_timeout / 4), self._sweep)
+                         if self._reading else None)
+
+    def _timed_out(self) -> RequestTimeout:
+        metrics.REFUSED.labels("body_timeout").inc()
+        return RequestTimeout(f"the request body did not arrive within {self.body_timeout:g} s (--body-timeout)")
+
+    async def _read(self, receive: Receive) -> bytes:
         message = await receive()
         if not message.get("more_body"):  # the usual case: the whole body in one message
             body: bytes = message.get("body", b"")
@@ -155,3 +303,12 @@ class Guard:
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)
+
+
+def _bare(addr: str) -> str:
+    """An address without the port or brackets a proxy may have written ([::1]:80, 10.0.0.1:80)."""
+    if addr.startswith("["):
+        return addr[1:addr.find("]")]
+    if addr.count(":") == 1:
+        return addr.partition(":")[0]
+    return addr

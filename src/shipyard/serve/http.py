@@ -23,11 +23,12 @@ from shipyard._version import __version__
 from shipyard.errors import BadRequest, NotFound, Overloaded, ShipyardError
 from shipyard.monitor import metrics
 from shipyard.serve import openapi
-from shipyard.serve.codec import decode_v1, decode_v2, dumps, parse_json
+from shipyard.serve.codec import decode_v2, dumps, parse_json
+from shipyard.serve.codec_v1 import decode_v1
 from shipyard.serve.config import ServeConfig
 from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.follow import Follower, freeze_heap
-from shipyard.serve.guard import Guard
+from shipyard.serve.guard import CLOSES, Guard
 from shipyard.serve.supervisor import capacity, worker_up
 
 log = logging.getLogger("shipyard.serve")
@@ -112,24 +113,28 @@ class HttpApp:
                   {"POST": d.V1_PREDICT}, "v1"),
             Route("/v2/models/{name}/feedback", {"POST": self._feedback}, "inference", "feedback",
                   {"POST": d.FEEDBACK}, writes=frozenset({"POST"})),
-            Route("/v2/health/live", {"GET": self._live}, "public", "live", {"GET": d.ok()}),
+            Route("/v2/health/live", {"GET": self._live}, "public", "live", {"GET": d.ok(schema="Live")}),
             Route("/v2/health/ready", {"GET": self._health}, "public", "ready", {"GET": d.READY}),
-            Route("/v2", {"GET": self._server}, "public", "server metadata", {"GET": d.ok("Server metadata")}),
-            Route("/v2/", {"GET": self._server}, "public", "server metadata", {"GET": d.ok("Server metadata")}),
-            Route("/", {"GET": self._alive}, "public", "liveness", {"GET": d.ok("KServe v1 liveness")}),
-            Route("/v2/models", {"GET": self._models}, "read", "models", {"GET": d.ok("The models served here")}),
+            Route("/v2", {"GET": self._server}, "public", "server metadata",
+                  {"GET": d.ok("Server metadata", "ServerMetadata")}),
+            Route("/v2/", {"GET": self._server}, "public", "server metadata",
+                  {"GET": d.ok("Server metadata", "ServerMetadata")}),
+            Route("/", {"GET": self._alive}, "public", "liveness", {"GET": d.ok("KServe v1 liveness", "Alive")}),
+            Route("/v2/models", {"GET": self._models}, "read", "models",
+                  {"GET": d.ok("The models served here", "ModelList")}),
             Route("/v1/models", {"GET": self._models_v1}, "read", "models",
-                  {"GET": d.ok("The models served here (KServe v1)")}),
-            Route("/v2/models/{name}", {"GET": self._meta}, "read", "model metadata", {"GET": d.model_get()}),
+                  {"GET": d.ok("The models served here (KServe v1)", "ModelNames")}),
+            Route("/v2/models/{name}", {"GET": self._meta}, "read", "model metadata",
+                  {"GET": d.model_get(schema="ModelMetadata")}),
             Route("/v2/models/{name}/ready", {"GET": self._ready}, "read", "model ready",
                   {"GET": d.model_get()}),
             Route("/v2/models/{name}/versions/{version}", {"GET": self._meta}, "read", "model metadata",
-                  {"GET": d.model_get(version=True)}),
+                  {"GET": d.model_get(version=True, schema="ModelMetadata")}),
             Route("/v2/models/{name}/versions/{version}/ready", {"GET": self._ready}, "read", "model ready",
                   {"GET": d.model_get(version=True)}),
             Route("/v1/models/{name}", {"GET": self._v1_meta}, "read", "model status", {"GET": d.model_get()}),
             Route("/v2/repository/index", {"GET": self._index, "POST": self._index}, "management", "index",
-                  {"POST": d.INDEX}),
+                  {"GET": d.INDEX, "POST": d.INDEX}),
             Route("/v2/repository/refresh", {"POST": self._refresh}, "management", "refresh",
                   {"POST": d.REFRESH}, writes=frozenset({"POST"})),
             Route("/v2/repository/models/{name}/load", {"POST": self._load}, "management", "load",
@@ -169,7 +174,7 @@ class HttpApp:
         self.inflight += 1
         headers = _JSON
         t0 = time.perf_counter()
-        matched = None
+        matched = client = None
         try:
             matched = self._match(scope["path"])
             if matched is None:
@@ -187,11 +192,15 @@ class HttpApp:
                 guard.authorize(scope, route.access)
             if scope["method"] in route.writes:
                 guard.check_write(scope)
+            if route.access != "public":  # health and metadata stay open to balancers under any load
+                client = guard.admit(scope, self.inflight)
             status, body, headers = await handler(Request(scope, receive, params))
         except ShipyardError as e:
             status, body = e.http_status, dumps({"error": str(e)})
             if isinstance(e, Overloaded):
                 headers = [*_JSON, (b"retry-after", str(e.retry_after).encode())]
+            if isinstance(e, CLOSES):  # its body was not read (all of it): the connection cannot go on
+                headers = [*headers, (b"connection", b"close")]
             self._count_error(matched, status, t0)
         except Exception as e:  # noqa: BLE001 - a bug must not take the server down
             log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
@@ -199,6 +208,8 @@ class HttpApp:
             self._count_error(matched, status, t0)
         finally:
             self.inflight -= 1
+            if client is not None:
+                self.guard.release(client)
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
@@ -301,8 +312,8 @@ class HttpApp:
                 hrid = v.decode("latin-1")
         name = req.params["name"]
         rt = self.plane.pick(name, None, key)
-        instances = decode_v1(await self.guard.body(req.scope, req.receive))
-        ans = await self.plane.predict_v1(name, instances, key=key, request_id_header=hrid, runtime=rt)
+        request = decode_v1(await self.guard.body(req.scope, req.receive))
+        ans = await self.plane.predict_v1(name, request, key=key, request_id_header=hrid, runtime=rt)
         self.plane.observe(ans.model, ans.version, "v1", 200, time.perf_counter() - t0)
         headers = [*_JSON, (b"x-request-id", ans.rid.encode())]
         if ans.proof is not None:
@@ -312,9 +323,8 @@ class HttpApp:
     async def _feedback(self, req: Request) -> Reply:
         name = req.params["name"]
         self.plane.pick(name)
-        client = req.scope.get("client")
         status, doc = await self.plane.feedback(name, parse_json(await self.guard.body(req.scope, req.receive)),
-                                                client=client[0] if client else None,
+                                                client=self.guard.client(req.scope) or None,
                                                 identity="bearer" if self.guard.has_token(req.scope) else None)
         return status, dumps(doc), _JSON
 
@@ -323,17 +333,23 @@ class HttpApp:
         return 200, dumps({"live": True}), _JSON
 
     async def _health(self, req: Request) -> Reply:
-        """Open to every balancer; the detail (models, errors, pid) only to who may read, when
-        `auth_inference` closes the rest."""
+        """Open to every balancer; the detail (models, errors, pid, `degraded` and the database's
+        state) only to who may read, when `auth_inference` closes the rest. A server whose
+        database cannot take its writes (file deleted, PostgreSQL away) still answers predictions,
+        so it stays ready (200) but says `degraded` and why: a database shared by every replica
+        must not take them all out of rotation at once. `?strict=1` makes degraded a 503, for a
+        balancer that should move traffic to replicas that still log it."""
         draining = self.draining
         ready = self.plane.fleet.ready and not draining
+        db = self.plane.database_health()
         detail: dict[str, Any] = {"ready": ready, "draining": draining}
         workers = capacity(self.drain_file)  # alive/expected HTTP workers, as the supervisor sees them
         if workers is not None:
             detail["workers"] = workers
         if not self.auth_inference or self.guard.has_token(req.scope):
-            detail.update({**self.plane.health(), "pid": os.getpid()})
-        return (200 if ready else 503), dumps(detail), _JSON
+            detail.update({**self.plane.health(), "degraded": not db["ok"], "database": db, "pid": os.getpid()})
+        strict = b"strict=1" in req.scope.get("query_string", b"").split(b"&")
+        return (200 if ready and not (strict and not db["ok"]) else 503), dumps(detail), _JSON
 
     async def _alive(self, req: Request) -> Reply:
         return 200, dumps({"status": "alive"}), _JSON

@@ -1,0 +1,101 @@
+"""The v1 `:predict` bodies (TF Serving's REST API, which KServe v1 follows), both of its forms:
+
+- row form `{"instances": [INSTANCE, …]}` → `{"predictions": [{"label", "probabilities"}, …]}`;
+- columnar form `{"inputs": [INSTANCE, …]}`, or `{"inputs": {"INPUT": [INSTANCE, …]}}` naming the
+  input, → `{"outputs": {"label": [...], "probabilities": [[...], …]}}` (two named outputs, so
+  TF Serving's object of columns).
+
+Each answer also carries `model_name`, `model_version` and `id`. The values follow the V2 rule
+(`codec.check_values`, applied once the input is known, so one rule serves both protocols); a
+body with both keys is refused, as TF Serving does. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from shipyard.errors import BadRequest, PayloadTooLarge
+from shipyard.serve.codec import MAX_ELEMENTS, dumps, flatten, numbers_only, parse_keeping
+
+Form = Literal["instances", "inputs"]
+FORMS: tuple[Form, ...] = ("instances", "inputs")
+#: the answer's key for each request form, as TF Serving answers
+ANSWER_KEY = {"instances": "predictions", "inputs": "outputs"}
+_NONE = object()
+
+
+@dataclass(frozen=True)
+class V1Request:
+    """One decoded `:predict` body: the batch as float64 (the input's datatype is applied later,
+    by `check_values`), which form it came in (the answer's form), and the input it names."""
+
+    array: np.ndarray
+    form: Form = "instances"
+    input: str | None = None  # named by `{"inputs": {"NAME": …}}`; otherwise the instance shape says which
+
+
+def decode_v1(body: bytes, *, max_elements: int = MAX_ELEMENTS) -> V1Request:
+    """A `:predict` body in either form → `V1Request`; every break of the rule is a 400 naming
+    it (a request over `max_elements` values: 413)."""
+    doc = parse_keeping(body, FORMS)
+    given = [k for k in FORMS if k in doc] if isinstance(doc, dict) else []
+    if len(given) > 1:
+        raise BadRequest("send 'instances' (row form) or 'inputs' (columnar form), not both")
+    if not given:
+        raise BadRequest("request must be a JSON object with a non-empty 'instances' list (row form) or "
+                         "'inputs' (columnar form: a list, or {\"INPUT\": list})")
+    form = given[0]
+    raw = doc[form]
+    name: str | None = None
+    where = f"'{form}'"
+    if form == "inputs" and isinstance(raw, dict):
+        if len(raw) != 1:
+            raise BadRequest(f"'inputs' must name exactly one input (this server's models take one), got "
+                             f"{len(raw)}: {sorted(raw)[:8]}")
+        [(name, raw)] = raw.items()
+        where = f"'inputs' {name!r}"
+    return V1Request(_numbers(where, raw, max_elements), form, name)
+
+
+def _numbers(where: str, raw: Any, max_elements: int) -> np.ndarray:
+    """Equally shaped nested arrays of numbers → one float64 array (booleans, null and strings
+    refused, naming the first)."""
+    as_buffer = getattr(raw, "as_buffer", None)  # an array `parse_keeping` left to simdjson
+    values = raw.as_list() if as_buffer is not None else raw
+    if not isinstance(values, list) or not values:
+        raise BadRequest(f"{where} must be a non-empty list of instances, got "
+                         f"{'an empty list' if isinstance(values, list) else type(values).__name__}")
+    numbers = False
+    if as_buffer is not None:
+        try:
+            as_buffer(of_type="d")  # every leaf a number (no booleans, null or strings)
+            numbers = True
+        except (TypeError, ValueError):
+            pass
+    if not numbers:
+        bad = next((v for v in flatten(where, values) if isinstance(v, bool) or not isinstance(v, (int, float))),
+                   _NONE)
+        if bad is not _NONE:
+            raise BadRequest(f"{where} must be equally shaped arrays of numbers: an input {numbers_only(bad)}")
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequest(f"{where} must be equally shaped arrays of numbers") from None
+    if arr.size > max_elements:
+        raise PayloadTooLarge(f"request holds more than {max_elements:,} values")
+    return arr
+
+
+def encode_v1(form: Form, labels: np.ndarray, probabilities: np.ndarray, *, model: str, version: str | None,
+              rid: str) -> bytes:
+    """The answer in the form TF Serving gives for the request's form: rows for `instances`,
+    columns (one per output) for `inputs`."""
+    body: dict[str, Any]
+    if form == "inputs":
+        body = {"outputs": {"label": [str(lab) for lab in labels], "probabilities": probabilities}}
+    else:
+        body = {"predictions": [{"label": str(lab), "probabilities": p}
+                                for lab, p in zip(labels, probabilities, strict=True)]}
+    return dumps({**body, "model_name": model, "model_version": version, "id": rid})
