@@ -1,12 +1,28 @@
-"""Bare ASGI handlers for serve_bench: parse the same JSON body fully, answer a constant. The
-fastest of them is the HTTP limit our server is measured against."""
+"""Bare handlers for serve_bench: each parses the request body fully with orjson and answers a
+constant (a GET answers the constant without a body to parse: the readiness probe). No routing,
+no validation, no model: the HTTP + JSON floor a server on this stack cannot go below.
 
-import json
+- `rsgi_app`: granian's native RSGI interface (`granian --interface rsgi _bare:rsgi_app`), the
+  fastest path granian has: THE LIMIT serve_bench measures everything against;
+- `orjson_app`: the same as a raw ASGI app (`granian --interface asgi _bare:orjson_app`, or
+  `uvicorn _bare:orjson_app`), the interface `shipyard serve` uses.
+"""
 
 import orjson
 
 ANSWER = b'{"model_name":"bare","outputs":[]}'
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]
+RSGI_HEADERS = [("content-type", "application/json")]
+
+
+async def rsgi_app(scope, proto):  # type: ignore[no-untyped-def]
+    if scope.proto != "http":
+        return
+    body = await proto()
+    if scope.method == "POST":
+        doc = orjson.loads(body)
+        assert doc["inputs"]
+    proto.response_bytes(200, RSGI_HEADERS, ANSWER)
 
 
 async def _read(receive):  # type: ignore[no-untyped-def]
@@ -18,49 +34,16 @@ async def _read(receive):  # type: ignore[no-untyped-def]
             return b"".join(chunks)
 
 
-def _make(loads):  # type: ignore[no-untyped-def]
-    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                while (await receive())["type"] != "lifespan.shutdown":
-                    await send({"type": "lifespan.startup.complete"})
-                await send({"type": "lifespan.shutdown.complete"})
-            return
-        doc = loads(await _read(receive))
+async def orjson_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    if scope["type"] != "http":
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+        return
+    body = await _read(receive)
+    if scope["method"] == "POST":
+        doc = orjson.loads(body)
         assert doc["inputs"]
-        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-        await send({"type": "http.response.body", "body": ANSWER})
-    return app
-
-
-json_app = _make(json.loads)
-orjson_app = _make(orjson.loads)
-
-
-def _simdjson_loads(body):  # type: ignore[no-untyped-def]
-    # parse fully (simdjson validates the whole document) and take the tensor as a buffer, as the
-    # server's codec does: the fastest honest parse of this body
-    import numpy as np
-    import simdjson
-
-    doc = simdjson.Parser().parse(body)
-    data = np.frombuffer(doc["inputs"][0]["data"].as_buffer(of_type="d"))
-    return {"inputs": [data.size]}
-
-
-simdjson_app = _make(_simdjson_loads)
-
-
-def starlette_app():  # type: ignore[no-untyped-def]
-    """What most teams start from: Starlette with the standard json module (a factory, so the
-    bench can run without starlette installed)."""
-    from starlette.applications import Starlette
-    from starlette.responses import Response
-    from starlette.routing import Route
-
-    async def infer(request):  # type: ignore[no-untyped-def]
-        doc = json.loads(await request.body())
-        assert doc["inputs"]
-        return Response(ANSWER, media_type="application/json")
-
-    return Starlette(routes=[Route("/{path:path}", infer, methods=["POST", "GET"])])
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": ANSWER})

@@ -1,234 +1,353 @@
-"""Our server against bare HTTP handlers on the same stack, with wrk on loopback.
+"""`shipyard serve` against the bare HTTP limit and MLServer, measured the way users run servers.
 
-    python benchmarks/serve_bench.py [--seconds 10] [--concurrency 1,16,64]
+    python benchmarks/serve_bench.py [--seconds 10] [--concurrency 1,16,64] [--pin]
+                                     [--no-mlserver] [--uvicorn] [--json]
 
-One worker, ONNX Runtime at 1 thread, the canonical MNIST model (trained for 1 epoch on the
-bundled sample here: the speed does not depend on the weights), single-instance requests (one
-784-float instance, about 7 KB of JSON). Measured in one run: (a) bare handlers that parse the
-body fully and answer a constant (uvicorn + Starlette + std json, uvicorn + orjson, granian +
-orjson, granian + simdjson); (b) our V2 JSON route with the defaults a user gets; (c) our V2
-binary route; (d) our v1 route; (e) our V2 JSON route with batching off (--max-batch-size 1),
-which is why batching is on by default; (f) two workers; (g) our V2 JSON route with monitoring off
-(--no-log --no-metrics), for the cost of monitoring; and the in-process ONNX Runtime
-throughput at batch 1 and 64 (the compute limit). Prints req/s, p50, p99, errors, the ratios
-(b)/(a), (c)/(a) against the fastest bare handler at the highest concurrency, (b)/(e), (f)/(b),
-and each server process's RSS. Needs `wrk` (Debian package).
+Load: wrk with one thread (`-t1`) on the same machine, over loopback, POSTing the same single
+instance (784 floats, the ~7 KB V2 JSON body; the binary and v1 rows carry the same numbers in
+their own form), `--seconds` per cell after a `--warmup` of the same load. Unpinned by default:
+server and wrk share the cores as the OS schedules them, as on a user's machine; `--pin` puts the
+server on CPU 0 and wrk on CPU 1 (steadier numbers on a 2-core machine; the 2-worker server is
+never pinned). The header says which. One server worker unless the row says otherwise; ONNX
+Runtime at 1 thread; the canonical MNIST MLP (trained 1 epoch on the bundled sample: the speed
+does not depend on the weights), optimized with `--variants fp32` and registered; the bundle has
+its reference profile (`reference.npz`), so drift evaluation is really on in (b).
+
+Rows (servers, in the order of round 1):
+  (a) bare granian RSGI + orjson: parses the body fully, answers a constant. THE LIMIT: the goals
+      are ratios to it;
+  bare granian ASGI + orjson: the same on the ASGI interface `shipyard serve` uses (the cost of
+      ASGI over RSGI);
+  bare uvicorn + orjson: only with `--uvicorn` (the slower Starlette and simdjson handlers of
+      earlier versions are dropped, to keep the run short);
+  MLServer 1.7 serving the same model.onnx through benchmarks/_mlserver_onnx.py (a minimal
+      ONNX Runtime runtime, inline in `predict` as MLServer's own runtimes do), no adaptive
+      batching, `parallel_workers: 0` (inference in the one server process: its fastest
+      single-process set-up) and `debug: false` (no access log); installed on first use into
+      its own virtual environment, benchmarks/.mlserver-venv, never into the package's.
+      `--no-mlserver` skips it;
+  (b) `shipyard serve digits` with the defaults a user gets, V2 JSON: batching on, metrics,
+      prediction log and the drift evaluator on;
+  (c) the same server, V2 binary tensor extension;
+  (d) the same server, v1 `:predict`;
+  (e) V2 JSON with batching off (`--max-batch-size 1`);
+  (f) V2 JSON with `--workers 2`, at the highest concurrency only;
+  (g) V2 JSON with monitoring off (`--no-log --no-metrics`), at the highest concurrency only:
+      the cost of monitoring.
+
+Every cell runs twice: round 1 starts each server in the order above, measures its cells and
+stops it; round 2 does the same in reverse server order. The table shows both runs side by side
+(`round 1 / round 2`) for req/s, p50, p99 and errors. Then, against (a) in the same run (ratios
+of the two runs' means, with the worse of the per-round ratios beside them), the issue's goals
+with PASS/FAIL: at the highest concurrency (b) req/s ≥ 0.5× (a) and (b) p99 ≤ 2× (a); at the
+lowest, (b) p50 ≤ 1.3× (a) and (b) req/s > MLServer's; (f) ≥ 1.3× (b) at the highest; (c) and
+(d) req/s ≥ 0.9× (b) at every concurrency. Also: the in-process ONNX Runtime throughput at batch
+1 and 64 (the compute limit), each server's ready time and RSS, batching on/off, monitoring
+on/off. `--json` writes all results as one JSON object to stdout (the tables go to stderr).
+
+Needs `wrk` (Debian package). A full default run is about 10 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TextIO
 
-import httpx
-import numpy as np
+from _setup import (
+    BIN,
+    HERE,
+    SHIPYARD,
+    Bodies,
+    bench_env,
+    canonical_bundle,
+    extract_onnx,
+    family,
+    free_port,
+    pinned,
+    rss_mb,
+    stop,
+    wait_ready,
+    wrk,
+)
 
-HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited early ({proc.returncode})")
-        try:
-            if url.endswith("/ready"):
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return time.monotonic() - t0
-            else:  # a bare handler answers anything once it listens
-                httpx.get(url, timeout=1)
-                return time.monotonic() - t0
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"{url} not ready in {timeout} s")
+MLSERVER_VENV = HERE / ".mlserver-venv"
+MLSERVER_SPEC = "mlserver==1.7.*"
+LIMIT = "(a) bare granian RSGI+orjson"
+B, C, D, E, F, G = ("(b) V2 JSON", "(c) V2 binary", "(d) v1", "(e) V2 JSON, batching off",
+                    "(f) V2 JSON, 2 workers", "(g) V2 JSON, monitoring off")
+MLSERVER = "MLServer 1.7 (ONNX)"
 
 
-def pinned(cpu: int, cmd: list[str]) -> list[str]:
-    """Pin a process to one CPU: the load generator on one core, the one-worker server on the
-    other, so neither steals the other's core (unpinned, the same server varies 8,500–12,500
-    req/s run to run on this 2-core machine; pinned it holds within a few percent)."""
-    if PIN and shutil.which("taskset"):
-        return ["taskset", "-c", str(cpu), *cmd]
-    return cmd
+@dataclass
+class Server:
+    label: str
+    kind: str  # granian | uvicorn | shipyard | mlserver
+    cmd: list[str]
+    routes: list[tuple[str, str, bytes, dict[str, str]]]  # row, path, body, headers
+    concs: list[int]
+    pin: bool = True  # whether --pin applies (the 2-worker server gets both cores)
+    starts: list[dict[str, Any]] = field(default_factory=list)  # per round: ready_s, rss_mb
 
 
-PIN = (os.cpu_count() or 1) >= 2
+def ensure_mlserver() -> Path:
+    """benchmarks/.mlserver-venv/bin/mlserver, creating the venv on first use."""
+    exe = MLSERVER_VENV / "bin" / "mlserver"
+    if exe.exists():
+        return exe
+    print(f"creating {MLSERVER_VENV} with {MLSERVER_SPEC} and onnxruntime (once)…", file=sys.stderr)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(MLSERVER_VENV)], check=True)
+    res = subprocess.run([str(MLSERVER_VENV / "bin" / "pip"), "install", "-q", MLSERVER_SPEC, "onnxruntime",
+                          "numpy"], capture_output=True, text=True)
+    if res.returncode != 0:
+        shutil.rmtree(MLSERVER_VENV, ignore_errors=True)
+        raise SystemExit(f"installing MLServer failed (or run with --no-mlserver):\n{res.stderr[-3000:]}")
+    return exe
 
 
-def wrk(url: str, body: bytes, headers: dict[str, str], conns: int, seconds: int, tmp: Path) -> dict[str, float]:
-    (tmp / "body.bin").write_bytes(body)
-    hdrs = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
-    (tmp / "post.lua").write_text(
-        'wrk.method = "POST"\n'
-        f'local f = io.open("{tmp / "body.bin"}", "rb"); wrk.body = f:read("*a"); f:close()\n{hdrs}'
-        "done = function(summary, latency, requests)\n"
-        '  io.write(string.format("JSON %d %d %d %d %d %d\\n", summary.requests, summary.duration,\n'
-        "    latency:percentile(50), latency:percentile(99), summary.errors.status,\n"
-        "    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))\n"
-        "end\n")
-    subprocess.run(pinned(1, ["wrk", "-t1", f"-c{conns}", "-d2s", "-s", str(tmp / "post.lua"), url]),
-                   capture_output=True)
-    out = subprocess.run(pinned(1, ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "-s", str(tmp / "post.lua"), url]),
-                         capture_output=True, text=True).stdout
-    m = re.search(r"JSON (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)", out)
-    assert m, out
-    reqs, dur_us, p50, p99, status_err, sock_err = map(int, m.groups())
-    return {"rps": reqs / (dur_us / 1e6), "p50_ms": p50 / 1000, "p99_ms": p99 / 1000,
-            "errors": status_err + sock_err}
+def mlserver_version() -> str:
+    res = subprocess.run([str(MLSERVER_VENV / "bin" / "python"), "-c", "import mlserver; print(mlserver.__version__)"],
+                         capture_output=True, text=True)
+    return res.stdout.strip() or "?"
+
+
+def mlserver_repo(tmp: Path, onnx: Path, port: int) -> Path:
+    """A fresh MLServer model repository for one start: settings.json (ports, no access log,
+    inference inline) and the model's model-settings.json (no adaptive batching)."""
+    repo = tmp / f"mlserver-{port}"
+    repo.mkdir()
+    (repo / "settings.json").write_text(json.dumps({
+        "debug": False, "parallel_workers": 0, "host": "127.0.0.1", "http_port": port,
+        "grpc_port": free_port(), "metrics_port": free_port()}))
+    (repo / "model-settings.json").write_text(json.dumps({
+        "name": "digits", "implementation": "_mlserver_onnx.OnnxRuntime", "max_batch_size": 0,
+        "max_batch_time": 0, "parameters": {"uri": str(onnx)}}))
+    return repo
+
+
+def start(server: Server, tmp: Path, env: dict[str, str], onnx: Path | None, pin: bool,
+          ) -> tuple[subprocess.Popen[bytes], int, float, Any]:
+    port = free_port()
+    if server.kind == "granian" or server.kind == "uvicorn":
+        cmd = [*server.cmd, "--host", "127.0.0.1", "--port", str(port)]
+        ready_url = f"http://127.0.0.1:{port}/"
+    elif server.kind == "mlserver":
+        assert onnx is not None
+        cmd = [*server.cmd, str(mlserver_repo(tmp, onnx, port))]
+        ready_url = f"http://127.0.0.1:{port}/v2/models/digits/ready"
+    else:
+        cmd = [*server.cmd, "--port", str(port)]
+        ready_url = f"http://127.0.0.1:{port}/v2/health/ready"
+    log = (tmp / f"{server.label.replace(' ', '_').replace('/', '_')}.log").open("a")
+    proc = subprocess.Popen(pinned(0 if pin and server.pin else None, cmd), env=env, cwd=HERE,
+                            stdout=log, stderr=log)
+    try:
+        ready = wait_ready(ready_url, proc)
+    except BaseException:
+        stop(proc)
+        log.close()
+        raise SystemExit(f"{server.label} did not get ready; its log: {log.name}") from None
+    return proc, port, ready, log
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--seconds", type=int, default=10, help="measured seconds per cell and run")
+    ap.add_argument("--warmup", type=int, default=2, help="seconds of the same load before each cell (0: none)")
+    ap.add_argument("--concurrency", default="1,16,64", help="wrk connections, comma-separated")
+    ap.add_argument("--pin", action="store_true", help="server on CPU 0, wrk on CPU 1 (default: unpinned)")
+    ap.add_argument("--no-mlserver", dest="mlserver", action="store_false", help="skip the MLServer row")
+    ap.add_argument("--uvicorn", action="store_true", help="add the bare uvicorn+orjson row")
+    ap.add_argument("--json", action="store_true", help="all results as one JSON object on stdout; tables on stderr")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk")
-    conc = [int(c) for c in args.concurrency.split(",")]
+    if args.pin and (os.cpu_count() or 1) < 2:
+        raise SystemExit("--pin needs 2 CPUs")
+    conc = sorted({int(c) for c in args.concurrency.split(",")})
+    top, low = max(conc), min(conc)
+    wrk_cpu = 1 if args.pin else None
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    env = {**os.environ, "SHIPYARD_HOME": str(tmp / "home"), "PYTHONPATH": str(HERE)}
-    shipyard = [str(BIN / "shipyard")]
-    run = json.loads(subprocess.run([*shipyard, "train", "--epochs", "1", "-q", "--json"], env=env,
-                                    capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-    subprocess.run([*shipyard, "optimize", run["run_id"], "--variants", "fp32", "--bench-seconds", "0.1",
-                    "-o", str(tmp / "m.tar.gz")], env=env, capture_output=True, check=True)
-    subprocess.run([*shipyard, "models", "register", str(tmp / "m.tar.gz"), "--name", "digits", "--alias",
-                    "production"], env=env, capture_output=True, check=True)
+    env = bench_env(tmp)
+    bodies = Bodies()
+    mlserver_exe = ensure_mlserver() if args.mlserver else None
+    print("training, optimizing and registering the canonical model…", file=sys.stderr)
+    bundle = canonical_bundle(tmp, env)
+    onnx = extract_onnx(bundle, tmp / "model.onnx") if args.mlserver else None
 
-    x = np.random.default_rng(0).random((1, 784), dtype=np.float32)
-    json_body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784],
-                                        "data": [round(float(v), 6) for v in x.ravel()]}]}).encode()
-    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784],
-                                     "parameters": {"binary_data_size": x.nbytes}}]}).encode()
-    v1_body = json.dumps({"instances": [[round(float(v), 6) for v in x.ravel()]]}).encode()
-    ctype = {"Content-Type": "application/json"}
-    uv = [str(BIN / "uvicorn"), "--log-level", "warning", "--no-access-log"]
-    gr = [str(BIN / "granian"), "--interface", "asgi", "--log-level", "warning", "--no-ws"]
-    v2_json = ("(b) V2 JSON", "/v2/models/digits/infer", json_body, ctype)
+    js, binary = bodies.json_headers, bodies.binary_headers
+    v2 = "/v2/models/digits/infer"
+    gr = [str(BIN / "granian"), "--log-level", "warning", "--no-ws"]
     servers = [
-        ("bare uvicorn+starlette+json", [*uv, "--factory", "_bare:starlette_app"], [("(a)", "/", json_body, ctype)]),
-        ("bare uvicorn+orjson", [*uv, "_bare:orjson_app"], [("(a)", "/", json_body, ctype)]),
-        ("bare granian+orjson", [*gr, "_bare:orjson_app"], [("(a)", "/", json_body, ctype)]),
-        ("bare granian+simdjson", [*gr, "_bare:simdjson_app"], [("(a)", "/", json_body, ctype)]),
-        ("shipyard", [*shipyard, "serve", "digits"], [
-            v2_json,
-            ("(c) V2 binary", "/v2/models/digits/infer", header + x.tobytes(),
-             {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}),
-            ("(d) v1", "/v1/models/digits:predict", v1_body, ctype)]),
-        ("shipyard unbatched", [*shipyard, "serve", "digits", "--max-batch-size", "1"],
-         [("(e) V2 JSON, batching off", *v2_json[1:])]),
-        ("shipyard unmonitored", [*shipyard, "serve", "digits", "--no-log", "--no-metrics"],
-         [("(g) V2 JSON, monitoring off", *v2_json[1:])]),
-        ("shipyard 2 workers", [*shipyard, "serve", "digits", "--workers", "2"],
-         [("(f) V2 JSON, 2 workers", *v2_json[1:])]),
+        Server(LIMIT, "granian", [*gr, "--interface", "rsgi", "_bare:rsgi_app"],
+               [(LIMIT, "/", bodies.v2_json, js)], conc),
+        Server("bare granian ASGI+orjson", "granian", [*gr, "--interface", "asgi", "_bare:orjson_app"],
+               [("bare granian ASGI+orjson", "/", bodies.v2_json, js)], conc),
     ]
-    rows = []
-    rss: dict[str, float] = {}
-    top = max(conc)
-    for label, cmd, routes in servers:
-        port = free_port()
-        flag = ["--port", str(port)] if "granian" not in cmd[0] else ["--port", str(port), "--host", "127.0.0.1"]
-        # one worker on CPU 0; two workers get both cores (shared with wrk: a functional figure)
-        full = [*cmd, *flag] if "--workers" in cmd else pinned(0, [*cmd, *flag])
-        log = (tmp / f"{label.replace(' ', '_')}.log").open("w")
-        proc = subprocess.Popen(full, env=env, cwd=HERE, stdout=log, stderr=log)
-        try:
-            ready = wait_ready(f"http://127.0.0.1:{port}/v2/health/ready" if label.startswith("shipyard")
-                               else f"http://127.0.0.1:{port}/", proc)
-            for name, path, body, headers in routes:
-                for c in (conc if label not in ("shipyard 2 workers", "shipyard unmonitored") else [top]):
-                    r = wrk(f"http://127.0.0.1:{port}{path}", body, headers, c, args.seconds, tmp)
-                    rows.append((f"{name} {label}" if name == "(a)" else name, c, r))
-                    print(f"  {rows[-1][0]:<28} c={c:<3} {r['rps']:>9,.0f} req/s  p99 {r['p99_ms']:.2f} ms",
-                          file=sys.stderr)
-            if label.startswith("shipyard"):
-                family = _family(proc.pid)
-                rss[label] = max(_rss_mb(p) for p in family)
-                each = ", ".join(f"{_rss_mb(p):.0f}" for p in family)
-                print(f"  {label} ready in {ready:.2f} s after start; RSS after the load, MB: {each} "
-                      "(supervisor with the drift evaluator, then granian and its workers)", file=sys.stderr)
-                if label == "shipyard":
-                    rss["ready_s"] = ready
-        finally:
-            proc.send_signal(signal.SIGINT)  # SIGTERM would make shipyard wait out its drain grace
+    if args.uvicorn:
+        servers.append(Server("bare uvicorn+orjson", "uvicorn",
+                              [str(BIN / "uvicorn"), "--log-level", "warning", "--no-access-log", "_bare:orjson_app"],
+                              [("bare uvicorn+orjson", "/", bodies.v2_json, js)], conc))
+    if mlserver_exe:
+        servers.append(Server(MLSERVER, "mlserver", [str(mlserver_exe), "start"],
+                              [(MLSERVER, v2, bodies.v2_json, js)], conc))
+    serve = [SHIPYARD, "serve", "digits"]
+    servers += [
+        Server("shipyard", "shipyard", serve, [(B, v2, bodies.v2_json, js), (C, v2, bodies.v2_binary, binary),
+                                                (D, "/v1/models/digits:predict", bodies.v1, js)], conc),
+        Server("shipyard unbatched", "shipyard", [*serve, "--max-batch-size", "1"],
+               [(E, v2, bodies.v2_json, js)], conc),
+        Server("shipyard unmonitored", "shipyard", [*serve, "--no-log", "--no-metrics"],
+               [(G, v2, bodies.v2_json, js)], [top]),
+        Server("shipyard 2 workers", "shipyard", [*serve, "--workers", "2"], [(F, v2, bodies.v2_json, js)], [top],
+               pin=False),
+    ]
+
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for rnd, order in ((1, servers), (2, servers[::-1])):
+        for server in order:
+            proc, port, ready, log = start(server, tmp, env, onnx, args.pin)
             try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-    compute = in_process(tmp, env, args.seconds)
+                for row, path, body, headers in server.routes:
+                    for c in server.concs:
+                        r = wrk(f"http://127.0.0.1:{port}{path}", body, headers, c, args.seconds, tmp,
+                                warmup=args.warmup, cpu=wrk_cpu)
+                        results.setdefault((row, c), []).append(r)
+                        print(f"  round {rnd}  {row:<30} c={c:<3} {r['rps']:>9,.0f} req/s  p50 {r['p50_ms']:.2f} ms"
+                              f"  p99 {r['p99_ms']:.2f} ms  errors {r['errors']}", file=sys.stderr)
+                server.starts.append({"round": rnd, "ready_s": ready,
+                                      "rss_mb": [round(rss_mb(p), 1) for p in family(proc.pid)]})
+            finally:
+                stop(proc)
+                log.close()
+    compute = in_process(env, args.seconds, 0 if args.pin else None)
     shutil.rmtree(tmp, ignore_errors=True)
-    pin = "server pinned to CPU 0, wrk to CPU 1" if PIN and shutil.which("taskset") else "unpinned"
-    print(f"\nserve_bench: one worker, ORT 1 thread, single 784-float instance, {args.seconds} s per cell, {pin}\n")
-    print(f"{'route':<30}{'conc':>5}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
-    for name, c, r in rows:
-        print(f"{name:<30}{c:>5}{r['rps']:>11,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}")
+
+    out: TextIO = sys.stderr if args.json else sys.stdout
+    rows = [(row, c) for s in servers for row, *_ in s.routes for c in s.concs]
+    pin = ("pinned: server on CPU 0, wrk on CPU 1 (the 2-worker server unpinned)" if args.pin
+           else "unpinned (server and wrk share the CPUs as the OS schedules them)")
+    header = (f"serve_bench: wrk -t1 on the same machine ({os.cpu_count()} CPUs), one worker unless stated, "
+              f"ORT 1 thread, single 784-float instance, {args.seconds} s per cell after {args.warmup} s warm-up, "
+              "each cell run twice "
+              f"(round 1 in server order, round 2 reversed: values are 'round 1 / round 2'); {pin}")
+    print(f"\n{header}\n", file=out)
+    if mlserver_exe:
+        print(f"MLServer {mlserver_version()} from {MLSERVER_VENV.relative_to(HERE.parent)}: custom ONNX Runtime "
+              "runtime (_mlserver_onnx.py), no batching, parallel_workers 0, debug off\n", file=out)
+    print(f"{'row':<31}{'conc':>5}{'req/s':>20}{'p50 ms':>15}{'p99 ms':>15}{'errors':>10}", file=out)
+    for row, c in rows:
+        r1, r2 = (results[(row, c)] + results[(row, c)])[:2]
+        print(f"{row:<31}{c:>5}{_pair(r1['rps'], r2['rps'], '{:,.0f}'):>20}"
+              f"{_pair(r1['p50_ms'], r2['p50_ms'], '{:.2f}'):>15}{_pair(r1['p99_ms'], r2['p99_ms'], '{:.2f}'):>15}"
+              f"{_pair(r1['errors'], r2['errors'], '{:.0f}'):>10}", file=out)
     for batch, (ips, us) in compute.items():
-        print(f"{'in-process ORT, batch ' + str(batch):<30}{'':>5}{ips:>11,.0f}  instances/s, {us:.1f} µs per call")
+        print(f"{'in-process ORT, batch ' + str(batch):<36}{ips:>20,.0f} instances/s, {us:.1f} µs per call "
+              "(the compute limit)", file=out)
 
-    def at(tag: str) -> dict[str, float]:
-        return next(r for n, c, r in rows if n == tag and c == top)
+    goals = evaluate_goals(results, top, low, bool(mlserver_exe))
+    print(f"\ngoals against {LIMIT} in this run (ratio of the two runs' means; worse per-round ratio in brackets):",
+          file=out)
+    for g in goals:
+        print(f"  {g['verdict']:<5} {g['goal']}: {g['text']}", file=out)
 
-    bare_name, _, bare = max(((n, c, r) for n, c, r in rows if n.startswith("(a)") and c == top),
-                             key=lambda t: t[2]["rps"])
-    print(f"\nfastest bare handler at c={top}: {bare_name.removeprefix('(a) ')} ({bare['rps']:,.0f} req/s, "
-          f"p99 {bare['p99_ms']:.2f} ms)")
-    for tag in ("(b) V2 JSON", "(c) V2 binary"):
-        r = at(tag)
-        print(f"{tag} / fastest bare: req/s {r['rps'] / bare['rps']:.2f}× (goal ≥ 0.6), "
-              f"p99 {r['p99_ms'] / max(bare['p99_ms'], 1e-9):.2f}× (goal ≤ 2)")
-    print(f"(b) batching on / (e) off: {at('(b) V2 JSON')['rps'] / at('(e) V2 JSON, batching off')['rps']:.2f}× req/s")
-    on, off = at("(b) V2 JSON"), at("(g) V2 JSON, monitoring off")
-    print(f"(b) monitoring on (defaults: metrics, prediction log, drift evaluator) / (g) off: "
-          f"{on['rps'] / off['rps']:.2f}× req/s, p99 {on['p99_ms']:.2f} vs {off['p99_ms']:.2f} ms")
-    print(f"monitoring cost: {(1 - on['rps'] / off['rps']) * 100:.1f}% of req/s at c={top} (goal ≤ 10%)")
-    print(f"(f) 2 workers / (b) 1 worker: {at('(f) V2 JSON, 2 workers')['rps'] / at('(b) V2 JSON')['rps']:.2f}× "
-          "(2 cores shared with wrk: a functional figure)")
-    print(f"ready {rss.get('ready_s', 0):.2f} s after start (goal ≤ 1); largest server process RSS: "
-          + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items() if k != "ready_s") + " (goal < 150 each)")
-    errors = sum(r["errors"] for n, c, r in rows if not n.startswith("(a)"))
-    print(f"errors in our rows: {errors} (goal 0)")
+    def mean(row: str, c: int, key: str) -> float:
+        runs = results[(row, c)]
+        return sum(r[key] for r in runs) / len(runs)
+
+    info = []
+    for c in conc:
+        info.append(f"(b) batching on / (e) off at c={c}: {mean(B, c, 'rps') / mean(E, c, 'rps'):.2f}× req/s")
+    on, off = mean(B, top, "rps"), mean(G, top, "rps")
+    info.append(f"monitoring cost at c={top}: (b) {on:,.0f} vs (g) {off:,.0f} req/s = {(1 - on / off) * 100:.1f}% "
+                f"of req/s, p99 {mean(B, top, 'p99_ms'):.2f} vs {mean(G, top, 'p99_ms'):.2f} ms (goal ≤ 10%)")
+    for s in servers:
+        each = "; ".join(f"round {st['round']}: ready {st['ready_s']:.2f} s, RSS "
+                         + ", ".join(f"{m:.0f}" for m in st["rss_mb"]) + " MB" for st in s.starts)
+        info.append(f"{s.label}: {each}")
+    info.append("(shipyard's RSS: supervisor with the drift evaluator, then granian and its workers; ready goal ≤ 1 s, "
+                "RSS goal < 150 MB per process)")
+    errors = sum(r["errors"] for (row, _), runs in results.items() for r in runs if row in (B, C, D, E, F, G))
+    info.append(f"errors in shipyard's rows: {errors:.0f} (goal 0)")
+    print("", file=out)
+    for line in info:
+        print(line, file=out)
+
+    if args.json:
+        json.dump({
+            "config": {"seconds": args.seconds, "warmup": args.warmup, "concurrency": conc, "pinned": args.pin,
+                       "cpus": os.cpu_count(), "wrk_threads": 1, "limit": LIMIT,
+                       "mlserver": mlserver_version() if mlserver_exe else None},
+            "cells": [{"row": row, "concurrency": c, "runs": results[(row, c)],
+                       "mean": {k: mean(row, c, k) for k in ("rps", "p50_ms", "p99_ms", "errors")}}
+                      for row, c in rows],
+            "servers": {s.label: s.starts for s in servers},
+            "compute": {str(b): {"instances_per_s": ips, "us_per_call": us} for b, (ips, us) in compute.items()},
+            "goals": goals,
+            "monitoring_cost": 1 - on / off,
+            "errors_shipyard": errors,
+        }, sys.stdout, indent=1)
+        print()
 
 
-def _family(pid: int) -> list[int]:
-    """The process and its descendants (granian runs its workers as child processes)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(OSError):
-            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-    return out
+def _pair(a: float, b: float, fmt: str) -> str:
+    return f"{fmt.format(a)} / {fmt.format(b)}"
 
 
-def _rss_mb(pid: int) -> float:
-    try:
-        return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
-    except (OSError, IndexError):
-        return 0.0
+def evaluate_goals(results: dict[tuple[str, int], list[dict[str, float]]], top: int, low: int,
+                   with_mlserver: bool) -> list[dict[str, Any]]:
+    """The issue's goals: each a ratio of the two runs' means against its limit, with the worse of
+    the per-round ratios (round 1 to round 1, round 2 to round 2) beside it."""
+
+    def ratio(num: tuple[str, int], den: tuple[str, int], key: str) -> tuple[float, list[float]]:
+        a, b = results[num], results[den]
+        mean = (sum(r[key] for r in a) / len(a)) / max(sum(r[key] for r in b) / len(b), 1e-9)
+        return mean, [x[key] / max(y[key], 1e-9) for x, y in zip(a, b, strict=False)]
+
+    goals = []
+
+    def goal(name: str, num: tuple[str, int], den: tuple[str, int], key: str, op: str, limit: float) -> None:
+        mean, per_round = ratio(num, den, key)
+        ok = {"≥": mean >= limit, "≤": mean <= limit, ">": mean > limit}[op]
+        worse = min(per_round) if op in ("≥", ">") else max(per_round)
+        worse_ok = {"≥": worse >= limit, "≤": worse <= limit, ">": worse > limit}[op]
+        goals.append({"goal": name, "ratio": mean, "per_round": per_round, "worse": worse, "op": op, "limit": limit,
+                      "pass": ok, "verdict": "PASS" if ok else "FAIL",
+                      "text": f"{mean:.2f}× [{worse:.2f}×] (goal {op} {limit:g})"
+                              + ("" if ok == worse_ok else f"; the worse run {'passes' if worse_ok else 'fails'}")})
+
+    goal(f"c={top} (b) req/s / (a) req/s", (B, top), (LIMIT, top), "rps", "≥", 0.5)
+    goal(f"c={top} (b) p99 / (a) p99", (B, top), (LIMIT, top), "p99_ms", "≤", 2)
+    goal(f"c={low} (b) p50 / (a) p50", (B, low), (LIMIT, low), "p50_ms", "≤", 1.3)
+    if with_mlserver:
+        goal(f"c={low} (b) req/s / MLServer req/s", (B, low), (MLSERVER, low), "rps", ">", 1)
+    else:
+        goals.append({"goal": f"c={low} (b) req/s / MLServer req/s", "pass": None, "verdict": "SKIP",
+                      "text": "--no-mlserver"})
+    goal(f"c={top} (f) 2 workers req/s / (b) req/s", (F, top), (B, top), "rps", "≥", 1.3)
+    concs = sorted(c for row, c in results if row == B)
+    for tag, label in ((C, "(c) binary"), (D, "(d) v1")):
+        per_c = {c: ratio((tag, c), (B, c), "rps") for c in concs}
+        ok = all(m >= 0.9 for m, _ in per_c.values())
+        worse = min(min(pr) for _, pr in per_c.values())
+        goals.append({"goal": f"{label} req/s / (b) req/s at every concurrency",
+                      "ratio": {c: m for c, (m, _) in per_c.items()},
+                      "per_round": {c: pr for c, (_, pr) in per_c.items()}, "worse": worse, "op": "≥", "limit": 0.9,
+                      "pass": ok, "verdict": "PASS" if ok else "FAIL",
+                      "text": ", ".join(f"c={c} {m:.2f}×" for c, (m, _) in per_c.items())
+                              + f" [{worse:.2f}×] (goal ≥ 0.9)"})
+    return goals
 
 
-def in_process(tmp: Path, env: dict[str, str], seconds: int) -> dict[int, tuple[float, float]]:
+def in_process(env: dict[str, str], seconds: int, cpu: int | None) -> dict[int, tuple[float, float]]:
     """ONNX Runtime alone at batch 1 and 64 on the served bundle, 1 thread: the compute limit."""
     code = (
         "import json, sys, time, numpy as np\n"
@@ -245,8 +364,9 @@ def in_process(tmp: Path, env: dict[str, str], seconds: int) -> dict[int, tuple[
         "    dt = time.perf_counter() - t0\n"
         "    out[b] = (n * b / dt, dt / n * 1e6)\n"
         "print(json.dumps(out))\n")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return {int(k): tuple(v) for k, v in json.loads(res.stdout.splitlines()[-1]).items()}  # type: ignore[misc]
+    res = subprocess.run(pinned(cpu, [sys.executable, "-c", code]), env=env, capture_output=True, text=True,
+                         check=True)
+    return {int(k): tuple(v) for k, v in json.loads(res.stdout.splitlines()[-1]).items()}
 
 
 if __name__ == "__main__":

@@ -218,3 +218,23 @@ def test_the_batcher_applies_the_controllers_delay() -> None:
 def test_latency_target_is_validated_with_the_other_knobs(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         BatchConfig(**kwargs).checked()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_full_batch_runs_at_once_whatever_the_delay_on_either_event_loop(loop: str) -> None:
+    """The server runs on uvloop when installed (granian's and uvicorn's "auto"), whose timer
+    handles are not asyncio's: a full batch must still cancel the delay's timer and run."""
+    import uvloop
+
+    model = Model()
+    b = Batcher(model, BatchConfig(max_batch_size=4, max_delay_ms=60_000, max_queue=64))
+
+    async def full() -> tuple[list[Any], float]:
+        t0 = asyncio.get_running_loop().time()
+        out = await asyncio.wait_for(gather(b, [rows(i) for i in range(4)]), 30)  # 60 s if it waited the delay
+        return out, asyncio.get_running_loop().time() - t0
+
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        out, _ = runner.run(full())
+    assert model.sizes == [4] and [float(o[0, 0]) for o in out] == [0.0, 2.0, 4.0, 6.0]

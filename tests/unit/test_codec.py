@@ -120,3 +120,16 @@ def test_v1_answers_in_the_form_asked() -> None:
     cols = json.loads(encode_v1("inputs", labels, probs, model="m", version="3", rid="r"))
     assert cols["outputs"] == {"label": ["cat", "dog"], "probabilities": [[0.25, 0.75], [0.5, 0.5]]}
     assert (cols["model_name"], cols["model_version"], cols["id"]) == ("m", "3", "r") and "predictions" not in cols
+
+
+def test_the_reused_parser_survives_a_document_still_held() -> None:
+    """The codec reuses one simdjson parser per thread; a document still referenced (an error
+    being handled, a caller keeping it) must not break the next request or change its data."""
+    from shipyard.serve import codec
+
+    held = codec._parse_simd(b'{"inputs": [1, 2, 3]}')  # keeps the parser's last document alive
+    first = decode_v2(b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.5, 2.5]}]}')
+    assert first.inputs[0].array.tolist() == [1.5, 2.5]
+    assert list(held["inputs"]) == [1, 2, 3]  # the held document is intact
+    second = decode_v2(b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [7]}]}')
+    assert second.inputs[0].array.tolist() == [7.0] and first.inputs[0].array.tolist() == [1.5, 2.5]

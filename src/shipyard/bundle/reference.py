@@ -148,6 +148,9 @@ class Projection:
         both = self.both
         parts = [features] if isinstance(features, np.ndarray) else list(features)
         n = sum(len(f) for f in parts)
+        if len(parts) > 1 and n < 16 * len(parts):  # one-row parts (unbatched calls): a matmul per
+            # row costs ~4 µs per instance, one over them all 0.4 (the copy is cheaper than the calls)
+            parts = [np.concatenate([f.reshape(len(f), -1) for f in parts])]
         xb = np.empty((n, both.shape[1]), np.float32)
         sq = np.empty(n, np.float32)
         start = 0

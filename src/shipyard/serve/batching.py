@@ -228,6 +228,9 @@ class Batcher:
         self.queued = 0  # instances in `pending`
         self.busy = False  # a batch is running on the worker thread
         self.scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
+        # `scheduled` waits out the delay (call_at), not just the next loop step; a flag, since
+        # uvloop's timer handles are not asyncio.TimerHandle (a full batch then waited the delay)
+        self.timed = False
         self.per_instance_s = 0.0  # moving average, for Retry-After
         self.stats = {"requests": 0, "batches": 0, "instances": 0, "rejected": 0, "expired": 0}
         self._pool: ThreadPoolExecutor | None = None
@@ -255,10 +258,10 @@ class Batcher:
         self.stats["requests"] += 1
         if not self.busy:
             if self.queued >= self.config.max_batch_size or self.delay_s == 0:
-                if self.scheduled is None or isinstance(self.scheduled, asyncio.TimerHandle):
+                if self.scheduled is None or self.timed:
                     self._schedule_now(loop)
             elif self.scheduled is None:
-                self.scheduled = loop.call_at(loop.time() + self.delay_s, self._flush)
+                self.scheduled, self.timed = loop.call_at(loop.time() + self.delay_s, self._flush), True
         return await future
 
     def retry_after(self) -> int:
@@ -268,7 +271,7 @@ class Batcher:
     def _schedule_now(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.scheduled is not None:
             self.scheduled.cancel()
-        self.scheduled = loop.call_soon(self._flush)
+        self.scheduled, self.timed = loop.call_soon(self._flush), False
 
     # -- running -----------------------------------------------------------------------------
     def _take(self) -> list[_Item]:
@@ -296,7 +299,7 @@ class Batcher:
         return batch
 
     def _flush(self) -> None:
-        self.scheduled = None
+        self.scheduled, self.timed = None, False
         batch = self._take()
         if not batch:
             return
@@ -332,11 +335,12 @@ class Batcher:
         if self.pending and self.scheduled is None:
             loop = asyncio.get_running_loop()
             if self.queued >= self.config.max_batch_size or self.delay_s == 0:
-                self.scheduled = loop.call_soon(self._flush)
+                self.scheduled, self.timed = loop.call_soon(self._flush), False
             else:  # wait out the delay of the oldest waiting request, not a fresh one
                 oldest = self.pending[0].deadline - self.timeout_s
                 self.scheduled = loop.call_at(loop.time() + max(0.0, oldest + self.delay_s - self.clock()),
                                               self._flush)
+                self.timed = True
 
     def _deliver(self, batch: list[_Item], out: np.ndarray, elapsed: float, features: np.ndarray) -> None:
         n = len(out)

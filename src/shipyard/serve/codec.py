@@ -14,6 +14,7 @@ flags such as `binary_data_output` are JSON booleans. A request over the element
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -100,9 +101,21 @@ def parse_json(body: bytes, what: str = "request body") -> Any:
     return _strict(_parse_simd(body, what), 0)
 
 
+_parsers = threading.local()  # a parser's buffers are reused (a new one costs 7 of its 18 µs)
+
+
 def _parse_simd(body: bytes, what: str = "request body") -> Any:
+    parser = getattr(_parsers, "p", None)
     try:
-        return _simdjson.Parser().parse(body)
+        if parser is None:
+            parser = _parsers.p = _simdjson.Parser()
+        try:
+            return parser.parse(body)
+        except RuntimeError as e:  # the last document is still referenced (an error being handled)
+            if "re-use a parser" not in str(e):
+                raise
+            parser = _parsers.p = _simdjson.Parser()
+            return parser.parse(body)
     except (ValueError, UnicodeDecodeError, RuntimeError) as e:
         raise _json_error(e, what) from None
 
