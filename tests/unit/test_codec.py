@@ -133,3 +133,28 @@ def test_the_reused_parser_survives_a_document_still_held() -> None:
     assert list(held["inputs"]) == [1, 2, 3]  # the held document is intact
     second = decode_v2(b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [7]}]}')
     assert second.inputs[0].array.tolist() == [7.0] and first.inputs[0].array.tolist() == [1.5, 2.5]
+
+
+@pytest.mark.parametrize(("body", "shape"), [
+    (b'{"instances": [[1, 2], [3, 4]]}', [2, 2]),
+    (b'{"inputs": {"image": [[[1, 2], [3, 4]]]}}', [1, 2, 2]),
+    (b'{"instances": [[1, 2]], "signature_name": "[x"}', [1, 2]),  # a `[` in a string: the general path
+    (b'{"instances": [1, 2, 3]}', [3]),
+])
+def test_v1_regular_bodies_decode_the_same_by_either_path(body: bytes, shape: list[int]) -> None:
+    doc = json.loads(body)
+    raw = doc.get("instances", doc.get("inputs"))
+    expected = np.asarray(raw["image"] if isinstance(raw, dict) else raw, dtype=np.float64)
+    got = decode_v1(body).array
+    assert list(got.shape) == shape and got.dtype == np.float64 and np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"instances": [[1, [2]]]}',  # one value nested deeper: a flat buffer would hide it
+    b'{"instances": [[1, 2], [3]]}', b'{"instances": [[1, 2], [3, [4]]]}', b'{"instances": [[[], [1, 2]]]}',
+    b'{"instances": [[[1], [2, 3]]]}', b'{"instances": [[1, true]]}', b'{"instances": [[1, null]]}',
+    b'{"instances": [[1, "2"]]}', b'{"instances": []}',
+])
+def test_v1_irregular_bodies_are_refused_whatever_the_path(body: bytes) -> None:
+    with pytest.raises(BadRequest):
+        decode_v1(body)

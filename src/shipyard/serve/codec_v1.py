@@ -56,13 +56,17 @@ def decode_v1(body: bytes, *, max_elements: int = MAX_ELEMENTS) -> V1Request:
                              f"{len(raw)}: {sorted(raw)[:8]}")
         [(name, raw)] = raw.items()
         where = f"'inputs' {name!r}"
-    return V1Request(_numbers(where, raw, max_elements), form, name)
+    return V1Request(_numbers(where, raw, max_elements, body.count(b"[")), form, name)
 
 
-def _numbers(where: str, raw: Any, max_elements: int) -> np.ndarray:
+def _numbers(where: str, raw: Any, max_elements: int, brackets: int = -1) -> np.ndarray:
     """Equally shaped nested arrays of numbers → one float64 array (booleans, null and strings
-    refused, naming the first)."""
+    refused, naming the first). `brackets`: how many `[` the whole body holds (see `_regular`)."""
     as_buffer = getattr(raw, "as_buffer", None)  # an array `parse_keeping` left to simdjson
+    if as_buffer is not None and (arr := _regular(raw, brackets)) is not None:
+        if arr.size > max_elements:
+            raise PayloadTooLarge(f"request holds more than {max_elements:,} values")
+        return arr
     values = raw.as_list() if as_buffer is not None else raw
     if not isinstance(values, list) or not values:
         raise BadRequest(f"{where} must be a non-empty list of instances, got "
@@ -86,6 +90,47 @@ def _numbers(where: str, raw: Any, max_elements: int) -> np.ndarray:
     if arr.size > max_elements:
         raise PayloadTooLarge(f"request holds more than {max_elements:,} values")
     return arr
+
+
+def _regular(raw: Any, brackets: int) -> np.ndarray | None:
+    """The usual body (equally shaped arrays of numbers, nothing else) as float64 straight from
+    simdjson's buffer, without a Python float per value (66 → ~15 µs for one 784-value
+    instance); None for anything else, which the general path then takes or refuses.
+
+    The shape comes from the first element at each depth; every array above the innermost level
+    is checked to hold exactly that many arrays, and every innermost array that many values. An
+    array nested among the innermost values (`[[1, [2]]]`, which a flat buffer would hide) is
+    ruled out by counting: the body's `[` must be exactly the arrays that shape has (a `[` in a
+    string, or any other array, sends the body to the general path)."""
+    dims: list[int] = []
+    node = raw
+    while hasattr(node, "as_buffer"):
+        if not len(node) or len(dims) >= 8:
+            return None
+        dims.append(len(node))
+        node = node[0]
+    if len(dims) < 2:  # scalar instances: the general path
+        return None
+    arrays, level, width = 1, [raw], 1
+    for depth in range(len(dims) - 1):  # every array above the innermost level, level by level
+        width *= dims[depth]
+        arrays += width
+        below = []
+        for a in level:
+            if len(a) != dims[depth]:
+                return None
+            for child in a:
+                if not hasattr(child, "as_buffer") or len(child) != dims[depth + 1]:
+                    return None
+                below.append(child)
+        level = below
+    if arrays != brackets:
+        return None
+    try:
+        flat = np.frombuffer(raw.as_buffer(of_type="d"), dtype=np.float64)
+    except (TypeError, ValueError):  # not all numbers: the general path names the first
+        return None
+    return flat.reshape(dims) if flat.size == width * dims[-1] else None
 
 
 def encode_v1(form: Form, labels: np.ndarray, probabilities: np.ndarray, *, model: str, version: str | None,
