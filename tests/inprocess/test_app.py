@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,8 +39,10 @@ def run(registry: Registry, scenario: Scenario, **config: Any) -> None:
     asyncio.run(main())
 
 
-async def idle(app: HttpApp) -> None:
+async def idle(app: HttpApp, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
     while app.plane.busy:
+        assert time.monotonic() < deadline, "queued batches or shadow copies still running"
         await asyncio.sleep(0.01)
 
 

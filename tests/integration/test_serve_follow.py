@@ -76,12 +76,6 @@ class Load:
     def count(self, version: str | None = None) -> int:
         return sum(1 for r in self.records if r[3] == 200 and (version is None or r[4] == version))
 
-    def wait_for(self, predicate: Any, what: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.05)
-
     def failures(self) -> list[Any]:
         return [r for r in self.records if r[3] != 200]
 
@@ -90,9 +84,9 @@ def test_an_alias_move_under_load_switches_versions_without_a_failed_request(
         two_versions: tuple[Path, Registry]) -> None:
     home, reg = two_versions
     with serve(home, "digits", "--poll-s", "0.2") as srv, Load(srv.base) as load:
-        load.wait_for(lambda: load.count() >= 300, "traffic on version 1")
+        wait_for(lambda: load.count() >= 300, "traffic on version 1")
         reg.set_alias("digits", "production", 2, reason="test switch")
-        load.wait_for(lambda: load.count("2") >= 600, "traffic on version 2")
+        wait_for(lambda: load.count("2") >= 600, "traffic on version 2")
     assert load.failures() == []
     records = sorted(load.records, key=lambda r: r[1])
     assert {r[4] for r in records} == {"1", "2"}
@@ -150,7 +144,7 @@ def test_sigterm_drains_under_load_with_zero_failed_requests(two_versions: tuple
         watcher = threading.Thread(target=balancer, daemon=True)
         with Load(srv.base, gate=gate) as load:
             watcher.start()
-            load.wait_for(lambda: load.count() >= 200, "traffic")
+            wait_for(lambda: load.count() >= 200, "traffic")
             signalled = time.monotonic()
             srv.proc.send_signal(signal.SIGTERM)
             assert srv.proc.wait(timeout=60) == 0
@@ -276,7 +270,7 @@ def test_latency_target_mode_adapts_and_reports_its_decisions(two_versions: tupl
             meta.update(httpx.get(f"{srv.base}/v2/models/digits").json()["parameters"]["batching"])
             return sum(meta["decisions"][k] for k in ("raise", "cut", "hold")) >= 2
 
-        load.wait_for(decided, "two latency-target decisions")
+        wait_for(decided, "two latency-target decisions")
     assert meta["latency_target_ms"] == 40.0
     last = meta["decisions"]["last"][-1]
     assert last["action"] in ("raise", "cut", "hold") and last["samples"] >= 50 and last["p99_ms"] > 0
