@@ -14,6 +14,7 @@ import select
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from shipyard.errors import UsageError
 from shipyard.registry import Registry
 from shipyard.serve.config import ServeConfig
 from shipyard.serve.guard import Busy, Guard, RequestTimeout, TooManyRequests
+from shipyard.serve.wire import AsgiRequest, RsgiRequest
 from shipyard.settings import Settings
 
 from ..serving import Server, serve, server_env
@@ -205,8 +207,21 @@ def test_uvicorn_holds_the_same_line(tmp_path: Path) -> None:
 
 # -- the rules themselves, in process --------------------------------------------------------
 
-def _scope(peer: str, *xff: str) -> dict[str, Any]:
-    return {"client": (peer, 5000), "headers": [(b"x-forwarded-for", v.encode()) for v in xff]}
+async def _nothing() -> dict[str, Any]:
+    return {"body": b"", "more_body": False}
+
+
+def _scope(peer: str, *xff: str) -> AsgiRequest:
+    return AsgiRequest({"method": "POST", "path": "/", "client": (peer, 5000),
+                        "headers": [(b"x-forwarded-for", v.encode()) for v in xff]}, _nothing)
+
+
+def _rsgi(client: str, *xff: str) -> RsgiRequest:
+    """What granian's RSGI scope carries: the peer as one "address:port" string."""
+    headers = [("x-forwarded-for", v) for v in xff]
+    scope = SimpleNamespace(method="POST", path="/", query_string="", client=client,
+                            headers=SimpleNamespace(get=dict(headers).get, items=lambda: headers))
+    return RsgiRequest(scope, None)
 
 
 def test_the_client_is_the_peer_or_what_a_trusted_proxy_forwarded() -> None:
@@ -223,6 +238,11 @@ def test_the_client_is_the_peer_or_what_a_trusted_proxy_forwarded() -> None:
     assert guard.client(_scope("::ffff:192.0.2.7")) == "192.0.2.7"
     assert guard.client(_scope("::ffff:10.0.0.5", "1.2.3.4")) == "1.2.3.4"  # a proxy on a dual-stack socket
     assert guard.client(_scope("10.0.0.5", "unknown")) == "unknown"  # what the proxy wrote, as it wrote it
+    # the same through RSGI, whose scope writes the peer with its port (IPv6 in brackets)
+    assert guard.client(_rsgi("198.51.100.9:5000", "1.2.3.4")) == "198.51.100.9"
+    assert guard.client(_rsgi("10.0.0.5:5000", "6.6.6.6", "1.2.3.4:5678")) == "1.2.3.4"
+    assert guard.client(_rsgi("[2001:db8::1]:5000")) == "2001:db8::/64"
+    assert guard.client(_rsgi("[::ffff:10.0.0.5]:5000", "1.2.3.4")) == "1.2.3.4"
 
 
 def test_shares_are_counted_and_freed() -> None:
@@ -243,8 +263,6 @@ def test_shares_are_counted_and_freed() -> None:
 
 def test_a_body_that_does_not_come_is_a_408_and_the_handler_goes_on() -> None:
     guard = Guard(ServeConfig(body_timeout_s=0.2))
-    scope: dict[str, Any] = {"headers": []}
-
     async def never() -> dict[str, Any]:
         await asyncio.Event().wait()
         return {}
@@ -254,10 +272,10 @@ def test_a_body_that_does_not_come_is_a_408_and_the_handler_goes_on() -> None:
 
     async def handler() -> str:
         try:
-            await guard.body(scope, never)
+            await guard.body(AsgiRequest({"method": "POST", "path": "/", "headers": []}, never))
         except RequestTimeout as e:
             await asyncio.sleep(0)  # not left cancelled: the answer can still be sent
-            assert await guard.body(scope, chunk) == b"{}"
+            assert await guard.body(AsgiRequest({"method": "POST", "path": "/", "headers": []}, chunk)) == b"{}"
             return str(e)
         return "read"
 

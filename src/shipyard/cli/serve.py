@@ -160,7 +160,7 @@ def _command(config: ServeConfig) -> list[str]:
                                                             os.environ.get("PATH", "")]))
         if exe is None:
             raise UsageError("granian is not installed: pip install granian, or use --http uvicorn")
-        return [exe, "--interface", "asgi", "--factory", "--host", host, "--port", port, "--workers", workers,
+        return [exe, "--interface", "rsgi", "--factory", "--host", host, "--port", port, "--workers", workers,
                 "--log-level", "warning", "--no-ws",
                 # per connection, idle keep-alives included (measured on granian 2.8): the connection cap
                 "--backpressure", str(config.max_connections),

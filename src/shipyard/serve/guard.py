@@ -12,16 +12,12 @@ import ipaddress
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shipyard.errors import BadRequest, Overloaded, PayloadTooLarge, ShipyardError
 from shipyard.monitor import metrics
 from shipyard.serve.config import ServeConfig
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
+from shipyard.serve.wire import Request
 
 
 class Unauthorized(ShipyardError):
@@ -57,18 +53,19 @@ CLOSES = (RequestTimeout, TooManyRequests, Busy)
 
 
 # zlib's window bits: gzip's header and trailer (16 + 15); deflate as HTTP means it, zlib-wrapped (15)
-_ENCODINGS = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}
-_LOOPBACK_HOSTS = frozenset({b"localhost", b"[::1]", b"::1"})
-_LOOPBACK_V4 = re.compile(rb"127\.\d{1,3}\.\d{1,3}\.\d{1,3}")
-_JSON_TYPES = frozenset({b"application/json", b""})
+_ENCODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+_LOOPBACK_HOSTS = frozenset({"localhost", "[::1]", "::1"})
+_LOOPBACK_V4 = re.compile(r"127\.\d{1,3}\.\d{1,3}\.\d{1,3}")
+_JSON_TYPES = frozenset({"application/json", ""})
+_HOSTS_SEEN = 256  # Host values already found allowed (clients write it; the memo stays bounded)
 
 
-def _host_name(value: bytes) -> bytes:
+def _host_name(value: str) -> str:
     """The name in a Host header, without its port (IPv6 literals keep their brackets)."""
     value = value.strip().lower()
-    if value.startswith(b"["):
-        return value[:value.find(b"]") + 1]
-    return value.partition(b":")[0]
+    if value.startswith("["):
+        return value[:value.find("]") + 1]
+    return value.partition(":")[0]
 
 
 class Guard:
@@ -78,10 +75,11 @@ class Guard:
         self.max_body = config.max_body
         self.management = config.management
         self.auth_inference = config.auth_inference
-        self.allowed_origins = frozenset(o.encode() for o in config.allowed_origins)
+        self.allowed_origins = frozenset(config.allowed_origins)
         # bound to loopback, answer only loopback names and the configured ones (DNS rebinding)
-        self.hosts = (frozenset(h.lower().encode() for h in config.allowed_hosts) | _LOOPBACK_HOSTS
+        self.hosts = (frozenset(h.lower() for h in config.allowed_hosts) | _LOOPBACK_HOSTS
                       if config.loopback else None)
+        self._hosts_ok: set[str] = set()
         self._bearer = f"bearer {config.token}".encode() if config.token else None
         self.body_timeout = config.body_timeout_s
         self.concurrency = config.concurrency
@@ -96,7 +94,7 @@ class Guard:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- how much: the worker's and each client's share -------------------------------------
-    def admit(self, scope: Scope, inflight: int) -> str | None:
+    def admit(self, req: Request, inflight: int) -> str | None:
         """Let a request in, or refuse it at once, before its body is read (so a refused one
         holds nothing): 503 when the worker has `concurrency` requests in flight (`inflight`
         counts this one), 429 when its client already has `per_client_limit` of them. Returns
@@ -106,7 +104,7 @@ class Guard:
             raise Busy(f"this worker has {self.concurrency} requests in flight (--concurrency); retry later")
         if not self.per_client:
             return None
-        client = self.client(scope)
+        client = self.client(req)
         n = self._in_flight.get(client, 0)
         if n >= self.per_client:
             metrics.REFUSED.labels("client_limit").inc()
@@ -120,16 +118,14 @@ class Guard:
         if n:
             self._in_flight[client] = n
 
-    def client(self, scope: Scope) -> str:
+    def client(self, req: Request) -> str:
         """Who sent the request: the peer address, or, when the peer is a trusted proxy, the
         right-most address in X-Forwarded-For that is not a trusted proxy (each proxy appends
         the peer it saw, so what a client wrote itself stays on the left). Without the port a
         proxy may have written; an IPv6 client counts by its /64, which one host usually holds."""
-        peer = scope.get("client")
-        addr: str = peer[0] if peer else ""
+        addr = req.peer
         if self.proxies and self._trusted(addr):
-            hops = [h.strip() for k, v in scope["headers"] if k == b"x-forwarded-for"
-                    for h in v.decode("latin-1").split(",")]
+            hops = [h.strip() for k, v in req.headers.items() if k == "x-forwarded-for" for h in v.split(",")]
             for hop in reversed(hops):
                 if hop:
                     addr = hop
@@ -167,82 +163,82 @@ class Guard:
             self._trusted_cache[addr] = known
         return known
 
-    def authorize(self, scope: Scope, access: str) -> None:
+    def authorize(self, req: Request, access: str) -> None:
         if access == "management":
             if not self.management:
                 raise Forbidden("management routes are off: set SHIPYARD_TOKEN to use them on a non-loopback "
                                 "address")
-            self.check_token(scope)
+            self.check_token(req)
         elif self.auth_inference:
-            self.check_token(scope)
+            self.check_token(req)
 
-    def check_token(self, scope: Scope) -> None:
+    def check_token(self, req: Request) -> None:
         if self._bearer is None:
             return
-        if not self.has_token(scope):
+        if not self.has_token(req):
             raise Unauthorized("missing or wrong bearer token")
 
-    def has_token(self, scope: Scope) -> bool:
+    def has_token(self, req: Request) -> bool:
         """A valid `Authorization: Bearer TOKEN` (the scheme is case-insensitive, RFC 9110)."""
         if self._bearer is None:
             return False
-        auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"").strip()
+        auth = (req.headers.get("authorization") or "").strip().encode("latin-1")
         scheme, _, credentials = auth.partition(b" ")
         return hmac.compare_digest(scheme.lower() + b" " + credentials.strip(), self._bearer)
 
-    def check_host(self, scope: Scope) -> None:
+    def check_host(self, req: Request) -> None:
         """A server bound to loopback answers only requests addressed to a loopback name (or a
         configured one): a page whose DNS name was rebound to 127.0.0.1 gets nothing."""
         assert self.hosts is not None
-        host = next((v for k, v in scope["headers"] if k == b"host"), None)
-        if host is None:
+        host = req.headers.get("host")
+        if host is None or host in self._hosts_ok:
             return  # HTTP/1.0 without Host: no browser sends that
         name = _host_name(host)
         if name not in self.hosts and not _LOOPBACK_V4.fullmatch(name):
-            raise MisdirectedRequest(f"this server answers loopback names only, not Host "
-                                     f"{host.decode('latin-1')!r} (add it with --allowed-host)")
+            raise MisdirectedRequest(f"this server answers loopback names only, not Host {host!r} (add it with "
+                                     "--allowed-host)")
+        if len(self._hosts_ok) >= _HOSTS_SEEN:
+            self._hosts_ok.clear()
+        self._hosts_ok.add(host)
 
-    def check_write(self, scope: Scope) -> None:
+    def check_write(self, req: Request) -> None:
         """Routes that change state refuse what a web page can send without a CORS preflight: a
         cross-site Origin (unless allowed) and a body that is not JSON (e.g. text/plain)."""
-        origin = ctype = None
-        for k, v in scope["headers"]:
-            if k == b"origin":
-                origin = v
-            elif k == b"content-type":
-                ctype = v
-        if origin is not None and origin.lower().rstrip(b"/") not in self.allowed_origins:
-            raise Forbidden(f"cross-site request from Origin {origin.decode('latin-1')!r} refused: this route "
-                            "changes state (allow an origin with --allowed-origin)")
-        if ctype is not None and ctype.partition(b";")[0].strip().lower() not in _JSON_TYPES:
-            raise UnsupportedMediaType(f"this route takes application/json, not {ctype.decode('latin-1')!r}")
+        origin = req.headers.get("origin")
+        ctype = req.headers.get("content-type")
+        if origin is not None and origin.lower().rstrip("/") not in self.allowed_origins:
+            raise Forbidden(f"cross-site request from Origin {origin!r} refused: this route changes state (allow "
+                            "an origin with --allowed-origin)")
+        if ctype is not None and ctype.partition(";")[0].strip().lower() not in _JSON_TYPES:
+            raise UnsupportedMediaType(f"this route takes application/json, not {ctype!r}")
 
-    async def body(self, scope: Scope, receive: Receive) -> bytes:
+    async def body(self, req: Request) -> bytes:
         """The request body, at most `max_body` bytes, decoded when it came compressed (gzip or
         deflate, as tritonclient's `request_compression_algorithm` sends; the limit holds for
         the decoded bytes too, so a decompression bomb is a 413)."""
-        encoding = None
-        for k, v in scope["headers"]:
-            if k == b"content-length" and v.isdigit() and int(v) > self.max_body:
-                raise PayloadTooLarge(f"request body of {int(v):,} bytes is over the {self.max_body:,}-byte limit")
-            if k == b"content-encoding":
-                encoding = v.strip().lower()
-        body = await self._raw_body(receive)
-        if encoding is None or encoding == b"identity":
+        headers = req.headers
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise PayloadTooLarge(f"request body of {int(length):,} bytes is over the {self.max_body:,}-byte limit")
+        encoding = headers.get("content-encoding")
+        body = await self._raw_body(req)
+        if encoding is None:
+            return body
+        encoding = encoding.strip().lower()
+        if encoding == "identity":
             return body
         if encoding not in _ENCODINGS:
-            raise UnsupportedMediaType(f"Content-Encoding {encoding.decode('latin-1')!r} is not supported "
-                                       "(gzip, deflate or identity)")
+            raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported (gzip, deflate or identity)")
         inflate = zlib.decompressobj(_ENCODINGS[encoding])
         try:
             out = inflate.decompress(body, self.max_body + 1)
         except zlib.error as e:
-            raise BadRequest(f"the {encoding.decode()} body does not decompress: {e}") from None
+            raise BadRequest(f"the {encoding} body does not decompress: {e}") from None
         if len(out) > self.max_body or inflate.unconsumed_tail:
             raise PayloadTooLarge(f"the decompressed request body is over the {self.max_body:,}-byte limit")
         return out
 
-    async def _raw_body(self, receive: Receive) -> bytes:
+    async def _raw_body(self, req: Request) -> bytes:
         """The body as it comes, within `body_timeout` seconds for all of it: past that, 408
         (a client that sends one byte a second must not hold its slot). One timer per worker
         sweeps the deadlines (`_sweep`), so a request pays a dict entry, not a timer of its own."""
@@ -254,14 +250,14 @@ class Guard:
             task = asyncio.current_task(loop)
             if task is None:  # not run by an asyncio task (nothing to cancel): a timer of its own
                 try:
-                    return await asyncio.wait_for(self._read(receive), self.body_timeout)
+                    return await asyncio.wait_for(req.body(self.max_body), self.body_timeout)
                 except TimeoutError:
                     raise self._timed_out() from None
         self._reading[task] = time.monotonic() + self.body_timeout
         if self._sweeper is None:  # at most once a tick: a swept empty table stops the timer
             self._sweeper = asyncio.get_running_loop().call_later(min(1.0, self.body_timeout / 4), self._sweep)
         try:
-            return await self._read(receive)
+            return await req.body(self.max_body)
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise
@@ -284,25 +280,6 @@ class Guard:
     def _timed_out(self) -> RequestTimeout:
         metrics.REFUSED.labels("body_timeout").inc()
         return RequestTimeout(f"the request body did not arrive within {self.body_timeout:g} s (--body-timeout)")
-
-    async def _read(self, receive: Receive) -> bytes:
-        message = await receive()
-        if not message.get("more_body"):  # the usual case: the whole body in one message
-            body: bytes = message.get("body", b"")
-            if len(body) > self.max_body:
-                raise PayloadTooLarge(f"request body is over the {self.max_body:,}-byte limit")
-            return body
-        chunks: list[bytes] = [message.get("body", b"")]
-        size = len(chunks[0])
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise PayloadTooLarge(f"request body is over the {self.max_body:,}-byte limit")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
 
 
 def _bare(addr: str) -> str:

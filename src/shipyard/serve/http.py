@@ -1,8 +1,9 @@
-"""The HTTP transport: a raw ASGI app (no framework: on a 7 KB JSON body the framework and the
-JSON codec are the cost, not the 11 µs model). It turns bytes into data-plane calls and answers
-into bytes and status codes; it owns the route table (from which `/openapi.json` is generated),
-authentication, the body limit, the drain and the lifespan. This is the only module that knows
-the server interface (ASGI); what is served lives in `dataplane`.
+"""The HTTP transport: a raw RSGI and ASGI app (no framework: on a 7 KB JSON body the framework
+and the JSON codec are the cost, not the 11 µs model). It turns bytes into data-plane calls and
+answers into bytes and status codes; it owns the route table (from which `/openapi.json` is
+generated), authentication, the body limit, the drain and the start-up and shutdown. The server
+interfaces themselves (granian's RSGI, which `shipyard serve` runs; ASGI for uvicorn and
+embedding) are in `serve/wire.py`; what is served lives in `dataplane`.
 
 Routes: V2 Open Inference Protocol (health, server and model metadata, model ready, infer with
 JSON or binary tensors, repository index/load/unload), the v1 `:predict` route, feedback, and
@@ -14,6 +15,7 @@ import asyncio
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,31 +32,19 @@ from shipyard.serve.dataplane import DataPlane
 from shipyard.serve.follow import Follower, freeze_heap
 from shipyard.serve.guard import CLOSES, Guard
 from shipyard.serve.supervisor import capacity, worker_up
+from shipyard.serve.wire import AsgiRequest, Receive, Request, RsgiRequest, Send, TextHeaders, asgi_reply
 
 log = logging.getLogger("shipyard.serve")
 Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
-Reply = tuple[int, bytes, Headers]
-ROUTE_KEY = b"x-shipyard-route-key"
-_JSON: Headers = [(b"content-type", b"application/json")]
-_HTML: Headers = [(b"content-type", b"text/html; charset=utf-8")]
+Reply = tuple[int, bytes, TextHeaders]
+ROUTE_KEY = "x-shipyard-route-key"
+_JSON: TextHeaders = [("content-type", "application/json")]
+_HTML: TextHeaders = [("content-type", "text/html; charset=utf-8")]
 _PATH_CACHE = 4096  # paths come from clients: the cache of matched paths stays bounded
 
 
 class MethodNotAllowed(ShipyardError):
     http_status = 405
-
-
-@dataclass(slots=True)
-class Request:
-    """What a handler gets: the ASGI scope and receive, and the path's parameters."""
-
-    scope: Scope
-    receive: Receive
-    params: dict[str, str]
 
 
 Handler = Callable[[Request], Awaitable[Reply]]
@@ -85,7 +75,7 @@ class Route:
 
 
 class HttpApp:
-    """The ASGI application; `serve.app.create_app` builds it."""
+    """The RSGI and ASGI application; `serve.app.create_app` builds it."""
 
     def __init__(self, plane: DataPlane, config: ServeConfig, *, follower: Follower | None = None) -> None:
         self.plane = plane
@@ -165,84 +155,114 @@ class HttpApp:
         self._paths[path] = found
         return found
 
-    # -- ASGI ---------------------------------------------------------------------------------
+    # -- the server interfaces (serve/wire.py) -----------------------------------------------
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        """A request from granian (RSGI): a HEAD answer's body is left out by granian itself."""
+        if scope.proto == "http":
+            status, body, headers = await self.handle(RsgiRequest(scope, proto))
+            proto.response_bytes(status, headers, body)
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """granian calls this in each worker before it serves: start up, or exit (as a failed
+        ASGI lifespan start-up does), naming why."""
+        try:
+            loop.run_until_complete(self.startup())
+        except Exception as e:  # noqa: BLE001 - report and refuse to start
+            log.error("start-up failed: %s", e)
+            sys.exit(1)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.shutdown())
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI (uvicorn, embedding, the in-process tests)."""
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await self._lifespan(receive, send)
             return
+        status, body, headers = await self.handle(AsgiRequest(scope, receive))
+        await asgi_reply(send, scope["method"], status, body, headers)
+
+    async def handle(self, req: Request) -> Reply:
+        """Route, guard and answer one request; every error becomes its status and a JSON body."""
         self.inflight += 1
         headers = _JSON
         t0 = time.perf_counter()
         matched = client = None
         try:
-            matched = self._match(scope["path"])
+            matched = self._match(req.path)
             if matched is None:
-                raise NotFound(f"no route {scope['method']} {scope['path']}")
-            route, params = matched
-            method = scope["method"]
+                raise NotFound(f"no route {req.method} {req.path}")
+            route, req.params = matched
+            method = req.method
             # HEAD is GET without the body (RFC 9110), for balancers and probes that use it
             handler = route.methods.get("GET" if method == "HEAD" else method)
             if handler is None:
                 raise MethodNotAllowed(f"{route.what} takes {' or '.join(route.methods)}")
             guard = self.guard
             if guard.hosts is not None:
-                guard.check_host(scope)
+                guard.check_host(req)
             if route.access == "management" or (self.auth_inference and route.access != "public"):
-                guard.authorize(scope, route.access)
-            if scope["method"] in route.writes:
-                guard.check_write(scope)
+                guard.authorize(req, route.access)
+            if method in route.writes:
+                guard.check_write(req)
             if route.access != "public":  # health and metadata stay open to balancers under any load
-                client = guard.admit(scope, self.inflight)
-            status, body, headers = await handler(Request(scope, receive, params))
+                client = guard.admit(req, self.inflight)
+            status, body, headers = await handler(req)
         except ShipyardError as e:
             status, body = e.http_status, dumps({"error": str(e)})
             if isinstance(e, Overloaded):
-                headers = [*_JSON, (b"retry-after", str(e.retry_after).encode())]
+                headers = [*_JSON, ("retry-after", str(e.retry_after))]
             if isinstance(e, CLOSES):  # its body was not read (all of it): the connection cannot go on
-                headers = [*headers, (b"connection", b"close")]
+                headers = [*headers, ("connection", "close")]
             self._count_error(matched, status, t0)
         except Exception as e:  # noqa: BLE001 - a bug must not take the server down
-            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            log.exception("unexpected error on %s %s", req.method, req.path)
             status, body = 500, dumps({"error": f"internal error: {type(e).__name__}"})
             self._count_error(matched, status, t0)
         finally:
             self.inflight -= 1
             if client is not None:
                 self.guard.release(client)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+        return status, body, headers
 
     def _count_error(self, matched: tuple[Route, dict[str, str]] | None, status: int, t0: float) -> None:
         if matched is not None and matched[0].metric_route is not None:
             self.plane.observe_error(matched[1].get("name"), matched[0].metric_route, status,
                                      time.perf_counter() - t0)
 
+    async def startup(self) -> None:
+        """Load what is served, start following the registry, the log and the gauges; then this
+        worker counts as capacity. Raises when it cannot serve."""
+        loop = asyncio.get_running_loop()
+        fleet = self.plane.fleet
+        await loop.run_in_executor(None, fleet.refresh)
+        await loop.run_in_executor(None, fleet.check_marker)
+        freeze_heap()
+        if self.follower is not None:
+            self.follower.start(loop)
+        if self.plane.request_metrics.enabled:
+            self._ticker = loop.create_task(self._tick())
+        self.plane.start()
+        worker_up(self.drain_file)  # this worker now counts as capacity (serve/supervisor.py)
+
+    async def shutdown(self) -> None:
+        await self.drain()
+        await self.plane.stop()
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                loop = asyncio.get_running_loop()
-                fleet = self.plane.fleet
                 try:
-                    await loop.run_in_executor(None, fleet.refresh)
-                    await loop.run_in_executor(None, fleet.check_marker)
+                    await self.startup()
                 except Exception as e:  # noqa: BLE001 - report and refuse to start
                     log.error("start-up failed: %s", e)
                     await send({"type": "lifespan.startup.failed", "message": str(e)})
                     return
-                freeze_heap()
-                if self.follower is not None:
-                    self.follower.start(loop)
-                if self.plane.request_metrics.enabled:
-                    self._ticker = loop.create_task(self._tick())
-                self.plane.start()
                 await send({"type": "lifespan.startup.complete"})
-                worker_up(self.drain_file)  # this worker now counts as capacity (serve/supervisor.py)
             elif message["type"] == "lifespan.shutdown":
-                await self.drain()
-                await self.plane.stop()
+                await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -276,56 +296,53 @@ class HttpApp:
 
     # -- inference ----------------------------------------------------------------------------
     async def _infer_v2(self, req: Request) -> Reply:
-        header_len = key = hrid = None
-        for k, v in req.scope["headers"]:
-            if k == b"inference-header-content-length":
-                if not v.isdigit():
-                    raise BadRequest("Inference-Header-Content-Length must be an integer")
-                header_len = int(v)
-            elif k == ROUTE_KEY:
-                key = v
-            elif k == b"x-request-id":
-                hrid = v.decode("latin-1")
         t0 = time.perf_counter()
+        headers = req.headers
+        header_len = headers.get("inference-header-content-length")
+        if header_len is not None:
+            if not header_len.isdigit():
+                raise BadRequest("Inference-Header-Content-Length must be an integer")
+            header_len = int(header_len)
+        key = headers.get(ROUTE_KEY)
+        if key is not None:
+            key = key.encode("latin-1")
+        hrid = headers.get("x-request-id")
         name, version = req.params["name"], req.params.get("version")
         rt = self.plane.pick(name, version, key)  # an unknown model is refused before its body is read
-        request = decode_v2(await self.guard.body(req.scope, req.receive), header_len)
+        request = decode_v2(await self.guard.body(req), header_len)
         ans = await self.plane.infer_v2(name, version, request, key=key, request_id_header=hrid, runtime=rt)
         self.plane.observe(ans.model, ans.version, "v2", 200, time.perf_counter() - t0)
-        rid = ans.rid.encode()
         if ans.binary_header is not None:
-            headers = [(b"content-type", b"application/octet-stream"), (b"x-request-id", rid),
-                       (b"inference-header-content-length", str(ans.binary_header).encode())]
+            out = [("content-type", "application/octet-stream"), ("x-request-id", ans.rid),
+                   ("inference-header-content-length", str(ans.binary_header))]
         else:
-            headers = [*_JSON, (b"x-request-id", rid)]
+            out = [("content-type", "application/json"), ("x-request-id", ans.rid)]
         if ans.proof is not None:
-            headers.append((b"x-feedback-token", ans.proof.encode()))
-        return 200, ans.body, headers
+            out.append(("x-feedback-token", ans.proof))
+        return 200, ans.body, out
 
     async def _infer_v1(self, req: Request) -> Reply:
         t0 = time.perf_counter()
-        key = hrid = None
-        for k, v in req.scope["headers"]:
-            if k == ROUTE_KEY:
-                key = v
-            elif k == b"x-request-id":
-                hrid = v.decode("latin-1")
+        key = req.headers.get(ROUTE_KEY)
+        if key is not None:
+            key = key.encode("latin-1")
+        hrid = req.headers.get("x-request-id")
         name = req.params["name"]
         rt = self.plane.pick(name, None, key)
-        request = decode_v1(await self.guard.body(req.scope, req.receive))
+        request = decode_v1(await self.guard.body(req))
         ans = await self.plane.predict_v1(name, request, key=key, request_id_header=hrid, runtime=rt)
         self.plane.observe(ans.model, ans.version, "v1", 200, time.perf_counter() - t0)
-        headers = [*_JSON, (b"x-request-id", ans.rid.encode())]
+        headers = [("content-type", "application/json"), ("x-request-id", ans.rid)]
         if ans.proof is not None:
-            headers.append((b"x-feedback-token", ans.proof.encode()))
+            headers.append(("x-feedback-token", ans.proof))
         return 200, ans.body, headers
 
     async def _feedback(self, req: Request) -> Reply:
         name = req.params["name"]
         self.plane.pick(name)
-        status, doc = await self.plane.feedback(name, parse_json(await self.guard.body(req.scope, req.receive)),
-                                                client=self.guard.client(req.scope) or None,
-                                                identity="bearer" if self.guard.has_token(req.scope) else None)
+        status, doc = await self.plane.feedback(name, parse_json(await self.guard.body(req)),
+                                                client=self.guard.client(req) or None,
+                                                identity="bearer" if self.guard.has_token(req) else None)
         return status, dumps(doc), _JSON
 
     # -- models, health, metadata -------------------------------------------------------------
@@ -346,9 +363,9 @@ class HttpApp:
         workers = capacity(self.drain_file)  # alive/expected HTTP workers, as the supervisor sees them
         if workers is not None:
             detail["workers"] = workers
-        if not self.auth_inference or self.guard.has_token(req.scope):
+        if not self.auth_inference or self.guard.has_token(req):
             detail.update({**self.plane.health(), "degraded": not db["ok"], "database": db, "pid": os.getpid()})
-        strict = b"strict=1" in req.scope.get("query_string", b"").split(b"&")
+        strict = "strict=1" in req.query.split("&")
         return (200 if ready and not (strict and not db["ok"]) else 503), dumps(detail), _JSON
 
     async def _alive(self, req: Request) -> Reply:
@@ -379,7 +396,7 @@ class HttpApp:
     async def _metrics(self, req: Request) -> Reply:
         self.plane.export_metrics(inflight=self.inflight)  # this worker's latest; the others' are ≤ 1 s old
         body, ctype = metrics.render()
-        return 200, body, [(b"content-type", ctype.encode())]
+        return 200, body, [("content-type", ctype)]
 
     async def _openapi(self, req: Request) -> Reply:
         return 200, dumps(openapi.document(self.routes, sorted(self.plane.fleet.served))), _JSON
@@ -394,7 +411,7 @@ class HttpApp:
 
         from shipyard.serve import dashboard
 
-        query = parse_qs(req.scope.get("query_string", b"").decode(errors="replace"))
+        query = parse_qs(req.query)
         name = query.get("model", [""])[0]
         if name not in self.plane.fleet.served:
             raise NotFound(f"this server does not serve {name!r}")
@@ -427,5 +444,5 @@ class HttpApp:
         return 200, dumps(await self.plane.traffic(req.params["name"])), _JSON
 
     async def _set_traffic(self, req: Request) -> Reply:
-        doc = parse_json(await self.guard.body(req.scope, req.receive))
+        doc = parse_json(await self.guard.body(req))
         return 200, dumps(await self.plane.set_traffic(req.params["name"], doc)), _JSON
