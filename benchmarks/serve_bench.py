@@ -16,8 +16,11 @@ its reference profile (`reference.npz`), so drift evaluation is really on in (b)
 Rows (servers, in the order of round 1):
   (a) bare granian RSGI + orjson: parses the body fully, answers a constant. THE LIMIT: the goals
       are ratios to it;
-  bare granian ASGI + orjson: the same on the ASGI interface `shipyard serve` uses (the cost of
-      ASGI over RSGI);
+  bare granian RSGI + orjson + ONNX Runtime: (a) that also runs the model, inline, one request per
+      call, and answers its probabilities: the floor of a server that runs this model per request
+      on this stack (no validation, batching, log or metrics), for reference beside the goals;
+  bare granian ASGI + orjson: the same on ASGI (the interface of `shipyard serve --http uvicorn`
+      and of embedding; `shipyard serve` runs granian's RSGI);
   bare uvicorn + orjson: only with `--uvicorn` (the slower Starlette and simdjson handlers of
       earlier versions are dropped, to keep the run short);
   MLServer 1.7 serving the same model.onnx through benchmarks/_mlserver_onnx.py (a minimal
@@ -84,6 +87,7 @@ LIMIT = "(a) bare granian RSGI+orjson"
 B, C, D, E, F, G = ("(b) V2 JSON", "(c) V2 binary", "(d) v1", "(e) V2 JSON, batching off",
                     "(f) V2 JSON, 2 workers", "(g) V2 JSON, monitoring off")
 MLSERVER = "MLServer 1.7 (ONNX)"
+BARE_MODEL = "bare RSGI+orjson+ORT"
 
 
 @dataclass
@@ -181,7 +185,8 @@ def main() -> None:
     mlserver_exe = ensure_mlserver() if args.mlserver else None
     print("training, optimizing and registering the canonical model…", file=sys.stderr)
     bundle = canonical_bundle(tmp, env)
-    onnx = extract_onnx(bundle, tmp / "model.onnx") if args.mlserver else None
+    onnx = extract_onnx(bundle, tmp / "model.onnx")
+    env["BARE_MODEL"] = str(onnx)
 
     js, binary = bodies.json_headers, bodies.binary_headers
     v2 = "/v2/models/digits/infer"
@@ -189,6 +194,8 @@ def main() -> None:
     servers = [
         Server(LIMIT, "granian", [*gr, "--interface", "rsgi", "_bare:rsgi_app"],
                [(LIMIT, "/", bodies.v2_json, js)], conc),
+        Server(BARE_MODEL, "granian", [*gr, "--interface", "rsgi", "_bare:rsgi_model_app"],
+               [(BARE_MODEL, "/", bodies.v2_json, js)], conc),
         Server("bare granian ASGI+orjson", "granian", [*gr, "--interface", "asgi", "_bare:orjson_app"],
                [("bare granian ASGI+orjson", "/", bodies.v2_json, js)], conc),
     ]
@@ -264,6 +271,10 @@ def main() -> None:
         return sum(r[key] for r in runs) / len(runs)
 
     info = []
+    for c in conc:  # against the floor of running the model at all (not a goal: where the goals' limit lies)
+        info.append(f"c={c}: (b) / bare RSGI+ORT: {mean(B, c, 'rps') / mean(BARE_MODEL, c, 'rps'):.2f}× req/s, p50 "
+                    f"{mean(B, c, 'p50_ms') / mean(BARE_MODEL, c, 'p50_ms'):.2f}×; bare RSGI+ORT / (a): p50 "
+                    f"{mean(BARE_MODEL, c, 'p50_ms') / mean(LIMIT, c, 'p50_ms'):.2f}×")
     for c in conc:
         info.append(f"(b) batching on / (e) off at c={c}: {mean(B, c, 'rps') / mean(E, c, 'rps'):.2f}× req/s")
     on, off = mean(B, top, "rps"), mean(G, top, "rps")

@@ -18,11 +18,11 @@ Each sampled stack is given to ONE stage, by the innermost frame that belongs to
   drift evaluator    shipyard/monitor/evaluator.py, drift.py, stats.py
   reference projection  shipyard/bundle/reference.py (projecting inputs onto the reference profile)
   queue/batching     shipyard/serve/batching.py
-  encode             shipyard/serve/codec*.py, functions named encode*/dumps
-  parse/decode       shipyard/serve/codec*.py, the rest
+  encode             shipyard/serve/codec*.py, jsonrule.py, functions named encode*/dumps
+  parse/decode       shipyard/serve/codec*.py, jsonrule.py, the rest
   guard              shipyard/serve/guard.py
   data plane         shipyard/serve/dataplane.py, fleet.py
-  HTTP transport     shipyard/serve/http.py (its own code and what it calls outside these stages)
+  HTTP transport     shipyard/serve/http.py, wire.py (their own code and what it calls outside these stages)
   event loop/granian/other   stacks with none of these (asyncio, granian's Python side, …)
 C code called from a frame (orjson, numpy, sqlite3) counts for that frame's stage.
 
@@ -69,11 +69,11 @@ STAGES: list[tuple[str, re.Pattern[str]]] = [
     ("drift evaluator", re.compile(r"shipyard/monitor/(evaluator|drift|stats)\.py")),
     ("reference projection", re.compile(r"shipyard/bundle/reference\.py")),
     ("queue/batching", re.compile(r"shipyard/serve/batching\.py")),
-    ("encode", re.compile(r"^(encode\w*|_?dumps) \(.*shipyard/serve/codec\w*\.py")),
-    ("parse/decode", re.compile(r"shipyard/serve/codec\w*\.py")),
+    ("encode", re.compile(r"^(encode\w*|_?dumps) \(.*shipyard/serve/(codec\w*|jsonrule)\.py")),
+    ("parse/decode", re.compile(r"shipyard/serve/(codec\w*|jsonrule)\.py")),
     ("guard", re.compile(r"shipyard/serve/guard\.py")),
     ("data plane", re.compile(r"shipyard/serve/(dataplane|fleet)\.py")),
-    ("HTTP transport", re.compile(r"shipyard/serve/http\.py")),
+    ("HTTP transport", re.compile(r"shipyard/serve/(http|wire)\.py")),
 ]
 OTHER = "event loop/granian/other"
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(:\d+)?\)$")

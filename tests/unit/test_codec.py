@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shipyard.errors import BadRequest
+from shipyard.serve import codec
 from shipyard.serve.codec import decode_v2, encode_v2
 from shipyard.serve.codec_v1 import decode_v1, encode_v1
 
@@ -158,3 +162,84 @@ def test_v1_regular_bodies_decode_the_same_by_either_path(body: bytes, shape: li
 def test_v1_irregular_bodies_are_refused_whatever_the_path(body: bytes) -> None:
     with pytest.raises(BadRequest):
         decode_v1(body)
+
+
+# -- the usual V2 body's fast path (`codec._usual`) must decide exactly as the general path -----
+_VALUES = st.one_of(st.floats(-2e15, 2e15, allow_nan=False), st.integers(-300, 300), st.sampled_from(
+    [1e15, -1e15, 1.0000001e15, 3e38, -3.5e38, 1e300, True, None, "1", 0.5]))
+
+
+_BREAKS = ["name", "datatype", "fp64", "fp16", "shape", "shape-count", "data-scalar", "data-object", "nested",
+           "inputs-2", "inputs-0", "inputs-object", "id", "int-id", "outputs", "parameters", "unknown", "dup-top",
+           "dup-input", "binary", "binary-size", "binary-tail", "binary-str"]
+
+
+@st.composite
+def _v2_bodies(draw: st.DrawFn) -> tuple[bytes, int | None]:
+    """A usual body (one FP32 input, JSON numbers, maybe an id) with at most one thing changed:
+    half of them stay usual (the fast path's own decisions: values near and over the limits),
+    the rest break one rule or leave the usual shape (the general path's)."""
+    n = draw(st.integers(0, 6))
+    values = draw(st.lists(_VALUES if draw(st.booleans()) else st.floats(-1, 1), min_size=n, max_size=n))
+    change = draw(st.sampled_from([None] * len(_BREAKS) + _BREAKS))
+    spec: dict[str, object] = {"name": "input", "datatype": "FP32", "shape": [1, n], "data": values}
+    doc: dict[str, object] = {"inputs": [spec]}
+    binary = b""
+    if change == "name":
+        spec["name"] = draw(st.sampled_from(["", 7, None]))
+    elif change in ("datatype", "fp64", "fp16"):
+        spec["datatype"] = {"fp64": "FP64", "fp16": "FP16"}.get(change) or draw(st.sampled_from(["INT32", "fp32", 7]))
+    elif change == "shape":
+        spec["shape"] = draw(st.sampled_from([[-1, n], [True, n], [1.0, n], [[1], n], "1", [], [1] * 40]))
+    elif change == "shape-count":
+        spec["shape"] = [1, n + 1]
+    elif change in ("data-scalar", "data-object", "nested"):
+        spec["data"] = {"data-scalar": 1.0, "data-object": {}, "nested": [values]}[change]
+    elif change in ("inputs-2", "inputs-0", "inputs-object"):
+        doc["inputs"] = {"inputs-2": [spec, {**spec, "name": "b"}], "inputs-0": [], "inputs-object": spec}[change]
+    elif change in ("id", "int-id"):
+        doc["id"] = "r1" if change == "id" else 5
+    elif change in ("outputs", "parameters", "unknown"):
+        doc[change] = {} if change != "outputs" else [{"name": "label"}]
+    elif change is not None and change.startswith("binary"):
+        del spec["data"]
+        arr = np.asarray([v if type(v) in (int, float) and abs(v) < 3e38 else 0.0 for v in values], "<f4")
+        spec["parameters"] = {"binary_data_size": {"binary-size": arr.nbytes + 4, "binary-str": "8"}.get(
+            change, arr.nbytes)}
+        binary = arr.tobytes() + (b"\0\0\0\0" if change == "binary-tail" else b"")
+    text = json.dumps(doc)
+    if change == "dup-top":
+        text = text.replace('{"inputs"', '{"id": "a", "id": "b", "inputs"', 1)
+    elif change == "dup-input":
+        text = text.replace('"name"', '"shape": [1], "name"', 1)
+    return text.encode() + binary, (len(text.encode()) if binary else None)
+
+
+def _outcome(raw: bytes, header: int | None) -> object:
+    try:
+        req = decode_v2(raw, header)
+    except BadRequest as e:  # PayloadTooLarge too
+        return type(e).__name__, str(e)
+    return (req.id, req.binary_outputs, req.binary_default,
+            [(t.name, t.array.dtype.str, t.array.shape, t.array.tobytes(), t.checked) for t in req.inputs])
+
+
+@settings(max_examples=400, deadline=None)
+@given(_v2_bodies())
+def test_the_usual_body_path_decides_as_the_general_path(case: tuple[bytes, int | None]) -> None:
+    raw, header = case
+    fast = _outcome(raw, header)
+    with mock.patch.object(codec, "_usual", lambda *args: None):
+        general = _outcome(raw, header)
+    assert fast == general
+
+
+def test_the_usual_body_takes_the_fast_path() -> None:
+    """The equivalence above would also hold if the fast path never ran: it must run for these."""
+    x = np.arange(784, dtype="<f4") / 784
+    usual = [body([{"name": "input", "datatype": "FP32", "shape": [1, 784], "data": x.tolist()}]),
+             body([{"name": "input", "datatype": "FP32", "shape": [1, 784], "data": x.tolist()}], id="r1")]
+    header = body([{"name": "input", "datatype": "FP32", "shape": [1, 784], "parameters": {"binary_data_size": 3136}}])
+    for raw in usual:
+        assert codec._usual(codec._parse_simd(raw), memoryview(b""), codec.MAX_ELEMENTS) is not None
+    assert codec._usual(codec._parse_simd(header), memoryview(x.tobytes()), codec.MAX_ELEMENTS) is not None
