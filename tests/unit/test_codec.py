@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shipyard.errors import BadRequest
-from shipyard.serve import codec
+from shipyard.serve import codec, codec_v1
 from shipyard.serve.codec import decode_v2, encode_v2
 from shipyard.serve.codec_v1 import decode_v1, encode_v1
 
@@ -243,3 +243,30 @@ def test_the_usual_body_takes_the_fast_path() -> None:
     for raw in usual:
         assert codec._usual(codec._parse_simd(raw), memoryview(b""), codec.MAX_ELEMENTS) is not None
     assert codec._usual(codec._parse_simd(header), memoryview(x.tobytes()), codec.MAX_ELEMENTS) is not None
+
+
+def _v1_outcome(raw: bytes) -> object:
+    try:
+        req = decode_v1(raw)
+    except BadRequest as e:
+        return type(e).__name__, str(e)
+    return req.form, req.input, req.array.dtype.str, req.array.shape, req.array.tobytes()
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"instances": [[1, 2], [3, 4]]}', b'{"instances": [[[1, 2], [3, 4]]]}', b'{"instances": [1, 2, 3]}',
+    b'{"instances": [[1, [2]]]}', b'{"instances": [[1, 2], [3]]}', b'{"instances": [[1, true]]}',
+    b'{"instances": []}', b'{"instances": [[]]}', b'{"instances": [[1, 2]], "instances": [[3, 4]]}',
+    b'{"instances": [[1, 2]], "signature_name": "x"}', b'{"instances": {"x": [[1]]}}', b'{"instances": 5}',
+    b'{"instances": [[1e999]]}', b'{"instances": [[1e300, 2]]}', b'[[1, 2]]', b'{"inputs": [[1, 2]]}',
+    b'{"instances": [["[", 2]]}', b'{"instances": [[' + b", ".join([b"0.5"] * 784) + b"]]}",
+])
+def test_the_usual_v1_body_path_decides_as_the_general_path(raw: bytes) -> None:
+    fast = _v1_outcome(raw)
+    with mock.patch.object(codec_v1, "_usual", lambda *args: None):
+        general = _v1_outcome(raw)
+    assert fast == general
+    if fast[0] == "instances":  # decoded: which path took it
+        usual = raw in (b'{"instances": [[1, 2], [3, 4]]}', b'{"instances": [[[1, 2], [3, 4]]]}',
+                        b'{"instances": [[1e300, 2]]}') or len(raw) > 1000
+        assert (codec_v1._usual(raw, codec.MAX_ELEMENTS) is not None) == usual

@@ -18,6 +18,7 @@ import numpy as np
 
 from shipyard.errors import BadRequest, PayloadTooLarge
 from shipyard.serve.codec import MAX_ELEMENTS, dumps, flatten, numbers_only, parse_keeping
+from shipyard.serve.jsonrule import _HAVE_SIMDJSON, _parse_simd, _simdjson
 
 Form = Literal["instances", "inputs"]
 FORMS: tuple[Form, ...] = ("instances", "inputs")
@@ -39,6 +40,9 @@ class V1Request:
 def decode_v1(body: bytes, *, max_elements: int = MAX_ELEMENTS) -> V1Request:
     """A `:predict` body in either form → `V1Request`; every break of the rule is a 400 naming
     it (a request over `max_elements` values: 413)."""
+    usual = _usual(body, max_elements) if _HAVE_SIMDJSON else None
+    if usual is not None:
+        return usual
     doc = parse_keeping(body, FORMS)
     given = [k for k in FORMS if k in doc] if isinstance(doc, dict) else []
     if len(given) > 1:
@@ -57,6 +61,22 @@ def decode_v1(body: bytes, *, max_elements: int = MAX_ELEMENTS) -> V1Request:
         [(name, raw)] = raw.items()
         where = f"'inputs' {name!r}"
     return V1Request(_numbers(where, raw, max_elements, body.count(b"[")), form, name)
+
+
+def _usual(body: bytes, max_elements: int) -> V1Request | None:
+    """`{"instances": [...]}` with nothing else, regular (`_regular`): straight from simdjson's
+    document, without the general path's object walk; None for anything else (the general path
+    decides it, by the same rule)."""
+    doc = _parse_simd(body)
+    if not isinstance(doc, _simdjson.Object) or list(doc.keys()) != ["instances"]:
+        return None
+    raw = doc["instances"]
+    if not isinstance(raw, _simdjson.Array):
+        return None
+    arr = _regular(raw, body.count(b"["))
+    if arr is None or arr.size > max_elements:
+        return None
+    return V1Request(arr, "instances")
 
 
 def _numbers(where: str, raw: Any, max_elements: int, brackets: int = -1) -> np.ndarray:

@@ -418,6 +418,10 @@ class DataPlane:
 
 
 def _v1_features(rt: ModelRuntime, instances: np.ndarray, name: str | None = None) -> np.ndarray:
+    spec = rt.inputs.get(rt.onnx_input)
+    if name in (None, rt.onnx_input) and spec is not None and instances.shape[1:] == spec.shape \
+            and instances.shape[0] and spec.dtype.kind == "f":  # the usual request: ready float features
+        return rt.features(spec.name, check_values(f"input {spec.name!r}", spec.v2_datatype, instances), checked=True)
     if name is not None and name not in rt.inputs:
         takes = " or ".join(f"{s.name!r}" for s in rt.inputs.values())
         raise BadRequest(f"model {rt.name!r} has no input {name!r}; it takes {takes}")
