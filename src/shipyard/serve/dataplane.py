@@ -199,7 +199,8 @@ class DataPlane:
         rt = runtime or self.fleet.get(name, None, key)
         features = _v1_features(rt, request.array, request.input)
         rid = request_id(request_id_header)
-        probs = await self._predict(rt, features, rid)
+        batcher = rt.batcher
+        probs = await (batcher.infer(features, rid) if batcher is not None else self._predict(rt, features, rid))
         self._mirror(name, rt, features, probs)
         labels = rt.labels(probs)
         version = str(rt.version) if rt.version is not None else None
