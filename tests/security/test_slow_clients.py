@@ -294,3 +294,47 @@ def test_bad_limits_are_one_usage_error() -> None:
                     trusted_proxies=("10.0.0.0/8", "proxy.example")).checked()
     for problem in ("body_timeout_s", "header_timeout_s", "max_connections", "per_client_limit", "'proxy.example'"):
         assert problem in str(e.value)
+
+
+def _chunked(path: str, chunks: list[bytes]) -> bytes:
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    return head + b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks) + b"0\r\n\r\n"
+
+
+def test_a_chunked_body_is_read_whole_and_cut_off_past_the_limit(server: Server) -> None:
+    """No Content-Length (chunked): the body is counted as it comes (RSGI `async for`), so a
+    small one is served and an endless one is refused with 413 once past --max-body (8 MB),
+    not read to its end."""
+    third = len(BODY) // 3
+    answer = _ask(server, "127.0.0.6", _chunked("/v2/models/tiny/infer", [BODY[:third], BODY[third:2 * third],
+                                                                       BODY[2 * third:]]))
+    assert _status(answer) == 200 and b'"outputs"' in answer
+    s = _connect(server, "127.0.0.6")
+    s.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n%s\r\n" % (1 << 16, b" " * (1 << 16))
+    sent = 0
+    try:
+        while sent < 64 << 20:  # 8 times the limit: a server reading to the end would take it all
+            s.sendall(chunk)
+            sent += 1 << 16
+            if select.select([s], [], [], 0)[0]:
+                break
+    except OSError:  # the server answered and closed while we were still sending
+        pass
+    answer = _until_closed(s)
+    assert _status(answer) == 413 and b"limit" in answer
+    assert sent < 32 << 20  # refused well before the end
+    assert _status(_ask(server, "127.0.0.6")) == 200  # and the server goes on
+
+
+def test_granian_runs_the_app_over_rsgi_with_the_limits() -> None:
+    """The fast interface (RSGI: serve_bench measures the difference) and the limits the guard
+    cannot enforce itself (header timeout, connection cap) are on granian's command line."""
+    from shipyard.cli.serve import _command
+
+    cmd = _command(ServeConfig(header_timeout_s=2.5, max_connections=77).checked())
+    assert cmd[cmd.index("--interface") + 1] == "rsgi"
+    assert cmd[cmd.index("--http1-header-read-timeout") + 1] == "2500"
+    assert cmd[cmd.index("--backpressure") + 1] == "77"
