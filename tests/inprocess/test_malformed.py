@@ -345,3 +345,13 @@ def test_fuzz_v1_bodies_never_answer_5xx(registry: Registry) -> None:
 
         fuzz()
         assert post(V1, GOOD_V1)[0] == 200
+
+
+def test_header_numbers_in_other_scripts_are_a_400(registry: Registry) -> None:
+    """Header values arrive as latin-1 text: "²" (0xB2) passes str.isdigit but not int()."""
+    async def scenario(c: httpx.AsyncClient, app: HttpApp) -> None:
+        for value in (b"\xb2", b"1\xb3", b"\xd9\xa3"):
+            r = await c.post(V2, content=v2([[0.5] * 784]), headers={"inference-header-content-length": value})
+            assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"]
+
+    run(registry, scenario)

@@ -218,7 +218,7 @@ class Guard:
         the decoded bytes too, so a decompression bomb is a 413)."""
         headers = req.headers
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
+        if length is not None and length.isascii() and length.isdigit() and int(length) > self.max_body:
             raise PayloadTooLarge(f"request body of {int(length):,} bytes is over the {self.max_body:,}-byte limit")
         encoding = headers.get("content-encoding")
         body = await self._raw_body(req)

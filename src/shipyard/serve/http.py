@@ -298,15 +298,14 @@ class HttpApp:
     async def _infer_v2(self, req: Request) -> Reply:
         t0 = time.perf_counter()
         headers = req.headers
-        header_len = headers.get("inference-header-content-length")
-        if header_len is not None:
-            if not header_len.isdigit():
+        raw_len: str | None = headers.get("inference-header-content-length")
+        header_len: int | None = None
+        if raw_len is not None:
+            if not (raw_len.isascii() and raw_len.isdigit()):  # str.isdigit alone takes "²", which int() refuses
                 raise BadRequest("Inference-Header-Content-Length must be an integer")
-            header_len = int(header_len)
-        key = headers.get(ROUTE_KEY)
-        if key is not None:
-            key = key.encode("latin-1")
-        hrid = headers.get("x-request-id")
+            header_len = int(raw_len)
+        key = _route_key(req)
+        hrid: str | None = headers.get("x-request-id")
         name, version = req.params["name"], req.params.get("version")
         rt = self.plane.pick(name, version, key)  # an unknown model is refused before its body is read
         request = decode_v2(await self.guard.body(req), header_len)
@@ -323,10 +322,8 @@ class HttpApp:
 
     async def _infer_v1(self, req: Request) -> Reply:
         t0 = time.perf_counter()
-        key = req.headers.get(ROUTE_KEY)
-        if key is not None:
-            key = key.encode("latin-1")
-        hrid = req.headers.get("x-request-id")
+        key = _route_key(req)
+        hrid: str | None = req.headers.get("x-request-id")
         name = req.params["name"]
         rt = self.plane.pick(name, None, key)
         request = decode_v1(await self.guard.body(req))
@@ -446,3 +443,9 @@ class HttpApp:
     async def _set_traffic(self, req: Request) -> Reply:
         doc = parse_json(await self.guard.body(req))
         return 200, dumps(await self.plane.set_traffic(req.params["name"], doc)), _JSON
+
+
+def _route_key(req: Request) -> bytes | None:
+    """The sticky-routing key a client sent (its bytes, as the traffic split hashes them)."""
+    key: str | None = req.headers.get(ROUTE_KEY)
+    return key.encode("latin-1") if key is not None else None
