@@ -5,6 +5,7 @@ predictions. Each must fail and leave the registry and the labels as they were."
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -44,8 +45,22 @@ def test_a_web_page_cannot_move_traffic_unload_or_label(server: tuple[Server, Re
     r = httpx.post(f"{srv.base}/v2/repository/models/tiny/traffic", headers={"content-type": "text/plain"},
                    content=json.dumps({"weights": {"candidate": 100}}))
     assert r.status_code == 415
+    for header, status in ((b"Origin: http://ev\xc3\xa9l.example", b"403"), (b"Content-Type: text/\xc3\xa9", b"415")):
+        assert _raw(srv, b"POST /v2/repository/models/tiny/unload HTTP/1.1\r\nHost: localhost\r\n" + header
+                    + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").split(b" ", 2)[1] == status, header
     assert reg.traffic("tiny").weights == {"production": 100}
     assert httpx.post(f"{srv.base}/v2/models/tiny/infer", content=BODY).status_code == 200  # still served
+
+
+def _raw(srv: Server, request: bytes) -> bytes:
+    """`request` as written (headers httpx would refuse to send) and the whole answer."""
+    host, port = srv.base.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
 
 
 def test_a_rebound_dns_name_gets_nothing(server: tuple[Server, Registry]) -> None:
@@ -54,6 +69,9 @@ def test_a_rebound_dns_name_gets_nothing(server: tuple[Server, Registry]) -> Non
         r = httpx.get(f"{srv.base}{path}", headers={"host": "attacker.example"})
         assert r.status_code == 421, path
     assert httpx.get(f"{srv.base}/v2/models/tiny", headers={"host": "localhost"}).status_code == 200
+    # a Host that is not ASCII (granian cannot hand it over as text) is refused, not taken for no Host
+    answer = _raw(srv, b"GET /v2/models/tiny HTTP/1.1\r\nHost: ev\xc3\xa9l.example\r\nConnection: close\r\n\r\n")
+    assert answer.split(b" ", 2)[1] == b"421", answer[:200]
 
 
 def test_labels_need_the_answers_proof(server: tuple[Server, Registry]) -> None:

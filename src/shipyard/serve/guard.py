@@ -191,8 +191,12 @@ class Guard:
         configured one): a page whose DNS name was rebound to 127.0.0.1 gets nothing."""
         assert self.hosts is not None
         host = req.headers.get("host")
-        if host is None or host in self._hosts_ok:
+        if host is None:
+            if "host" in req.headers:  # there, but not ASCII (granian hands such values over as None)
+                raise MisdirectedRequest("this server answers loopback names only, not a Host that is not ASCII")
             return  # HTTP/1.0 without Host: no browser sends that
+        if host in self._hosts_ok:
+            return
         name = _host_name(host)
         if name not in self.hosts and not _LOOPBACK_V4.fullmatch(name):
             raise MisdirectedRequest(f"this server answers loopback names only, not Host {host!r} (add it with "
@@ -204,8 +208,13 @@ class Guard:
     def check_write(self, req: Request) -> None:
         """Routes that change state refuse what a web page can send without a CORS preflight: a
         cross-site Origin (unless allowed) and a body that is not JSON (e.g. text/plain)."""
-        origin = req.headers.get("origin")
-        ctype = req.headers.get("content-type")
+        headers = req.headers
+        origin = headers.get("origin")
+        ctype = headers.get("content-type")
+        if origin is None and "origin" in headers:  # there but not ASCII: granian hands it over as None
+            raise Forbidden("a request with an Origin that is not ASCII is refused: this route changes state")
+        if ctype is None and "content-type" in headers:
+            raise UnsupportedMediaType("this route takes application/json, not a Content-Type that is not ASCII")
         if origin is not None and origin.lower().rstrip("/") not in self.allowed_origins:
             raise Forbidden(f"cross-site request from Origin {origin!r} refused: this route changes state (allow "
                             "an origin with --allowed-origin)")

@@ -30,6 +30,8 @@ class Headers(Protocol):
 
     def items(self) -> list[tuple[str, str]]: ...
 
+    def __contains__(self, key: str) -> bool: ...  # granian: True for a header `get` cannot read (not ASCII)
+
 
 class Request:
     """One HTTP request, whatever the interface. `params`: the route's path parameters (set by
@@ -109,6 +111,9 @@ class AsgiHeaders:
 
     def items(self) -> list[tuple[str, str]]:
         return self.pairs
+
+    def __contains__(self, key: str) -> bool:
+        return any(k == key for k, _ in self.pairs)
 
 
 class AsgiRequest(Request):
