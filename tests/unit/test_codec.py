@@ -269,4 +269,4 @@ def test_the_usual_v1_body_path_decides_as_the_general_path(raw: bytes) -> None:
     if fast[0] == "instances":  # decoded: which path took it
         usual = raw in (b'{"instances": [[1, 2], [3, 4]]}', b'{"instances": [[[1, 2], [3, 4]]]}',
                         b'{"instances": [[1e300, 2]]}') or len(raw) > 1000
-        assert (codec_v1._usual(raw, codec.MAX_ELEMENTS) is not None) == usual
+        assert (codec_v1._usual(codec._parse_simd(raw), raw, codec.MAX_ELEMENTS) is not None) == usual

@@ -18,7 +18,7 @@ import numpy as np
 
 from shipyard.errors import BadRequest, PayloadTooLarge
 from shipyard.serve.codec import MAX_ELEMENTS, dumps, flatten, numbers_only, parse_keeping
-from shipyard.serve.jsonrule import _HAVE_SIMDJSON, _parse_simd, _simdjson
+from shipyard.serve.jsonrule import _HAVE_SIMDJSON, _parse_simd, _simdjson, keeping
 
 Form = Literal["instances", "inputs"]
 FORMS: tuple[Form, ...] = ("instances", "inputs")
@@ -40,10 +40,14 @@ class V1Request:
 def decode_v1(body: bytes, *, max_elements: int = MAX_ELEMENTS) -> V1Request:
     """A `:predict` body in either form → `V1Request`; every break of the rule is a 400 naming
     it (a request over `max_elements` values: 413)."""
-    usual = _usual(body, max_elements) if _HAVE_SIMDJSON else None
-    if usual is not None:
-        return usual
-    doc = parse_keeping(body, FORMS)
+    if _HAVE_SIMDJSON:
+        parsed = _parse_simd(body)
+        usual = _usual(parsed, body, max_elements)
+        if usual is not None:
+            return usual
+        doc = keeping(parsed, FORMS)  # the same document: the body is parsed once
+    else:
+        doc = parse_keeping(body, FORMS)
     given = [k for k in FORMS if k in doc] if isinstance(doc, dict) else []
     if len(given) > 1:
         raise BadRequest("send 'instances' (row form) or 'inputs' (columnar form), not both")
@@ -63,11 +67,10 @@ def decode_v1(body: bytes, *, max_elements: int = MAX_ELEMENTS) -> V1Request:
     return V1Request(_numbers(where, raw, max_elements, body.count(b"[")), form, name)
 
 
-def _usual(body: bytes, max_elements: int) -> V1Request | None:
+def _usual(doc: Any, body: bytes, max_elements: int) -> V1Request | None:
     """`{"instances": [...]}` with nothing else, regular (`_regular`): straight from simdjson's
-    document, without the general path's object walk; None for anything else (the general path
-    decides it, by the same rule)."""
-    doc = _parse_simd(body)
+    document `doc` (of `body`), without the general path's object walk; None for anything else
+    (the general path decides it, by the same rule)."""
     if not isinstance(doc, _simdjson.Object) or list(doc.keys()) != ["instances"]:
         return None
     raw = doc["instances"]

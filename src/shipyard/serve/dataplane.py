@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -152,16 +153,20 @@ class DataPlane:
         metrics.worker_exited(os.getpid())
 
     # -- inference ----------------------------------------------------------------------------
-    async def _predict(self, rt: ModelRuntime, features: np.ndarray, rid: str | None = None) -> np.ndarray:
-        """The model's probabilities; `rid` (None for shadow copies) tags the request for the
-        prediction log, which batched requests reach through the batcher's hook."""
+    def _predict(self, rt: ModelRuntime, features: np.ndarray, rid: str | None = None) -> Awaitable[np.ndarray]:
+        """The model's probabilities, to await; `rid` (None for shadow copies) tags the request
+        for the prediction log, which batched requests reach through the batcher's hook. A
+        batched request gets the batcher's own coroutine (no wrapper coroutine per request)."""
         batcher = rt.batcher
-        if batcher is None:
-            probs = rt.predict(features)
-            if rid is not None and self.predlog is not None:
-                self.predlog.record(rt, rid, features, probs)
-            return probs
-        return await batcher.infer(features, rid)
+        if batcher is not None:
+            return batcher.infer(features, rid)
+        return self._unbatched(rt, features, rid)
+
+    async def _unbatched(self, rt: ModelRuntime, features: np.ndarray, rid: str | None) -> np.ndarray:
+        probs = rt.predict(features)
+        if rid is not None and self.predlog is not None:
+            self.predlog.record(rt, rid, features, probs)
+        return probs
 
     async def infer_v2(self, name: str, version: str | None, request: InferRequest, *, key: bytes | None = None,
                        request_id_header: str | None = None, runtime: ModelRuntime | None = None) -> Answer:
@@ -178,8 +183,7 @@ class DataPlane:
         if request.binary_outputs and (unknown := [n for n in wanted if n not in OUTPUTS]):
             raise BadRequest(f"model {rt.name!r} has no output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
         rid = request_id(request.id or request_id_header)
-        batcher = rt.batcher  # straight to it: one coroutine less per request
-        probs = await (batcher.infer(features, rid) if batcher is not None else self._predict(rt, features, rid))
+        probs = await self._predict(rt, features, rid)
         outputs = [(out, probs if out == "probabilities" else rt.labels(probs), binary)
                    for out, binary in wanted.items()]
         v = str(rt.version)
@@ -199,8 +203,7 @@ class DataPlane:
         rt = runtime or self.fleet.get(name, None, key)
         features = _v1_features(rt, request.array, request.input)
         rid = request_id(request_id_header)
-        batcher = rt.batcher
-        probs = await (batcher.infer(features, rid) if batcher is not None else self._predict(rt, features, rid))
+        probs = await self._predict(rt, features, rid)
         self._mirror(name, rt, features, probs)
         labels = rt.labels(probs)
         version = str(rt.version) if rt.version is not None else None

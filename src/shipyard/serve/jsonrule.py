@@ -143,7 +143,12 @@ def parse_keeping(body: bytes, keys: Collection[str]) -> Any:
     their numbers are then checked as one buffer, not a Python object per element."""
     if not _HAVE_SIMDJSON:
         return parse_json(body)
-    doc = _parse_simd(body)
+    return keeping(_parse_simd(body), keys)
+
+
+def keeping(doc: Any, keys: Collection[str]) -> Any:
+    """`parse_keeping` of a document simdjson has already parsed (a caller that looked at it first
+    does not parse the body twice)."""
     if not isinstance(doc, _simdjson.Object):
         return _strict(doc, 0)
 
