@@ -338,3 +338,20 @@ def test_granian_runs_the_app_over_rsgi_with_the_limits() -> None:
     assert cmd[cmd.index("--interface") + 1] == "rsgi"
     assert cmd[cmd.index("--http1-header-read-timeout") + 1] == "2500"
     assert cmd[cmd.index("--backpressure") + 1] == "77"
+
+
+def test_a_client_that_leaves_mid_body_is_no_server_error(server: Server) -> None:
+    """Headers and part of the body, then the connection closes: counted as 499 (the client's
+    doing), never as a 500 that an alert on server errors would see."""
+    for _ in range(3):
+        s = _connect(server, "127.0.0.7")
+        s.sendall(_request(body=b"x" * 5000)[:-4000])
+        s.close()
+
+    def counted() -> dict[str, float]:
+        text = httpx.get(f"{server.base}/metrics", timeout=60).text
+        return {line.split('status="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("shipyard_requests_total{") and 'route="v2"' in line}
+
+    wait_for(lambda: counted().get("499", 0) >= 3, "three aborted uploads counted as 499")
+    assert "500" not in counted()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from shipyard.errors import PayloadTooLarge
+from shipyard.errors import PayloadTooLarge, ShipyardError
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -56,6 +56,13 @@ class Request:
         raise NotImplementedError
 
 
+class ClientGone(ShipyardError):
+    """The client went away before its request was read: nobody gets the answer, and it is no
+    server error (nginx's 499, so a log or an alert on 5xx does not count it)."""
+
+    http_status = 499
+
+
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body is over the {limit:,}-byte limit")
 
@@ -77,26 +84,29 @@ class RsgiRequest(Request):
         return client.rpartition(":")[0]
 
     async def body(self, limit: int) -> bytes:
-        if self.headers.get("content-length") is not None:  # the length is known (and was checked)
-            body: bytes = await self.proto()
-            if len(body) > limit:
-                raise _too_large(limit)
-            return body
-        chunks: list[bytes] = []  # chunked: counted as it comes, so a huge body is cut off early
-        size = 0
-        async for chunk in self.proto:
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            if self.headers.get("content-length") is not None:  # the length is known (and was checked)
+                body: bytes = await self.proto()
+                if len(body) > limit:
+                    raise _too_large(limit)
+                return body
+            chunks: list[bytes] = []  # chunked: counted as it comes, so a huge body is cut off early
+            size = 0
+            async for chunk in self.proto:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except RuntimeError as e:  # granian's RSGIProtocolClosed/Error: the connection ended mid-body
+            raise ClientGone(f"the client closed the connection before its body arrived ({e})") from None
 
 
 # -- ASGI ---------------------------------------------------------------------------------------
 class AsgiHeaders:
-    """ASGI's header list (bytes pairs) as text, looked up by lower-case name; a repeated header
-    is joined with commas (RFC 9110), as `RSGIHeaders.get` answers the first only — no caller
-    here reads a repeated one through `get` (X-Forwarded-For goes through `items`)."""
+    """ASGI's header list (bytes pairs) as text (latin-1), looked up by lower-case name; a
+    repeated header answers its first value through `get`, as `RSGIHeaders.get` does (the one
+    that is read repeated, X-Forwarded-For, goes through `items`)."""
 
     __slots__ = ("pairs",)
 
@@ -132,6 +142,8 @@ class AsgiRequest(Request):
 
     async def body(self, limit: int) -> bytes:
         message = await self.receive()
+        if message.get("type") == "http.disconnect":
+            raise ClientGone("the client closed the connection before its body arrived")
         if not message.get("more_body"):  # the usual case: the whole body in one message
             body: bytes = message.get("body", b"")
             if len(body) > limit:
@@ -141,6 +153,8 @@ class AsgiRequest(Request):
         size = len(chunks[0])
         while True:
             message = await self.receive()
+            if message.get("type") == "http.disconnect":
+                raise ClientGone("the client closed the connection before its body arrived")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
