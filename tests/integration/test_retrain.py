@@ -69,9 +69,18 @@ def test_retrain_on_shifted_labels_beats_the_champion_on_the_recent_holdout(cham
     lineage = reg.get("digits@2").meta.lineage.to_dict()
     assert lineage["parent_version"] == 1 and lineage["production_window"]["trained_on"] == 480
     assert lineage["production_window"]["since"] <= lineage["production_window"]["holdout_since"]
-    # a recent holdout under 200 samples is too small to be the new version's reference
-    assert reg.get("digits@2").meta.to_dict()["reference"]["held_out"] == "validation split"
+    # the reference: the recent holdout plus the production rows the run validated on (none trained
+    # on); not topped up with original rows, which differ from this world (every window would alarm)
+    meta = reg.get("digits@2").meta
+    assert meta.reference is not None and meta.reference.held_out_rows is not None
+    rows = meta.reference.held_out_rows
+    assert rows["recent_holdout"] == 120 and 80 <= rows["production_validation"] <= 110, rows
+    assert "original_validation" not in rows and result.samples["reference"] == rows
+    assert meta.reference.held_out == f"{sum(rows.values())} labelled production samples"
+    # "validation accuracy" is the validation split's; the holdout's is recorded apart
+    assert meta.reference.val_accuracy == meta.metrics.val_accuracy
     gate = result.gate["sets"]
+    assert meta.metrics.holdout_accuracy == pytest.approx(gate["recent_holdout"]["challenger"], abs=0.01)
     assert gate["recent_holdout"]["challenger"] >= gate["recent_holdout"]["champion"] + 0.05, gate
     assert result.gate["passed"], result.gate
     kinds = [(e.kind, e.version) for e in reg.history("digits")]

@@ -42,7 +42,7 @@ def as_v2(d: dict[str, Any]) -> dict[str, Any]:
     """What version 2 holds for a version-1 dict: the same, with the signature's implicit parts
     stated."""
     out = json.loads(json.dumps(d))
-    out["schema_version"] = SCHEMA_VERSION  # version 3 only adds optional keys
+    out["schema_version"] = SCHEMA_VERSION  # versions 3 and 4 only add optional keys
     sig = out["signature"]
     for i in sig["inputs"]:
         i.setdefault("kind", "features")
@@ -63,7 +63,7 @@ def test_a_bundle_json_written_before_the_typed_schema_is_upgraded_and_keeps_its
     d = json.loads((V1 / name).read_text())
     assert d["schema_version"] == 1
     meta = BundleMeta.from_dict(d)
-    assert meta.schema_version == SCHEMA_VERSION == 3
+    assert meta.schema_version == SCHEMA_VERSION == 4
     assert meta.to_dict() == as_v2(d)  # every key and value kept; nothing added but the version
     assert BundleMeta.from_dict(meta.to_dict()) == meta
     assert meta.signature.onnx_input == meta.signature.graph_inputs[0].name
@@ -118,7 +118,7 @@ def test_batch_invariance_is_read_from_version_3_and_unknown_in_older_bundles(tm
     older = {**tiny_meta("tiny", 10, 100), "schema_version": 2}
     meta = BundleMeta.from_dict(older)
     assert meta.batch_invariant is None and meta.batch_max_diff is None  # not measured: not proven
-    assert meta.to_dict() == {**older, "schema_version": 3}  # nothing added but the version
+    assert meta.to_dict() == {**older, "schema_version": SCHEMA_VERSION}  # nothing added but the version
     variants = [{"name": "fp32", "accuracy": 0.9, "size_bytes": 100, "latency_p50_ms": 0.1,
                  "throughput_per_s": 1000.0, "batch_max_diff": 0.0, "batch_invariant": True},
                 {"name": "int8-dynamic", "accuracy": 0.9, "size_bytes": 30, "latency_p50_ms": 0.1,
@@ -130,7 +130,7 @@ def test_batch_invariance_is_read_from_version_3_and_unknown_in_older_bundles(tm
     assert written.meta.choice is not None and written.meta.choice.allow_batch_variance is True
     assert Bundle.load(written.path).meta == written.meta
     on_disk = json.loads((written.path / bundle.META).read_text())
-    assert on_disk["variants"] == variants and on_disk["schema_version"] == 3
+    assert on_disk["variants"] == variants and on_disk["schema_version"] == SCHEMA_VERSION
     with pytest.raises(BundleError, match=r"'variants\[0\]\.batch_invariant' has value 'yes'"):
         BundleMeta.from_dict({**older, "variants": [{**variants[0], "batch_invariant": "yes"}]})
 
@@ -175,7 +175,7 @@ def test_a_missing_key_is_refused_naming_it(tmp_path: Path) -> None:
      r"'lineage\.parent_version' has value 'one', expected an integer or null"),
     (lambda d: d["preprocess"].update(standardize="sometimes"),
      r"'preprocess\.standardize' has value 'sometimes', expected one of 'none', 'global', 'feature'"),
-    (lambda d: d.update(schema_version=4), r"'schema_version' has value 4: unsupported \(written by a newer"),
+    (lambda d: d.update(schema_version=5), r"'schema_version' has value 5: unsupported \(written by a newer"),
 ])
 def test_a_tampered_bundle_json_is_refused_at_load_naming_key_and_value(tmp_path: Path, change: Any,
                                                                          message: str) -> None:

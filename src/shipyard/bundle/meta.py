@@ -23,8 +23,9 @@ from shipyard.data.preprocess import PreprocessSpec
 from shipyard.errors import ShipyardError
 
 #: version 2: every signature input states its `kind`, and the signature its `onnx_input`;
-#: version 3: variants may state their batch invariance (absent: not measured, so not proven)
-SCHEMA_VERSION = 3
+#: version 3: variants may state their batch invariance (absent: not measured, so not proven);
+#: version 4: metrics may state `holdout_accuracy`, the reference summary `held_out_rows`
+SCHEMA_VERSION = 4
 META = "bundle.json"
 
 
@@ -112,9 +113,12 @@ class Choice(Record):
 
 @dataclass(frozen=True)
 class Metrics(Record):
-    val_accuracy: float | None = None
+    val_accuracy: float | None = None  # the shipped variant on the run's validation split
     test_accuracy: float | None = None
     train_best_val_accuracy: float | None = None
+    # retrain: the shipped variant on the recent holdout (the newest labelled production samples,
+    # never trained on); apart from val_accuracy, which a shifted world can leave far above it
+    holdout_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,8 @@ class DriftThreshold(Record):
     input: float
     prediction: float
     confidence: float
+    mean: float | None = None  # bundles since the mean test
+    cusum: float | None = None  # the sequential rule's allowance (decades of p)
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,8 @@ class ReferenceSummary(Record):
     val_profile_size: int | None = None  # bundles since the held-out profile
     drift_thresholds: tuple[DriftThreshold, ...] = ()  # bundles since thresholds are precalibrated
     held_out: str | None = None  # what the held-out profile describes
+    # retrain: its rows by source (recent_holdout, production_validation, original_validation)
+    held_out_rows: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -291,8 +299,14 @@ def _v2_to_v3(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "schema_version": 3}
 
 
+def _v3_to_v4(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 4 adds optional keys only (`metrics.holdout_accuracy`, `reference.held_out_rows`):
+    absent, a bundle made before them (or not by retrain) has none."""
+    return {**d, "schema_version": 4}
+
+
 #: schema version → the function that turns that layout into the next one
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def upgrade(d: Any, where: str = META) -> dict[str, Any]:

@@ -1,11 +1,18 @@
 """The labels that come back for logged predictions (the `feedback` table): `record_feedback`
-joins them with the prediction log as they arrive; the read side serves realised accuracy,
-exports and traces."""
+joins them with the prediction log as they arrive; the read side serves realised accuracy (per
+version, and per evaluated window however late its labels came), exports and traces.
+
+A shadow's answers are logged under the shadow's version with the request id `shadow_id(rid)`:
+the primary's id behind a prefix no client id can carry (client ids are printable ASCII). A
+label is sent for the primary's id and stored once; it scores the answer the client got (the
+primary's version), and, for the shadow's version only, the shadow's answer to the same input.
+Model-wide figures count it once; ids of shadow answers take no label of their own."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +22,25 @@ import sqlalchemy as sa
 from shipyard.monitor.predlog import find
 from shipyard.store.schema import feedback, feedback_changes
 
-__all__ = ["FeedbackResult", "accuracy", "changes", "label_of", "labels", "record_feedback"]
+__all__ = ["SHADOW_PREFIX", "FeedbackResult", "accuracy", "changes", "label_of", "labels", "primary_id",
+           "record_feedback", "shadow_id", "window_accuracy"]
 log = logging.getLogger("shipyard.monitor")
+
+#: the log's request id of a shadow's answer is this + the primary's id ("·" is U+00B7: never in a
+#: client's id, which `serve.dataplane.request_id` keeps to printable ASCII)
+SHADOW_PREFIX = "shadow\u00b7"
+
+
+def shadow_id(request_id: str) -> str:
+    """The id a shadow's answer to `request_id` is logged under: distinct from the primary's, so
+    a label for the request joins the answer the client got, and request-id lookups, retry
+    de-duplication and retraining data never mistake the copy for the request."""
+    return SHADOW_PREFIX + request_id
+
+
+def primary_id(request_id: str) -> str:
+    """The request a logged id answered: the primary's id for a shadow's answer, else itself."""
+    return request_id[len(SHADOW_PREFIX):] if request_id.startswith(SHADOW_PREFIX) else request_id
 
 
 def labels(engine: sa.Engine, model: str, *, since: float | None = None) -> dict[str, int]:
@@ -64,7 +88,10 @@ def record_feedback(engine: sa.Engine, model: str, classes: list[str], items: li
     labels: dict[str, int] = {}
     for rid, label in items:
         key = str(label) if isinstance(label, (str, int)) and not isinstance(label, bool) else None
-        if key is None or key not in index:
+        if isinstance(rid, str) and rid.startswith(SHADOW_PREFIX):  # labelled through the primary's id
+            results.append({"id": rid, "status": "unknown", "error": f"{rid!r} is a shadow's copy of a request: "
+                            f"label the request itself ({primary_id(rid)!r})"})
+        elif key is None or key not in index:
             results.append({"id": rid, "status": "invalid",
                             "error": f"label {label!r} is not one of the model's classes {classes}"})
         else:
@@ -111,15 +138,26 @@ def changes(engine: sa.Engine, model: str, request_id: str | None = None) -> lis
         return [dict(r._mapping) for r in conn.execute(q)]
 
 
+def _labelled_answers(engine: sa.Engine, model: str, *, shadows: bool, since: float | None = None
+                      ) -> list[tuple[float, int, int, int]]:
+    """(time, label, predicted, version) of every logged answer a label joins: the primary's
+    (newest logged prediction of the id), and with `shadows` the shadow's answer to it too."""
+    labelled = labels(engine, model)
+    if not labelled:
+        return []
+    wanted = list(labelled) + ([shadow_id(r) for r in labelled] if shadows else [])
+    return [(ts, labelled[primary_id(rid)], pred, v)
+            for rid, (ts, pred, v) in find(engine, model, wanted, since=since).items()]
+
+
 def accuracy(engine: sa.Engine, model: str, *, version: int | None = None, last: int | None = None,
              classes: list[str] | None = None) -> dict[str, Any]:
     """Realised accuracy from labels joined with the log: overall and per true class, over the
     `last` labelled predictions (all when None). A label counts even when the prediction's
-    input is no longer kept: the predicted class is in the log."""
-    labelled = labels(engine, model)
-    hits = find(engine, model, list(labelled)) if labelled else {}
-    rows = sorted(((ts, labelled[rid], pred) for rid, (ts, pred, v) in hits.items()
-                   if version is None or v == version), reverse=True)
+    input is no longer kept: the predicted class is in the log. Per version, a shadow version's
+    answers to labelled requests count too; overall, each label once (the answer the client got)."""
+    hits = _labelled_answers(engine, model, shadows=version is not None)
+    rows = sorted(((ts, y, pred) for ts, y, pred, v in hits if version is None or v == version), reverse=True)
     if last is not None:
         rows = rows[:last]
     if not rows:
@@ -131,3 +169,31 @@ def accuracy(engine: sa.Engine, model: str, *, version: int | None = None, last:
         name = classes[c] if classes and c < len(classes) else str(c)
         per_class[name] = {"accuracy": float((pred[y == c] == c).mean()), "n": int((y == c).sum())}
     return {"n_labels": len(rows), "realised": float((y == pred).mean()), "per_class": per_class}
+
+
+def window_accuracy(engine: sa.Engine, model: str, windows: Sequence[Mapping[str, Any]]
+                    ) -> list[tuple[float | None, int]]:
+    """(realised accuracy, labels) of each evaluated window (`version`, `ts_first`, `ts_last`),
+    from the labels in the database now: a label that arrives after its window was evaluated
+    counts (the window's stored results keep what was known then). One pass over the log since
+    the oldest window, however many windows."""
+    out: list[tuple[float | None, int]] = [(None, 0)] * len(windows)
+    if not windows:
+        return out
+    since = min(float(w["ts_first"]) for w in windows)
+    by_version: dict[int, list[tuple[float, bool]]] = {}
+    for ts, y, pred, v in _labelled_answers(engine, model, shadows=True, since=since):
+        by_version.setdefault(v, []).append((ts, y == pred))
+    cums: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # version → label times, hits before each
+    for v, rows in by_version.items():
+        rows.sort()
+        cums[v] = (np.array([r[0] for r in rows], np.float64),
+                   np.concatenate([[0], np.cumsum([r[1] for r in rows])]).astype(np.int64))
+    for i, w in enumerate(windows):
+        if (c := cums.get(int(w["version"]))) is None:
+            continue
+        times, hits = c
+        lo = int(np.searchsorted(times, float(w["ts_first"]), "left"))
+        hi = int(np.searchsorted(times, float(w["ts_last"]), "right"))
+        out[i] = (float((hits[hi] - hits[lo]) / (hi - lo)) if hi > lo else None, hi - lo)
+    return out

@@ -8,6 +8,7 @@ import re
 import shutil
 import tempfile
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +33,28 @@ from shipyard.training.tracking import Run, RunStore
 from shipyard.training.zoo import build_model
 
 PARITY_SAMPLES = 1000
+#: a production reference needs this many held-out rows, else the validation split is the reference
+REFERENCE_MIN_ROWS = 200
+#: and is topped up towards this many (two halves of 500: windows of 250 calibrate on either half)
+REFERENCE_TARGET_ROWS = 1000
+#: the chance of refusing a top-up from the same world (the three drift tests, α/3 each)
+SAME_WORLD_ALPHA = 0.01
+
+
+@dataclass
+class HeldOut:
+    """Labelled rows a retrained version's reference profile may describe, none of them trained
+    on: `x`/`y` the production rows (raw inputs; the first `holdout` are the recent holdout, the
+    rest production rows of the retrain's validation split); `top_up_x`/`top_up_y` rows of the
+    original data the run also held out, in order of preference, added towards
+    `REFERENCE_TARGET_ROWS` only when the production rows look like them (`_same_world`): a
+    reference half in the old world would alarm on every window of the shift the retrain fixed."""
+
+    x: np.ndarray
+    y: np.ndarray
+    holdout: int
+    top_up_x: np.ndarray | None = None
+    top_up_y: np.ndarray | None = None
 
 
 def default_name(run: Run) -> str:
@@ -43,14 +66,16 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
              optimize_for: str = "throughput", variants: tuple[str, ...] = V.VARIANTS,
              threads: int = 1, bench_seconds: float = 0.5, settings: Settings | None = None,
              console: Console | None = None, lineage: dict[str, Any] | None = None,
-             reference_data: tuple[np.ndarray, np.ndarray] | None = None, allow_batch_variance: bool = False
-             ) -> tuple[Bundle, list[Measured], str]:
+             reference_data: tuple[np.ndarray, np.ndarray] | HeldOut | None = None,
+             allow_batch_variance: bool = False) -> tuple[Bundle, list[Measured], str]:
     """Returns the written bundle, the measured variants, and the reason for the choice.
     `lineage` adds to the bundle's lineage (retraining: the parent version, the production
-    window trained on). `reference_data` (raw inputs, labels): the held-out data the reference
-    profile describes, instead of the validation split — a model retrained for a shifted world
-    is monitored against that world, not the one it left. `allow_batch_variance`: a variant whose
-    answers depend on its batch-mates (int8-dynamic) may be chosen; the choice records it."""
+    window trained on). `reference_data` (raw inputs, labels; or a `HeldOut`): the held-out data
+    the reference profile describes, instead of the validation split — a model retrained for a
+    shifted world is monitored against that world, not the one it left; its accuracy there is
+    `metrics.holdout_accuracy`, while `val_accuracy` stays the validation split's.
+    `allow_batch_variance`: a variant whose answers depend on its batch-mates (int8-dynamic) may
+    be chosen; the choice records it."""
     settings = settings or Settings.from_env()
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)
     store = RunStore(settings)
@@ -122,10 +147,32 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         console.print(f"chose [bold]{chosen.name}[/]: {reason}")
 
         ref_x, ref_probs, ref_y, ref_from = x_val, probs[chosen.name], y_val, "validation split"
-        if reference_data is not None and len(reference_data[1]) >= 200:
-            ref_x = spec.apply(reference_data[0])
-            ref_probs = predict(session(files[chosen.name]), ref_x)
-            ref_y, ref_from = np.asarray(reference_data[1]), f"{len(ref_x)} labelled production samples"
+        rows: dict[str, int] | None = None
+        holdout_accuracy = None
+        if reference_data is not None:
+            held = reference_data if isinstance(reference_data, HeldOut) else \
+                HeldOut(reference_data[0], np.asarray(reference_data[1]), len(reference_data[1]))
+            sess = session(files[chosen.name])
+            hx = spec.apply(held.x)
+            hp = predict(sess, hx) if len(hx) else np.zeros((0, len(ds.classes)), np.float32)
+            if held.holdout:
+                holdout_accuracy = float((hp[:held.holdout].argmax(1) == held.y[:held.holdout]).mean())
+            if len(held.y) >= REFERENCE_MIN_ROWS:
+                ref_x, ref_probs, ref_y = hx, hp, np.asarray(held.y)
+                rows = {"recent_holdout": held.holdout, "production_validation": len(held.y) - held.holdout}
+                ref_from = f"{len(ref_y)} labelled production samples"
+                need = REFERENCE_TARGET_ROWS - len(ref_y)
+                if need > 0 and held.top_up_x is not None and held.top_up_y is not None and len(held.top_up_y):
+                    tx = spec.apply(held.top_up_x[:need])
+                    tp = predict(sess, tx)
+                    if _same_world(x_train, recipe.seed, hx, hp, held.y, tx, tp):
+                        ref_x, ref_probs = np.concatenate([hx, tx]), np.concatenate([hp, tp])
+                        ref_y = np.concatenate([ref_y, held.top_up_y[:need]])
+                        rows["original_validation"] = len(tx)
+                        ref_from = f"{len(ref_y)} held-out rows: {ref_from} + {len(tx)} of the original data"
+                    else:
+                        console.print(f"the reference stays {len(hx)} production rows: they differ from the "
+                                      "original data, which would make every window of this world drift")
         ref = reference.build(x_train, ref_probs, ref_y, seed=recipe.seed, x_val=ref_x)
         from shipyard.monitor import drift
         from shipyard.monitor.evaluator import MonitorConfig
@@ -139,6 +186,11 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         meta["lineage"].update(lineage or {})
         meta["choice"]["allow_batch_variance"] = allow_batch_variance
         meta["reference"]["held_out"] = ref_from
+        if rows is not None:  # "validation accuracy" stays the validation split's, whatever the reference
+            meta["reference"]["val_accuracy"] = chosen.accuracy
+            meta["reference"]["held_out_rows"] = rows
+        if holdout_accuracy is not None:
+            meta["metrics"]["holdout_accuracy"] = holdout_accuracy
         staging = work / "staging"
         bundle_mod.write(staging, meta, {bundle_mod.MODEL: files[chosen.name], bundle_mod.WEIGHTS: weights,
                                          bundle_mod.REFERENCE: ref_path})
@@ -150,6 +202,29 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result, measured, reason
+
+
+def _same_world(x_train: np.ndarray, seed: int, x: np.ndarray, probs: np.ndarray, y: np.ndarray,
+                x_more: np.ndarray, probs_more: np.ndarray) -> bool:
+    """Whether rows `x_more` look like the production rows `x` to the three drift tests (inputs on
+    the reference's PCA basis, class mix, confidences), each two-sample at α/3: then a reference of
+    both describes this world. Windows of about that size are what would alarm otherwise."""
+    from scipy.stats import chi2_contingency
+
+    from shipyard.monitor import drift
+
+    probe = reference.build(x_train, probs, y, seed=seed, x_val=x)
+    more = reference.profile(probe["pca_mean"], probe["pca_components"], x_more)
+    t = SAME_WORLD_ALPHA / 3
+    if drift.input_drift(probe["val_profile"].astype(np.float64), more, threshold=t).alarm or \
+            drift.confidence_drift(probs.max(1), probs_more.max(1), threshold=t).alarm:
+        return False
+    # the class mix: both samples are estimates (drift.prediction_drift takes the reference's as
+    # exact, which at these sizes alarms on most samples of one world)
+    k = probs.shape[1]
+    mix = np.stack([np.bincount(probs.argmax(1), minlength=k), np.bincount(probs_more.argmax(1), minlength=k)])
+    mix = mix[:, mix.sum(0) > 0]
+    return mix.shape[1] < 2 or float(chi2_contingency(mix).pvalue) > t
 
 
 def _meta(name: str, run: Run, classes: list[str], spec: PreprocessSpec, chosen: Measured,

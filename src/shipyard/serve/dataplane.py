@@ -24,7 +24,7 @@ import numpy as np
 from shipyard.errors import BadRequest, NotFound, Overloaded, UsageError
 from shipyard.monitor import metrics
 from shipyard.monitor import stats as stats_mod
-from shipyard.monitor.feedback import record_feedback
+from shipyard.monitor.feedback import record_feedback, shadow_id
 from shipyard.monitor.predlog import PredictionLog
 from shipyard.monitor.stats import ServingStats
 from shipyard.serve.batching import INLINE_LIMIT_S, BatchConfig, Batcher, admit
@@ -154,9 +154,10 @@ class DataPlane:
 
     # -- inference ----------------------------------------------------------------------------
     def _predict(self, rt: ModelRuntime, features: np.ndarray, rid: str | None = None) -> Awaitable[np.ndarray]:
-        """The model's probabilities, to await; `rid` (None for shadow copies) tags the request
-        for the prediction log, which batched requests reach through the batcher's hook. A
-        batched request gets the batcher's own coroutine (no wrapper coroutine per request)."""
+        """The model's probabilities, to await; `rid` tags the request for the prediction log (a
+        shadow's copy: `shadow_id`; None: not logged), which batched requests reach through the
+        batcher's hook. A batched request gets the batcher's own coroutine (no wrapper coroutine
+        per request)."""
         batcher = rt.batcher
         if batcher is not None:
             return batcher.infer(features, rid)
@@ -189,7 +190,7 @@ class DataPlane:
         v = str(rt.version)
         body, header = encode_v2(rt.name, v if rt.version is not None else None, rid, outputs)
         if version is None:
-            self._mirror(name, rt, features, probs)
+            self._mirror(name, rt, features, probs, rid)
         return Answer(body, rt.name, v, rid, header, self.proof(name, rid) if self._feedback_key else None)
 
     async def predict_v1(self, name: str, request: V1Request | np.ndarray, *, key: bytes | None = None,
@@ -204,7 +205,7 @@ class DataPlane:
         features = _v1_features(rt, request.array, request.input)
         rid = request_id(request_id_header)
         probs = await self._predict(rt, features, rid)
-        self._mirror(name, rt, features, probs)
+        self._mirror(name, rt, features, probs, rid)
         labels = rt.labels(probs)
         version = str(rt.version) if rt.version is not None else None
         body = encode_v1(request.form, labels, probs, model=rt.name, version=version, rid=rid)
@@ -217,21 +218,26 @@ class DataPlane:
         return hmac.new(self._feedback_key, f"{name}\0{rid}".encode(), hashlib.sha256).hexdigest()[:32]
 
     # -- shadow -------------------------------------------------------------------------------
-    def _mirror(self, name: str, primary: ModelRuntime, features: np.ndarray, probs: np.ndarray) -> None:
+    def _mirror(self, name: str, primary: ModelRuntime, features: np.ndarray, probs: np.ndarray, rid: str) -> None:
         """Send a copy to the model's shadow, if it has one; never delays the primary answer (its
-        own bounded queue: when full the copy is dropped and counted)."""
+        own bounded queue: when full the copy is dropped and counted). The shadow's answers are
+        logged under its own version as `shadow_id(rid)`, so it gets drift windows, estimated and
+        (through the request's label) realised accuracy; not when it is the version that answered
+        (the same answers twice would count twice)."""
         table = self.fleet.served.get(name)
         if table is None or table.shadow is None:
             return
         self.shadow_stats["mirrored"] += 1
         labels = primary.labels(probs)  # only when there is a shadow to compare with
-        task = asyncio.get_running_loop().create_task(self._shadow(table.shadow.runtime, features, labels))
+        shadow = table.shadow.runtime
+        tag = shadow_id(rid) if shadow.version != primary.version else None
+        task = asyncio.get_running_loop().create_task(self._shadow(shadow, features, labels, tag))
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _shadow(self, rt: ModelRuntime, features: np.ndarray, labels: np.ndarray) -> None:
+    async def _shadow(self, rt: ModelRuntime, features: np.ndarray, labels: np.ndarray, tag: str | None) -> None:
         try:
-            probs = await self._predict(rt, features, None)
+            probs = await self._predict(rt, features, tag)
         except Overloaded:
             self.shadow_stats["dropped"] += 1
             metrics.SHADOW.labels(rt.name, "dropped").inc()

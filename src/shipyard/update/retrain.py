@@ -4,7 +4,10 @@ optimized, bundled and registered behind `candidate` with its lineage; then the 
 compares it with the champion on the recent holdout and the original validation split.
 
 The newest 20% of labelled production samples (by prediction time) are never trained on: they are
-the recent holdout every later gate compares on."""
+the recent holdout every later gate compares on. The new version's reference profile is built from
+held-out rows only (`held_out`): the recent holdout, the production rows the run's validation
+split kept out of training, and, when those look like the original data, original rows both runs
+held out, towards 2×500 rows so windows of 250 can be calibrated."""
 
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from shipyard.update import gates
 from shipyard.update.data import Labelled, labelled
 
 if TYPE_CHECKING:
+    from shipyard.data import Dataset
+    from shipyard.optimizing.build import HeldOut
     from shipyard.registry import Registry
 
 
@@ -134,13 +139,15 @@ def retrain(name: str, *, registry: Registry | None = None, settings: Settings |
                                          "holdout_since": recent.window[0]},
                    "original_data": source}
     tried = tuple(v.name for v in bundle.meta.variants) or ("fp32",)
-    # monitored against the production world it was retrained for, not the one it left: the recent
-    # holdout (never trained on, so its confidences are honest), when it has 200 samples or more
+    # monitored against the production world it was retrained for, not the one it left: held-out
+    # rows only (never trained on, so its confidences are honest), production ones first
+    held = held_out(recent, train_part, original, recipe, arrays["y_train"], run.recipe)
     new_bundle = optimize(run, name=name, output=work / f"{name}.tar.gz", settings=settings,
-                          lineage=new_lineage, reference_data=(recent.x, recent.y), variants=tried)
+                          lineage=new_lineage, reference_data=held, variants=tried)
     samples = {"original": int(len(original.y)), "production_train": len(train_part),
                "recent_holdout": len(recent), "labels_total": prod.labels_total,
-               "window": {"since": window_start, "until": window_end}}
+               "window": {"since": window_start, "until": window_end},
+               "reference": new_bundle.meta.reference.held_out_rows if new_bundle.meta.reference else None}
     mv = reg.register(new_bundle.path if new_bundle.path.is_dir() else work / f"{name}.tar.gz", name,
                       description=f"retrained from v{champ.version} on {len(train_part)} production samples",
                       tags={"parent_version": str(champ.version), "run": run.id}, reason="retrain")
@@ -155,6 +162,37 @@ def retrain(name: str, *, registry: Registry | None = None, settings: Settings |
                          time.perf_counter() - t0)
 
 
+def _val_indices(y: np.ndarray, has_test: bool, recipe: dict[str, Any]) -> np.ndarray:
+    """The rows of data `y` a run with `recipe` validated on (never trained on): `Dataset.split`'s."""
+    from shipyard.data.dataset import VAL_FRACTION_DEFAULT, VAL_FRACTION_WITH_TEST, stratified_split
+
+    fraction = recipe.get("val_fraction")
+    if fraction is None:
+        fraction = VAL_FRACTION_WITH_TEST if has_test else VAL_FRACTION_DEFAULT
+    return stratified_split(y, float(fraction), int(recipe.get("split_seed", 0) or 0))[1]
+
+
+def held_out(recent: Labelled, train_part: Labelled, original: Dataset, champion_recipe: dict[str, Any],
+             y_train: np.ndarray, run_recipe: dict[str, Any]) -> HeldOut:
+    """The rows the new version's reference may describe, none of them trained on by the retrain
+    run: the recent holdout, then the production rows of the run's validation split; to top up
+    with, the original rows of that split, those the champion held out too first (the warm start
+    carries what the champion learnt from the rest)."""
+    from shipyard.optimizing.build import HeldOut
+
+    n_orig = len(original.y)
+    val = _val_indices(y_train, original.x_test is not None, run_recipe)
+    prod = val[val >= n_orig] - n_orig
+    orig = val[val < n_orig]
+    champion_val = np.zeros(n_orig, bool)
+    champion_val[_val_indices(original.y, original.x_test is not None, champion_recipe)] = True
+    rng = np.random.default_rng(0)
+    order = np.concatenate([rng.permutation(orig[champion_val[orig]]), rng.permutation(orig[~champion_val[orig]])])
+    return HeldOut(np.concatenate([recent.x, train_part.x[prod].astype(recent.x.dtype)]),
+                   np.concatenate([recent.y, train_part.y[prod]]), len(recent),
+                   original.x[order], original.y[order])
+
+
 def _run_exists(settings: Settings, run_id: str) -> bool:
     from shipyard.training import get_run
 
@@ -165,4 +203,4 @@ def _run_exists(settings: Settings, run_id: str) -> bool:
         return False
 
 
-__all__ = ["Labelled", "RetrainResult", "retrain", "server_running"]
+__all__ = ["Labelled", "RetrainResult", "held_out", "retrain", "server_running"]
