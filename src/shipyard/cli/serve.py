@@ -15,6 +15,7 @@ import typer
 
 from shipyard.cli._common import err, reporting, settings
 from shipyard.errors import UsageError
+from shipyard.monitor.config import parse_size
 from shipyard.serve.config import FEEDBACK_SECRET_ENV, TOKEN_ENV, ServeConfig
 from shipyard.settings import Settings
 
@@ -55,6 +56,7 @@ def serve(
     log_sample: Annotated[float, typer.Option(help="Share of requests whose full input is kept until retention (0..1).")] = _D.log_sample,
     log_ring: Annotated[int, typer.Option(help="Full inputs of the most recent requests kept per model, besides the sample.")] = _D.log_ring,
     log_retention_days: Annotated[float, typer.Option(help="Prediction log rows older than this are removed.")] = _D.log_retention_days,
+    log_max_bytes: Annotated[str, typer.Option(help="Size budget of the prediction log in the database (e.g. 500M, 20G); over it, unlabelled and then the oldest sampled inputs go first, predictions past the feedback horizon next. 0: 10% of the free disk at start, 64 MiB to 20 GiB (20 GiB on PostgreSQL).")] = str(_D.log_max_bytes),
     feedback_horizon_h: Annotated[float, typer.Option(help="Labels for predictions older than this are refused as late.")] = _D.feedback_horizon_h,
     drain_grace: Annotated[float, typer.Option(help="On SIGTERM, how long to keep serving with readiness 503 so load balancers stop sending, seconds (Ctrl-C skips it).")] = _D.drain_grace_s,
     evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Run the drift evaluator in the server (one worker per model computes, by lease); off: run `shipyard monitor run` elsewhere.")] = _D.evaluate,
@@ -86,7 +88,8 @@ def serve(
             latency_target_ms=latency_target_ms, poll_s=poll_s, notify=notify, drain_timeout_s=drain_timeout,
             unbatched_if_variant=unbatched_if_variant,
             drain_grace_s=drain_grace, metrics=metrics, log=log, log_sample=log_sample, log_ring=log_ring,
-            log_retention_days=log_retention_days, feedback_horizon_h=feedback_horizon_h, evaluate=evaluate,
+            log_retention_days=log_retention_days, log_max_bytes=parse_size(log_max_bytes),
+            feedback_horizon_h=feedback_horizon_h, evaluate=evaluate,
             window=window, window_max_age_s=window_max_age_s,
             alerts=str(alerts.resolve()) if alerts is not None else None,
             allowed_origins=tuple(o.lower().rstrip("/") for o in allowed_origin or ()),

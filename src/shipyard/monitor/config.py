@@ -13,7 +13,8 @@ from shipyard.errors import UsageError
 @dataclass(frozen=True)
 class LogConfig:
     """What is kept. `ring` full inputs per model (the most recent), plus a `sample` share kept
-    until retention removes the row."""
+    until retention removes the row; all of it within `max_bytes` (`logbudget`), which the
+    feedback horizon `horizon_s` shapes: predictions the horizon still needs go last."""
 
     enabled: bool = True
     sample: float = 0.10
@@ -24,6 +25,24 @@ class LogConfig:
     flush_s: float = 0.25
     max_pending: int = 20_000  # instances waiting for the writer; beyond, dropped …
     max_pending_bytes: int = 32 << 20  # … and their arrays' bytes (10,000 inputs of 784 floats)
+    max_bytes: int = 0  # the log's size budget in the database; 0: derived from the disk at start (logbudget)
+    horizon_s: float = 0.0  # the feedback horizon (labels later than this are refused); 0: not known
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `500M`, `20G`, `1.5T` or a plain number (powers of 1024), so an operator can
+    write a budget the way disks are sized. 0 means: derive it from the disk."""
+    units = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper()
+    t = t[:-2] if t.endswith("IB") else t[:-1] if t.endswith("B") else t  # 2GiB, 64MB, 100B
+    unit = t[-1:] if t[-1:].isalpha() and t[-1:] in units else ""
+    try:
+        value = float(t[:len(t) - len(unit)])
+    except ValueError:
+        raise UsageError(f"{text!r} is not a size (write e.g. 500M, 20G or a number of bytes)") from None
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"a size must be ≥ 0, got {text!r}")
+    return int(value * units[unit])
 
 
 @dataclass(frozen=True)

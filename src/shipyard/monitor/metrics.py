@@ -60,6 +60,24 @@ LOG_LOST = Counter("shipyard_prediction_log_dropped", "Prediction-log rows not w
                    "database refused or could not be reached)", ["reason"])
 LOG_OK = Gauge("shipyard_prediction_log_ok", "1 while the prediction log can write to its database, 0 while it "
                "cannot (the lowest over the server's workers)", multiprocess_mode="livemin")
+# the log's size budget (monitor/logbudget.py): every worker measures the same database, so the latest wins
+LOG_BYTES = Gauge("shipyard_prediction_log_bytes", "Bytes the prediction log's rows hold in the database, by table "
+                  "(prediction_chunks: ids and outputs; prediction_inputs: full inputs), what its budget counts",
+                  ["table"], multiprocess_mode="mostrecent")
+LOG_DISK_BYTES = Gauge("shipyard_prediction_log_disk_bytes", "Bytes on disk: the SQLite file, or on PostgreSQL the "
+                       "two tables with their indexes and TOAST (freed space is reused, not given back)",
+                       multiprocess_mode="mostrecent")
+LOG_BUDGET = Gauge("shipyard_prediction_log_budget_bytes", "The prediction log's size budget (--log-max-bytes)",
+                   multiprocess_mode="mostrecent")
+LOG_SAMPLE_SHARE = Gauge("shipyard_prediction_log_sample_share", "Share of predictions whose full input is kept "
+                         "as a sample now (lowered from --log-sample while the budget is tight)",
+                         multiprocess_mode="livemin")
+LOG_REMOVED = Counter("shipyard_prediction_log_removed", "Prediction-log rows removed after they were written, by "
+                      "table and reason: age, rows (the per-model cap), ring (the input ring's size), and under the "
+                      "size budget unlabelled (sampled inputs past the feedback horizon without a label), inputs "
+                      "(the oldest sampled or ring inputs), past_horizon (the oldest predictions, past the feedback "
+                      "horizon), in_horizon (predictions labels could still reach: the budget cannot hold the "
+                      "horizon), with_predictions (inputs of removed predictions)", ["table", "reason"])
 FEEDBACK = Counter("shipyard_feedback", "Labels received, by outcome (accepted, unknown, late, invalid)",
                    ["model", "outcome"])
 # set from the evaluator's persisted state (monitoring windows), once it exists for a model

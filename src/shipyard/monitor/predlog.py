@@ -7,7 +7,8 @@ Written off the hot path: the server appends a tuple of references per request (
 microsecond); every `flush_s` they become rows in one batch (numpy for the projections) written
 by one statement. When the writer falls behind, the pending buffer is bounded and new
 records are dropped and counted; inference never waits for the database. Retention (by age, by
-rows per model, and the input ring) runs in the writer every minute.
+rows per model, the input ring, and the size budget with its adaptive input sample:
+`logbudget`) runs in the writer every minute.
 
 When the database cannot take rows (its SQLite file deleted, replaced or unwritable, checked
 before every write; a write that fails, e.g. PostgreSQL away), nothing is written into the void:
@@ -38,6 +39,7 @@ import sqlalchemy as sa
 
 from shipyard.monitor import metrics
 from shipyard.monitor.config import LogConfig
+from shipyard.monitor.logbudget import Budget
 from shipyard.monitor.logstate import LogState, why
 from shipyard.store.engine import DatabaseUnavailable, file_problem, sqlite_path
 from shipyard.store.schema import prediction_chunks, prediction_inputs
@@ -74,6 +76,7 @@ class PredictionLog:
         self.status = LogState(self.config.max_pending)  # whether rows can be written, and what was lost
         self._contact = time.monotonic()
         self._taken = 0  # rows the writer holds while it tries them (readiness counts them as waiting)
+        self.budget = Budget(engine, self.config)  # the size budget, and the input sample share in force
 
     # -- the hot path ------------------------------------------------------------------------
     def record(self, runtime: ModelRuntime, request_id: str, features: np.ndarray, probs: np.ndarray) -> None:
@@ -230,7 +233,6 @@ class PredictionLog:
         by_rt: dict[int, list[tuple[Any, ...]]] = {}
         for rec in batch:
             by_rt.setdefault(id(rec[0]), []).append(rec)
-        cfg = self.config
         for recs in by_rt.values():
             rt = recs[0][0]
             shape = list(recs[0][3].shape[1:])
@@ -248,7 +250,7 @@ class PredictionLog:
             ts = np.repeat(np.array([r[5] for r in recs], "<f8"), sizes)
             ids = self._prefix | np.arange(self._next_id, self._next_id + n, dtype=np.int64)
             self._next_id += n
-            sampled = self._rng.random(n) < cfg.sample
+            sampled = self._rng.random(n) < self.budget.share
             encoded = "\n".join(rids).encode()
             proj = rt.project(feats) if getattr(rt, "project", None) else None
             version = int(rt.version or 0)
@@ -300,28 +302,8 @@ class PredictionLog:
                 conn.execute(prediction_inputs.insert(), chunks)
 
     def retain(self) -> None:
-        """Drop chunks past the age limit, the oldest beyond the per-model row cap (and the sample
-        inputs of the predictions dropped), and ring chunks beyond the ring's size."""
-        cfg = self.config
-        p, c = prediction_chunks, prediction_inputs
-        with self.engine.begin() as conn:
-            old = time.time() - cfg.retention_days * 86400
-            conn.execute(p.delete().where(p.c.ts_last < old))
-            conn.execute(c.delete().where(c.c.ts_last < old))
-            for (model,) in conn.execute(sa.select(p.c.model).distinct()).all():
-                for table, limit, extra in ((p, cfg.max_rows, None), (c, cfg.ring, c.c.kind == "ring")):
-                    q = sa.select(table.c.id, table.c.n, table.c.ts_last).where(table.c.model == model)
-                    if extra is not None:
-                        q = q.where(extra)
-                    kept, cutoff = 0, None
-                    for cid, n, ts_last in conn.execute(q.order_by(table.c.ts_last.desc(), table.c.id.desc())):
-                        if kept >= limit:
-                            cutoff = (cid, ts_last) if cutoff is None else cutoff
-                            conn.execute(table.delete().where(table.c.id == cid))
-                        kept += n
-                    if table is p and cutoff is not None:
-                        conn.execute(c.delete().where(c.c.model == model, c.c.kind == "sample",
-                                                      c.c.ts_last <= cutoff[1]))
+        """Age, rows per model, the input ring, then the size budget (`logbudget`)."""
+        self.budget.retain()
 
 
 def _gather(parts: list[np.ndarray], starts: np.ndarray, mask: np.ndarray) -> np.ndarray:

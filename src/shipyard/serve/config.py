@@ -68,6 +68,7 @@ class ServeConfig:
     log_sample: float = _LOG.sample
     log_ring: int = _LOG.ring
     log_retention_days: float = _LOG.retention_days
+    log_max_bytes: int = _LOG.max_bytes  # the log's size budget; 0: 10% of the free disk, 64 MiB..20 GiB
     feedback_horizon_h: float = 168.0
     evaluate: bool = True
     window: int = _MONITOR.window
@@ -112,7 +113,8 @@ class ServeConfig:
     @property
     def log_config(self) -> LogConfig:
         return LogConfig(enabled=self.log, sample=self.log_sample, ring=self.log_ring,
-                         retention_days=self.log_retention_days)
+                         retention_days=self.log_retention_days, max_bytes=self.log_max_bytes,
+                         horizon_s=self.feedback_horizon_s)
 
     @property
     def monitor(self) -> MonitorConfig:
@@ -146,6 +148,7 @@ class ServeConfig:
             need(math.isfinite(value) and value >= 0, f"{knob} must be ≥ 0, got {value:g}")
         need(0 <= self.log_sample <= 1, f"log_sample must be in 0..1, got {self.log_sample:g}")
         need(self.log_ring >= 0, f"log_ring must be ≥ 0, got {self.log_ring}")
+        need(self.log_max_bytes >= 0, f"log_max_bytes must be ≥ 0 (0: derived from the disk), got {self.log_max_bytes}")
         need(self.log_retention_days > 0, f"log_retention_days must be > 0, got {self.log_retention_days:g}")
         need(self.feedback_horizon_h > 0, f"feedback_horizon_h must be > 0, got {self.feedback_horizon_h:g}")
         # a label is checked against the log's request ids: they must outlive the horizon
