@@ -60,10 +60,10 @@ def test_no_shift_windows_stay_quiet_and_inverted_images_alarm(deployed: tuple[R
     ev.tick()
     state = status(reg.engine, "digits")[1]
     assert state["windows"] == 3 and state["skipped"] == 0 and state["pending"] == 0  # 300 rows, 3 windows
-    assert set(state["drift"]) == {"input", "prediction", "confidence"}
+    assert set(state["drift"]) == {"input", "mean", "prediction", "confidence"}
     assert not state["alarm"], state["drift"]
     th = state["thresholds"]
-    assert th["window"] == 100 and 0 < th["input"] <= CONFIG.alpha / 3
+    assert th["window"] == 100 and 0 < th["input"] <= CONFIG.alpha / 4
     assert state["accuracy"]["estimated"] is not None and state["accuracy"]["realised"] is None
 
     _send(log, rt, 255 - images[300:400], "inverted")
@@ -118,7 +118,7 @@ def test_a_quiet_model_is_still_evaluated_once_its_window_is_old(deployed: tuple
     ev.tick(now=time.time() + CONFIG.max_age_s + 1)
     state = status(reg.engine, "digits")[1]
     assert state["windows"] == 1 and state["window"]["n"] == 40 and state["pending"] == 0
-    assert state["thresholds"]["window"] == 40  # calibrated for the size it has
+    assert state["thresholds"]["window"] == 50  # the smallest size calibrated: never one calibration per window
 
 
 def test_exactly_one_evaluator_computes_and_another_takes_over(deployed: tuple[Registry, ModelRuntime]) -> None:

@@ -96,15 +96,19 @@ def test_calibrate_all_matches_the_generic_calibration_and_alarms_on_a_shift() -
     conf = rng.uniform(0.5, 1, 2000).astype(np.float32)
     pred = rng.integers(0, 3, 2000)
     ref = drift.Reference(prof[:1000], conf[:1000], np.bincount(pred, minlength=3) / 2000, prof[1000:], pred[1000:],
-                          conf[1000:], np.linspace(0, 1, 11), np.linspace(0.1, 1, 10))
-    th = drift.calibrate_all(ref, 50, alpha=0.03, draws=400, seed=5)
+                          conf[1000:], np.linspace(0, 1, 11), np.linspace(0.1, 1, 10), pred[:1000], pred[1000:],
+                          pred[:1000])
+    th = drift.calibrate_all(ref, 50, alpha=0.04, draws=400, seed=5)  # each of the four tests: 0.01
     generic = drift.calibrate(lambda i: drift.input_drift(ref.profile, ref.null_profile[i]).p_value,
                               np.arange(1000), 50, alpha=0.01, draws=400, seed=5)
     assert th.input == pytest.approx(generic) and th.window == 50 and 0 < th.input <= 0.01
     calm = drift.evaluate(ref, th, prof[1000:1050], pred[1000:1050], conf[1000:1050])
     shifted = drift.evaluate(ref, th, prof[1000:1050] + 1.0, pred[1000:1050], conf[1000:1050])
     assert not calm["input"].alarm and shifted["input"].alarm
-    assert set(calm) == {"input", "prediction", "confidence"}
+    assert set(calm) == {"input", "mean", "prediction", "confidence"}
+    # a small shift of every column: KS per column with Bonferroni misses it more often than the mean test
+    small = drift.evaluate(ref, th, prof[1000:1050] + 0.45, pred[1000:1050], conf[1000:1050])
+    assert small["mean"].alarm and small["mean"].p_value < small["input"].p_value
     with pytest.raises(ValueError, match="need at least 2000 held-out rows"):
         drift.calibrate_all(ref, 2000)
 
@@ -134,11 +138,11 @@ def test_thresholds_computed_at_bundle_time_are_used_as_they_are() -> None:
     probs = rng.dirichlet(np.ones(10), size=800).astype(np.float32)
     ref = reference.build(x, probs, rng.integers(0, 10, 800), x_val=rng.random((800, 784)).astype(np.float32))
     ref["drift_thresholds"] = drift.precalibrate(ref, (100, 250), alpha=0.002, draws=300)
-    assert ref["drift_thresholds"].shape == (2, 6)
+    assert ref["drift_thresholds"].shape == (2, 8)
     r = drift.Reference.from_arrays(ref)
     pre = r.thresholds(100, alpha=0.002, draws=300)
     fresh = drift.calibrate_all(r, 100, alpha=0.002, draws=300)
-    assert pre.source == "bundle" and (pre.input, pre.prediction, pre.confidence) == pytest.approx(
-        (fresh.input, fresh.prediction, fresh.confidence))
+    assert pre.source == "bundle" and (pre.input, pre.prediction, pre.confidence, pre.mean, pre.cusum) == \
+        pytest.approx((fresh.input, fresh.prediction, fresh.confidence, fresh.mean, fresh.cusum))
     assert r.thresholds(100, alpha=0.002, draws=400).source == "calibrated"  # other settings: calibrated now
     assert reference.summary(ref)["drift_thresholds"][1]["window"] == 250

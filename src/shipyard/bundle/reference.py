@@ -82,9 +82,10 @@ def summary(ref: dict[str, np.ndarray]) -> dict[str, Any]:
         "sample_size": int(len(ref["sample"])),
         "pca_components": int(len(ref["pca_components"])),
         "val_profile_size": int(len(ref["val_profile"])) if "val_profile" in ref else 0,
-        "drift_thresholds": [{"window": int(w), "alpha": float(a), "draws": int(d), "input": float(i),
-                              "prediction": float(p), "confidence": float(c)}
-                             for w, a, d, i, p, c in ref.get("drift_thresholds", [])],
+        "drift_thresholds": [{"window": int(r[0]), "alpha": float(r[1]), "draws": int(r[2]), "input": float(r[3]),
+                              "prediction": float(r[4]), "confidence": float(r[5]),
+                              **({"mean": float(r[6]), "cusum": float(r[7])} if len(r) > 6 else {})}
+                             for r in ref.get("drift_thresholds", [])],
         "pca_explained_variance_ratio": float(ref["pca_explained_variance"].sum() / ref["pca_total_variance"]),
         "class_frequencies": [round(float(f), 6) for f in ref["class_frequencies"]],
         "val_accuracy": float((ref["val_predictions"] == ref["val_labels"]).mean()),

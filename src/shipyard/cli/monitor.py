@@ -65,17 +65,28 @@ def status_cmd(
             emit_json(st)
         else:
             table = Table(title=f"{name}: monitoring", title_justify="left")
-            for col in ("version", "aliases", "windows", "last window", "input", "prediction", "confidence",
+            for col in ("version", "aliases", "windows", "last window", "input", "mean", "prediction", "confidence",
                         "estimated acc", "realised acc (labels)"):
                 table.add_column(col)
+            notes = []
             for ver, s in st["versions"].items():
                 w, d, a = s["window"], s["drift"], s["accuracy"]
+                est = _pct(a["estimated"])
+                if a["estimated"] is not None and not a.get("estimated_reliable", True):
+                    est = f"[dim]{est} (unreliable)[/]"
+                    notes.append(f"v{ver}: the estimate cannot be believed: {a.get('estimated_reason')}")
+                if w.get("note"):
+                    notes.append(f"v{ver}: {w['note']}")
+                for rule, r in (s.get("rules") or {}).items():
+                    if r["state"] == "unknown":
+                        notes.append(f"v{ver}: rule {rule} is unknown: {r['message']}")
                 table.add_row(ver, ",".join(s["aliases"]) or "-", str(s["windows"]),
                               f"{w.get('n', '-')} (+{s['pending']} pending)" + (" STALE" if s["stale"] else ""),
-                              _fmt_test(d.get("input")), _fmt_test(d.get("prediction")),
-                              _fmt_test(d.get("confidence")), _pct(a["estimated"]),
-                              f"{_pct(a['realised'])} ({a['n_labels']})")
+                              _fmt_test(d.get("input")), _fmt_test(d.get("mean")), _fmt_test(d.get("prediction")),
+                              _fmt_test(d.get("confidence")), est, f"{_pct(a['realised'])} ({a['n_labels']})")
             out.print(table)
+            for note in notes:
+                out.print(note, markup=False, highlight=False)
             sv = st["serving"]
             if sv["requests"]:
                 out.print(f"serving (last {sv['span_s'] // 60} min, {len(sv['workers'])} worker(s) across the "
@@ -84,7 +95,8 @@ def status_cmd(
             if not st["versions"]:
                 err.print("no evaluated windows yet: is a server (or `shipyard monitor run`) evaluating it?")
             for al in st["alerts"]:
-                out.print(f"[red]alert[/] {al['rule']} ({al['severity']}): {al['message']}")
+                tag = "[red]alert[/]" if al["status"] == "firing" else "[yellow]alert (unknown)[/]"
+                out.print(f"{tag} {al['rule']} ({al['severity']}): {al['message']}")
         if check and (st["alerts"] or any(s["alarm"] for s in st["versions"].values())):
             raise typer.Exit(3)
 
@@ -160,13 +172,14 @@ severity = "warning"
 [[rule]]
 name = "drift"
 kind = "drift"
-tests = ["input", "prediction", "confidence"]
-windows = 2                    # consecutive alarming windows
+tests = ["input", "mean", "prediction", "confidence"]
+# no `windows`: a CUSUM over the windows' evidence (one alarming window alerts; near misses add
+# up), calibrated with the thresholds. `windows = 2` instead: two alarming windows in a row
 
 [[rule]]
 name = "accuracy-estimated"
 kind = "accuracy"
-source = "estimated"           # from calibrated confidence: no labels needed
+source = "estimated"           # no labels needed; "unknown" while the estimate cannot be believed
 below_validation_by = 0.10     # or: below = 0.80
 
 [[rule]]
@@ -176,6 +189,12 @@ source = "realised"            # from feedback labels
 below = 0.80
 last = 500
 min_labels = 100
+
+[[rule]]
+name = "labels-needed"
+kind = "labels"                # while the estimate cannot be believed and the realised rule lacks labels
+severity = "info"
+min_labels = 100               # match the realised rule's min_labels
 
 [[rule]]
 name = "server-errors"

@@ -4,31 +4,11 @@ one each). An alert is stored, logged and POSTed to a webhook; it stays one aler
 condition holds, resolves when it clears, and reopens (without a second notification) if the
 condition returns within the cooldown: one incident, one alert.
 
-    [webhook]
-    url = "https://hooks.example.com/shipyard"
-    timeout_s = 2.0
-    retries = 3
-
-    [defaults]
-    cooldown_s = 600
-    severity = "warning"
-
-    [[rule]]
-    name = "drift"
-    kind = "drift"                 # drift | accuracy | error_rate | latency_p99 | rejections
-    tests = ["input", "prediction", "confidence"]
-    windows = 2                    # consecutive alarming windows
-
-    [[rule]]
-    name = "accuracy-drop"
-    kind = "accuracy"
-    source = "estimated"           # estimated (from confidence) | realised (from labels)
-    below = 0.80                   # or below_validation_by = 0.05
-
-    [[rule]]
-    kind = "latency_p99"
-    above_ms = 50
-    over_s = 60
+The file's keys are in `shipyard monitor rules --example`. Drift rules follow a calibrated CUSUM
+over the windows' evidence unless they give `windows = N` (N consecutive alarming windows); an
+accuracy rule on an estimate that cannot be believed is `unknown` (neither firing nor ok: an
+alert it had open shows as unknown, and autopilot, which acts on firing alerts, waits); the
+`labels` kind asks for labels while that lasts.
 """
 
 from __future__ import annotations
@@ -44,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from shipyard import _toml
@@ -53,9 +34,10 @@ from shipyard.store.schema import alerts, monitor_windows
 
 log = logging.getLogger("shipyard.monitor")
 
-KINDS = ("drift", "accuracy", "error_rate", "latency_p99", "rejections")
+KINDS = ("drift", "accuracy", "labels", "error_rate", "latency_p99", "rejections")
+PER_VERSION = ("drift", "accuracy", "labels")
 SEVERITIES = ("info", "warning", "critical")
-TESTS = ("input", "prediction", "confidence")
+TESTS = ("input", "mean", "prediction", "confidence")
 
 
 @dataclass(frozen=True)
@@ -65,7 +47,7 @@ class Rule:
     severity: str = "warning"
     models: tuple[str, ...] = ("*",)  # glob patterns
     tests: tuple[str, ...] = TESTS  # drift
-    windows: int = 1  # drift: consecutive alarming windows
+    windows: int | None = None  # drift: N consecutive alarming windows; None: the sequential rule
     source: str = "estimated"  # accuracy
     below: float | None = None  # accuracy: absolute
     below_validation_by: float | None = None  # accuracy: this far under the bundle's validation accuracy
@@ -81,7 +63,11 @@ class Rule:
 
     def describe(self) -> str:
         if self.kind == "drift":
+            if self.windows is None:
+                return f"drift ({'/'.join(self.tests)}): an alarming window, or near misses adding up (CUSUM)"
             return f"drift alarm ({'/'.join(self.tests)}) in {self.windows} consecutive window(s)"
+        if self.kind == "labels":
+            return f"the accuracy estimate cannot be believed and fewer than {self.min_labels} labels have arrived"
         if self.kind == "accuracy":
             bound = f"{self.below:.1%}" if self.below is not None else \
                 f"validation − {self.below_validation_by:.1%}"
@@ -108,8 +94,9 @@ class AlertConfig:
 
 
 DEFAULT_RULES = AlertConfig(rules=(
-    Rule("drift", "drift", windows=2),
+    Rule("drift", "drift"),
     Rule("accuracy-drop", "accuracy", source="estimated", below_validation_by=0.10),
+    Rule("labels-needed", "labels", severity="info"),
     Rule("server-errors", "error_rate", severity="critical", above=0.05),
 ))
 
@@ -199,7 +186,11 @@ def _rule(i: int, r: Any, severity: str) -> Rule:
         if not isinstance(tests, list) or not tests or any(t not in TESTS for t in tests):
             raise ConfigError(f"{at}.tests", tests, f"must be a list drawn from {', '.join(TESTS)}")
         args["tests"] = tuple(tests)
-        args["windows"] = _num(f"{at}.windows", r.get("windows", 1), lo=1, hi=100, integer=True)
+        if "windows" in r:
+            args["windows"] = _num(f"{at}.windows", r["windows"], lo=1, hi=100, integer=True)
+    elif kind == "labels":
+        args["last"] = _num(f"{at}.last", r.get("last", 500), lo=1, integer=True)
+        args["min_labels"] = _num(f"{at}.min_labels", r.get("min_labels", 50), lo=1, integer=True)
     elif kind == "accuracy":
         source = r.get("source", "estimated")
         if source not in ("estimated", "realised"):
@@ -237,33 +228,58 @@ class Finding:
     firing: bool
     message: str
     details: dict[str, Any]
+    unknown: bool = False  # the rule cannot decide (an estimate that cannot be believed)
+
+    @property
+    def state(self) -> str:
+        return "unknown" if self.unknown else "firing" if self.firing else "ok"
 
 
 def check(engine: sa.Engine, config: AlertConfig, name: str, states: dict[int, dict[str, Any]], *,
-          active: set[int], now: float) -> list[Finding]:
+          active: set[int], now: float, new_windows: list[dict[str, Any]] | None = None) -> list[Finding]:
     """Every rule for `name` against the persisted state (`states`: the evaluator's per-version
-    state; `active`: versions that still receive traffic — the others' alerts resolve)."""
+    state; `active`: versions that still receive traffic — the others' alerts resolve, also those
+    of versions this evaluator has not seen since it started; `new_windows`: windows evaluated
+    this tick, not yet stored)."""
     out: list[Finding] = []
+    with engine.connect() as conn:  # versions with an open alert that no state covers (e.g. after a restart)
+        open_versions = set(conn.execute(sa.select(alerts.c.version).where(
+            alerts.c.model == name, alerts.c.status.in_(OPEN), alerts.c.kind.in_(PER_VERSION),
+            alerts.c.version.is_not(None))).scalars())
     for rule in config.rules:
         if not rule.applies_to(name):
             continue
-        if rule.kind in ("drift", "accuracy"):
-            for version, state in states.items():
-                if version not in active:
-                    out.append(Finding(rule, version, False, "the version no longer receives traffic", {}))
+        if rule.kind in PER_VERSION:
+            for version in sorted(set(states) | open_versions):
+                state = states.get(version)
+                if version not in active or state is None:
+                    out.append(Finding(rule, version, False, f"v{version} no longer receives traffic", {}))
+                elif rule.kind == "drift":
+                    mine = [w for w in new_windows or [] if w["version"] == version]
+                    out.append(_drift(engine, rule, name, version, mine))
+                elif rule.kind == "accuracy":
+                    out.append(_accuracy(engine, rule, name, version, state))
                 else:
-                    out.append(_drift(engine, rule, name, version) if rule.kind == "drift"
-                               else _accuracy(engine, rule, name, version, state))
+                    out.append(_labels(engine, rule, name, version, state))
         else:
             out.append(_serving(engine, rule, name, now))
     return out
 
 
-def _drift(engine: sa.Engine, rule: Rule, name: str, version: int) -> Finding:
+OPEN = ("firing", "unknown")
+SEQUENTIAL_LOOKBACK = 50  # windows the sequential rule's level is computed over
+
+
+def _drift(engine: sa.Engine, rule: Rule, name: str, version: int, new: list[dict[str, Any]]) -> Finding:
     w = monitor_windows
+    look = rule.windows if rule.windows is not None else SEQUENTIAL_LOOKBACK
     with engine.connect() as conn:
         rows = conn.execute(sa.select(w.c.results, w.c.id).where(w.c.model == name, w.c.version == version)
-                            .order_by(w.c.ts_last.desc(), w.c.id.desc()).limit(rule.windows)).all()
+                            .order_by(w.c.ts_last.desc(), w.c.id.desc()).limit(look)).all()
+    rows = [(x["results"], None) for x in reversed(new)] + list(rows)  # newest first
+    rows = rows[:look]
+    if rule.windows is None:
+        return _sequential(rule, version, rows)
     fired = [[t for t in rule.tests if (res.get("drift", {}).get(t) or {}).get("alarm")] for res, _ in rows]
     firing = len(rows) == rule.windows and all(fired)
     tests = sorted({t for f in fired for t in f})
@@ -272,8 +288,51 @@ def _drift(engine: sa.Engine, rule: Rule, name: str, version: int) -> Finding:
                for t in tests if t in newest}
     msg = (f"v{version}: {', '.join(tests)} drift in the last {rule.windows} window(s)" if firing
            else f"v{version}: no drift alarm in the last {rule.windows} window(s)")
-    return Finding(rule, version, firing, msg, {"tests": tests, "newest": details,
-                                                "windows": [wid for _, wid in rows] if firing else []})
+    ids = [wid for _, wid in rows if wid is not None] if firing else []
+    return Finding(rule, version, firing, msg, {"tests": tests, "newest": details, "windows": ids})
+
+
+def _sequential(rule: Rule, version: int, rows: list[tuple[dict[str, Any], int | None]]) -> Finding:
+    """The CUSUM over the rule's tests, oldest window first; its allowance is the one calibrated
+    with each window's thresholds. Windows that took part: those since the level last was 0."""
+    from shipyard.monitor import drift  # numpy only; kept out of the rules' import path
+
+    level, tests = 0.0, set()
+    since: list[tuple[int | None, dict[str, Any]]] = []
+    allowance = 0.0
+    for res, wid in reversed(rows):
+        th = res.get("sequential") or {}
+        allowance = th.get("allowance") or 0.0
+        ev = drift.evidence(res.get("drift", {}), rule.tests)
+        if not np.isfinite(ev):
+            continue
+        level = drift.cusum_step(level, ev, allowance)
+        since = [] if level == 0 else [*since, (wid, res)]
+    firing = bool(rows) and level > allowance
+    for _, res in since:
+        tests |= {t for t in rule.tests if (res.get("drift", {}).get(t) or {}).get("alarm")}
+    newest = rows[0][0].get("drift", {}) if rows else {}
+    details = {t: {"p_value": newest[t]["p_value"], "threshold": newest[t]["threshold"], "score": newest[t]["score"]}
+               for t in rule.tests if t in newest}
+    shown = ", ".join(sorted(tests)) or "near misses of " + "/".join(rule.tests)
+    msg = (f"v{version}: drift ({shown}); sequential level {level:.1f} > {allowance:.1f}" if firing
+           else f"v{version}: no drift (sequential level {level:.1f} ≤ {allowance:.1f})")
+    ids = [wid for wid, _ in since if wid is not None] if firing else []
+    return Finding(rule, version, firing, msg, {"tests": sorted(tests), "newest": details, "level": level,
+                                                "allowance": allowance, "windows": ids})
+
+
+def _labels(engine: sa.Engine, rule: Rule, name: str, version: int, state: dict[str, Any]) -> Finding:
+    acc = state.get("accuracy", {})
+    if acc.get("estimated") is None or acc.get("estimated_reliable", True):
+        return Finding(rule, version, False, f"v{version}: the accuracy estimate can be believed", {})
+    got = feedback.accuracy(engine, name, version=version, last=rule.last)
+    n = int(got["n_labels"])
+    firing = n < rule.min_labels
+    why = acc.get("estimated_reason") or "the estimate cannot be believed"
+    msg = (f"v{version}: send labels — {n} of the {rule.min_labels} needed have arrived, and {why}" if firing
+           else f"v{version}: the estimate cannot be believed, but {n} labels give the realised accuracy")
+    return Finding(rule, version, firing, msg, {"n_labels": n, "min_labels": rule.min_labels, "reason": why})
 
 
 def _accuracy(engine: sa.Engine, rule: Rule, name: str, version: int, state: dict[str, Any]) -> Finding:
@@ -286,6 +345,11 @@ def _accuracy(engine: sa.Engine, rule: Rule, name: str, version: int, state: dic
         bound = float(val) - float(rule.below_validation_by or 0)
     if rule.source == "estimated":
         value, n = acc.get("estimated"), state.get("window", {}).get("n", 0)
+        if value is not None and not acc.get("estimated_reliable", True):
+            why = acc.get("estimated_reason") or "the estimate cannot be believed"
+            msg = f"v{version}: estimated accuracy {value:.1%} cannot be believed: {why}"
+            return Finding(rule, version, False, msg, {"value": value, "bound": bound, "n": n, "reason": why},
+                           unknown=True)
     else:
         got = feedback.accuracy(engine, name, version=version, last=rule.last)
         value, n = got["realised"], got["n_labels"]
@@ -335,8 +399,16 @@ class Alerter:
                 key = [a.c.model == name, a.c.rule == f.rule.name,
                        a.c.version.is_(None) if f.version is None else a.c.version == f.version]
                 latest = conn.execute(sa.select(a).where(*key).order_by(a.c.id.desc()).limit(1)).mappings().first()
+                if f.unknown:  # no decision: an open alert shows as unknown (not firing), none is opened
+                    if latest is not None and latest["status"] in OPEN:
+                        conn.execute(a.update().where(a.c.id == latest["id"])
+                                     .values(status="unknown", last_seen_at=now, message=f.message))
+                    continue
                 if f.firing:
-                    if latest is not None and latest["status"] == "firing":
+                    if latest is not None and latest["status"] == "unknown":  # decided again: the same incident
+                        conn.execute(a.update().where(a.c.id == latest["id"])
+                                     .values(status="firing", last_seen_at=now, message=f.message, details=f.details))
+                    elif latest is not None and latest["status"] == "firing":
                         details = dict(f.details)
                         if "windows" in details:  # every window that took part in the incident (for trace)
                             seen = (latest["details"] or {}).get("windows", [])
@@ -359,7 +431,7 @@ class Alerter:
                         alert_id = pk[0]
                         log.warning("ALERT %s (%s) for %s: %s", f.rule.name, f.rule.severity, name, f.message)
                         due.append({"status": "firing", "alert": {"id": alert_id, **row}})
-                elif latest is not None and latest["status"] == "firing":
+                elif latest is not None and latest["status"] in OPEN:
                     conn.execute(a.update().where(a.c.id == latest["id"])
                                  .values(status="resolved", resolved_at=now, last_seen_at=now))
                     log.warning("resolved: alert %s for %s (%s)", f.rule.name, name, f.message)
@@ -405,10 +477,11 @@ class Alerter:
 
 # -- readers: `monitor status`, `monitor trace` ----------------------------------------------------
 def recent(engine: sa.Engine, name: str, *, include_resolved: bool = False, limit: int = 100) -> list[dict[str, Any]]:
-    """The firing alerts of `name` (with `include_resolved`, all of them), newest first."""
+    """The open alerts of `name` (firing, or unknown: their rule cannot decide now; with
+    `include_resolved`, all of them), newest first."""
     q = sa.select(alerts).where(alerts.c.model == name)
     if not include_resolved:
-        q = q.where(alerts.c.status == "firing")
+        q = q.where(alerts.c.status.in_(OPEN))
     with engine.connect() as conn:
         rows = conn.execute(q.order_by(alerts.c.opened_at.desc()).limit(limit)).mappings().all()
     return [dict(r) for r in rows]

@@ -1,9 +1,12 @@
 """Drift detectors: functions over arrays, usable on any reference and window.
 
-Three questions per window of live traffic, each answered with a score, a p-value and an alarm:
+Four questions per window of live traffic, each answered with a score, a p-value and an alarm:
 - input drift: do the inputs, projected on the reference PCA basis, still look like the
   reference? A two-sample Kolmogorov–Smirnov test per component, combined by Bonferroni
   (the smallest p-value times the number of components);
+- mean drift: has the window's mean profile moved? A chi-square of the standardized means of
+  all components at once: a small global change (a little brighter, a little lower contrast)
+  moves every component a little, which KS per component with Bonferroni misses;
 - prediction drift: is the predicted-class mix still the reference's? Chi-square goodness of
   fit against the reference class frequencies (sparse classes pooled so every expected count is
   at least 5);
@@ -13,10 +16,15 @@ Three questions per window of live traffic, each answered with a score, a p-valu
 Textbook thresholds alarm too often on windows with no shift (the tests are not independent,
 projections carry ties, the reference sample is finite), so each test's threshold can be
 calibrated: `calibrate` draws many windows from held-out no-shift data, runs the test on each,
-and takes the p-value that only a chosen share of them fall below."""
+and takes the p-value that only a chosen share of them fall below.
+
+Alerts follow a CUSUM over the windows' evidence (`cusum`), calibrated on the same no-shift
+windows: one alarming window alerts at once, and windows just short of their thresholds add up,
+so a slow change alerts within about a window of showing, not after two whole windows."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -113,6 +121,21 @@ def prediction_drift(reference_frequencies: np.ndarray, predicted: np.ndarray, *
     return _result("prediction", float(chi2), float(p), threshold, n)
 
 
+def mean_drift(mean: np.ndarray, sd: np.ndarray, window: np.ndarray, *, threshold: float = 0.01) -> TestResult:
+    """Chi-square (k degrees of freedom) of the window's column means (`window` w×k) against the
+    reference's column `mean` and `sd`: the sum of squared standardized mean differences."""
+    window = np.asarray(window, dtype=np.float64)
+    if window.ndim != 2 or window.shape[1] != len(mean) or len(window) < 2:
+        raise ValueError(f"the window must be n×{len(mean)} with n ≥ 2, got {window.shape}")
+    chi2 = float(_mean_stat(mean, sd, window.mean(axis=0)[None, :], len(window))[0])
+    return _result("mean", chi2, float(_scipy_stats().chi2.sf(chi2, len(mean))), threshold, len(window))
+
+
+def _mean_stat(mean: np.ndarray, sd: np.ndarray, means: np.ndarray, n: int) -> np.ndarray:
+    z = (means - mean) / (np.maximum(sd, 1e-6) / np.sqrt(n))
+    return np.asarray((z**2).sum(axis=-1))
+
+
 def confidence_drift(reference_confidence: np.ndarray, confidence: np.ndarray, *,
                      threshold: float = 0.01) -> TestResult:
     """Two-sample KS of the window's top probabilities against held-out reference ones."""
@@ -156,7 +179,13 @@ def estimated_accuracy(confidence: np.ndarray, edges: np.ndarray, bin_accuracy: 
 
 
 # -- the product's use: a reference from the bundle, thresholds calibrated at once ----------------
-TESTS = ("input", "prediction", "confidence")
+TESTS = ("input", "mean", "prediction", "confidence")
+#: window sizes calibrated when the bundle is built; a partly filled window (or a configured size
+#: that is not here) uses the thresholds of the largest of these that it reaches
+SIZES = (50, 100, 250, 500)
+#: share of no-shift windows on which the sequential rule may alert (on top of nothing: one
+#: alarming window alerts by itself, so this is the budget for evidence that adds up)
+CUSUM_ALPHA = 0.005
 
 
 @dataclass(frozen=True)
@@ -175,8 +204,17 @@ class Reference:
     null_confidence: np.ndarray
     calibration_edges: np.ndarray
     calibration_accuracy: np.ndarray
+    labels: np.ndarray  # true classes of the reference half (held-out rows: the estimators' tables)
+    null_labels: np.ndarray
+    predicted: np.ndarray  # predicted classes of the reference half
     # thresholds calibrated when the bundle was built: (window, alpha, draws) → Thresholds
     precalibrated: dict[tuple[int, float, int], Thresholds] = field(default_factory=dict, compare=False)
+
+    @functools.cached_property
+    def profile_mean(self) -> tuple[np.ndarray, np.ndarray]:
+        """The reference half's column means and standard deviations (the mean test's null)."""
+        prof = self.profile.astype(np.float64)
+        return prof.mean(axis=0), prof.std(axis=0)
 
     @classmethod
     def from_arrays(cls, ref: dict[str, np.ndarray], *, seed: int = 11) -> Reference:
@@ -190,12 +228,29 @@ class Reference:
         a, b = order[: len(order) // 2], order[len(order) // 2:]
         conf = ref["val_confidence"].astype(np.float32)
         pre = {}
-        for window, alpha, draws, t_in, t_pred, t_conf in ref.get("drift_thresholds", np.zeros((0, 6))):
-            key = (int(window), float(alpha), int(draws))
-            pre[key] = Thresholds(key[0], key[1], key[2], float(t_in), float(t_pred), float(t_conf), source="bundle")
-        return cls(prof[a], conf[a], ref["class_frequencies"].astype(np.float64), prof[b],
-                   ref["val_predictions"][b].astype(np.int64), conf[b], ref["calibration_edges"],
-                   ref["calibration_accuracy"], pre)
+        rows = ref.get("drift_thresholds", np.zeros((0, 8)))
+        if rows.ndim == 2 and rows.shape[1] == 8:  # older bundles (6 columns) lack the mean test: calibrated anew
+            for window, alpha, draws, t_in, t_pred, t_conf, t_mean, cusum in rows:
+                key = (int(window), float(alpha), int(draws))
+                pre[key] = Thresholds(key[0], key[1], key[2], float(t_in), float(t_pred), float(t_conf),
+                                      float(t_mean), float(cusum), source="bundle")
+        labels = ref["val_labels"].astype(np.int64)
+        pred = ref["val_predictions"].astype(np.int64)
+        return cls(prof[a], conf[a], ref["class_frequencies"].astype(np.float64), prof[b], pred[b], conf[b],
+                   ref["calibration_edges"], ref["calibration_accuracy"], labels[a], labels[b], pred[a], pre)
+
+    @property
+    def largest_window(self) -> int:
+        """The largest window the calibration half can calibrate."""
+        return len(self.null_profile)
+
+    def size_for(self, n: int) -> int:
+        """The calibrated size whose thresholds a window of `n` rows uses: `n` itself when it is one
+        of SIZES or larger than all, else the largest size in SIZES it reaches (or the smallest)."""
+        if n in SIZES or n > SIZES[-1]:
+            return n
+        fits = [s for s in SIZES if s <= n]
+        return fits[-1] if fits else SIZES[0]
 
     def thresholds(self, window: int, *, alpha: float, draws: int) -> Thresholds:
         """Calibrated thresholds for windows of `window`: from the bundle when it carries them for
@@ -204,23 +259,25 @@ class Reference:
         return hit if hit is not None else calibrate_all(self, window, alpha=alpha, draws=draws)
 
 
-def precalibrate(ref: dict[str, np.ndarray], windows: tuple[int, ...] = (100, 250), *, alpha: float = 0.002,
+def precalibrate(ref: dict[str, np.ndarray], windows: tuple[int, ...] = SIZES, *, alpha: float = 0.002,
                  draws: int = 2000) -> np.ndarray:
     """Thresholds for the usual window sizes, computed when the bundle is built so a server never
-    spends its CPU on them: rows of (window, alpha, draws, input, prediction, confidence)."""
+    spends its CPU on them: rows of (window, alpha, draws, input, prediction, confidence, mean,
+    cusum)."""
     r = Reference.from_arrays(ref)
     rows = []
     for w in windows:
         if len(r.null_profile) >= w:
             th = calibrate_all(r, w, alpha=alpha, draws=draws)
-            rows.append([w, alpha, draws, th.input, th.prediction, th.confidence])
-    return np.array(rows, dtype=np.float64).reshape(len(rows), 6)
+            rows.append([w, alpha, draws, th.input, th.prediction, th.confidence, th.mean, th.cusum])
+    return np.array(rows, dtype=np.float64).reshape(len(rows), 8)
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """Per-test p-value thresholds for windows of `window` rows, calibrated so the union of the
-    three tests alarms on about `alpha` of no-shift windows (each test gets alpha / 3)."""
+    four tests alarms on about `alpha` of no-shift windows (each test gets alpha / 4), and the
+    CUSUM allowance that keeps the sequential rule's alerts at CUSUM_ALPHA of them."""
 
     window: int
     alpha: float
@@ -228,6 +285,8 @@ class Thresholds:
     input: float
     prediction: float
     confidence: float
+    mean: float = 1.0
+    cusum: float = 0.0
     seconds: float = 0.0
     source: str = "calibrated"  # or "bundle": computed when the bundle was built
 
@@ -239,7 +298,13 @@ def _ks_p(statistic: np.ndarray | float, n_ref: int, window: int, columns: int) 
     """The KS p-value `input_drift` / `confidence_drift` report for a statistic (the largest over
     `columns` columns, Bonferroni)."""
     m, n = sorted([float(n_ref), float(window)], reverse=True)
-    return np.minimum(_scipy_stats().kstwo.sf(statistic, np.round(m * n / (m + n))) * columns, 1.0)
+    en = np.round(m * n / (m + n))
+    d = np.asarray(statistic, dtype=np.float64)
+    if d.size > 64:  # many windows (calibration): the exact tail on a grid, interpolated in log p
+        grid = np.linspace(float(d.min()), float(d.max()) + 1e-12, 257)
+        log_p = np.log(np.maximum(_scipy_stats().kstwo.sf(grid, en), 1e-300))
+        return np.minimum(np.exp(np.interp(d, grid, log_p)) * columns, 1.0)
+    return np.minimum(_scipy_stats().kstwo.sf(d, en) * columns, 1.0)
 
 
 def _ks_null_stat(reference: np.ndarray, null: np.ndarray, windows: np.ndarray) -> np.ndarray:
@@ -258,10 +323,13 @@ def _ks_null_stat(reference: np.ndarray, null: np.ndarray, windows: np.ndarray) 
         ref_sorted = np.sort(reference[:, c])
         right = np.searchsorted(ref_sorted, null[:, c], side="right") / n_ref  # P_ref(X <= x)
         left = np.searchsorted(ref_sorted, null[:, c], side="left") / n_ref  # P_ref(X < x)
-        x = null[:, c][windows]
-        order = np.argsort(x, axis=1, kind="stable")
-        rows = np.take_along_axis(windows, order, axis=1)
-        xs = np.take_along_axis(x, order, axis=1)
+        # sort each window by the rows' ranks in the column (small integers: numpy's radix sort,
+        # several times faster than an argsort of the values)
+        by_value = np.argsort(null[:, c], kind="stable")
+        rank = np.empty(len(null), np.uint16 if len(null) < 65536 else np.int64)
+        rank[by_value] = np.arange(len(null))
+        rows = by_value[np.sort(rank[windows], axis=1, kind="stable")]
+        xs = null[:, c][rows]
         change = xs[:, 1:] != xs[:, :-1]
         last = np.column_stack([change, np.ones(draws, bool)])
         first = np.column_stack([np.ones(draws, bool), change])
@@ -310,26 +378,66 @@ def calibrate_all(ref: Reference, window: int, *, alpha: float = 0.002, draws: i
 
     rank = int(np.floor(each * (draws - 1)))  # np.quantile(p, each, method="lower") of the draws' p-values
 
-    def ks(reference: np.ndarray, null: np.ndarray) -> float:
-        # p falls as the statistic grows: the p-quantile is the p of the matching largest statistic
-        d = np.sort(_ks_null_stat(reference, null, windows))[::-1][rank]
-        columns = reference.shape[1] if reference.ndim == 2 else 1
-        return min(each, float(_ks_p(d, len(reference), window, columns)))
+    stats = _scipy_stats()
+    d_in = _ks_null_stat(ref.profile, ref.null_profile, windows)
+    d_conf = _ks_null_stat(ref.confidence, ref.null_confidence, windows)
+    p = {"input": _ks_p(d_in, len(ref.profile), window, ref.profile.shape[1]),
+         "confidence": _ks_p(d_conf, len(ref.confidence), window, 1),
+         "prediction": _chi2_null_p(ref.class_frequencies, ref.null_predicted, windows)}
+    mu, sd = ref.profile_mean
+    means = np.stack([ref.null_profile[w].mean(axis=0) for w in windows])
+    p["mean"] = stats.chi2.sf(_mean_stat(mu, sd, means, window), len(mu))
+    th = {t: float(min(each, np.sort(p[t])[rank])) for t in TESTS}
+    # the KS thresholds exactly (the p-values above are interpolated): p of the rank-th largest statistic
+    th["input"] = min(each, float(_ks_p(np.sort(d_in)[::-1][rank], len(ref.profile), window, ref.profile.shape[1])))
+    th["confidence"] = min(each, float(_ks_p(np.sort(d_conf)[::-1][rank], len(ref.confidence), window, 1)))
+    # the sequential rule's allowance: evidence per window is how far the most extreme test went
+    # past (positive) or stayed short of (negative) its threshold, in decades of p
+    evidence = np.max([np.log10(th[t]) - np.log10(np.maximum(p[t], 1e-300)) for t in TESTS], axis=0)
+    return Thresholds(window, alpha, draws, input=th["input"], prediction=th["prediction"],
+                      confidence=th["confidence"], mean=th["mean"], cusum=cusum_allowance(evidence, CUSUM_ALPHA),
+                      seconds=time.perf_counter() - t0)
 
-    return Thresholds(
-        window, alpha, draws,
-        input=ks(ref.profile, ref.null_profile),
-        prediction=float(min(each, np.sort(_chi2_null_p(ref.class_frequencies, ref.null_predicted, windows))[rank])),
-        confidence=ks(ref.confidence, ref.null_confidence),
-        seconds=time.perf_counter() - t0)
+
+def cusum_step(level: float, evidence: float, allowance: float) -> float:
+    """One step of the sequential rule: the level after a window with this evidence. The level
+    is capped at twice the allowance so an alert clears within a few windows once the shift
+    ends. It alerts while the level exceeds the allowance."""
+    return float(min(max(0.0, level + evidence + allowance), 2 * allowance + 1e-9))
+
+
+def cusum_allowance(null_evidence: np.ndarray, alpha: float, *, steps: int = 20_000, seed: int = 0) -> float:
+    """The largest allowance c (0 ≤ c ≤ 3 decades) at which a CUSUM over no-shift windows'
+    evidence (resampled into one long stream) alerts on at most `alpha` of them. c = 0 is the
+    plain per-window alarm."""
+    rng = np.random.default_rng(seed)
+    stream = rng.choice(np.asarray(null_evidence, dtype=np.float64), steps)
+    cands = np.linspace(0.0, 3.0, 61)
+    level = np.zeros(len(cands))
+    alerts = np.zeros(len(cands))
+    for e in stream:
+        level = np.minimum(np.maximum(0.0, level + e + cands), 2 * cands + 1e-9)
+        alerts += level > cands
+    ok = cands[alerts / steps <= alpha]
+    return float(ok.max()) if len(ok) else 0.0
+
+
+def evidence(results: dict[str, dict[str, Any]], tests: tuple[str, ...] = TESTS) -> float:
+    """A window's evidence for the sequential rule, from its stored test results: decades of p
+    past the threshold of the test that went furthest (negative when none alarmed)."""
+    vals = [np.log10(max(r["threshold"], 1e-300)) - np.log10(max(r["p_value"], 1e-300))
+            for t, r in results.items() if t in tests and r]
+    return float(max(vals)) if vals else float("-inf")
 
 
 def evaluate(ref: Reference, th: Thresholds, projection: np.ndarray | None, predicted: np.ndarray,
              confidence: np.ndarray) -> dict[str, TestResult]:
-    """The three tests on one window (the input test only when the log holds projections)."""
+    """The four tests on one window (the input tests only when the log holds projections)."""
     out = {}
     if projection is not None and projection.shape[1] == ref.profile.shape[1]:
         out["input"] = input_drift(ref.profile, projection, threshold=th.input)
+        mu, sd = ref.profile_mean
+        out["mean"] = mean_drift(mu, sd, projection, threshold=th.mean)
     out["prediction"] = prediction_drift(ref.class_frequencies, predicted, threshold=th.prediction)
     out["confidence"] = confidence_drift(ref.confidence, confidence, threshold=th.confidence)
     return out

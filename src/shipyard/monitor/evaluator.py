@@ -11,8 +11,11 @@ a time bound: a window that has not filled after `max_age_s` is evaluated with w
 counted as skipped: at thousands of requests a second, detection latency matters, not testing
 every row.
 
-Thresholds come from `drift.calibrate_all` on the bundle's held-out profile, once per window
-size (about a second), so a newly deployed version is monitored with no setup."""
+Thresholds come from the bundle (calibrated when it was built for the sizes in `drift.SIZES`;
+a partly filled window uses the largest of those it reaches), else from `drift.calibrate_all`
+once per size. A version whose held-out rows are too few for the configured window is watched
+with the largest window they calibrate (its state says so). Each window also gets an accuracy
+estimate, whether to believe it (`estimate`), and the level of the drift alerts' CUSUM."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from shipyard.monitor import alerts as alerts_mod
-from shipyard.monitor import drift, feedback, metrics
+from shipyard.monitor import drift, estimate, feedback, metrics
 from shipyard.monitor import predlog as predlog_mod
 from shipyard.monitor.config import MonitorConfig
 from shipyard.monitor.predlog import DEDUPE_SPAN_S
@@ -93,6 +96,12 @@ class _Version:
     last: dict[str, Any] | None = None  # the newest window's results
     accuracy: dict[str, Any] = field(default_factory=lambda: {"realised": None, "n_labels": 0, "per_class": {}})
     accuracy_at: float = 0.0
+    holdout_accuracy: float | None = None
+    window: int = 0  # the window size this version is cut into (the configured one unless it cannot be calibrated)
+    window_note: str | None = None
+    level: float = 0.0  # the sequential rule's CUSUM level
+    estimator: estimate.Estimator | None = None
+    rules: dict[str, dict[str, str]] = field(default_factory=dict)  # rule → its newest state and message
 
 
 def _reference_of(bundle: Bundle | None) -> tuple[drift.Reference | None, str | None]:
@@ -201,7 +210,22 @@ class Evaluator:
             ref, note = _reference_of(bundle)
             summary = bundle.meta.reference if bundle is not None else None
             classes = list(bundle.meta.classes) if bundle is not None else []
-            self._versions[key] = _Version(ref, err or note, classes, summary.val_accuracy if summary else None)
+            v = _Version(ref, err or note, classes, summary.val_accuracy if summary else None)
+            v.holdout_accuracy = bundle.meta.metrics.holdout_accuracy if bundle is not None else None
+            v.window = self.config.window
+            if ref is not None:
+                try:
+                    v.estimator = estimate.Estimator(ref)
+                except Exception as e:  # noqa: BLE001 - a reference without what the estimator needs
+                    log.warning("monitor: %s v%d: no accuracy estimate (%s)", name, version, e)
+                if ref.largest_window < self.config.window:
+                    fits = [w for w in drift.SIZES if w <= ref.largest_window]
+                    if fits:
+                        v.window = fits[-1]
+                        v.window_note = (f"watched in windows of {v.window}: the bundle's {ref.largest_window} "
+                                         f"held-out calibration rows cannot calibrate windows of {self.config.window}")
+                        log.warning("monitor: %s v%d %s", name, version, v.window_note)
+            self._versions[key] = v
         return self._versions[key]
 
     def _read_new(self, name: str) -> dict[int, list[_Part]]:
@@ -270,6 +294,7 @@ class Evaluator:
     def _thresholds(self, v: _Version, n: int) -> drift.Thresholds | None:
         if v.reference is None:
             return None
+        n = v.reference.size_for(n)
         if n not in v.thresholds:
             c = self.config
             try:
@@ -298,22 +323,28 @@ class Evaluator:
             if model != name:
                 continue
             oldest = float(v.parts[0][0][0]) if v.parts else None
-            stale = oldest is not None and now - oldest >= c.max_age_s and v.buffered >= c.min_window
-            if v.buffered >= c.window or stale:
+            stale = oldest is not None and now - oldest >= c.max_age_s and v.buffered >= min(c.min_window, v.window)
+            if v.buffered >= v.window or stale:
                 windows.extend(self._windows(name, version, v, now, stale))
             if now - v.accuracy_at >= c.accuracy_every_s:
                 v.accuracy_at = now
                 v.accuracy = feedback.accuracy(self.engine, name, version=version, last=c.accuracy_last,
                                                   classes=v.classes or None)
             states[version] = self._state(name, version, v, now)
-        self._persist(name, windows, states, now)
-        self._gauges(name, states)
         if self.alerter is not None and (windows or now - self._alerts_at.get(name, 0.0) >= c.alerts_every_s):
             self._alerts_at[name] = now
             active = {ver for (m, ver), v in self._versions.items()
                       if m == name and now - v.rows_at <= max(2 * c.max_age_s, 60)}
-            findings = alerts_mod.check(self.engine, self.alerter.config, name, states, active=active, now=now)
+            findings = alerts_mod.check(self.engine, self.alerter.config, name, states, active=active, now=now,
+                                        new_windows=windows)
             self.alerter.apply(name, findings, now)
+            for f in findings:
+                if f.version in states:
+                    rules = self._versions[(name, f.version)].rules
+                    rules[f.rule.name] = states[f.version]["rules"][f.rule.name] = {"state": f.state,
+                                                                                     "message": f.message}
+        self._persist(name, windows, states, now)
+        self._gauges(name, states)
         return states
 
     def _windows(self, name: str, version: int, v: _Version, now: float, stale: bool) -> list[dict[str, Any]]:
@@ -326,7 +357,7 @@ class Evaluator:
         projs = [p[3] for p in v.parts if p[3] is not None]
         proj = np.concatenate(projs) if len(projs) == len(v.parts) else None
         cid = np.concatenate([p[4] for p in v.parts])
-        size = self.config.window if len(ts) >= self.config.window else len(ts)
+        size = v.window if len(ts) >= v.window else len(ts)
         full = len(ts) // size
         start = max(0, full - self.config.max_windows_per_tick) * size
         v.skipped += start
@@ -349,33 +380,45 @@ class Evaluator:
         th = self._thresholds(v, size)
         tests = drift.evaluate(v.reference, th, proj[sl] if proj is not None else None, pred[sl], conf[sl]) \
             if th is not None and v.reference is not None else {}
-        est = (drift.estimated_accuracy(conf[sl], v.reference.calibration_edges, v.reference.calibration_accuracy)
-               if v.reference is not None else None)
+        if v.estimator is not None:
+            e = v.estimator.window(th, proj[sl] if proj is not None else None, pred[sl], conf[sl], tests)
+        else:
+            e = estimate.Estimate(None, "calibrated confidence", False, v.note or "the bundle has no reference profile")
+        est = e.value
         alarm = any(t.alarm for t in tests.values())
+        drift_d = {k: t.to_dict() for k, t in tests.items()}
+        if th is not None and tests:
+            v.level = drift.cusum_step(v.level, drift.evidence(drift_d), th.cusum)
         v.windows += 1
         v.last = {"n": size, "ts_first": float(ts[sl][0]), "ts_last": float(ts[sl][-1]), "evaluated_at": now,
-                  "drift": {k: t.to_dict() for k, t in tests.items()}, "alarm": alarm, "estimated_accuracy": est,
-                  "thresholds": th.to_dict() if th is not None else None}
+                  "drift": drift_d, "alarm": alarm, "estimated_accuracy": est, "estimate": e.to_dict(),
+                  "thresholds": th.to_dict() if th is not None else None,
+                  "sequential": {"level": v.level, "allowance": th.cusum if th is not None else None,
+                                 "alerting": th is not None and v.level > th.cusum}}
         if alarm:
             log.warning("monitor: %s v%d drift alarm on %d predictions: %s", name, version, size,
                         ", ".join(f"{k} p={t.p_value:.2e} ≤ {t.threshold:.2e}" for k, t in tests.items() if t.alarm))
         return {"model": name, "version": version, "ts_first": v.last["ts_first"], "ts_last": v.last["ts_last"],
                 "n": size, "evaluated_at": now, "alarm": alarm,
-                "results": {"drift": v.last["drift"], "estimated_accuracy": est,
+                "results": {"drift": v.last["drift"], "estimated_accuracy": est, **e.to_dict(),
+                            "sequential": v.last["sequential"],
                             "realised_accuracy": v.accuracy.get("realised"), "n_labels": v.accuracy.get("n_labels", 0)}}
 
     def _state(self, name: str, version: int, v: _Version, now: float) -> dict[str, Any]:
         last = v.last or {}
         return {
             "model": name, "version": version, "updated_at": now, "evaluator": self.holder,
-            "window": {"size": self.config.window, "max_age_s": self.config.max_age_s,
+            "window": {"size": v.window, "configured": self.config.window, "max_age_s": self.config.max_age_s,
+                       "note": v.window_note,
                        **{k: last[k] for k in ("n", "ts_first", "ts_last", "evaluated_at") if k in last}},
             "pending": v.buffered, "predictions_seen": v.seen, "windows": v.windows, "skipped": v.skipped,
             "drift": last.get("drift", {}), "alarm": bool(last.get("alarm", False)),
+            "sequential": last.get("sequential"), "rules": dict(v.rules),
             "thresholds": last.get("thresholds"), "note": v.note,
             "accuracy": {"realised": v.accuracy.get("realised"), "estimated": last.get("estimated_accuracy"),
+                         **_reliability(last, v),
                          "n_labels": v.accuracy.get("n_labels", 0), "per_class": v.accuracy.get("per_class", {}),
-                         "validation": v.val_accuracy},
+                         "validation": v.val_accuracy, "holdout_accuracy": v.holdout_accuracy},
         }
 
     def _persist(self, name: str, windows: list[dict[str, Any]], states: dict[int, dict[str, Any]],
@@ -406,11 +449,23 @@ class Evaluator:
                 value = s["accuracy"][kind]
                 if value is not None:
                     metrics.ACCURACY.labels(name, ver, kind).set(value)
+            if s["accuracy"].get("estimated") is not None:
+                metrics.ESTIMATE_RELIABLE.labels(name, ver).set(1.0 if s["accuracy"]["estimated_reliable"] else 0.0)
 
     def _retain(self) -> None:
         old = time.time() - self.config.retention_days * 86400
         with self.engine.begin() as conn:
             conn.execute(monitor_windows.delete().where(monitor_windows.c.ts_last < old))
+
+
+def _reliability(last: dict[str, Any], v: _Version) -> dict[str, Any]:
+    """The newest window's verdict on its estimate (no window yet: not reliable, and why)."""
+    e = last.get("estimate")
+    if e is None:
+        why = v.note or "no window evaluated yet"
+        return {"estimated_reliable": False, "estimated_reason": why, "estimated_method": None}
+    return {"estimated_reliable": e["estimated_reliable"], "estimated_reason": e["estimated_reason"],
+            "estimated_method": e["estimated_method"]}
 
 
 # -- readers: status for the CLI, the server, the dashboard -----------------------------------------

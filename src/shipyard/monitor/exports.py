@@ -28,10 +28,14 @@ def promql(rule: Rule) -> str:
     if rule.kind == "accuracy":
         source = 'kind="' + rule.source + '"'
         series = f"shipyard_accuracy{_selector(rule, source)}"
-        if rule.below is not None:
-            return f"{series} < {rule.below:g}"
         validation = "shipyard_accuracy" + _selector(rule, 'kind="validation"')
-        return f"{series} < ignoring(kind) ({validation} - {rule.below_validation_by:g})"
+        cond = (f"{series} < {rule.below:g}" if rule.below is not None
+                else f"{series} < ignoring(kind) ({validation} - {rule.below_validation_by:g})")
+        if rule.source == "estimated":  # an estimate that cannot be believed decides nothing
+            cond = f"({cond}) and ignoring(kind) shipyard_accuracy_estimate_reliable{_selector(rule)} == 1"
+        return cond
+    if rule.kind == "labels":
+        return f"shipyard_accuracy_estimate_reliable{_selector(rule)} == 0"
     span = f"{int(rule.over_s)}s"
     if rule.kind == "latency_p99":
         return (f"histogram_quantile(0.99, sum by (model, le) (rate(shipyard_request_seconds_bucket"
@@ -76,7 +80,8 @@ def prometheus_rules(config: AlertConfig) -> str:
             "for": hold if r.kind != "drift" else "0s",
             "labels": {"severity": r.severity, "source": "shipyard", "rule": r.name},
             "annotations": {"summary": f"{{{{ $labels.model }}}}: {r.describe()}" + (
-                " (here: the newest window alarms)" if r.kind == "drift" and r.windows > 1 else ""),
+                " (here: the newest window alarms)" if r.kind == "drift" and r.windows != 1 else
+                " (here: without the label count)" if r.kind == "labels" else ""),
                             "description": f"shipyard rule {r.name!r} ({r.kind}); see `shipyard monitor status "
                                            f"{{{{ $labels.model }}}}`"},
         })

@@ -87,6 +87,9 @@ DRIFT_ALARM = Gauge("shipyard_drift_alarm", "1 when the latest window alarms, by
                     ["model", "version", "test"], multiprocess_mode="mostrecent")
 ACCURACY = Gauge("shipyard_accuracy", "Accuracy over the latest window (realised from labels, estimated from "
                  "calibrated confidence)", ["model", "version", "kind"], multiprocess_mode="mostrecent")
+ESTIMATE_RELIABLE = Gauge("shipyard_accuracy_estimate_reliable", "1 while the estimated accuracy can be believed (the "
+                          "inputs moved only in ways it follows), 0 while it cannot", ["model", "version"],
+                          multiprocess_mode="mostrecent")
 
 
 def multiprocess() -> bool:
