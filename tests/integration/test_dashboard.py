@@ -1,6 +1,8 @@
 """Monitoring, step 4: the server's dashboard opened in a real headless Chromium under traffic (its
 charts hold data points, it refreshes by itself, nothing leaves loopback; a screenshot is kept
-under test-artifacts/), the self-contained HTML report, and `shipyard trace`."""
+under test-artifacts/), the self-contained HTML report, and `shipyard trace`. Both pages grey an
+accuracy estimate the evaluator cannot believe (v1's inverted digits) and say why, and not one it
+can (v2's calm digits)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import re
 import shutil
 import threading
 import time
+from html import escape
 from pathlib import Path
 
 import httpx
@@ -27,6 +30,21 @@ from ..waiting import wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHARTS = ("chart-rps", "chart-latency", "chart-split", "chart-drift", "chart-accuracy", "chart-versions")
+
+
+def _row(html: str, version: str) -> str:
+    """The current-state table's row of one version."""
+    m = re.search(rf'<tr data-version="{version}">.*?</tr>', html, re.S)
+    assert m, f"no row for v{version}"
+    return m.group(0)
+
+
+def _reliability(reg: Registry) -> dict[str, dict]:  # type: ignore[type-arg]
+    """Each version's accuracy state once v2 has an evaluated window (v1's newest is the inverted one)."""
+    def ready() -> dict[str, dict] | None:  # type: ignore[type-arg]
+        versions = Monitor(reg).status("digits")["versions"]
+        return {v: s["accuracy"] for v, s in versions.items()} if versions.get("2", {}).get("windows") else None
+    return wait_for(ready, "v2's first evaluated window")
 
 
 def _send(base: str, images: np.ndarray, prefix: str) -> None:
@@ -109,6 +127,8 @@ def test_the_dashboard_shows_live_charts_in_a_real_browser_without_leaving_loopb
         wait.until(lambda d: all(points().values()), message=f"charts without data: {points()}")
         assert driver.find_elements(By.CSS_SELECTOR, "#chart-rps .marker")  # the alias moves
         assert "ALARM" in driver.find_element(By.ID, "content").text
+        _reliability(reg)
+        wait.until(lambda d: "(unreliable)" in d.find_element(By.ID, "content").text)  # v1's inverted window
         first = driver.find_element(By.ID, "updated").text
         wait.until(lambda d: d.find_element(By.ID, "updated").text != first)  # it refreshed by itself
         assert driver.find_element(By.ID, "updated").text.startswith("updated")
@@ -138,9 +158,30 @@ def test_the_report_is_one_self_contained_file_with_every_plot(watched, tmp_path
         assert svg and 'class="pt"' in svg.group(0), chart
     assert "<script" not in html and not re.search(r'(src|href)="(?!#)', html)  # nothing to fetch
     assert "drift" in html and "production" in html and "dashboard test" in html
+    acc = _reliability(reg)
+    html = Path(json.loads(run_cli(["monitor", "report", "digits", "--html", str(tmp_path / "r2.html"), "--since",
+                                    "1h", "--json"], env).stdout)["path"]).read_text()
+    assert acc["1"]["estimated_reliable"] is False and acc["2"]["estimated_reliable"] is True, acc
+    v1, v2 = _row(html, "1"), _row(html, "2")
+    assert "(unreliable)" in v1 and escape(acc["1"]["estimated_reason"]) in v1
+    assert "unreliable" not in v2 and "%" in v2
+    assert "<th>mean</th>" in html and "window(s) not drawn on the estimate line" in html
     assert Monitor(reg).report("digits", tmp_path / "api.html").stat().st_size > 5000
     missing = run_cli(["monitor", "report", "nope", "--html", str(tmp_path / "x.html")], env, check=False)
     assert missing.returncode != 0 and "no model 'nope'" in missing.stderr
+
+
+def test_the_dashboard_fragment_greys_the_estimate_it_cannot_believe_and_says_why(watched) -> None:  # type: ignore[no-untyped-def]
+    srv, reg, _ = watched
+    acc = _reliability(reg)
+    reason = acc["1"]["estimated_reason"]
+    assert acc["1"]["estimated_reliable"] is False and "inputs moved" in reason, acc
+    r = httpx.get(f"{srv.base}/dashboard/fragment", params={"model": "digits", "minutes": 60})
+    assert r.status_code == 200, r.text
+    v1, v2 = _row(r.text, "1"), _row(r.text, "2")
+    assert 'class="estimate unreliable"' in v1 and "(unreliable)" in v1 and escape(reason) in v1
+    assert acc["2"]["estimated_reliable"] is True and "unreliable" not in v2
+    assert "<th>mean</th>" in r.text and "<table class=rules>" in r.text
 
 
 def test_trace_follows_a_request_to_its_version_bundle_window_and_alert(watched) -> None:  # type: ignore[no-untyped-def]

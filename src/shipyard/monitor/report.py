@@ -5,7 +5,11 @@ windows), versions (registry history), alerts. `collect` gathers it; `charts_htm
 
 A window's realised accuracy is read when the report is made (`feedback.window_accuracy`): the
 labels of that version's predictions in the window's time span, including those that arrived
-after the window was evaluated."""
+after the window was evaluated. An accuracy estimate the evaluator says cannot be believed is
+shown greyed, marked "(unreliable)" with its reason, and left out of the accuracy chart's
+estimate line (a note under the chart counts what was left out): a number drawn like the others
+would be read like the others. Alert rules are shown in their three states, `unknown` included
+(an open alert whose rule cannot decide is not a firing one)."""
 
 from __future__ import annotations
 
@@ -87,18 +91,32 @@ def charts_html(data: dict[str, Any]) -> str:
         strictest = min(r["threshold"] for r in newest.values())
         thresholds.append((-math.log10(strictest), "strictest alarm threshold"))
     top = max([3 * t for t, _ in thresholds] + [10.0])  # off-scale alarms sit on the top edge (hover shows the value)
+    # four tests per version: the legend (one line, ~7 px a character) would run off a 560 px chart
+    legend = 54 + sum(20 + 7 * len(k) for k in drift) + 12
     out.append(charts.line_chart("Drift: −log10 p per window (higher = further from the reference)", drift,
-                                 hlines=thresholds, markers=marks, chart_id="chart-drift", y_min=0, y_max=top))
+                                 hlines=thresholds, markers=marks, chart_id="chart-drift", y_min=0, y_max=top,
+                                 width=min(max(560, legend), 1140)))
     acc: dict[str, list[tuple[float, float | None]]] = {}
+    hidden: list[dict[str, Any]] = []  # windows whose estimate cannot be believed: a gap in the line
     for w in wins:
         res = w["results"]
-        acc.setdefault(f"v{w['version']} estimated", []).append((w["ts_last"], res.get("estimated_accuracy")))
+        est = res.get("estimated_accuracy")
+        if est is not None and not _believed(res):
+            hidden.append(w)
+            est = None
+        acc.setdefault(f"v{w['version']} estimated", []).append((w["ts_last"], est))
         if res.get("realised_accuracy") is not None:
             acc.setdefault(f"v{w['version']} realised", []).append((w["ts_last"], res["realised_accuracy"]))
     val = [(float(s["accuracy"]["validation"]), f"v{v} validation") for v, s in data["status"]["versions"].items()
            if s["accuracy"].get("validation") is not None]
-    out.append(charts.line_chart("Accuracy: estimated from confidence, realised from labels", acc, y_min=0, y_max=1,
-                                 hlines=val[:2], markers=marks, chart_id="chart-accuracy"))
+    chart = charts.line_chart("Accuracy: estimated (where it can be believed), realised from labels", acc, y_min=0,
+                              y_max=1, hlines=val[:2], markers=marks, chart_id="chart-accuracy")
+    if hidden:
+        newest = hidden[-1]
+        chart += (f'<p class="sub unreliable-note">{len(hidden)} of {len(wins)} window(s) not drawn on the estimate '
+                  f"line: their estimate cannot be believed (newest, v{newest['version']} at "
+                  f"{escape(_ts(newest['ts_last']))}: {escape(_reason(newest['results']))})</p>")
+    out.append(chart)
     timeline: dict[str, list[tuple[float, float | None]]] = {}
     for e in data["events"]:
         timeline.setdefault(e["alias"], []).append((e["t"], float(e["to"]) if e["to"] is not None else None))
@@ -117,27 +135,81 @@ def _ts(t: float | None) -> str:
     return "–" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+#: the report's own marks, beside the charts' style (the dashboard's fragment carries them too)
+STYLE = """
+.unreliable{color:#999} .unreliable .why{display:block;font-size:11px;max-width:460px;white-space:normal}
+.unknown{color:#8a6d00;font-weight:600} .unreliable-note{max-width:540px;margin:4px} table.rules{margin-top:8px}
+"""
+
+#: an alert's or rule's state → its class: firing is red, unknown amber (no decision), ok/resolved green
+STATE_CLASS = {"firing": "alarm", "unknown": "unknown", "ok": "ok", "resolved": "ok"}
+
+
+def _believed(res: dict[str, Any]) -> bool:
+    """Whether an estimate's verdict lets it be read as a number (windows evaluated before the
+    verdict existed carry none: nothing is claimed for them either way)."""
+    return res.get("estimated_reliable") is not False
+
+
+def _reason(res: dict[str, Any]) -> str:
+    return str(res.get("estimated_reason") or "the evaluator says it cannot be believed")
+
+
+def _estimate_cell(value: float | None, res: dict[str, Any]) -> str:
+    """An estimated accuracy as a table cell: greyed, marked and explained when not believed."""
+    if value is None or _believed(res):
+        return f'<td class="estimate">{_pct(value)}</td>'
+    why = escape(_reason(res))
+    return (f'<td class="estimate unreliable" title="{why}">{_pct(value)} (unreliable)'
+            f'<span class="why">{why}</span></td>')
+
+
+def _state(state: str) -> str:
+    return f'<td class="{STATE_CLASS.get(state, "")}">{escape(state)}</td>'
+
+
+def _sequential(seq: dict[str, Any] | None) -> str:
+    if not seq or seq.get("allowance") is None:
+        return "<td>–</td>"
+    cls, op = ("alarm", ">") if seq.get("alerting") else ("ok", "≤")
+    return f'<td class="{cls}">{seq["level"]:.1f} {op} {seq["allowance"]:.1f}</td>'
+
+
 def state_html(data: dict[str, Any]) -> str:
-    """The current state (status) and the alerts, as tables."""
-    rows = []
+    """The current state (status), each version's rules and the alerts, as tables."""
+    rows, rules = [], []
     for ver, s in data["status"]["versions"].items():
         d = s["drift"]
         cells = "".join(
             f'<td class="{"alarm" if d[t]["alarm"] else "ok"}">{"ALARM " if d[t]["alarm"] else ""}'
             f'p={d[t]["p_value"]:.1e}</td>' if t in d else "<td>–</td>" for t in TESTS)
         a = s["accuracy"]
-        rows.append(f"<tr><td>v{escape(ver)}</td><td>{escape(', '.join(s['aliases']) or '–')}</td>"
-                    f"<td>{s['windows']}</td>{cells}<td>{_pct(a['estimated'])}</td>"
+        rows.append(f'<tr data-version="{escape(ver)}"><td>v{escape(ver)}</td>'
+                    f"<td>{escape(', '.join(s['aliases']) or '–')}</td><td>{s['windows']}</td>{cells}"
+                    f"{_sequential(s.get('sequential'))}{_estimate_cell(a['estimated'], a)}"
                     f"<td>{_pct(a['realised'])} ({a['n_labels']})</td><td>{_pct(a.get('validation'))}</td></tr>")
-    table = ("<table><tr><th>version</th><th>aliases</th><th>windows</th><th>input</th><th>prediction</th>"
-             "<th>confidence</th><th>estimated acc</th><th>realised acc (labels)</th><th>validation acc</th></tr>"
-             + "".join(rows) + "</table>") if rows else "<p class=sub>no evaluated windows yet</p>"
+        rules += [f'<tr data-version="{escape(ver)}" data-rule="{escape(rule)}"><td>v{escape(ver)}</td>'
+                  f"<td>{escape(rule)}</td>{_state(r.get('state', ''))}<td>{escape(r.get('message', ''))}</td></tr>"
+                  for rule, r in sorted((s.get("rules") or {}).items())]
+    table = ("<table><tr><th>version</th><th>aliases</th><th>windows</th>"
+             + "".join(f"<th>{escape(t)}</th>" for t in TESTS)
+             + "<th>drift level (CUSUM)</th><th>estimated acc</th><th>realised acc (labels)</th>"
+             "<th>validation acc</th></tr>" + "".join(rows) + "</table>") if rows \
+        else "<p class=sub>no evaluated windows yet</p>"
+    if rules:
+        table += ("<table class=rules><tr><th>version</th><th>rule</th><th>state</th><th>why</th></tr>"
+                  + "".join(rules) + "</table>")
     alerts = "".join(
-        f"<tr><td class={'alarm' if a['status'] == 'firing' else 'ok'}>{escape(a['status'])}</td>"
-        f"<td>{escape(a['rule'])}</td><td>{escape(a['severity'])}</td><td>{_ts(a['opened_at'])}</td>"
+        f'<tr data-alert="{a["id"]}">{_state(a["status"])}<td>{escape(a["rule"])}</td>'
+        f"<td>{'–' if a['version'] is None else 'v' + str(a['version'])}</td>"
+        f"<td>{escape(a['severity'])}</td><td>{_ts(a['opened_at'])}</td>"
         f"<td>{_ts(a['resolved_at'])}</td><td>{escape(a['message'])}</td></tr>" for a in data["alerts"])
-    alerts_table = ("<table><tr><th>status</th><th>rule</th><th>severity</th><th>opened</th><th>resolved</th>"
-                    "<th>message</th></tr>" + alerts + "</table>") if alerts else "<p class=sub>no alerts</p>"
+    alerts_table = ("<table><tr><th>status</th><th>rule</th><th>version</th><th>severity</th><th>opened</th>"
+                    "<th>resolved</th><th>message</th></tr>" + alerts + "</table>") if alerts \
+        else "<p class=sub>no alerts</p>"
+    if any(a["status"] == "unknown" for a in data["alerts"]):
+        alerts_table += ("<p class=sub>unknown: the rule cannot decide now (its accuracy estimate cannot be "
+                         "believed); the alert stays open, and autopilot does not act on it</p>")
     t = data["totals"]
     totals = (f"<p class=sub>{t['requests']:,} requests, {t['errors']:,} server errors, {t['rejected']:,} "
               f"rejected inputs; p50 {t['p50_ms'] or 0:.2f} ms, p99 {t['p99_ms'] or 0:.2f} ms (server side)</p>")
@@ -154,15 +226,21 @@ WINDOW_ROWS = 50
 
 
 def windows_html(data: dict[str, Any], limit: int = WINDOW_ROWS) -> str:
-    """The newest evaluated windows, one row each: span, size, drift alarm, estimated accuracy and
-    the realised accuracy of the labels known now."""
+    """The newest evaluated windows, one row each: span, size, drift alarm (and which tests),
+    estimated accuracy (with its verdict) and the realised accuracy of the labels known now."""
     wins = data["windows"][-limit:][::-1]
     if not wins:
         return "<p class=sub>no evaluated windows in this range</p>"
+
+    def alarmed(w: dict[str, Any]) -> str:
+        tests = [t for t in TESTS if (w["results"].get("drift", {}).get(t) or {}).get("alarm")]
+        return f"ALARM ({escape(', '.join(tests))})" if tests else "ALARM" if w["alarm"] else "ok"
+
     rows = "".join(
-        f"<tr><td>v{w['version']}</td><td>{_ts(w['ts_first'])}</td><td>{_ts(w['ts_last'])}</td><td>{w['n']}</td>"
-        f"<td class={'alarm' if w['alarm'] else 'ok'}>{'ALARM' if w['alarm'] else 'ok'}</td>"
-        f"<td>{_pct(w['results'].get('estimated_accuracy'))}</td>"
+        f'<tr data-window="{w.get("id", "")}"><td>v{w["version"]}</td><td>{_ts(w["ts_first"])}</td>'
+        f"<td>{_ts(w['ts_last'])}</td><td>{w['n']}</td>"
+        f"<td class={'alarm' if w['alarm'] else 'ok'}>{alarmed(w)}</td>"
+        f"{_estimate_cell(w['results'].get('estimated_accuracy'), w['results'])}"
         f"<td>{_pct(w['results'].get('realised_accuracy'))} ({w['results'].get('n_labels', 0)})</td></tr>"
         for w in wins)
     more = (f"<p class=sub>the newest {limit} of {len(data['windows'])} windows</p>"
@@ -179,7 +257,7 @@ def render(data: dict[str, Any]) -> str:
     events_table = ("<table><tr><th>when</th><th>alias</th><th>from</th><th>to</th><th>reason</th></tr>"
                     + events + "</table>") if events else "<p class=sub>no alias moves in this range</p>"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>shipyard: {escape(data['model'])}</title>"
-            f"<style>{charts.STYLE}</style></head><body><h1>{escape(data['model'])}: production report</h1>"
+            f"<style>{charts.STYLE}{STYLE}</style></head><body><h1>{escape(data['model'])}: production report</h1>"
             f"<p class=sub>{_ts(data['since'])} – {_ts(data['until'])}; generated by shipyard monitor report</p>"
             f"{state_html(data)}<h2>Over time</h2>{charts_html(data)}<h2>Windows</h2>{windows_html(data)}"
             f"<h2>Versions</h2>{events_table}"

@@ -1,7 +1,8 @@
 """`GET /dashboard`: live charts of a served model, refreshing by themselves. The page is one
 HTML document with a few lines of script that fetch `/dashboard/fragment` (server-rendered SVG
-charts and tables, the same code as `shipyard monitor report`) every few seconds. Everything it
-loads comes from this server: no CDN, works air-gapped."""
+charts and tables, the same code as `shipyard monitor report`) every few seconds: an accuracy
+estimate that cannot be believed is greyed and says why, rules show ok, firing or unknown.
+Everything it loads comes from this server: no CDN, works air-gapped."""
 
 from __future__ import annotations
 
@@ -59,4 +60,7 @@ def fragment(registry: Registry, name: str, minutes: float) -> str:
 
     mon = Monitor(registry)
     data = report.collect(mon, name, since=time.time() - minutes * 60)
-    return report.state_html(data) + "<h2>Over time</h2>" + report.charts_html(data)
+    # the report's marks (an estimate greyed as unreliable, a rule that cannot decide) travel with the
+    # fragment: the page itself stays free of the monitor's imports
+    return (f"<style>{report.STYLE}</style>" + report.state_html(data) + "<h2>Over time</h2>"
+            + report.charts_html(data))

@@ -147,9 +147,16 @@ class Autopilot:
         if st is not None and st["status"] == "running":
             return Decision("wait", f"a rollout of v{st['candidate']} is under way")
         production = self.reg.get(f"{self.name}@production").version
-        open_alerts = [a for a in Monitor(self.reg).alerts(self.name)
-                       if a["kind"] in p.alerts and a["version"] in (None, production)]
+        mine = [a for a in Monitor(self.reg).alerts(self.name)
+                if a["kind"] in p.alerts and a["version"] in (None, production)]
+        # only a firing alert triggers: an 'unknown' one is open, but its rule cannot decide now
+        # (an accuracy estimate that cannot be believed), so it is no evidence to retrain on
+        open_alerts = [a for a in mine if a["status"] == "firing"]
         if not open_alerts:
+            undecided = [a for a in mine if a["status"] == "unknown"]
+            if undecided:
+                return Decision("wait", f"alert {undecided[0]['rule']!r} on v{production} is open but unknown "
+                                        f"(its rule cannot decide now: {undecided[0]['message']})")
             return Decision("wait", f"no open {' or '.join(p.alerts)} alert on v{production}")
         trigger = open_alerts[0]
         done = self._retrains()
