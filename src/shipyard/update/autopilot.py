@@ -155,8 +155,9 @@ class Autopilot:
         if not open_alerts:
             undecided = [a for a in mine if a["status"] == "unknown"]
             if undecided:
-                return Decision("wait", f"alert {undecided[0]['rule']!r} on v{production} is open but unknown "
-                                        f"(its rule cannot decide now: {undecided[0]['message']})")
+                # the message after the comma: `_note` records a decision once per text before it
+                return Decision("wait", f"alert {undecided[0]['rule']!r} on v{production} is open but unknown, "
+                                        f"its rule cannot decide now: {undecided[0]['message']}")
             return Decision("wait", f"no open {' or '.join(p.alerts)} alert on v{production}")
         trigger = open_alerts[0]
         done = self._retrains()
