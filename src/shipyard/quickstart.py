@@ -228,7 +228,9 @@ def run(settings: Settings | None = None, *, name: str = "digits", epochs: int =
             fired = [t for t, r in st["drift"].items() if r["alarm"]]
             return (f"digits now arrive rotated {shift_degrees:g}°: drift alarm after "
                     f"{traffic.sent - facts['shifted_from']} requests ({', '.join(fired)} test"
-                    f"{'s' if len(fired) > 1 else ''}); estimated accuracy {st['accuracy']['estimated'] or 0:.1%}")
+                    f"{'s' if len(fired) > 1 else ''}); estimated accuracy {st['accuracy']['estimated'] or 0:.1%}"
+                    + ("" if st["accuracy"].get("estimated_reliable") else
+                       " — not to be believed: the inputs moved in a way the estimate cannot follow"))
 
         def labels() -> str:
             assert traffic is not None

@@ -60,10 +60,10 @@ def test_no_shift_windows_stay_quiet_and_inverted_images_alarm(deployed: tuple[R
     ev.tick()
     state = status(reg.engine, "digits")[1]
     assert state["windows"] == 3 and state["skipped"] == 0 and state["pending"] == 0  # 300 rows, 3 windows
-    assert set(state["drift"]) == {"input", "mean", "prediction", "confidence"}
+    assert set(state["drift"]) == {"input", "mean", "prediction", "confidence", "softmax"}
     assert not state["alarm"], state["drift"]
     th = state["thresholds"]
-    assert th["window"] == 100 and 0 < th["input"] <= CONFIG.alpha / 4
+    assert th["window"] == 100 and 0 < th["input"] <= CONFIG.alpha / 5 and 0 < th["softmax"] <= CONFIG.alpha / 5
     assert state["accuracy"]["estimated"] is not None and state["accuracy"]["realised"] is None
 
     _send(log, rt, 255 - images[300:400], "inverted")

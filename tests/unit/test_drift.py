@@ -98,7 +98,7 @@ def test_calibrate_all_matches_the_generic_calibration_and_alarms_on_a_shift() -
     ref = drift.Reference(prof[:1000], conf[:1000], np.bincount(pred, minlength=3) / 2000, prof[1000:], pred[1000:],
                           conf[1000:], np.linspace(0, 1, 11), np.linspace(0.1, 1, 10), pred[:1000], pred[1000:],
                           pred[:1000])
-    th = drift.calibrate_all(ref, 50, alpha=0.04, draws=400, seed=5)  # each of the four tests: 0.01
+    th = drift.calibrate_all(ref, 50, alpha=0.04, draws=400, seed=5)  # each of the four tests: 0.01 (no softmax)
     generic = drift.calibrate(lambda i: drift.input_drift(ref.profile, ref.null_profile[i]).p_value,
                               np.arange(1000), 50, alpha=0.01, draws=400, seed=5)
     assert th.input == pytest.approx(generic) and th.window == 50 and 0 < th.input <= 0.01
@@ -138,11 +138,13 @@ def test_thresholds_computed_at_bundle_time_are_used_as_they_are() -> None:
     probs = rng.dirichlet(np.ones(10), size=800).astype(np.float32)
     ref = reference.build(x, probs, rng.integers(0, 10, 800), x_val=rng.random((800, 784)).astype(np.float32))
     ref["drift_thresholds"] = drift.precalibrate(ref, (100, 250), alpha=0.002, draws=300)
-    assert ref["drift_thresholds"].shape == (2, 8)
+    assert ref["drift_thresholds"].shape == (2, 9)
     r = drift.Reference.from_arrays(ref)
     pre = r.thresholds(100, alpha=0.002, draws=300)
     fresh = drift.calibrate_all(r, 100, alpha=0.002, draws=300)
-    assert pre.source == "bundle" and (pre.input, pre.prediction, pre.confidence, pre.mean, pre.cusum) == \
-        pytest.approx((fresh.input, fresh.prediction, fresh.confidence, fresh.mean, fresh.cusum))
+    assert pre.source == "bundle" and (pre.input, pre.prediction, pre.confidence, pre.mean, pre.cusum,
+                                       pre.softmax) == pytest.approx(
+        (fresh.input, fresh.prediction, fresh.confidence, fresh.mean, fresh.cusum, fresh.softmax))
+    assert 0 < pre.softmax <= 0.002 / 5  # the bundle keeps its held-out probabilities: the softmax test runs
     assert r.thresholds(100, alpha=0.002, draws=400).source == "calibrated"  # other settings: calibrated now
     assert reference.summary(ref)["drift_thresholds"][1]["window"] == 250

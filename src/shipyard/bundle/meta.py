@@ -170,6 +170,7 @@ class DriftThreshold(Record):
     confidence: float
     mean: float | None = None  # bundles since the mean test
     cusum: float | None = None  # the sequential rule's allowance (decades of p)
+    softmax: float | None = None  # bundles since the softmax test
 
 
 @dataclass(frozen=True)

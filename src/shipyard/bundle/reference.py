@@ -21,6 +21,7 @@ SCHEMA_VERSION = 1
 SAMPLE_SIZE = 2000
 COMPONENTS = 32
 CALIBRATION_BINS = 10
+SOFTMAX_CLASSES = 32  # held-out probabilities are kept (and logged per prediction) up to this many classes
 
 
 def build(x_train: np.ndarray, val_probabilities: np.ndarray, y_val: np.ndarray, *, seed: int = 0,
@@ -54,6 +55,8 @@ def build(x_train: np.ndarray, val_probabilities: np.ndarray, y_val: np.ndarray,
     extra: dict[str, np.ndarray] = {}
     if x_val is not None:
         extra["val_profile"] = profile(mean, basis, x_val).astype(np.float16)
+    if classes <= SOFTMAX_CLASSES:  # the softmax drift test's held-out sample (the log keeps as many)
+        extra["val_probabilities"] = val_probabilities.astype(np.float16)
     return {
         **extra,
         "schema_version": np.array(SCHEMA_VERSION),
@@ -84,7 +87,8 @@ def summary(ref: dict[str, np.ndarray]) -> dict[str, Any]:
         "val_profile_size": int(len(ref["val_profile"])) if "val_profile" in ref else 0,
         "drift_thresholds": [{"window": int(r[0]), "alpha": float(r[1]), "draws": int(r[2]), "input": float(r[3]),
                               "prediction": float(r[4]), "confidence": float(r[5]),
-                              **({"mean": float(r[6]), "cusum": float(r[7])} if len(r) > 6 else {})}
+                              **({"mean": float(r[6]), "cusum": float(r[7])} if len(r) > 6 else {}),
+                              **({"softmax": float(r[8])} if len(r) > 8 else {})}
                              for r in ref.get("drift_thresholds", [])],
         "pca_explained_variance_ratio": float(ref["pca_explained_variance"].sum() / ref["pca_total_variance"]),
         "class_frequencies": [round(float(f), 6) for f in ref["class_frequencies"]],

@@ -66,7 +66,7 @@ def status_cmd(
         else:
             table = Table(title=f"{name}: monitoring", title_justify="left")
             for col in ("version", "aliases", "windows", "last window", "input", "mean", "prediction", "confidence",
-                        "estimated acc", "realised acc (labels)"):
+                        "softmax", "estimated acc", "realised acc (labels)"):
                 table.add_column(col)
             notes = []
             for ver, s in st["versions"].items():
@@ -83,7 +83,8 @@ def status_cmd(
                 table.add_row(ver, ",".join(s["aliases"]) or "-", str(s["windows"]),
                               f"{w.get('n', '-')} (+{s['pending']} pending)" + (" STALE" if s["stale"] else ""),
                               _fmt_test(d.get("input")), _fmt_test(d.get("mean")), _fmt_test(d.get("prediction")),
-                              _fmt_test(d.get("confidence")), est, f"{_pct(a['realised'])} ({a['n_labels']})")
+                              _fmt_test(d.get("confidence")), _fmt_test(d.get("softmax")), est,
+                              f"{_pct(a['realised'])} ({a['n_labels']})")
             out.print(table)
             for note in notes:
                 out.print(note, markup=False, highlight=False)
@@ -172,7 +173,7 @@ severity = "warning"
 [[rule]]
 name = "drift"
 kind = "drift"
-tests = ["input", "mean", "prediction", "confidence"]
+tests = ["input", "mean", "prediction", "confidence", "softmax"]
 # no `windows`: a CUSUM over the windows' evidence (one alarming window alerts; near misses add
 # up), calibrated with the thresholds. `windows = 2` instead: two alarming windows in a row
 

@@ -37,7 +37,7 @@ log = logging.getLogger("shipyard.monitor")
 KINDS = ("drift", "accuracy", "labels", "error_rate", "latency_p99", "rejections")
 PER_VERSION = ("drift", "accuracy", "labels")
 SEVERITIES = ("info", "warning", "critical")
-TESTS = ("input", "mean", "prediction", "confidence")
+TESTS = ("input", "mean", "prediction", "confidence", "softmax")
 
 
 @dataclass(frozen=True)
@@ -433,7 +433,8 @@ class Alerter:
                         due.append({"status": "firing", "alert": {"id": alert_id, **row}})
                 elif latest is not None and latest["status"] in OPEN:
                     conn.execute(a.update().where(a.c.id == latest["id"])
-                                 .values(status="resolved", resolved_at=now, last_seen_at=now))
+                                 .values(status="resolved", resolved_at=now, last_seen_at=now,
+                                         details={**(latest["details"] or {}), "resolution": f.message}))
                     log.warning("resolved: alert %s for %s (%s)", f.rule.name, name, f.message)
                     due.append({"status": "resolved", "alert": {**dict(latest), "status": "resolved",
                                                                 "resolved_at": now, "resolution": f.message}})
@@ -477,8 +478,7 @@ class Alerter:
 
 # -- readers: `monitor status`, `monitor trace` ----------------------------------------------------
 def recent(engine: sa.Engine, name: str, *, include_resolved: bool = False, limit: int = 100) -> list[dict[str, Any]]:
-    """The open alerts of `name` (firing, or unknown: their rule cannot decide now; with
-    `include_resolved`, all of them), newest first."""
+    """Open alerts of `name` (firing, or unknown: their rule cannot decide now), newest first."""
     q = sa.select(alerts).where(alerts.c.model == name)
     if not include_resolved:
         q = q.where(alerts.c.status.in_(OPEN))

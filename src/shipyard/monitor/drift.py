@@ -11,7 +11,12 @@ Four questions per window of live traffic, each answered with a score, a p-value
   fit against the reference class frequencies (sparse classes pooled so every expected count is
   at least 5);
 - confidence drift: is the model as sure as it was on held-out data? Two-sample KS on the top
-  probability.
+  probability;
+- softmax drift: do the model's outputs still look as on held-out data? KS on each class's
+  probability, Bonferroni across classes (alibi-detect's KSDrift on the outputs). The model
+  amplifies what moves it, so this sees small global changes (a little brighter, a little less
+  contrast) that the input profile shows only faintly. Needs the logged probabilities (models
+  with up to 32 classes) and a bundle that keeps its held-out ones.
 
 Textbook thresholds alarm too often on windows with no shift (the tests are not independent,
 projections carry ties, the reference sample is finite), so each test's threshold can be
@@ -179,7 +184,7 @@ def estimated_accuracy(confidence: np.ndarray, edges: np.ndarray, bin_accuracy: 
 
 
 # -- the product's use: a reference from the bundle, thresholds calibrated at once ----------------
-TESTS = ("input", "mean", "prediction", "confidence")
+TESTS = ("input", "mean", "prediction", "confidence", "softmax")
 #: window sizes calibrated when the bundle is built; a partly filled window (or a configured size
 #: that is not here) uses the thresholds of the largest of these that it reaches
 SIZES = (50, 100, 250, 500)
@@ -207,6 +212,8 @@ class Reference:
     labels: np.ndarray  # true classes of the reference half (held-out rows: the estimators' tables)
     null_labels: np.ndarray
     predicted: np.ndarray  # predicted classes of the reference half
+    probabilities: np.ndarray | None = None  # every class's probability, reference half (sorted per class) …
+    null_probabilities: np.ndarray | None = None  # … and the calibration half (older bundles: None)
     # thresholds calibrated when the bundle was built: (window, alpha, draws) → Thresholds
     precalibrated: dict[tuple[int, float, int], Thresholds] = field(default_factory=dict, compare=False)
 
@@ -228,16 +235,19 @@ class Reference:
         a, b = order[: len(order) // 2], order[len(order) // 2:]
         conf = ref["val_confidence"].astype(np.float32)
         pre = {}
-        rows = ref.get("drift_thresholds", np.zeros((0, 8)))
-        if rows.ndim == 2 and rows.shape[1] == 8:  # older bundles (6 columns) lack the mean test: calibrated anew
-            for window, alpha, draws, t_in, t_pred, t_conf, t_mean, cusum in rows:
+        rows = ref.get("drift_thresholds", np.zeros((0, 9)))
+        if rows.ndim == 2 and rows.shape[1] == 9:  # older bundles lack the mean and softmax tests: calibrated anew
+            for window, alpha, draws, t_in, t_pred, t_conf, t_mean, cusum, t_soft in rows:
                 key = (int(window), float(alpha), int(draws))
                 pre[key] = Thresholds(key[0], key[1], key[2], float(t_in), float(t_pred), float(t_conf),
-                                      float(t_mean), float(cusum), source="bundle")
+                                      float(t_mean), float(cusum), float(t_soft), source="bundle")
         labels = ref["val_labels"].astype(np.int64)
         pred = ref["val_predictions"].astype(np.int64)
+        probs = ref["val_probabilities"].astype(np.float32) if "val_probabilities" in ref else None
         return cls(prof[a], conf[a], ref["class_frequencies"].astype(np.float64), prof[b], pred[b], conf[b],
-                   ref["calibration_edges"], ref["calibration_accuracy"], labels[a], labels[b], pred[a], pre)
+                   ref["calibration_edges"], ref["calibration_accuracy"], labels[a], labels[b], pred[a],
+                   np.sort(probs[a], axis=0) if probs is not None else None,
+                   probs[b] if probs is not None else None, pre)
 
     @property
     def largest_window(self) -> int:
@@ -263,20 +273,20 @@ def precalibrate(ref: dict[str, np.ndarray], windows: tuple[int, ...] = SIZES, *
                  draws: int = 2000) -> np.ndarray:
     """Thresholds for the usual window sizes, computed when the bundle is built so a server never
     spends its CPU on them: rows of (window, alpha, draws, input, prediction, confidence, mean,
-    cusum)."""
+    cusum, softmax)."""
     r = Reference.from_arrays(ref)
     rows = []
     for w in windows:
         if len(r.null_profile) >= w:
             th = calibrate_all(r, w, alpha=alpha, draws=draws)
-            rows.append([w, alpha, draws, th.input, th.prediction, th.confidence, th.mean, th.cusum])
-    return np.array(rows, dtype=np.float64).reshape(len(rows), 8)
+            rows.append([w, alpha, draws, th.input, th.prediction, th.confidence, th.mean, th.cusum, th.softmax])
+    return np.array(rows, dtype=np.float64).reshape(len(rows), 9)
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """Per-test p-value thresholds for windows of `window` rows, calibrated so the union of the
-    four tests alarms on about `alpha` of no-shift windows (each test gets alpha / 4), and the
+    five tests alarms on about `alpha` of no-shift windows (each test gets alpha / 5), and the
     CUSUM allowance that keeps the sequential rule's alerts at CUSUM_ALPHA of them."""
 
     window: int
@@ -287,6 +297,7 @@ class Thresholds:
     confidence: float
     mean: float = 1.0
     cusum: float = 0.0
+    softmax: float = 0.0  # 0: never alarms (no held-out probabilities to compare with)
     seconds: float = 0.0
     source: str = "calibrated"  # or "bundle": computed when the bundle was built
 
@@ -374,7 +385,8 @@ def calibrate_all(ref: Reference, window: int, *, alpha: float = 0.002, draws: i
         raise ValueError(f"need at least {window} held-out rows to calibrate windows of {window}, got {n}")
     rng = np.random.default_rng(seed)
     windows = np.stack([rng.choice(n, window, replace=False) for _ in range(draws)])
-    each = alpha / len(TESTS)
+    softmax = ref.probabilities is not None and ref.null_probabilities is not None
+    each = alpha / (len(TESTS) if softmax else len(TESTS) - 1)  # the tests this reference can run share alpha
 
     rank = int(np.floor(each * (draws - 1)))  # np.quantile(p, each, method="lower") of the draws' p-values
 
@@ -387,16 +399,23 @@ def calibrate_all(ref: Reference, window: int, *, alpha: float = 0.002, draws: i
     mu, sd = ref.profile_mean
     means = np.stack([ref.null_profile[w].mean(axis=0) for w in windows])
     p["mean"] = stats.chi2.sf(_mean_stat(mu, sd, means, window), len(mu))
-    th = {t: float(min(each, np.sort(p[t])[rank])) for t in TESTS}
+    d_soft = None
+    if softmax and ref.probabilities is not None and ref.null_probabilities is not None:
+        d_soft = _ks_null_stat(ref.probabilities, ref.null_probabilities, windows)
+        p["softmax"] = _ks_p(d_soft, len(ref.probabilities), window, ref.probabilities.shape[1])
+    th = {t: float(min(each, np.sort(p[t])[rank])) for t in TESTS if t in p}
     # the KS thresholds exactly (the p-values above are interpolated): p of the rank-th largest statistic
     th["input"] = min(each, float(_ks_p(np.sort(d_in)[::-1][rank], len(ref.profile), window, ref.profile.shape[1])))
     th["confidence"] = min(each, float(_ks_p(np.sort(d_conf)[::-1][rank], len(ref.confidence), window, 1)))
+    if d_soft is not None and ref.probabilities is not None:
+        th["softmax"] = min(each, float(_ks_p(np.sort(d_soft)[::-1][rank], len(ref.probabilities), window,
+                                              ref.probabilities.shape[1])))
     # the sequential rule's allowance: evidence per window is how far the most extreme test went
     # past (positive) or stayed short of (negative) its threshold, in decades of p
-    evidence = np.max([np.log10(th[t]) - np.log10(np.maximum(p[t], 1e-300)) for t in TESTS], axis=0)
+    evidence = np.max([np.log10(th[t]) - np.log10(np.maximum(p[t], 1e-300)) for t in p], axis=0)
     return Thresholds(window, alpha, draws, input=th["input"], prediction=th["prediction"],
                       confidence=th["confidence"], mean=th["mean"], cusum=cusum_allowance(evidence, CUSUM_ALPHA),
-                      seconds=time.perf_counter() - t0)
+                      softmax=th.get("softmax", 0.0), seconds=time.perf_counter() - t0)
 
 
 def cusum_step(level: float, evidence: float, allowance: float) -> float:
@@ -431,8 +450,9 @@ def evidence(results: dict[str, dict[str, Any]], tests: tuple[str, ...] = TESTS)
 
 
 def evaluate(ref: Reference, th: Thresholds, projection: np.ndarray | None, predicted: np.ndarray,
-             confidence: np.ndarray) -> dict[str, TestResult]:
-    """The four tests on one window (the input tests only when the log holds projections)."""
+             confidence: np.ndarray, probabilities: np.ndarray | None = None) -> dict[str, TestResult]:
+    """The tests on one window (the input tests only when the log holds projections, the
+    softmax test only when it holds probabilities and the bundle its held-out ones)."""
     out = {}
     if projection is not None and projection.shape[1] == ref.profile.shape[1]:
         out["input"] = input_drift(ref.profile, projection, threshold=th.input)
@@ -440,4 +460,10 @@ def evaluate(ref: Reference, th: Thresholds, projection: np.ndarray | None, pred
         out["mean"] = mean_drift(mu, sd, projection, threshold=th.mean)
     out["prediction"] = prediction_drift(ref.class_frequencies, predicted, threshold=th.prediction)
     out["confidence"] = confidence_drift(ref.confidence, confidence, threshold=th.confidence)
+    if probabilities is not None and ref.probabilities is not None and th.softmax > 0 and \
+            probabilities.shape[1] == ref.probabilities.shape[1] and len(probabilities) >= 2:
+        d = float(_ks_statistics(ref.probabilities, np.asarray(probabilities, dtype=np.float64)).max())
+        k = ref.probabilities.shape[1]
+        p = float(_ks_p(d, len(ref.probabilities), len(probabilities), k))
+        out["softmax"] = _result("softmax", d, p, th.softmax, len(probabilities))
     return out

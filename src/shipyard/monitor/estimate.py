@@ -183,6 +183,13 @@ class Estimator:
         return False, f"inputs moved{explained}: {'; '.join(moved)}, and {' and '.join(why)}"
 
 
+def verdict(newest: dict[str, Any] | None, note: str | None) -> dict[str, Any]:
+    """The status fields for the newest window's estimate (none yet: not reliable, and why)."""
+    if newest is None:
+        return {"estimated_reliable": False, "estimated_reason": note or "no window evaluated yet",
+                "estimated_method": None}
+    return {k: newest[k] for k in ("estimated_reliable", "estimated_reason", "estimated_method")}
+
 def _weighted_ks(ref_sorted: np.ndarray, weights_sorted: np.ndarray, window: np.ndarray) -> np.ndarray:
     """Per column, the KS distance between the window's empirical CDF and the reference's
     weighted one (`ref_sorted` column-sorted, `weights_sorted` the rows' weights in that order,

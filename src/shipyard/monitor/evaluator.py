@@ -75,7 +75,7 @@ class _Recent:
 
 #: one chunk of the log as arrays: timestamps, predicted classes, confidences, the input
 #: projection (None when the chunk has none) and the chunk's id on every row
-_Part = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]
 
 
 @dataclass
@@ -232,7 +232,7 @@ class Evaluator:
         """Chunks after the cursor, as arrays per version."""
         p = prediction_chunks
         q = (sa.select(p.c.id, p.c.version, p.c.n, p.c.ts, p.c.predicted, p.c.confidence, p.c.projection,
-                       p.c.proj_dim, p.c.request_ids)
+                       p.c.proj_dim, p.c.request_ids, p.c.probabilities)
              .where(p.c.model == name, p.c.id > self._cursor.get(name, 0)).order_by(p.c.id).limit(500))
         if self._ahead.get(name):  # bounded: the cursor passes a hole within gap_s
             q = q.where(p.c.id.not_in(sorted(self._ahead[name])))
@@ -246,12 +246,15 @@ class Evaluator:
                 ahead[row.id] = float(np.frombuffer(row.ts, "<f8")[-1])
                 proj = (np.frombuffer(row.projection, "<f2").reshape(row.n, row.proj_dim).astype(np.float32)
                         if row.projection and row.proj_dim else None)
+                probs = (np.frombuffer(row.probabilities, "<f2").reshape(row.n, -1).astype(np.float32)
+                         if row.probabilities else None)
                 part: _Part = (np.frombuffer(row.ts, "<f8"), np.frombuffer(row.predicted, "<i4"),
-                               np.frombuffer(row.confidence, "<f4"), proj, np.full(row.n, row.id, np.int64))
+                               np.frombuffer(row.confidence, "<f4"), proj, np.full(row.n, row.id, np.int64), probs)
                 keep = seen.new(row.request_ids.decode().split("\n"), part[0])
                 if not keep.all():  # a request retried on another replica: counted once
-                    ts, pred, conf, pj, ids = part
-                    part = (ts[keep], pred[keep], conf[keep], pj[keep] if pj is not None else None, ids[keep])
+                    ts, pred, conf, pj, ids, pr = part
+                    part = (ts[keep], pred[keep], conf[keep], pj[keep] if pj is not None else None, ids[keep],
+                            pr[keep] if pr is not None else None)
                 out.setdefault(row.version, []).append(part)
         self._advance(name, ahead)
         return out
@@ -357,6 +360,8 @@ class Evaluator:
         projs = [p[3] for p in v.parts if p[3] is not None]
         proj = np.concatenate(projs) if len(projs) == len(v.parts) else None
         cid = np.concatenate([p[4] for p in v.parts])
+        probs = [p[5] for p in v.parts if p[5] is not None]
+        prob = np.concatenate(probs) if len(probs) == len(v.parts) and len({x.shape[1] for x in probs}) == 1 else None
         size = v.window if len(ts) >= v.window else len(ts)
         full = len(ts) // size
         start = max(0, full - self.config.max_windows_per_tick) * size
@@ -365,21 +370,21 @@ class Evaluator:
         for s0 in range(start, full * size, size):
             sl = slice(s0, s0 + size)
             out.append(self._window(name, version, v, now, ts[sl], pred[sl], conf[sl],
-                                    proj[sl] if proj is not None else None))
+                                    proj[sl] if proj is not None else None, prob[sl] if prob is not None else None))
         rest = slice(full * size, len(ts))
-        v.parts = [(ts[rest], pred[rest], conf[rest], proj[rest] if proj is not None else None, cid[rest])] \
-            if rest.start < len(ts) else []
+        v.parts = [(ts[rest], pred[rest], conf[rest], proj[rest] if proj is not None else None, cid[rest],
+                    prob[rest] if prob is not None else None)] if rest.start < len(ts) else []
         v.buffered = len(ts) - full * size
         return out
 
     def _window(self, name: str, version: int, v: _Version, now: float, ts: np.ndarray, pred: np.ndarray,
-                conf: np.ndarray, proj: np.ndarray | None) -> dict[str, Any]:
+                conf: np.ndarray, proj: np.ndarray | None, probs: np.ndarray | None) -> dict[str, Any]:
         """Test one window (the rows of one model version, oldest first)."""
         size = len(ts)
         sl = slice(0, size)
         th = self._thresholds(v, size)
-        tests = drift.evaluate(v.reference, th, proj[sl] if proj is not None else None, pred[sl], conf[sl]) \
-            if th is not None and v.reference is not None else {}
+        tests = drift.evaluate(v.reference, th, proj[sl] if proj is not None else None, pred[sl], conf[sl],
+                               probs) if th is not None and v.reference is not None else {}
         if v.estimator is not None:
             e = v.estimator.window(th, proj[sl] if proj is not None else None, pred[sl], conf[sl], tests)
         else:
@@ -416,7 +421,7 @@ class Evaluator:
             "sequential": last.get("sequential"), "rules": dict(v.rules),
             "thresholds": last.get("thresholds"), "note": v.note,
             "accuracy": {"realised": v.accuracy.get("realised"), "estimated": last.get("estimated_accuracy"),
-                         **_reliability(last, v),
+                         **estimate.verdict(last.get("estimate"), v.note),
                          "n_labels": v.accuracy.get("n_labels", 0), "per_class": v.accuracy.get("per_class", {}),
                          "validation": v.val_accuracy, "holdout_accuracy": v.holdout_accuracy},
         }
@@ -456,16 +461,6 @@ class Evaluator:
         old = time.time() - self.config.retention_days * 86400
         with self.engine.begin() as conn:
             conn.execute(monitor_windows.delete().where(monitor_windows.c.ts_last < old))
-
-
-def _reliability(last: dict[str, Any], v: _Version) -> dict[str, Any]:
-    """The newest window's verdict on its estimate (no window yet: not reliable, and why)."""
-    e = last.get("estimate")
-    if e is None:
-        why = v.note or "no window evaluated yet"
-        return {"estimated_reliable": False, "estimated_reason": why, "estimated_method": None}
-    return {"estimated_reliable": e["estimated_reliable"], "estimated_reason": e["estimated_reason"],
-            "estimated_method": e["estimated_method"]}
 
 
 # -- readers: status for the CLI, the server, the dashboard -----------------------------------------

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from shipyard.serve.runtime import ModelRuntime
 
 log = logging.getLogger("shipyard.monitor")
+MAX_LOGGED_CLASSES = 32  # every class's probability is logged up to this many classes (the softmax test)
 PROBE_S = 5.0  # an idle writer checks that PostgreSQL still answers this often (SQLite: every flush)
 
 
@@ -261,7 +262,8 @@ class PredictionLog:
                 "ts": ts.tobytes(), "predicted": probs.argmax(axis=1).astype("<i4").tobytes(),
                 "confidence": probs.max(axis=1).astype("<f4").tobytes(), "sampled": sampled.tobytes(),
                 "projection": proj.astype("<f2", copy=False).tobytes() if proj is not None else None,
-                "proj_dim": proj.shape[1] if proj is not None else 0})
+                "proj_dim": proj.shape[1] if proj is not None else 0,
+                "probabilities": probs.astype("<f2").tobytes() if probs.shape[1] <= MAX_LOGGED_CLASSES else None})
             ring = self._ring_share(n)
             starts = np.cumsum([0, *sizes])
             for kind, mask in (("ring", ring), ("sample", sampled)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-HEAD = "0007"
+HEAD = "0008"
 
 metadata = sa.MetaData()
 
@@ -155,6 +155,8 @@ prediction_chunks = sa.Table(
     # float16 n × proj_dim: PCA coordinates on the reference basis, then the reconstruction error
     sa.Column("projection", sa.LargeBinary),
     sa.Column("proj_dim", sa.Integer, nullable=False),
+    # float16 n × classes: every class's probability (models with up to 32 classes; else NULL)
+    sa.Column("probabilities", sa.LargeBinary),
     sa.Index("ix_prediction_chunks_model_ts", "model", "ts_last"),
 )
 

@@ -1,5 +1,5 @@
 """`shipyard autopilot NAME --policy FILE`: close the loop without a person. It watches the model's
-alerts; when a drift or accuracy alert is open and enough labelled production data has come
+alerts; when a drift or accuracy alert is firing (not unknown) and enough labelled production data has come
 back, it runs retrain → offline gate → rollout, within a cooldown and a daily budget of retrains.
 Every decision is logged with its reason (and recorded in `models history` when it changes);
 `--dry-run` says what it would do and does nothing.
