@@ -57,6 +57,9 @@ def test_the_estimate_is_believed_on_unseen_digits_and_not_on_inverted_ones(cham
             assert time.monotonic() < deadline, s
             time.sleep(0.3)
         acc = s["versions"]["1"]["accuracy"]
+        # the log against its size budget, in the same status (part 6)
+        assert s["log"]["used_bytes"] > 0 and s["log"]["budget_bytes"] >= 64 << 20, s["log"]
+        assert s["log"]["tables"]["prediction_chunks"]["rows"] >= 1
         assert acc["estimated_reliable"] is True and acc["estimated_reason"] is None, acc
         ests = [w["results"]["estimated_accuracy"] for w in windows(reg.engine, "digits")]
         assert len(ests) == 2

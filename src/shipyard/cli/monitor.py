@@ -93,6 +93,13 @@ def status_cmd(
                 out.print(f"serving (last {sv['span_s'] // 60} min, {len(sv['workers'])} worker(s) across the "
                           f"deployment): {sv['requests']} requests, error rate {_pct(sv['error_rate'])}, "
                           f"p99 {'-' if sv['p99_ms'] is None else format(sv['p99_ms'], '.1f')} ms")
+            lg = st.get("log")
+            if lg:
+                from shipyard.monitor.logbudget import human
+
+                removed = sum(lg.get("removed", {}).values())
+                out.print(f"prediction log (all models): {human(lg['used_bytes'])} of {human(lg['budget_bytes'])} "
+                          f"({lg['used_share']:.0%}); {removed} rows removed by retention and the budget")
             if not st["versions"]:
                 err.print("no evaluated windows yet: is a server (or `shipyard monitor run`) evaluating it?")
             for al in st["alerts"]:

@@ -57,7 +57,16 @@ class Monitor:
                    "workers": stats.by_worker(self.engine, name, since=since)}
         return {"model": name, "evaluator": None if lease is None else
                 {"holder": lease.holder, "since": lease.acquired_at, "expires_at": lease.expires_at},
-                "versions": versions, "alerts": self.alerts(name), "serving": serving}
+                "versions": versions, "alerts": self.alerts(name), "serving": serving, "log": self.log_usage()}
+
+    def log_usage(self) -> dict[str, Any]:
+        """The prediction log against its size budget (the log is shared by every model): bytes
+        and rows per table, how far back predictions reach, rows removed by the running servers."""
+        from shipyard.monitor import logbudget
+
+        run = Path(self.registry.settings.home) / "run"
+        return logbudget.usage(self.engine, horizon_s=168 * 3600.0,
+                               metrics_dirs=sorted(run.glob("metrics-*")) if run.is_dir() else ())
 
     def alerts(self, name: str, *, include_resolved: bool = False, limit: int = 100) -> list[dict[str, Any]]:
         """Open alerts of `name` (newest first), or all of them."""
