@@ -77,7 +77,7 @@ def full_signature(signature: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_bundle(folder: Path, name: str = "tiny", classes: int = 10, seed: int = 0, *, reference: bool = False,
-                **meta: Any) -> Path:
+                held_out: int | None = None, **meta: Any) -> Path:
     """Write a valid bundle folder at `folder` (new or empty) and return its path. Different
     seeds give different weights, hence different bytes and sha256. `reference` adds a real
     reference profile built from the bundled MNIST sample (`reference_data`), so monitoring has
@@ -90,6 +90,7 @@ def make_bundle(folder: Path, name: str = "tiny", classes: int = 10, seed: int =
         from shipyard.bundle import reference as reference_mod
 
         x_train, x_val, y_val = reference_data()
+        x_val, y_val = x_val[:held_out], y_val[:held_out]  # `held_out`: fewer held-out rows (a small holdout)
         probs = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"input": x_val})[0]
         ref = reference_mod.build(x_train, probs, y_val % classes, x_val=x_val)
         path = Path(folder).parent / f".{Path(folder).name}-reference.npz"

@@ -77,6 +77,24 @@ def test_no_shift_windows_stay_quiet_and_inverted_images_alarm(deployed: tuple[R
     assert 'shipyard_drift_alarm{model="digits",test="input",version="1"} 1.0' in text
 
 
+def test_a_version_with_few_held_out_rows_is_watched_in_smaller_windows_and_says_so(tmp_path: Path) -> None:
+    reg = Registry(settings=Settings(home=tmp_path / "home"))
+    reg.register(make_bundle(tmp_path / "a", reference=True, held_out=212), "digits", alias="production")
+    rt = ModelRuntime(reg.load("digits@1"), 1, name="digits")
+    log = PredictionLog(reg.engine)
+    ev = Evaluator(reg, lambda: ["digits"], MonitorConfig(window=250, min_window=30, max_age_s=60, draws=500,
+                                                          accuracy_every_s=0))
+    images, _ = traffic_data()
+    _send(log, rt, images[:250], "small")
+    ev.tick()
+    state = status(reg.engine, "digits")[1]
+    # 106 calibration rows cannot calibrate windows of 250: watched in windows of 100 from the first one
+    assert state["window"]["size"] == 100 and state["window"]["configured"] == 250
+    assert "cannot calibrate windows of 250" in state["window"]["note"]
+    assert state["windows"] == 2 and state["pending"] == 50 and state["drift"], state
+    assert state["thresholds"]["window"] == 100
+
+
 def test_a_flood_is_tested_by_its_newest_windows_and_the_rest_counted(deployed: tuple[Registry, ModelRuntime]) -> None:
     reg, rt = deployed
     log = PredictionLog(reg.engine)
