@@ -236,11 +236,10 @@ class Finding:
 
 
 def check(engine: sa.Engine, config: AlertConfig, name: str, states: dict[int, dict[str, Any]], *,
-          active: set[int], now: float, new_windows: list[dict[str, Any]] | None = None) -> list[Finding]:
+          active: set[int], now: float) -> list[Finding]:
     """Every rule for `name` against the persisted state (`states`: the evaluator's per-version
     state; `active`: versions that still receive traffic — the others' alerts resolve, also those
-    of versions this evaluator has not seen since it started; `new_windows`: windows evaluated
-    this tick, not yet stored)."""
+    of versions this evaluator has not seen since it started)."""
     out: list[Finding] = []
     with engine.connect() as conn:  # versions with an open alert that no state covers (e.g. after a restart)
         open_versions = set(conn.execute(sa.select(alerts.c.version).where(
@@ -255,8 +254,7 @@ def check(engine: sa.Engine, config: AlertConfig, name: str, states: dict[int, d
                 if version not in active or state is None:
                     out.append(Finding(rule, version, False, f"v{version} no longer receives traffic", {}))
                 elif rule.kind == "drift":
-                    mine = [w for w in new_windows or [] if w["version"] == version]
-                    out.append(_drift(engine, rule, name, version, mine))
+                    out.append(_drift(engine, rule, name, version))
                 elif rule.kind == "accuracy":
                     out.append(_accuracy(engine, rule, name, version, state))
                 else:
@@ -270,14 +268,13 @@ OPEN = ("firing", "unknown")
 SEQUENTIAL_LOOKBACK = 50  # windows the sequential rule's level is computed over
 
 
-def _drift(engine: sa.Engine, rule: Rule, name: str, version: int, new: list[dict[str, Any]]) -> Finding:
+def _drift(engine: sa.Engine, rule: Rule, name: str, version: int) -> Finding:
     w = monitor_windows
     look = rule.windows if rule.windows is not None else SEQUENTIAL_LOOKBACK
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(w.c.results, w.c.id).where(w.c.model == name, w.c.version == version)
-                            .order_by(w.c.ts_last.desc(), w.c.id.desc()).limit(look)).all()
-    rows = [(x["results"], None) for x in reversed(new)] + list(rows)  # newest first
-    rows = rows[:look]
+        found = conn.execute(sa.select(w.c.results, w.c.id).where(w.c.model == name, w.c.version == version)
+                             .order_by(w.c.ts_last.desc(), w.c.id.desc()).limit(look)).all()
+    rows: list[tuple[dict[str, Any], int | None]] = [(r[0], r[1]) for r in found]  # newest first
     if rule.windows is None:
         return _sequential(rule, version, rows)
     fired = [[t for t in rule.tests if (res.get("drift", {}).get(t) or {}).get("alarm")] for res, _ in rows]

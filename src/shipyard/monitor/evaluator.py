@@ -334,20 +334,24 @@ class Evaluator:
                 v.accuracy = feedback.accuracy(self.engine, name, version=version, last=c.accuracy_last,
                                                   classes=v.classes or None)
             states[version] = self._state(name, version, v, now)
+        self._persist(name, windows, states, now)  # the windows first: alerts name them by their ids
+        self._gauges(name, states)
         if self.alerter is not None and (windows or now - self._alerts_at.get(name, 0.0) >= c.alerts_every_s):
             self._alerts_at[name] = now
             active = {ver for (m, ver), v in self._versions.items()
                       if m == name and now - v.rows_at <= max(2 * c.max_age_s, 60)}
-            findings = alerts_mod.check(self.engine, self.alerter.config, name, states, active=active, now=now,
-                                        new_windows=windows)
+            findings = alerts_mod.check(self.engine, self.alerter.config, name, states, active=active, now=now)
             self.alerter.apply(name, findings, now)
             for f in findings:
                 if f.version in states:
                     rules = self._versions[(name, f.version)].rules
                     rules[f.rule.name] = states[f.version]["rules"][f.rule.name] = {"state": f.state,
                                                                                      "message": f.message}
-        self._persist(name, windows, states, now)
-        self._gauges(name, states)
+            with self.engine.begin() as conn:  # the rules' states join the state just persisted
+                for ver in {f.version for f in findings if f.version in states}:
+                    conn.execute(monitor_state.update().where(monitor_state.c.model == name,
+                                                              monitor_state.c.version == ver)
+                                 .values(state=states[ver]))
         return states
 
     def _windows(self, name: str, version: int, v: _Version, now: float, stale: bool) -> list[dict[str, Any]]:
