@@ -141,26 +141,35 @@ class Estimator:
         if projection is None or th is None:
             return Estimate(value, method, False, "the log holds no input profiles for this window: "
                                                   "the inputs cannot be checked", priors)
-        reliable, reason = self.reliable(th, np.asarray(projection, dtype=np.float64), conf,
-                                         w if w is not None else np.ones(self.k))
+        reliable, reason = self.reliable(th, np.asarray(projection, dtype=np.float64), conf, w, tests)
         return Estimate(value, method, reliable, reason, priors)
 
     # -- whether to believe it -----------------------------------------------------------------
-    def reliable(self, th: drift.Thresholds, prof: np.ndarray, conf: np.ndarray,
-                 w: np.ndarray) -> tuple[bool, str | None]:
-        """Whether the window's inputs moved only as the class priors `w` explain, or harmlessly."""
+    def reliable(self, th: drift.Thresholds, prof: np.ndarray, conf: np.ndarray, w: np.ndarray | None,
+                 tests: dict[str, drift.TestResult] | None = None) -> tuple[bool, str | None]:
+        """Whether the window's inputs moved only as the class priors `w` explain (None: the
+        class mix did not move), or harmlessly. With the mix unchanged the window's own drift
+        `tests` are the same tests against the unweighted reference: they are reused (most
+        windows cost nothing more)."""
         stats = drift._scipy_stats()
-        v = w[self.ref.labels]
-        v = v / v.sum()
-        n_eff = int(max(2, round(1.0 / float((v**2).sum()))))
-        d_in = float(_weighted_ks(self.sorted, np.take_along_axis(np.broadcast_to(v[:, None], self.sorted.shape),
-                                                                   self.order, axis=0), prof).max())
-        p_in = float(drift._ks_p(d_in, n_eff, len(prof), prof.shape[1]))
-        pi = self.prior * w / (self.prior * w).sum()
-        mean = pi @ self.class_mean
-        sd = np.sqrt(np.maximum(pi @ self.class_sq - mean**2, 1e-12))
-        chi2 = float(drift._mean_stat(mean, sd, prof.mean(axis=0)[None, :], len(prof))[0])
-        p_mean = float(stats.chi2.sf(chi2, len(mean)))
+        plain = w is None and tests is not None and {"input", "mean", "confidence"} <= set(tests)
+        if plain and tests is not None:
+            d_in, p_in = tests["input"].score, tests["input"].p_value
+            chi2, p_mean = tests["mean"].score, tests["mean"].p_value
+            v, n_eff = None, 0
+        else:
+            w = np.ones(self.k) if w is None else w
+            v = w[self.ref.labels]
+            v = v / v.sum()
+            n_eff = int(max(2, round(1.0 / float((v**2).sum()))))
+            d_in = float(_weighted_ks(self.sorted, np.take_along_axis(
+                np.broadcast_to(v[:, None], self.sorted.shape), self.order, axis=0), prof).max())
+            p_in = float(drift._ks_p(d_in, n_eff, len(prof), prof.shape[1]))
+            pi = self.prior * w / (self.prior * w).sum()
+            mean = pi @ self.class_mean
+            sd = np.sqrt(np.maximum(pi @ self.class_sq - mean**2, 1e-12))
+            chi2 = float(drift._mean_stat(mean, sd, prof.mean(axis=0)[None, :], len(prof))[0])
+            p_mean = float(stats.chi2.sf(chi2, len(mean)))
         moved = []
         if p_in <= th.input:
             moved.append(f"input KS D={d_in:.2f} (p={p_in:.1e} ≤ {th.input:.1e})")
@@ -168,8 +177,12 @@ class Estimator:
             moved.append(f"mean shift χ²={chi2:.0f} (p={p_mean:.1e} ≤ {th.mean:.1e})")
         if not moved:
             return True, None
-        d_conf = float(_weighted_ks(self.conf_sorted[:, None], v[self.conf_order][:, None], conf[:, None])[0])
-        p_conf = float(drift._ks_p(d_conf, n_eff, len(conf), 1))
+        if v is None and tests is not None:
+            d_conf, p_conf = tests["confidence"].score, tests["confidence"].p_value
+        else:
+            assert v is not None
+            d_conf = float(_weighted_ks(self.conf_sorted[:, None], v[self.conf_order][:, None], conf[:, None])[0])
+            p_conf = float(drift._ks_p(d_conf, n_eff, len(conf), 1))
         share = float(self._outside(prof).mean())
         p_out = float(stats.binom.sf(round(share * len(prof)) - 1, len(prof), self.outlier_rate))
         why = []
@@ -179,7 +192,7 @@ class Estimator:
             why.append(f"{share:.0%} of inputs lie outside the reference's range ({self.outlier_rate:.1%} expected)")
         if not why:
             return True, None
-        explained = " beyond what the estimated class mix explains" if not np.allclose(w, 1) else ""
+        explained = " beyond what the estimated class mix explains" if w is not None and not np.allclose(w, 1) else ""
         return False, f"inputs moved{explained}: {'; '.join(moved)}, and {' and '.join(why)}"
 
 
