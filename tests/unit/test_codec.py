@@ -270,3 +270,11 @@ def test_the_usual_v1_body_path_decides_as_the_general_path(raw: bytes) -> None:
         usual = raw in (b'{"instances": [[1, 2], [3, 4]]}', b'{"instances": [[[1, 2], [3, 4]]]}',
                         b'{"instances": [[1e300, 2]]}') or len(raw) > 1000
         assert (codec_v1._usual(codec._parse_simd(raw), raw, codec.MAX_ELEMENTS) is not None) == usual
+
+
+def test_a_four_key_input_without_a_datatype_is_refused_not_a_crash() -> None:
+    # found by the fuzz test: name, shape, data and parameters (no datatype) passed the fast path's
+    # key count and then looked up the absent key (simdjson raises KeyError → a 500)
+    doc = body([{"name": "input", "shape": [1, 2], "data": [0.5, 0.5], "parameters": {}}])
+    with pytest.raises(BadRequest, match="datatype"):
+        decode_v2(doc)

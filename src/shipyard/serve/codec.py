@@ -150,6 +150,7 @@ def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
 
 
 _USUAL_TOP = frozenset({"inputs", "id"})
+_USUAL_NEEDED = frozenset(("name", "datatype", "shape"))
 _USUAL_INPUT = frozenset({"name", "datatype", "shape", "data", "parameters"})
 _USUAL_FLOATS = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 _LARGEST, _SMALLEST = np.maximum.reduce, np.minimum.reduce
@@ -177,7 +178,8 @@ def _usual(doc: Any, binary: memoryview, max_elements: int) -> InferRequest | No
     if not isinstance(spec, _simdjson.Object):
         return None
     ikeys = list(spec.keys())
-    if len(ikeys) != 4 or not _USUAL_INPUT.issuperset(ikeys) or len(set(ikeys)) != 4 or "shape" not in ikeys:
+    if len(ikeys) != 4 or not _USUAL_INPUT.issuperset(ikeys) or len(set(ikeys)) != 4 or \
+            not _USUAL_NEEDED.issubset(ikeys):  # e.g. data and parameters but no datatype: the general path
         return None
     name, datatype, raw_shape = spec["name"], spec["datatype"], spec["shape"]
     dtype = _USUAL_FLOATS.get(datatype) if isinstance(datatype, str) else None
