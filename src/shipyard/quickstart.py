@@ -206,11 +206,11 @@ def run(settings: Settings | None = None, *, name: str = "digits", epochs: int =
             nonlocal traffic
             traffic = Traffic(facts["port"], ds.x, ds.y, name).start()
             mon = Monitor(reg)
-            wait_for("two evaluated windows", lambda: len(mon.windows(name)) >= 2, 120)
-            alarms = sum(w["alarm"] for w in mon.windows(name))
+            wait_for("two evaluated windows", lambda: len(mon.windows(name, late_labels=False)) >= 2, 120)
+            alarms = sum(w["alarm"] for w in mon.windows(name, late_labels=False))
             facts["calm_alarms"] = alarms
             return (f"{traffic.sent} requests answered and labelled, {traffic.failed} failed; "
-                    f"{len(mon.windows(name))} drift windows, {alarms} alarmed")
+                    f"{len(mon.windows(name, late_labels=False))} drift windows, {alarms} alarmed")
 
         def shift() -> str:
             assert traffic is not None
@@ -221,7 +221,8 @@ def run(settings: Settings | None = None, *, name: str = "digits", epochs: int =
             mon = Monitor(reg)
 
             def alarmed() -> bool:
-                return any(w["alarm"] and w["ts_first"] >= t_shift for w in mon.windows(name, since=t_shift))
+                return any(w["alarm"] and w["ts_first"] >= t_shift
+                           for w in mon.windows(name, since=t_shift, late_labels=False))
 
             wait_for("a drift alarm on the shifted traffic", alarmed, 120)
             st = mon.status(name)["versions"][str(facts["champion"])]

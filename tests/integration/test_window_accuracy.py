@@ -62,6 +62,10 @@ def test_a_window_evaluated_before_its_labels_shows_them_once_they_arrive(tmp_pa
     data = report.collect(Monitor(reg), "digits", since=0)
     assert [(w["results"]["realised_accuracy"], w["results"]["n_labels"]) for w in data["windows"]] == \
         [(pytest.approx(20 / 30), 30), (0.0, 50)]
+    # so does the Python API (`Monitor.windows`), unless told not to join the labels
+    assert [w["results"]["realised_accuracy"] for w in Monitor(reg).windows("digits")] == \
+        [pytest.approx(20 / 30), 0.0]
+    assert Monitor(reg).windows("digits", late_labels=False)[0]["results"]["realised_accuracy"] is None
     html = report.render(data)
     assert "<h2>Windows</h2>" in html and "66.7% (30)" in html and "0.0% (50)" in html
 

@@ -72,10 +72,21 @@ class Monitor:
         """Open alerts of `name` (newest first), or all of them."""
         return alerts_mod.recent(self.engine, name, include_resolved=include_resolved, limit=limit)
 
-    def windows(self, name: str, *, since: float | None = None, version: int | None = None) -> list[dict[str, Any]]:
-        """Evaluated windows, oldest first (the report's and dashboard's drift history)."""
+    def windows(self, name: str, *, since: float | None = None, version: int | None = None,
+                late_labels: bool = True) -> list[dict[str, Any]]:
+        """Evaluated windows, oldest first (the report's and dashboard's drift history). Each
+        window's realised accuracy counts the labels known now, late ones included (the stored
+        figure was what was known when it was evaluated); `late_labels=False` skips that pass
+        over the log (a poll that only looks at the alarms)."""
+        from shipyard.monitor import feedback
+
         self._model(name)
-        return evaluator_mod.windows(self.engine, name, since=since, version=version)
+        wins = evaluator_mod.windows(self.engine, name, since=since, version=version)
+        if not late_labels:
+            return wins
+        for w, (acc, n) in zip(wins, feedback.window_accuracy(self.engine, name, wins), strict=True):
+            w["results"] = {**w["results"], "realised_accuracy": acc, "n_labels": n}
+        return wins
 
     def report(self, name: str, path: str | Path, *, since: float | None = None) -> Path:
         """Write a self-contained HTML report of `name` (latency, traffic, drift, accuracy,
