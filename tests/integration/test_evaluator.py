@@ -27,6 +27,7 @@ from shipyard.store import leases
 from shipyard.store.schema import monitor_state, monitor_windows
 
 from ..conftest import run_cli
+from ..monitoring import deploy
 from ..serving import serve, server_env
 
 CONFIG = MonitorConfig(window=100, min_window=30, max_age_s=60, draws=500, accuracy_every_s=0)
@@ -34,9 +35,7 @@ CONFIG = MonitorConfig(window=100, min_window=30, max_age_s=60, draws=500, accur
 
 @pytest.fixture
 def deployed(tmp_path: Path) -> tuple[Registry, ModelRuntime]:
-    reg = Registry(settings=Settings(home=tmp_path / "home"))
-    reg.register(make_bundle(tmp_path / "a", reference=True), "digits", alias="production")
-    rt = ModelRuntime(reg.load("digits@1"), 1, name="digits")
+    reg, rt, _ = deploy(tmp_path)
     return reg, rt
 
 
@@ -78,10 +77,7 @@ def test_no_shift_windows_stay_quiet_and_inverted_images_alarm(deployed: tuple[R
 
 
 def test_a_version_with_few_held_out_rows_is_watched_in_smaller_windows_and_says_so(tmp_path: Path) -> None:
-    reg = Registry(settings=Settings(home=tmp_path / "home"))
-    reg.register(make_bundle(tmp_path / "a", reference=True, held_out=212), "digits", alias="production")
-    rt = ModelRuntime(reg.load("digits@1"), 1, name="digits")
-    log = PredictionLog(reg.engine)
+    reg, rt, log = deploy(tmp_path, held_out=212)
     ev = Evaluator(reg, lambda: ["digits"], MonitorConfig(window=250, min_window=30, max_age_s=60, draws=500,
                                                           accuracy_every_s=0))
     images, _ = traffic_data()

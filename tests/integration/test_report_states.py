@@ -11,18 +11,15 @@ import re
 from html import escape
 from pathlib import Path
 
-from harness.bundles import make_bundle, traffic_data
+from harness.bundles import traffic_data
 from shipyard.monitor import report
 from shipyard.monitor.api import Monitor
 from shipyard.monitor.drift import TESTS
 from shipyard.monitor.evaluator import Evaluator
-from shipyard.monitor.predlog import PredictionLog
-from shipyard.registry import Registry
 from shipyard.serve import dashboard
-from shipyard.serve.runtime import ModelRuntime
-from shipyard.settings import Settings
 
-from .test_stale_alerts import ACCURACY, CONFIG, DRIFT, rules, send
+from ..monitoring import deploy, log_images
+from .test_stale_alerts import ACCURACY, CONFIG, DRIFT, rules
 
 
 def _row(html: str, attr: str) -> str:
@@ -32,15 +29,12 @@ def _row(html: str, attr: str) -> str:
 
 
 def test_an_unbelievable_estimate_and_an_undecided_rule_are_shown_as_such(tmp_path: Path) -> None:
-    reg = Registry(settings=Settings(home=tmp_path / "home"))
-    reg.register(make_bundle(tmp_path / "a", reference=True), "digits", alias="production")
-    rt = ModelRuntime(reg.load("digits@1"), 1, name="digits")
-    log = PredictionLog(reg.engine)
+    reg, rt, log = deploy(tmp_path)
     images, _ = traffic_data()
     ev = Evaluator(reg, lambda: ["digits"], CONFIG, alerts=rules(ACCURACY, DRIFT))
     mon = Monitor(reg)
 
-    send(log, rt, images[:200], "calm")  # two windows, each estimate believed
+    log_images(log, rt, images[:200], "calm")  # two windows, each estimate believed
     ev.tick()
     calm = report.collect(mon, "digits", since=0)
     assert calm["status"]["versions"]["1"]["accuracy"]["estimated_reliable"] is True
@@ -55,7 +49,7 @@ def test_an_unbelievable_estimate_and_an_undecided_rule_are_shown_as_such(tmp_pa
     assert '<td class="alarm">firing</td>' in acc_rule
     assert '<td class="alarm">firing</td>' in _row(html, 'data-alert=')  # the accuracy alert, decided
 
-    send(log, rt, 255 - images[200:300], "inverted")  # the estimate can no longer be believed
+    log_images(log, rt, 255 - images[200:300], "inverted")  # the estimate can no longer be believed
     ev.tick()
     ev.stop()
     data = report.collect(mon, "digits", since=0)

@@ -9,20 +9,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from harness.bundles import make_bundle, traffic_data
+from harness.bundles import traffic_data
 from shipyard.monitor import alerts
 from shipyard.monitor.api import Monitor
 from shipyard.monitor.evaluator import Evaluator, MonitorConfig, status
-from shipyard.monitor.predlog import PredictionLog
-from shipyard.registry import Registry
-from shipyard.serve.runtime import ModelRuntime
-from shipyard.settings import Settings
 from shipyard.update.autopilot import Autopilot, Policy
 
-from ..waiting import clock_moves_on
+from ..monitoring import deploy, log_images
 from ..webhook import Receiver
 
 CONFIG = MonitorConfig(window=100, min_window=30, max_age_s=60, draws=500, accuracy_every_s=0)
@@ -36,15 +31,6 @@ def rules(*text: str, url: str | None = None) -> alerts.AlertConfig:
     return alerts.parse(tomllib.loads(hook + "".join(text)))
 
 
-def send(log: PredictionLog, rt: ModelRuntime, images: np.ndarray, prefix: str) -> None:
-    """Log what `rt` answers for raw uint8 `images`, one request each, as the server would."""
-    feats = (images.reshape(len(images), -1) / 255.0).astype(np.float32)
-    log.record_batch(rt, [f"{prefix}-{i}" for i in range(len(images))], [1] * len(images), feats,
-                     rt.predict(feats))
-    log.flush()
-    clock_moves_on()  # the next window's predictions come strictly later
-
-
 @pytest.fixture
 def receiver() -> Any:
     r = Receiver()
@@ -54,12 +40,10 @@ def receiver() -> Any:
 
 def test_an_alert_of_a_version_without_traffic_resolves_when_a_restarted_evaluator_never_saw_it(
         tmp_path: Path, receiver: Receiver) -> None:
-    reg = Registry(settings=Settings(home=tmp_path / "home"))
-    reg.register(make_bundle(tmp_path / "a", reference=True), "digits", alias="production")
-    log = PredictionLog(reg.engine)
+    reg, rt, log = deploy(tmp_path)
     images, _ = traffic_data()
     first = Evaluator(reg, lambda: ["digits"], CONFIG, holder="first", alerts=rules(DRIFT, url=receiver.url))
-    send(log, ModelRuntime(reg.load("digits@1"), 1, name="digits"), 255 - images[:100], "inverted")
+    log_images(log, rt, 255 - images[:100], "inverted")
     first.tick()
     [alert] = Monitor(reg).alerts("digits")
     assert (alert["rule"], alert["version"], alert["status"]) == ("drift", 1, "firing")
@@ -80,22 +64,19 @@ def test_an_alert_of_a_version_without_traffic_resolves_when_a_restarted_evaluat
 
 def test_an_accuracy_alert_turns_unknown_when_the_estimate_cannot_be_believed_and_autopilot_waits(
         tmp_path: Path) -> None:
-    reg = Registry(settings=Settings(home=tmp_path / "home"))
-    reg.register(make_bundle(tmp_path / "a", reference=True), "digits", alias="production")
-    rt = ModelRuntime(reg.load("digits@1"), 1, name="digits")
-    log = PredictionLog(reg.engine)
+    reg, rt, log = deploy(tmp_path)
     images, _ = traffic_data()
     ev = Evaluator(reg, lambda: ["digits"], CONFIG, alerts=rules(ACCURACY))
     pilot = Autopilot(reg, "digits", Policy(alerts=("accuracy",), min_labels=200), log=lambda m: None)
     mon = Monitor(reg)
 
-    send(log, rt, images[:100], "calm")
+    log_images(log, rt, images[:100], "calm")
     ev.tick()
     [alert] = mon.alerts("digits")
     assert (alert["rule"], alert["status"]) == ("acc", "firing")
     assert "only 0 labelled production samples" in pilot.decide().reason  # a firing alert is a trigger
 
-    send(log, rt, 255 - images[100:200], "inverted")
+    log_images(log, rt, 255 - images[100:200], "inverted")
     ev.tick()
     acc = status(reg.engine, "digits")[1]["accuracy"]
     assert acc["estimated_reliable"] is False and acc["estimated_reason"], acc
@@ -106,7 +87,7 @@ def test_an_accuracy_alert_turns_unknown_when_the_estimate_cannot_be_believed_an
     d = pilot.decide()
     assert d.action == "wait" and "open but unknown" in d.reason and "only 0 labelled" not in d.reason, d
 
-    send(log, rt, images[200:300], "calm-again")  # believed again: the same incident fires again
+    log_images(log, rt, images[200:300], "calm-again")  # believed again: the same incident fires again
     ev.tick()
     ev.stop()
     [again] = mon.alerts("digits")

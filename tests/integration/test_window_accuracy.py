@@ -6,43 +6,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from harness.bundles import make_bundle, traffic_data
+from harness.bundles import traffic_data
 from shipyard.monitor import report
 from shipyard.monitor.api import Monitor
 from shipyard.monitor.evaluator import Evaluator, MonitorConfig, windows
 from shipyard.monitor.feedback import record_feedback, window_accuracy
-from shipyard.monitor.predlog import PredictionLog
-from shipyard.registry import Registry
-from shipyard.serve.runtime import ModelRuntime
-from shipyard.settings import Settings
 
-from ..waiting import clock_moves_on
+from ..monitoring import deploy, log_images
 
 CONFIG = MonitorConfig(window=100, min_window=30, max_age_s=60, draws=500, accuracy_every_s=0)
 CLASSES = [str(i) for i in range(10)]
 
 
-def _send(log: PredictionLog, rt: ModelRuntime, images: np.ndarray, prefix: str) -> tuple[list[str], np.ndarray]:
-    feats = (images.reshape(len(images), -1) / 255.0).astype(np.float32)
-    probs = rt.predict(feats)
-    ids = [f"{prefix}-{i}" for i in range(len(images))]
-    log.record_batch(rt, ids, [1] * len(ids), feats, probs)
-    log.flush()
-    clock_moves_on()  # the next window's predictions come strictly later
-    return ids, probs.argmax(1)
-
-
 def test_a_window_evaluated_before_its_labels_shows_them_once_they_arrive(tmp_path: Path) -> None:
-    reg = Registry(settings=Settings(home=tmp_path / "home"))
-    reg.register(make_bundle(tmp_path / "a", reference=True), "digits", alias="production")
-    rt = ModelRuntime(reg.load("digits@1"), 1, name="digits")
-    log = PredictionLog(reg.engine)
+    reg, rt, log = deploy(tmp_path)
     images, _ = traffic_data()
-    first, pred_first = _send(log, rt, images[:100], "w1")
-    second, pred_second = _send(log, rt, images[100:200], "w2")
+    first, pred_first = log_images(log, rt, images[:100], "w1")
+    second, pred_second = log_images(log, rt, images[100:200], "w2")
     Evaluator(reg, lambda: ["digits"], CONFIG, alerts=None).tick()
     wins = windows(reg.engine, "digits")
     assert [w["n"] for w in wins] == [100, 100]
