@@ -54,6 +54,8 @@ DRIFT = '[[rule]]\nname = "drift"\nkind = "drift"\nwindows = 1\n'
     ('[[rule]]\nkind = "error_rate"\nabove = "lots"\n', "rule[0].above", "must be a number"),
     ('[[rule]]\nkind = "drift"\ntests = ["vibes"]\n', "rule[0].tests", "drawn from input"),
     ('[[rule]]\nkind = "drift"\nwindow = 2\n', "rule[0].window", "unknown key"),
+    ('[[rule]]\nkind = "labels"\nbelow = 0.5\n', "rule[0].below", "not a key of a labels rule"),
+    ('[[rule]]\nkind = "drift"\nabove_ms = 5\n', "rule[0].above_ms", "not a key of a drift rule"),
     ('[webhook]\nurl = "ftp://x"\n[[rule]]\nkind = "drift"\n', "webhook.url", r"http\(s\) URL"),
     ('[[rule]]\nname = "a"\nkind = "drift"\n[[rule]]\nname = "a"\nkind = "drift"\n', "rule[1].name", "two rules"),
     ('[alerting]\nx = 1\n', "alerting", "unknown section"),

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from shipyard import _toml
 from shipyard.errors import ConfigError
-from shipyard.monitor import feedback, stats
+from shipyard.monitor import drift, feedback, stats
 from shipyard.store.schema import alerts, monitor_windows
 
 log = logging.getLogger("shipyard.monitor")
@@ -102,7 +102,12 @@ DEFAULT_RULES = AlertConfig(rules=(
 
 
 # -- the file ------------------------------------------------------------------------------------
-_RULE_KEYS = {f: t for f, t in Rule.__annotations__.items()}
+_COMMON, _SERVING = ("name", "kind", "severity", "models"), ("over_s", "min_requests")
+#: the keys each kind reads: a key of another kind is refused, not silently ignored
+_RULE_KEYS = {"drift": (*_COMMON, "tests", "windows"),
+              "accuracy": (*_COMMON, "source", "below", "below_validation_by", "last", "min_labels"),
+              "labels": (*_COMMON, "last", "min_labels"), "error_rate": (*_COMMON, "above", *_SERVING),
+              "rejections": (*_COMMON, "above", *_SERVING), "latency_p99": (*_COMMON, "above_ms", *_SERVING)}
 
 
 def load(path: str | Path) -> AlertConfig:
@@ -170,8 +175,9 @@ def _rule(i: int, r: Any, severity: str) -> Rule:
     if kind not in KINDS:
         raise ConfigError(f"{at}.kind", kind, f"must be one of {', '.join(KINDS)}")
     for k in r:
-        if k not in _RULE_KEYS:
-            raise ConfigError(f"{at}.{k}", r[k], f"unknown key (expected {', '.join(sorted(_RULE_KEYS))})")
+        if k not in _RULE_KEYS[kind]:
+            why = "unknown key" if all(k not in keys for keys in _RULE_KEYS.values()) else f"not a key of a {kind} rule"
+            raise ConfigError(f"{at}.{k}", r[k], f"{why} (expected {', '.join(_RULE_KEYS[kind])})")
     args: dict[str, Any] = {"name": r.get("name", kind), "kind": kind, "severity": r.get("severity", severity)}
     if not isinstance(args["name"], str) or not args["name"]:
         raise ConfigError(f"{at}.name", args["name"], "must be a non-empty string")
@@ -264,8 +270,7 @@ def check(engine: sa.Engine, config: AlertConfig, name: str, states: dict[int, d
     return out
 
 
-OPEN = ("firing", "unknown")
-SEQUENTIAL_LOOKBACK = 50  # windows the sequential rule's level is computed over
+OPEN, SEQUENTIAL_LOOKBACK = ("firing", "unknown"), 50  # open alert states; windows the CUSUM is computed over
 
 
 def _drift(engine: sa.Engine, rule: Rule, name: str, version: int) -> Finding:
@@ -292,8 +297,6 @@ def _drift(engine: sa.Engine, rule: Rule, name: str, version: int) -> Finding:
 def _sequential(rule: Rule, version: int, rows: list[tuple[dict[str, Any], int | None]]) -> Finding:
     """The CUSUM over the rule's tests, oldest window first; its allowance is the one calibrated
     with each window's thresholds. Windows that took part: those since the level last was 0."""
-    from shipyard.monitor import drift  # numpy only; kept out of the rules' import path
-
     level, tests = 0.0, set()
     since: list[tuple[int | None, dict[str, Any]]] = []
     allowance = 0.0
