@@ -30,8 +30,8 @@ def _model_args(pairs: list[str] | None) -> dict[str, Any] | None:
 
 def train(
     data: Annotated[str | None, typer.Option(help="mnist-sample | fashion-mnist | idx:DIR | npz:FILE | csv:FILE | folder:DIR  [default: mnist-sample]")] = None,
-    model: Annotated[str | None, typer.Option(help="mlp | cnn | package.module:factory  [default: mlp]")] = None,
-    model_arg: Annotated[list[str] | None, typer.Option(help="Model argument KEY=VALUE (JSON value), repeatable, e.g. hidden=[256,128].")] = None,
+    model: Annotated[str | None, typer.Option(help="mlp | cnn | package.module:factory | path/to/file.py:factory  [default: mlp]. A factory returns a torch.nn.Module and gets, if its signature names them (or takes **kwargs): input_shape (tuple, one raw sample's shape, e.g. (28, 28)), num_features (int: inputs arrive preprocessed and flattened, float32 [N, num_features]), num_classes (int: return logits [N, num_classes]; the softmax is added at export), plus each --model-arg. One batch is tried before the run starts.")] = None,
+    model_arg: Annotated[list[str] | None, typer.Option(help="Model argument KEY=VALUE (JSON value), repeatable, passed to the model or factory as the keyword KEY, e.g. hidden=[256,128].")] = None,
     epochs: Annotated[int | None, typer.Option(help="[default: 10]")] = None,
     batch_size: Annotated[int | None, typer.Option(help="[default: 32]")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam | adamw | sgd | rmsprop  [default: adam]")] = None,

@@ -108,8 +108,8 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
     y_val = splits.y_val
 
     weights = store.artifacts.get_bytes(run.artifacts["checkpoint"]["sha256"])
-    model = build_model(recipe.model, input_shape=spec.raw_shape, num_classes=len(ds.classes),
-                        args=recipe.model_args)
+    model = build_model(recipe.model, input_shape=spec.raw_shape, num_features=spec.num_features,
+                        num_classes=len(ds.classes), args=recipe.model_args)
     model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
     torch_val = torch_probabilities(model, x_val)
 

@@ -29,7 +29,7 @@ from shipyard.training.recipe import Recipe
 from shipyard.training.snapshot import State, checkpoint_bytes, restore, resume_path, snapshot, to_bytes, write_atomic
 from shipyard.training.tracking import Run, RunStore, utcnow
 from shipyard.training.world import World
-from shipyard.training.zoo import build_model
+from shipyard.training.zoo import build_model, canonical_model, check_fits
 
 EVAL_BATCH = 4096
 PROGRESS_EVERY = 25  # batches between progress-bar updates
@@ -210,8 +210,9 @@ def _prepare(recipe: Recipe | None, settings: Settings, world: World, *, console
     if tracks:
         if recipe is None:
             raise UsageError("fit() needs a recipe")
-        # the stored recipe says exactly what ran: resolved threads, absolute data paths
-        recipe = recipe.with_overrides(threads=recipe.threads or settings.threads, data=canonical(recipe.data))
+        # the stored recipe says exactly what ran: resolved threads, absolute data and model-file paths
+        recipe = recipe.with_overrides(threads=recipe.threads or settings.threads, data=canonical(recipe.data),
+                                       model=canonical_model(recipe.model))
     recipe = world.share(recipe)
     assert recipe is not None and recipe.threads is not None
     if recipe.nproc * recipe.nnodes != world.size:
@@ -242,8 +243,10 @@ def _prepare(recipe: Recipe | None, settings: Settings, world: World, *, console
             if splits.x_test is not None and splits.y_test is not None else None)
 
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model, input_shape=spec.raw_shape, num_classes=len(ds.classes),
-                        args=recipe.model_args).to(device)
+    model = build_model(recipe.model, input_shape=spec.raw_shape, num_features=spec.num_features,
+                        num_classes=len(ds.classes), args=recipe.model_args).to(device)
+    # one small batch through it now, before any run exists: a misfit is one line, not a failed run
+    check_fits(model, (xva if len(xva) else xtr)[:2], len(ds.classes), recipe.model, input_shape=spec.raw_shape)
     opt = make_optimizer(recipe, model.parameters())
     size = world.size
     n_used = len(ytr) - len(ytr) % size  # the few left over sit this epoch out
