@@ -1,7 +1,7 @@
 """shipyard: train → optimize → package → register → serve → monitor → update, in one tool.
 
 The public API mirrors the CLI verbs. Importing `shipyard` stays light (no torch, no ONNX
-Runtime): the server (`create_app`, `ServeConfig`) and `Monitor` load on first use."""
+Runtime): the server (`create_app`, `ServeConfig`), `Monitor` and the HTTP `Client` load on first use."""
 
 from __future__ import annotations
 
@@ -17,16 +17,18 @@ from shipyard.registry import Registry
 from shipyard.settings import Settings
 from shipyard.training import Recipe, Run, get_run, runs, train
 
-__all__ = ["Bundle", "Monitor", "Recipe", "Registry", "Run", "ServeConfig", "Settings", "ShipyardError", "create_app",
-           "data", "get_run", "optimize", "retrain", "rollback", "rollout", "runs", "train"]
+__all__ = ["Bundle", "Client", "Monitor", "Recipe", "Registry", "Run", "ServeConfig", "Settings", "ShipyardError",
+           "create_app", "data", "get_run", "optimize", "retrain", "rollback", "rollout", "runs", "train"]
 
 if TYPE_CHECKING:
+    from shipyard.client import Client
     from shipyard.monitor.api import Monitor
     from shipyard.serve.app import create_app
     from shipyard.serve.config import ServeConfig
     from shipyard.update.retrain import RetrainResult
 
-_LAZY = {"create_app": "shipyard.serve.app", "ServeConfig": "shipyard.serve.config", "Monitor": "shipyard.monitor.api"}
+_LAZY = {"create_app": "shipyard.serve.app", "ServeConfig": "shipyard.serve.config", "Monitor": "shipyard.monitor.api",
+         "Client": "shipyard.client"}
 
 
 def __getattr__(name: str) -> Any:
