@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,68 @@ def test_bad_imports_are_refused(tmp_path: Path) -> None:
         import_model(_touch(tmp_path / "model.pb"), name="x", output=tmp_path / "b")
 
 
+def _image_graph(path: Path, shape: tuple[int, ...], classes: int = 10) -> Path:
+    """Flatten → MatMul → logits on an input [N, *shape], as a CNN's exporter leaves the input."""
+    w = numpy_helper.from_array(np.random.default_rng(3).normal(0, 0.05, (int(np.prod(shape)), classes))
+                                .astype(np.float32), "W")
+    nodes = [helper.make_node("Flatten", ["img"], ["f"], axis=1), helper.make_node("MatMul", ["f", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", *shape])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", classes])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize(("shape", "bundled", "to_bundle"), [
+    ((28, 28, 1), (28, 28), lambda x: x[..., 0]),                  # channels last, one channel: Reshape
+    ((1, 28, 28), (28, 28), lambda x: x[:, 0]),                    # channels first, one channel: Reshape
+    ((3, 8, 8), (8, 8, 3), lambda x: x.transpose(0, 2, 3, 1)),     # channels first, colour: Transpose
+], ids=["hw1", "1hw", "3hw"])
+def test_image_inputs_with_a_channel_axis_are_adapted(tmp_path: Path, shape: tuple[int, ...],
+                                                      bundled: tuple[int, ...],
+                                                      to_bundle: Callable[[np.ndarray], np.ndarray]) -> None:
+    src = _image_graph(tmp_path / "cnn.onnx", shape)
+    data = "mnist-sample" if len(bundled) == 2 else None
+    b = import_model(src, name="cnn", preprocess="image", data=data, output=tmp_path / "b")
+    adapted = f"[N,{','.join(map(str, bundled))}]→[N,{','.join(map(str, shape))}]"
+    assert b.meta.choice is not None and b.meta.choice.reason == f"imported; input adapted {adapted}"
+    assert {p.key: p.value for p in onnx.load(b.model_path).metadata_props} == {"shipyard.input_adapted": adapted}
+    assert [(i.name, i.kind, i.shape) for i in b.meta.signature.inputs] == [
+        ("img", "features", (-1, *bundled)), ("image" if len(bundled) == 2 else "raw", "raw", (-1, *bundled))]
+    assert b.preprocess is not None and b.preprocess.raw_shape == bundled and not b.preprocess.flatten
+    x = np.random.default_rng(4).random((6, *shape), dtype=np.float32)
+    np.testing.assert_allclose(_run(b.model_path, np.ascontiguousarray(to_bundle(x))), _softmax(_run(src, x)),
+                               rtol=1e-5, atol=1e-7)
+    if data:  # [H, W] images fit: accuracy and a reference profile
+        assert b.meta.metrics.val_accuracy is not None and b.reference is not None
+    # without image preprocessing the graph is bundled as it is
+    plain = import_model(src, name="cnn", preprocess="none", output=tmp_path / "plain")
+    assert plain.meta.signature.inputs[0].shape == (-1, *shape) and not onnx.load(plain.model_path).metadata_props
+
+
+def test_colour_images_stay_hwc_and_need_colour_data(tmp_path: Path) -> None:
+    """[N, H, W, 3] takes raw uint8 [H, W, 3] pixels as they are (the bundle's `raw` input); the
+    grayscale sources are refused with a hint, an npz of colour images measures accuracy."""
+    src = _image_graph(tmp_path / "rgb.onnx", (8, 8, 3), classes=10)
+    with pytest.raises(UsageError, match=r"has inputs of shape \[28, 28\].*expects raw \[8, 8, 3\].*colour"):
+        import_model(src, name="rgb", preprocess="image", data="mnist-sample", output=tmp_path / "b")
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "rgb.npz", x_train=rng.integers(0, 256, (300, 8, 8, 3), dtype=np.uint8),
+             y_train=np.arange(300) % 10)
+    b = import_model(src, name="rgb", preprocess="image", data=f"npz:{tmp_path / 'rgb.npz'}", output=tmp_path / "b")
+    assert [(i.name, i.dtype, i.shape) for i in b.meta.signature.inputs] == [
+        ("img", "float32", (-1, 8, 8, 3)), ("raw", "uint8", (-1, 8, 8, 3))]
+    assert b.meta.choice is not None and b.meta.choice.reason == "imported as is"
+    assert b.meta.metrics.val_accuracy is not None and b.reference is not None
+    with pytest.raises(UsageError, match=r"C ≤ 4 channels; the model takes \[N,10,20,30\]"):
+        import_model(_image_graph(tmp_path / "x.onnx", (10, 20, 30)), name="x", preprocess="image",
+                     output=tmp_path / "x")
+
+
 def _touch(p: Path) -> Path:
     p.write_bytes(b"x")
     return p
@@ -155,6 +218,17 @@ KERAS_BUILD = textwrap.dedent("""
     m.fit(x.reshape(-1, 28, 28) / 255.0, y, epochs=3, verbose=0)  # fit shuffles; the file is sorted by class
     m.save(sys.argv[1] + "/model.keras")
     m.save(sys.argv[1] + "/model.h5")
+    # a channels-last CNN, as Keras CNNs are: Input [28, 28, 1]
+    cnn = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                            keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
+                            keras.layers.Dense(10, activation="softmax")])
+    cnn.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    cnn.fit(x.reshape(-1, 28, 28, 1) / 255.0, y, epochs=1, verbose=0)
+    cnn.save(sys.argv[1] + "/cnn.keras")
+    cnn.save(sys.argv[1] + "/cnn.h5")
+    images = np.asarray(x[::97], dtype=np.uint8).reshape(-1, 28, 28)
+    np.savez(sys.argv[1] + "/cnn_expected.npz", images=images,
+             probabilities=cnn.predict(images[..., None] / 255.0, verbose=0))
 """)
 
 
@@ -180,3 +254,28 @@ def test_keras_models_import_and_register(keras_files: Path, filename: str, cli_
     assert b.meta.signature.inputs[0].shape == (-1, 28, 28)
     shown = json.loads(run_cli(["models", "show", "keras-mnist@production", "--json"], cli_env).stdout.splitlines()[-1])
     assert shown["version"] == 1
+
+
+@pytest.mark.parametrize("filename", ["cnn.keras", "cnn.h5"])
+def test_channels_last_keras_cnn_imports_with_image_preprocessing(keras_files: Path, filename: str,
+                                                                  cli_env: dict[str, str]) -> None:
+    """Input [28, 28, 1]: the bundle takes [N, 28, 28] images (a Reshape in front feeds the CNN),
+    so `--data mnist-sample` fits: accuracy, parity with Keras, a reference profile, and the raw
+    `image` input answers what Keras's `predict` answers."""
+    from shipyard.serve.runtime import ModelRuntime
+
+    p = run_cli(["import", str(keras_files / filename), "--name", "keras-cnn", "--preprocess", "image",
+                 "--data", "mnist-sample", "--json"], cli_env)
+    assert "input adapted [N,28,28]→[N,28,28,1]" in p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["val_accuracy"] is not None and 0.0 <= res["val_accuracy"] <= 1.0
+    with Bundle.load(res["bundle"]) as b:
+        assert b.meta.lineage.exporter == "keras" and b.meta.lineage.keras_parity_max_abs_diff is not None
+        assert b.meta.lineage.keras_parity_max_abs_diff <= 1e-4 and b.meta.lineage.softmax_added is False
+        assert b.reference is not None and b.meta.reference is not None
+        assert b.meta.choice is not None and "[N,28,28]→[N,28,28,1]" in b.meta.choice.reason
+        assert {i.name: i.shape for i in b.meta.signature.inputs}["image"] == (-1, 28, 28)
+        expected = np.load(keras_files / "cnn_expected.npz")
+        runtime = ModelRuntime(b)
+        got = runtime.predict(runtime.features("image", expected["images"]))
+    np.testing.assert_allclose(got, expected["probabilities"], rtol=0, atol=1e-4)

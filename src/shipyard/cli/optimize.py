@@ -54,7 +54,7 @@ def import_model(
     path: Annotated[Path, typer.Argument(help="model.onnx, model.keras or model.h5.")],
     name: Annotated[str, typer.Option(help="Register as the next version of this model.")],
     labels: Annotated[str | None, typer.Option(help="Class names, comma-separated [default: 0..C-1].")] = None,
-    preprocess: Annotated[str, typer.Option(help="none (clients send features) | image (uint8 pixels / 255) | a JSON spec file.")] = "none",
+    preprocess: Annotated[str, typer.Option(help="none (clients send features) | image (uint8 pixels / 255; an input [H,W,1], [1,H,W] or [C,H,W] takes [H,W] or [H,W,C] images) | a JSON spec file.")] = "none",
     data: Annotated[str | None, typer.Option(help="Labelled data (a --data source) to measure accuracy and build the reference profile.")] = None,
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
     as_json: JsonOpt = False,

@@ -2,7 +2,9 @@
 (`.keras`, `.h5`, run by Keras 3 on the PyTorch backend, no TensorFlow), becomes a bundle.
 
 The graph keeps its own input; its single output becomes `probabilities`, with a softmax
-appended when the graph ends in logits. No torch import for plain ONNX."""
+appended when the graph ends in logits. With `--preprocess image`, a graph whose input has a
+channel axis ([N, H, W, 1], [N, 1, H, W], [N, C, H, W]) gets a node in front so the bundle takes
+images as pixels come ([N, H, W], or [N, H, W, C]). No torch import for plain ONNX."""
 
 from __future__ import annotations
 
@@ -12,13 +14,15 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
+from rich.console import Console
 
 from shipyard import bundle as bundle_mod
 from shipyard.bundle import Bundle, reference, sha256_file
@@ -33,22 +37,27 @@ _FLOAT_TYPES = {TensorProto.FLOAT: "float32"}
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Transpose"}
 _NP = {"float32": np.float32}
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+#: the most channels an image input may have (gray 1, RGB 3, RGBA 4)
+MAX_CHANNELS = 4
 
 
 def import_model(path: Path, *, name: str, labels: list[str] | None = None, preprocess: str = "none",
-                 data: str | None = None, output: Path, threads: int = 1, bench_seconds: float = 0.3) -> Bundle:
+                 data: str | None = None, output: Path, threads: int = 1, bench_seconds: float = 0.3,
+                 console: Console | None = None) -> Bundle:
     """Build a bundle at `output` from an ONNX or Keras file."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     check_name(name)
+    console = console or Console(stderr=True, highlight=False, soft_wrap=True)
     work = Path(tempfile.mkdtemp(prefix="shipyard-import-"))
     try:
         lineage: dict[str, Any] = {"run_id": None, "parent_version": None, "imported_from": path.name,
                                    "source_sha256": sha256_file(path)}
+        keras_probe = None
         if path.suffix.lower() in KERAS_SUFFIXES:
-            onnx_path, keras_parity = _keras_to_onnx(path, work)
-            lineage.update(exporter="keras", keras_parity_max_abs_diff=keras_parity)
+            onnx_path, keras_probe = _keras_to_onnx(path, work)
+            lineage["exporter"] = "keras"
         elif path.suffix.lower() == ".onnx":
             onnx_path = path
         else:
@@ -56,6 +65,14 @@ def import_model(path: Path, *, name: str, labels: list[str] | None = None, prep
         model, in_name, in_shape, classes_n, added_softmax = _normalise(onnx_path)
         lineage.update(producer=f"{model.producer_name} {model.producer_version}".strip(),
                        softmax_added=added_softmax)
+        adapter = _Adapter.find(in_shape) if preprocess == "image" else None
+        reason = "imported as is"
+        if adapter is not None:
+            _adapt(model, in_name, adapter, path)
+            in_shape = adapter.shape
+            reason = f"imported; input adapted {adapter}"
+            console.print(f"input adapted {adapter}: the bundle takes images as pixels come, and a "
+                          f"{'Transpose' if adapter.transpose else 'Reshape'} in front of the graph feeds the model")
         fixed = work / "model.onnx"
         onnx.save(model, fixed)
         classes = _classes(labels, classes_n)
@@ -64,6 +81,11 @@ def import_model(path: Path, *, name: str, labels: list[str] | None = None, prep
             raise UsageError(f"the preprocessing turns raw {list(spec.raw_shape)} inputs into "
                              f"{spec.num_features} features, but the model takes {list(in_shape)}")
         _trial(fixed, in_shape, len(classes))
+        if keras_probe is not None:  # Keras against the graph as bundled: adapter and softmax included
+            sample, expected = keras_probe
+            got = predict(session(fixed), adapter.feed(sample) if adapter is not None else sample)
+            lineage["keras_parity_max_abs_diff"] = check_parity(_softmax(expected) if added_softmax else expected,
+                                                                got, str(path), against="Keras")
 
         metrics: dict[str, Any] = {}
         ref_path = None
@@ -71,8 +93,11 @@ def import_model(path: Path, *, name: str, labels: list[str] | None = None, prep
         if data:
             ds = load(data)
             if ds.x.shape[1:] != spec.raw_shape:
+                hint = (" (the model takes colour images: give npz:FILE with x_train uint8 "
+                        f"{['N', *spec.raw_shape]}; the image sources are grayscale)"
+                        if len(spec.raw_shape) == 3 and len(ds.x.shape) == 3 else " (see --preprocess)")
                 raise UsageError(f"data {data} has inputs of shape {list(ds.x.shape[1:])}; the model's "
-                                 f"preprocessing expects raw {list(spec.raw_shape)} (see --preprocess)")
+                                 f"preprocessing expects raw {list(spec.raw_shape)}{hint}")
             if len(ds.classes) != len(classes):
                 raise UsageError(f"data {data} has {len(ds.classes)} classes, the model {len(classes)}")
             splits = ds.split()
@@ -104,7 +129,7 @@ def import_model(path: Path, *, name: str, labels: list[str] | None = None, prep
             "signature": {"inputs": inputs, "outputs": [{"name": OUTPUT, "dtype": "float32",
                                                          "shape": [-1, len(classes)]}], "onnx_input": in_name},
             "classes": classes, "preprocess": spec.to_dict(), "variant": "imported", "variants": [variant],
-            "choice": {"objective": None, "reason": "imported as is", "threads": threads},
+            "choice": {"objective": None, "reason": reason, "threads": threads},
             "metrics": metrics, "lineage": lineage, "retrainable": False, "reference": ref_summary,
         }
         files: dict[str, bytes | Path] = {bundle_mod.MODEL: fixed}
@@ -176,6 +201,95 @@ def _normalise(path: Path) -> tuple[onnx.ModelProto, str, tuple[int, ...], int |
     return model, inp.name, in_shape, classes, added
 
 
+@dataclass(frozen=True)
+class _Adapter:
+    """An image model's own input (`model_shape`: a channel axis last or first) and what the
+    bundled graph takes instead (`shape`): [H, W] pixels for one channel, [H, W, C] for more,
+    so the ordinary image preprocessing and the grayscale data sources fit."""
+
+    model_shape: tuple[int, ...]
+    shape: tuple[int, ...]
+    transpose: bool  # [N, H, W, C] → [N, C, H, W]; otherwise a Reshape that adds the channel axis
+
+    @classmethod
+    def find(cls, in_shape: tuple[int, ...]) -> _Adapter | None:
+        """None when the input needs no adapting: not 3-D, or [H, W, C] colour pixels already."""
+        if len(in_shape) != 3:
+            return None
+        if in_shape[-1] == 1:
+            return cls(in_shape, in_shape[:2], transpose=False)
+        if in_shape[-1] <= MAX_CHANNELS:
+            return None
+        if in_shape[0] == 1:
+            return cls(in_shape, in_shape[1:], transpose=False)
+        if in_shape[0] <= MAX_CHANNELS:
+            return cls(in_shape, (*in_shape[1:], in_shape[0]), transpose=True)
+        return None
+
+    def feed(self, x: np.ndarray) -> np.ndarray:
+        """A batch in the model's layout → the same batch as the bundled graph takes it."""
+        x = x.transpose(0, 2, 3, 1) if self.transpose else x
+        return np.ascontiguousarray(x.reshape(len(x), *self.shape), dtype=np.float32)
+
+    def __str__(self) -> str:
+        return f"{_dims(self.shape)}→{_dims(self.model_shape)}"
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return f"[N,{','.join(map(str, shape))}]"
+
+
+def _adapt(model: onnx.ModelProto, in_name: str, adapter: _Adapter, path: Path) -> None:
+    """Make the graph's input (same name) take `adapter.shape`, with a Reshape or Transpose in
+    front that gives the model its own layout; the change is noted in the model's metadata."""
+    graph = model.graph
+    taken = {t for n in graph.node for t in (*n.input, *n.output)} | {i.name for i in graph.initializer}
+    inner = _fresh(f"{in_name}_model_layout", taken)
+    _rename_uses(graph, in_name, inner)
+    if adapter.transpose:
+        nodes = [helper.make_node("Transpose", [in_name], [inner], perm=[0, 3, 1, 2], name="shipyard_input_layout")]
+    else:
+        shape = _fresh("shipyard_model_shape", taken | {inner})
+        value = numpy_helper.from_array(np.array([0, *adapter.model_shape], np.int64))  # 0: keep the batch
+        nodes = [helper.make_node("Constant", [], [shape], value=value, name="shipyard_model_shape"),
+                 helper.make_node("Reshape", [in_name, shape], [inner], name="shipyard_input_layout")]
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *rest])
+    dims = next(i for i in graph.input if i.name == in_name).type.tensor_type.shape.dim
+    del dims[:]
+    dims.add().dim_param = "batch"
+    for d in adapter.shape:
+        dims.add().dim_value = d
+    note = model.metadata_props.add()
+    note.key, note.value = "shipyard.input_adapted", str(adapter)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(path, f"could not adapt the input {adapter} ({e})") from None
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    out, i = name, 1
+    while out in taken:
+        out, i = f"{name}_{i}", i + 1
+    return out
+
+
+def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Every node that reads `old` reads `new`, inside subgraphs (If, Loop, Scan) too."""
+    for node in graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _rename_uses(sub, old, new)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def _trial(path: Path, in_shape: tuple[int, ...], classes: int) -> None:
     """Run a batch of 2 through the normalised graph: a graph whose batch axis is really fixed
     fails here, with a clear message, rather than in production."""
@@ -201,17 +315,18 @@ def _classes(labels: list[str] | None, n: int | None) -> list[str]:
 
 def _spec(preprocess: str, in_shape: tuple[int, ...]) -> PreprocessSpec:
     """`none`: clients send ready features; `image`: raw uint8 pixels scaled by 1/255 (a [H, W]
-    input, or [H*W] for a square image); or a JSON file holding a preprocessing spec."""
+    input, [H*W] for a square image, or [H, W, C] colour pixels; a one-channel or channels-first
+    input was adapted before this, see `_Adapter`); or a JSON file holding a preprocessing spec."""
     if preprocess == "none":
         return PreprocessSpec(raw_shape=in_shape, raw_dtype="float32", scale=1.0, flatten=len(in_shape) == 1)
     if preprocess == "image":
-        if len(in_shape) == 2:
+        if len(in_shape) == 2 or (len(in_shape) == 3 and 1 < in_shape[-1] <= MAX_CHANNELS):  # [H, W], [H, W, C]
             return PreprocessSpec(raw_shape=in_shape, raw_dtype="uint8", flatten=False)
         side = math.isqrt(in_shape[0]) if len(in_shape) == 1 else 0
         if side * side == in_shape[0]:
             return PreprocessSpec(raw_shape=(side, side), raw_dtype="uint8", flatten=True)
-        raise UsageError(f"--preprocess image needs an input of [N, H, W] or [N, H*W], "
-                         f"the model takes {list(in_shape)}")
+        raise UsageError(f"--preprocess image needs an input of [N, H, W], [N, H*W], or [N, H, W, C] or "
+                         f"[N, C, H, W] with C ≤ {MAX_CHANNELS} channels; the model takes {_dims(in_shape)}")
     p = Path(preprocess)
     if not p.is_file():
         raise UsageError(f"--preprocess {preprocess!r}: use none, image, or a JSON file with a spec")
@@ -222,8 +337,9 @@ def _spec(preprocess: str, in_shape: tuple[int, ...]) -> PreprocessSpec:
     return spec
 
 
-def _keras_to_onnx(path: Path, work: Path) -> tuple[Path, float]:
-    """Load with Keras 3 on the PyTorch backend, export to ONNX, and prove parity."""
+def _keras_to_onnx(path: Path, work: Path) -> tuple[Path, tuple[np.ndarray, np.ndarray]]:
+    """Load with Keras 3 on the PyTorch backend and export to ONNX; also returns 64 random inputs
+    and Keras's answers, to prove parity with the graph as it is bundled."""
     if "keras" not in sys.modules:
         os.environ.setdefault("KERAS_BACKEND", "torch")
     try:
@@ -248,4 +364,4 @@ def _keras_to_onnx(path: Path, work: Path) -> tuple[Path, float]:
         expected = np.asarray(model.predict(sample, verbose=0))
         dest = work / "keras.onnx"
         model.export(str(dest), format="onnx", verbose=False)
-    return dest, check_parity(expected, predict(session(dest), sample), str(path), against="Keras")
+    return dest, (sample, expected)
