@@ -117,7 +117,9 @@ def test_failed_run_keeps_the_error(settings: Settings, tmp_path: Path,
                 super().__init__()
                 self.lin = torch.nn.Linear(784, 10)
             def forward(self, x):
-                raise RuntimeError("boom in forward")
+                if self.training:  # fits the data (the pre-run check passes), then fails in the run
+                    raise RuntimeError("boom in forward")
+                return self.lin(x)
         def broken():
             return Broken()
     """))

@@ -518,9 +518,15 @@ def test_csv_ragged_row_names_the_line(tmp_path: Path) -> None:
 
 def test_csv_nan_feature_names_the_line(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "d.csv", ["a", "label"], [[1.5, 0], [2.5, 1], ["nan", 1]])
-    with pytest.raises(DataError, match="line 4: NaN or infinite") as ei:
+    with pytest.raises(DataError, match="line 4: column 'a' has no value; fill it in or choose --impute") as ei:
         csv(path)
     assert str(path) in str(ei.value)
+
+
+def test_csv_infinite_feature_names_the_line(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "d.csv", ["a", "label"], [[1.5, 0], [2.5, 1], ["inf", 1]])
+    with pytest.raises(DataError, match="line 4: column 'a' holds an infinite value"):
+        csv(path)
 
 
 def test_csv_pixel_columns_become_28x28_uint8(tmp_path: Path) -> None:
@@ -531,21 +537,34 @@ def test_csv_pixel_columns_become_28x28_uint8(tmp_path: Path) -> None:
     header = ["label"] + [f"pixel{i}" for i in range(784)]
     path = write_csv(tmp_path / "pixels.csv", header,
                      [[lab, *row] for lab, row in zip(labels, pixels.tolist(), strict=True)])
-    ds = csv(path)
+    table = csv(path)  # without --image: a table of 784 numeric columns, never guessed to be pixels
+    assert table.preprocess.columns is not None and len(table.preprocess.columns) == 784
+    assert table.preprocess.standardize == "feature" and table.x.dtype == np.float32
+    ds = csv(path, image=(28, 28))
     assert ds.x.shape == (5, 28, 28)
     assert ds.x.dtype == np.uint8
     np.testing.assert_array_equal(ds.x.reshape(5, 784), pixels)
-    assert ds.y.tolist() == labels
-    assert ds.classes == [str(i) for i in range(6)]
+    assert [ds.classes[i] for i in ds.y] == [str(v) for v in labels]
+    assert ds.classes == ["1", "3", "4", "5"]  # the labels found, sorted
     assert_image_spec(ds, (28, 28))
+    with pytest.raises(DataError, match="--image 20,20 needs 400 pixel columns, the file has 784"):
+        csv(path, image=(20, 20))
 
 
-def test_csv_small_integer_table_stays_flat(tmp_path: Path) -> None:
+def test_csv_image_refuses_values_that_are_not_pixels(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "d.csv", ["a", "b", "c", "d", "label"],
+                     [[1, 2, 3, 4, 0], [5, 6, 7, 300, 1]])
+    with pytest.raises(DataError, match="line 3: column 'd' holds 300; pixels are whole numbers 0–255"):
+        csv(path, image=(2, 2))
+
+
+def test_csv_small_integer_table_stays_a_table(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "d.csv", ["a", "b", "c", "d", "label"],
                      [[1, 2, 3, 4, 0], [5, 6, 7, 8, 1]])
     ds = csv(path)
-    assert ds.x.shape == (2, 4)  # 4 columns is a 2x2 "image": too small to be one
-    assert ds.x.dtype == np.uint8
+    assert ds.x.shape == (2, 4)
+    assert ds.x.dtype == np.float32 and ds.preprocess.standardize == "feature"
+    assert [c.name for c in ds.preprocess.columns or ()] == ["a", "b", "c", "d"]
 
 
 def test_csv_integers_above_255_are_float(tmp_path: Path) -> None:
@@ -742,11 +761,10 @@ def test_load_standardize_override(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "d.csv", ["a", "b", "label"], [[0.5, 1.5, 0], [1.5, 2.5, 1]])
     default = load(f"csv:{path}")
     assert default.preprocess.standardize == "feature"
-    glob = load(f"csv:{path}", standardize="global")
-    assert glob.preprocess.standardize == "global"
-    assert glob.preprocess.raw_shape == default.preprocess.raw_shape
-    assert glob.fingerprint == default.fingerprint  # same data, other transform
+    with pytest.raises(UsageError, match="a table standardizes each numeric column"):
+        load(f"csv:{path}", standardize="global")
     none = load(f"csv:{path}", standardize="none")
+    assert none.fingerprint == default.fingerprint  # same data, other transform
     assert none.preprocess.standardize == "none"
     same = load(f"csv:{path}", standardize="feature")
     assert same.preprocess == default.preprocess

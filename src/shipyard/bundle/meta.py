@@ -24,8 +24,10 @@ from shipyard.errors import ShipyardError
 
 #: version 2: every signature input states its `kind`, and the signature its `onnx_input`;
 #: version 3: variants may state their batch invariance (absent: not measured, so not proven);
-#: version 4: metrics may state `holdout_accuracy`, the reference summary `held_out_rows`
-SCHEMA_VERSION = 4
+#: version 4: metrics may state `holdout_accuracy`, the reference summary `held_out_rows`;
+#: version 5: tables — signature inputs of kind `column` (one per named column, `object` dtype for
+#: categorical ones: V2 BYTES) and the preprocessing spec's `columns`, `impute`, `impute_value`
+SCHEMA_VERSION = 5
 META = "bundle.json"
 
 
@@ -40,12 +42,14 @@ class BundleError(ShipyardError):
 @dataclass(frozen=True)
 class SignatureInput(Record):
     """One input a client may send: `features` go to the graph as they are; a `raw` input (e.g.
-    `image` uint8 [-1, 28, 28]) is turned into features by the preprocessing spec first."""
+    `image` uint8 [-1, 28, 28]) is turned into features by the preprocessing spec first; a
+    `column` is one named column of a table (float32, or `object`: strings), sent together with
+    the table's other columns."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]  # with the batch axis, -1 where any size goes
-    kind: Literal["features", "raw"]
+    kind: Literal["features", "raw", "column"]
 
     def check(self, key: str) -> None:
         _check_tensor(self.dtype, self.shape, key)
@@ -271,7 +275,7 @@ class BundleMeta(Record):
             raise wrong("schema_version", self.schema_version, str(SCHEMA_VERSION))
         if not self.classes:
             raise wrong("classes", [], "a non-empty list of class names")
-        raw = [i.name for i in self.signature.inputs if i.kind == "raw"]
+        raw = [i.name for i in self.signature.inputs if i.kind != "features"]
         if raw and self.preprocess is None:
             raise wrong("preprocess", None, f"a preprocessing spec, which the raw input {raw[0]!r} needs")
         names = [v.name for v in self.variants]
@@ -306,8 +310,14 @@ def _v3_to_v4(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "schema_version": 4}
 
 
+def _v4_to_v5(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 5 adds tables (column inputs, the spec's columns): absent, a bundle takes arrays."""
+    return {**d, "schema_version": 5}
+
+
 #: schema version → the function that turns that layout into the next one
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4,
+                                                                     4: _v4_to_v5}
 
 
 def upgrade(d: Any, where: str = META) -> dict[str, Any]:
@@ -347,10 +357,19 @@ def _json_default(o: Any) -> Any:
 def signature_inputs(onnx_input: str, feature_shape: tuple[int, ...] | list[int],
                      spec: PreprocessSpec) -> list[dict[str, Any]]:
     """The graph's float32 features input, plus the raw form (e.g. `image` uint8 [-1, 28, 28])
-    when the preprocessing spec turns something else into those features."""
+    when the preprocessing spec turns something else into those features (standardizing counts:
+    a client sending its data as it is must not land on the features input). A table adds one
+    input per column, and `raw` [-1, columns] when every column is numeric."""
     inputs: list[dict[str, Any]] = [
         {"name": onnx_input, "dtype": "float32", "shape": [-1, *feature_shape], "kind": "features"}]
-    if list(spec.raw_shape) != list(feature_shape) or spec.raw_dtype != "float32":
+    if spec.columns is not None:
+        inputs += [{"name": c.name, "dtype": "float32" if c.kind == "numeric" else "object", "shape": [-1],
+                    "kind": "column"} for c in spec.columns]
+        if all(c.kind == "numeric" for c in spec.columns):
+            inputs.append({"name": "raw", "dtype": "float32", "shape": [-1, len(spec.columns)], "kind": "raw"})
+        return inputs
+    if list(spec.raw_shape) != list(feature_shape) or spec.raw_dtype != "float32" or spec.standardize != "none" \
+            or spec.scale != 1.0:
         inputs.append({"name": "image" if len(spec.raw_shape) == 2 else "raw", "dtype": spec.raw_dtype,
                        "shape": [-1, *spec.raw_shape], "kind": "raw"})
     return inputs

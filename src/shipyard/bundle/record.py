@@ -54,6 +54,8 @@ def dump(value: Any) -> Any:
     if isinstance(value, Record):
         return value.to_dict()
     if is_dataclass(value) and not isinstance(value, type):
+        if callable(own := getattr(value, "to_dict", None)):  # its own JSON form (a spec that omits unused keys)
+            return {k: dump(v) for k, v in sorted(own().items())}
         return {f.name: dump(getattr(value, f.name)) for f in sorted(fields(value), key=lambda f: f.name)}
     if isinstance(value, tuple | list):
         return [dump(v) for v in value]

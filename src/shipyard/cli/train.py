@@ -28,8 +28,22 @@ def _model_args(pairs: list[str] | None) -> dict[str, Any] | None:
     return args
 
 
+def parse_image(text: str | None) -> tuple[int, int] | None:
+    """`--image 28,28` → (28, 28)."""
+    if text is None:
+        return None
+    parts = text.replace("x", ",").split(",")
+    try:
+        h, w = (int(v) for v in parts)
+    except ValueError:
+        raise UsageError(f"--image wants HEIGHT,WIDTH such as 28,28, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise UsageError(f"--image wants positive sizes, got {text!r}")
+    return h, w
+
+
 def train(
-    data: Annotated[str | None, typer.Option(help="mnist-sample | fashion-mnist | idx:DIR | npz:FILE | csv:FILE | folder:DIR  [default: mnist-sample]")] = None,
+    data: Annotated[str | None, typer.Option(help="mnist-sample | fashion-mnist | idx:DIR | npz:FILE | csv:FILE | parquet:FILE | sklearn:NAME (iris, wine, breast_cancer, digits, diabetes) | folder:DIR  [default: mnist-sample]. csv: and parquet: are tables of named columns, numeric or categorical (one-hot); pixel columns only with --image.")] = None,
     model: Annotated[str | None, typer.Option(help="mlp | cnn | package.module:factory | path/to/file.py:factory  [default: mlp]. A factory returns a torch.nn.Module and gets, if its signature names them (or takes **kwargs): input_shape (tuple, one raw sample's shape, e.g. (28, 28)), num_features (int: inputs arrive preprocessed and flattened, float32 [N, num_features]), num_classes (int: return logits [N, num_classes]; the softmax is added at export), plus each --model-arg. One batch is tried before the run starts.")] = None,
     model_arg: Annotated[list[str] | None, typer.Option(help="Model argument KEY=VALUE (JSON value), repeatable, passed to the model or factory as the keyword KEY, e.g. hidden=[256,128].")] = None,
     epochs: Annotated[int | None, typer.Option(help="[default: 10]")] = None,
@@ -45,7 +59,11 @@ def train(
     patience: Annotated[int | None, typer.Option(help="Stop after this many epochs without a val_accuracy gain [default: off].")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights, shuffling and dropout [default: 0].")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Validation share [default: 0.1 with a test split, else 0.2].")] = None,
-    label_column: Annotated[str | None, typer.Option(help="Label column for csv: sources [default: label].")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column of a csv: or parquet: table [default: label].")] = None,
+    task: Annotated[str | None, typer.Option(help="classification | regression  [default: classification for string labels or at most 20 distinct integers, else regression; printed]")] = None,
+    impute: Annotated[str | None, typer.Option(help="Missing values in a table: none (refused, naming row and column) | mean | median | constant (numeric columns; categorical ones take their most frequent category)  [default: none]")] = None,
+    impute_value: Annotated[float | None, typer.Option(help="The value --impute constant fills in [default: 0].")] = None,
+    image: Annotated[str | None, typer.Option(help="HEIGHT,WIDTH: the table's columns are the pixels (0–255) of grayscale images of this size.")] = None,
     standardize: Annotated[str | None, typer.Option(help="none | global | feature  [default: the source's]")] = None,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads [default: SHIPYARD_THREADS or min(2, cores)].")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda  [default: auto]")] = None,
@@ -71,7 +89,8 @@ def train(
             batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
             momentum=momentum, label_smoothing=label_smoothing, schedule=schedule,
             schedule_step=schedule_step, schedule_gamma=schedule_gamma, patience=patience, seed=seed,
-            val_fraction=val_fraction, label_column=label_column, standardize=standardize,
+            val_fraction=val_fraction, label_column=label_column, standardize=standardize, task=task,
+            impute=impute, impute_value=impute_value, image=parse_image(image),
             threads=threads, device=device, nproc=nproc, nnodes=nnodes,
         )
         if resume and like:

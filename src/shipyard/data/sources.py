@@ -3,12 +3,10 @@ spec; `load("kind:arg")` picks one from the `--data` string."""
 
 from __future__ import annotations
 
-import csv as _csv
 import gzip
-import io
-import math
 import os
 import zipfile
+from dataclasses import replace
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -16,8 +14,9 @@ import numpy as np
 
 from shipyard.data._idx import read_idx
 from shipyard.data.dataset import Dataset
-from shipyard.data.preprocess import PreprocessSpec, Standardize
-from shipyard.errors import DataError, UsageError
+from shipyard.data.preprocess import STANDARDIZE_CHOICES, Impute, PreprocessSpec, Standardize
+from shipyard.data.tabular import SKLEARN, sklearn_dataset, table
+from shipyard.errors import ConfigError, DataError, UsageError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = [
@@ -26,38 +25,56 @@ FASHION_CLASSES = [
 ]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
 SOURCES_HELP = (
-    "mnist-sample | fashion-mnist | idx:DIR | npz:FILE | csv:FILE | folder:DIR"
+    "mnist-sample | fashion-mnist | idx:DIR | npz:FILE | csv:FILE | parquet:FILE | sklearn:NAME | folder:DIR"
 )
 
 
-def load(spec: str, *, label_column: str = "label", standardize: Standardize | None = None) -> Dataset:
-    """Open the data source named by a `--data` string."""
+def load(spec: str, *, label_column: str = "label", standardize: Standardize | None = None,
+         impute: Impute = "none", image: tuple[int, int] | None = None, task: str | None = None) -> Dataset:
+    """Open the data source named by a `--data` string. `impute`, `image` and `task` apply to
+    tables (csv:, parquet:, sklearn:); `task` None: guessed from the labels."""
     kind, _, arg = spec.partition(":")
     if kind in ("mnist-sample", "fashion-mnist") and arg:
         raise UsageError(f"data source {kind!r} takes no argument, got {spec!r}")
+    tables = ("csv", "parquet", "sklearn")
+    if kind not in tables:
+        if image is not None:
+            raise UsageError(f"--image is for tables of pixel columns (csv:, parquet:), not {kind}: sources")
+        if task == "regression":
+            raise UsageError(f"{kind}: sources hold class labels; a regression needs a table (csv:, parquet:, "
+                             "sklearn:)")
     if kind == "mnist-sample":
         ds = mnist_sample()
     elif kind == "fashion-mnist":
         ds = fashion_mnist()
-    elif kind in ("idx", "npz", "csv", "folder"):
+    elif kind == "sklearn":
+        if not arg:
+            raise UsageError(f"data source 'sklearn' needs a dataset name: sklearn:{'|'.join(SKLEARN)}")
+        ds = sklearn_dataset(arg, impute=impute, task=task)
+    elif kind in ("idx", "npz", "csv", "parquet", "folder"):
         if not arg:
             raise UsageError(f"data source {kind!r} needs a path: {kind}:PATH")
         path = Path(arg).expanduser()
-        ds = {"idx": idx, "npz": npz, "folder": folder}[kind](path) if kind != "csv" else csv(
-            path, label_column=label_column
-        )
+        if kind in tables:
+            ds = table(path, kind, label_column=label_column, impute=impute, image=image, task=task)
+        else:
+            ds = {"idx": idx, "npz": npz, "folder": folder}[kind](path)
     else:
         raise UsageError(f"unknown data source {spec!r}; choose {SOURCES_HELP}")
+    if standardize is not None and standardize not in STANDARDIZE_CHOICES:
+        raise ConfigError("standardize", standardize, f"choose {', '.join(STANDARDIZE_CHOICES)}")
     if standardize is not None and standardize != ds.preprocess.standardize:
-        pre = PreprocessSpec.from_dict({**ds.preprocess.to_dict(), "standardize": standardize})
-        ds = Dataset(ds.source, ds.x, ds.y, ds.classes, pre, ds.x_test, ds.y_test, ds.origin)
+        if ds.preprocess.columns is not None and standardize == "global":
+            raise UsageError("a table standardizes each numeric column: --standardize feature or none")
+        pre = replace(ds.preprocess, standardize=standardize)
+        ds = replace(ds, preprocess=pre)
     return ds
 
 
 def canonical(spec: str) -> str:
     """The `--data` string with its path made absolute, so a stored recipe replays from anywhere."""
     kind, sep, arg = spec.partition(":")
-    if sep and kind in ("idx", "npz", "csv", "folder") and arg:
+    if sep and kind in ("idx", "npz", "csv", "parquet", "folder") and arg:
         return f"{kind}:{Path(arg).expanduser().resolve()}"
     return spec
 
@@ -199,62 +216,17 @@ def npz(path: Path) -> Dataset:
     return Dataset(f"npz:{path}", x, y, classes, _spec_for(x), arrays.get("x_test"), y_test, origin=str(path))
 
 
-def csv(path: Path, *, label_column: str = "label") -> Dataset:
-    """A CSV with a header row: one label column (named by `label_column`), the rest numeric
-    features. Integer labels are used as they are; text labels become sorted class names."""
-    path = Path(path)
-    try:
-        with open(path, newline="") as f:
-            header = next(_csv.reader(f), None)
-            body = f.read()
-    except FileNotFoundError:
-        raise DataError(path, "no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, f"cannot read: {e}") from None
-    if not header:
-        raise DataError(path, "empty file: expected a header row")
-    header = [h.strip() for h in header]
-    if label_column not in header:
-        raise DataError(path, f"missing label column {label_column!r} (columns: "
-                              f"{', '.join(header[:8])}{', …' if len(header) > 8 else ''})")
-    li = header.index(label_column)
-    if len(header) < 2:
-        raise DataError(path, f"no feature columns besides the label column {label_column!r}")
-    reader = _csv.reader(io.StringIO(body))
-    numbered = [(reader.line_num + 1, r) for r in reader]  # +1: the header line
-    lines = [n for n, r in numbered if r]
-    rows = [r for _, r in numbered if r]
-    if not rows:
-        raise DataError(path, "no data rows after the header")
-    labels_raw = []
-    feats = np.empty((len(rows), len(header) - 1), dtype=np.float64)
-    for i, r in enumerate(rows):
-        if len(r) != len(header):
-            raise DataError(path, f"line {lines[i]}: {len(r)} values, header has {len(header)}")
-        labels_raw.append(r[li].strip())
-        try:
-            feats[i] = [float(v) for j, v in enumerate(r) if j != li]
-        except ValueError:
-            bad = next(v for j, v in enumerate(r) if j != li and not _is_float(v))
-            raise DataError(path, f"line {lines[i]}: value {bad!r} is not a number") from None
-    if not np.isfinite(feats).all():
-        line = lines[int(np.flatnonzero(~np.isfinite(feats).all(axis=1))[0])]
-        raise DataError(path, f"line {line}: NaN or infinite feature value")
-    if all(_is_int(v) for v in labels_raw):
-        y = np.array([int(v) for v in labels_raw], dtype=np.int64)
-        classes = [str(i) for i in range(int(y.max()) + 1)]
-    else:
-        classes = sorted(set(labels_raw))
-        y = np.array([classes.index(v) for v in labels_raw], dtype=np.int64)
-    x: np.ndarray = feats
-    if np.all(feats == np.round(feats)) and feats.min() >= 0 and feats.max() <= 255:
-        x = feats.astype(np.uint8)
-        side = math.isqrt(x.shape[1])
-        if side >= 8 and side * side == x.shape[1]:  # pixel columns of a square image
-            x = x.reshape(-1, side, side)
-    else:
-        x = feats.astype(np.float32)
-    return Dataset(f"csv:{path}", x, y, classes, _spec_for(x), origin=str(path))
+def csv(path: Path, *, label_column: str = "label", impute: Impute = "none",
+        image: tuple[int, int] | None = None, task: str | None = None) -> Dataset:
+    """A CSV with a header row: the label column (`label_column`) and named feature columns,
+    numeric or categorical (`tabular.table`); pixel columns only with `image=(H, W)`."""
+    return table(path, "csv", label_column=label_column, impute=impute, image=image, task=task)
+
+
+def parquet(path: Path, *, label_column: str = "label", impute: Impute = "none",
+            image: tuple[int, int] | None = None, task: str | None = None) -> Dataset:
+    """A Parquet file: named, typed columns (as `csv`)."""
+    return table(path, "parquet", label_column=label_column, impute=impute, image=image, task=task)
 
 
 def folder(directory: Path) -> Dataset:
@@ -319,19 +291,3 @@ def _spec_for(x: np.ndarray) -> PreprocessSpec:
         return _image_spec(tuple(x.shape[1:]))
     return PreprocessSpec(raw_shape=tuple(x.shape[1:]), raw_dtype=str(x.dtype), scale=1.0,
                           flatten=True, standardize="feature")
-
-
-def _is_float(v: str) -> bool:
-    try:
-        float(v)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_int(v: str) -> bool:
-    try:
-        int(v)
-    except ValueError:
-        return False
-    return True

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from shipyard import bundle as bundle_mod
 from shipyard.bundle import Bundle, reference
-from shipyard.data import PreprocessSpec, load
+from shipyard.data import PreprocessSpec
 from shipyard.errors import ShipyardError, UsageError
 from shipyard.optimizing import variants as V
 from shipyard.optimizing.choose import OBJECTIVES, choose
@@ -97,7 +97,7 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         raise UsageError(f"{dest}: already exists; choose a new path for the bundle")
 
     recipe = Recipe.from_dict(run.recipe)
-    ds = load(recipe.data, label_column=recipe.label_column, standardize=recipe.standardize)
+    ds = recipe.load_data()
     if run.data_fingerprint and ds.fingerprint != run.data_fingerprint:
         raise ShipyardError(f"the data behind {ds.source} changed since run {run.id} trained "
                             f"(fingerprint {run.data_fingerprint[:12]} → {ds.fingerprint[:12]}); "

@@ -241,8 +241,8 @@ def _decode_input(i: int, spec: Any, binary: memoryview, offset: int,
     if not isinstance(name, str) or not name:
         raise BadRequest(f"inputs[{i}] needs a 'name'")
     datatype = spec.get("datatype")
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise BadRequest(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+    if not isinstance(datatype, str) or (datatype not in DATATYPES and datatype != "BYTES"):
+        raise BadRequest(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}, BYTES")
     shape = spec.get("shape")
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool)
                                                            and d >= 0 for d in shape):
@@ -253,8 +253,10 @@ def _decode_input(i: int, spec: Any, binary: memoryview, offset: int,
     count = math.prod(shape)
     if count > max_elements:
         raise PayloadTooLarge(f"input {name!r}: shape {_brief(shape)} holds more than {max_elements:,} elements")
-    dtype = DATATYPES[datatype]
     params = _object(spec, "parameters", name)
+    if datatype == "BYTES":
+        return _decode_bytes(name, spec, params, shape, count, binary, offset)
+    dtype = DATATYPES[datatype]
     size = params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -289,6 +291,56 @@ def _decode_input(i: int, spec: Any, binary: memoryview, offset: int,
     if arr.size != count:
         raise BadRequest(f"input {name!r}: shape {shape} needs {count} values, 'data' has {arr.size}")
     return Tensor(name, arr.reshape(shape), checked=True), 0
+
+
+def _decode_bytes(name: str, spec: dict[str, Any], params: dict[str, Any], shape: list[int], count: int,
+                  binary: memoryview, offset: int) -> tuple[Tensor, int]:
+    """A BYTES input (a table's categorical column): JSON strings, or binary elements each a
+    4-byte little-endian length and its bytes (Triton's layout). Strings must be UTF-8; the
+    tensor holds Python `str` objects."""
+    size = params.get("binary_data_size")
+    values: list[Any]
+    used = 0
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
+        if offset + size > len(binary):
+            raise BadRequest(f"input {name!r}: body ends before its {size} bytes of binary data")
+        chunk, at, values = binary[offset: offset + size], 0, []
+        while at < size:
+            if at + 4 > size:
+                raise BadRequest(f"input {name!r}: BYTES element {len(values)} is cut off in its length prefix")
+            n = int.from_bytes(chunk[at: at + 4], "little")
+            if at + 4 + n > size:
+                raise BadRequest(f"input {name!r}: BYTES element {len(values)} says {n} bytes, "
+                                 f"{size - at - 4} are left")
+            values.append(bytes(chunk[at + 4: at + 4 + n]))
+            at += 4 + n
+        used = size
+    else:
+        if "data" not in spec:
+            raise BadRequest(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
+        data = spec["data"]
+        if _HAVE_SIMDJSON and isinstance(data, _simdjson.Array):
+            data = data.as_list()
+        if not isinstance(data, list):
+            raise BadRequest(f"input {name!r}: 'data' must be an array of strings, got {type(data).__name__}")
+        values = flatten(f"input {name!r}", data)
+        odd = [v for v in values if not isinstance(v, str)][:1]
+        if odd:
+            raise BadRequest(f"input {name!r} is BYTES: 'data' takes strings, got {_kind(odd[0])} such as "
+                             f"{_brief(odd[0])}")
+    if len(values) != count:
+        raise BadRequest(f"input {name!r}: shape {shape} needs {count} values, 'data' has {len(values)}")
+    out = np.empty(count, dtype=object)
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(f"input {name!r}: BYTES element {i} is not UTF-8 text") from None
+        out[i] = v
+    return Tensor(name, out.reshape(shape), checked=True), used
 
 
 def _brief(value: Any) -> str:

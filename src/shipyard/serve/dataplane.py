@@ -175,11 +175,11 @@ class DataPlane:
         the version already chosen for it (`pick`), so a transport can refuse an unknown model
         before it reads the body."""
         rt = runtime or self.fleet.get(name, version, key)
-        if len(request.inputs) != 1:
-            names = [t.name for t in request.inputs]
-            raise BadRequest(f"send exactly one input (features or the raw form), got {len(names)}: {names}")
-        tensor = request.inputs[0]
-        features = rt.features(tensor.name, tensor.array, checked=tensor.checked)
+        if len(request.inputs) == 1:
+            tensor = request.inputs[0]
+            features = rt.features(tensor.name, tensor.array, checked=tensor.checked)
+        else:  # a table's columns, one input each
+            features = rt.table_features([(t.name, t.array) for t in request.inputs])
         wanted = request.binary_outputs or dict.fromkeys(OUTPUTS, request.binary_default)
         if request.binary_outputs and (unknown := [n for n in wanted if n not in OUTPUTS]):
             raise BadRequest(f"model {rt.name!r} has no output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
@@ -430,12 +430,14 @@ class DataPlane:
 def _v1_features(rt: ModelRuntime, instances: np.ndarray, name: str | None = None) -> np.ndarray:
     spec = rt.inputs.get(rt.onnx_input)
     if name in (None, rt.onnx_input) and spec is not None and instances.shape[1:] == spec.shape \
-            and instances.shape[0] and spec.dtype.kind == "f":  # the usual request: ready float features
+            and instances.shape[0] and spec.dtype.kind == "f" and (name is not None or not rt.raw_like_features):
+        # the usual request: ready float features (unnamed rows go to a raw form of the same shape)
         return rt.features(spec.name, check_values(f"input {spec.name!r}", spec.v2_datatype, instances), checked=True)
     if name is not None and name not in rt.inputs:
         takes = " or ".join(f"{s.name!r}" for s in rt.inputs.values())
         raise BadRequest(f"model {rt.name!r} has no input {name!r}; it takes {takes}")
-    specs = [s for s in rt.inputs.values() if name in (None, s.name)]
+    specs = sorted((s for s in rt.inputs.values() if name in (None, s.name) and s.kind != "column"),
+                   key=lambda s: s.kind == "features")  # the raw form first: rows as the client has them
     match = next((s for s in specs if tuple(instances.shape[1:]) == s.shape), None)
     if match is None:
         shapes = " or ".join(str(list(s.shape)) for s in specs)

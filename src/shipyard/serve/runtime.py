@@ -15,7 +15,7 @@ import onnxruntime as ort
 from shipyard.bundle import Bundle
 from shipyard.bundle.meta import dump
 from shipyard.bundle.reference import Projection
-from shipyard.errors import BadRequest
+from shipyard.errors import BadRequest, UsageError
 from shipyard.serve.codec import DATATYPES, MAX_FLOAT, NUMPY_TO_V2, float_limit
 
 if TYPE_CHECKING:
@@ -30,11 +30,11 @@ class InputSpec:
     name: str
     dtype: np.dtype[Any]
     shape: tuple[int, ...]  # without the batch axis
-    kind: str  # "features" (goes to the graph) or "raw" (preprocessed first)
+    kind: str  # "features" (goes to the graph), "raw" (preprocessed first) or "column" (of a table)
 
     @property
     def v2_datatype(self) -> str:
-        return NUMPY_TO_V2[self.dtype]
+        return "BYTES" if self.dtype.kind == "O" else NUMPY_TO_V2[self.dtype]
 
     def to_v2(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.v2_datatype, "shape": [-1, *self.shape],
@@ -56,6 +56,11 @@ class ModelRuntime:
         self.onnx_input = sig.onnx_input
         self.inputs = {i.name: InputSpec(i.name, np.dtype(i.dtype).newbyteorder("="), i.shape[1:], i.kind)
                        for i in sig.inputs}
+        #: a raw form shaped like the features (a standardized table): unnamed v1 rows are raw
+        self.raw_like_features = any(i.kind == "raw" and i.shape == self.inputs[self.onnx_input].shape
+                                     for i in self.inputs.values())
+        #: a table's columns by name (empty for an array model): a request sends all of them
+        self.columns = {c.name: c for c in (self.preprocess.columns or ())} if self.preprocess is not None else {}
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -95,12 +100,54 @@ class ModelRuntime:
             raise BadRequest(f"input {name!r} must have shape {[-1, *spec.shape]}, got {list(array.shape)}")
         if array.shape[0] == 0:
             raise BadRequest(f"input {name!r} holds no instances")
+        if spec.kind == "column":
+            return self.table_features([(name, array)])
         if array.dtype.kind == "f" and not self.allow_nonfinite and not checked:
-            _check_floats(name, array)
+            _check_floats(name, array, nan_ok=bool(self.columns) and self.preprocess is not None
+                          and self.preprocess.impute != "none" and spec.kind == "raw")
         if spec.kind == "raw":
             assert self.preprocess is not None
-            return self.preprocess.apply(array)
+            try:
+                return self.preprocess.apply(array)
+            except UsageError as e:  # a table's missing value or category index, by row and column
+                raise BadRequest(f"input {name!r}: {e}") from None
         return np.ascontiguousarray(array, dtype=np.float32)
+
+    def table_features(self, tensors: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
+        """A table's named columns (one V2 input each: FP32 or another number type for numeric
+        columns, BYTES for categorical ones; shape [N] or [N, 1]) → features, by the spec's own
+        `encode` and `apply`. A 400 names the column that is unknown, missing or of the wrong type."""
+        if not self.columns:
+            names = [n for n, _ in tensors]
+            raise BadRequest(f"send exactly one input (features or the raw form), got {len(names)}: {names}")
+        assert self.preprocess is not None
+        data: dict[str, np.ndarray] = {}
+        for name, array in tensors:
+            column = self.columns.get(name)
+            if column is None:
+                other = self.inputs.get(name)
+                if other is not None:
+                    raise BadRequest(f"input {name!r} is the whole {other.kind} form; send it alone, or send "
+                                     f"every column ({', '.join(self.columns)}) without it")
+                raise BadRequest(f"unknown column {name!r}; model {self.name!r} takes the columns "
+                                 f"{', '.join(repr(c) for c in self.columns)}")
+            if array.ndim not in (1, 2) or (array.ndim == 2 and array.shape[1] != 1):
+                raise BadRequest(f"column {name!r} must have shape [-1] or [-1, 1], got {list(array.shape)}")
+            if column.kind == "numeric":
+                if array.dtype.kind not in "fiu":
+                    got = "BYTES" if array.dtype.kind == "O" else NUMPY_TO_V2.get(array.dtype.newbyteorder("="),
+                                                                                  str(array.dtype))
+                    raise BadRequest(f"column {name!r} is numeric: send FP32 (or another number type), got {got}")
+                if array.dtype.kind == "f" and not self.allow_nonfinite:
+                    _check_floats(name, array.reshape(-1, 1), nan_ok=column.fill is not None, what="column")
+            elif array.dtype.kind != "O":
+                raise BadRequest(f"column {name!r} is categorical: send BYTES (strings such as "
+                                 f"{column.categories[0]!r}), got {NUMPY_TO_V2.get(array.dtype.newbyteorder('='))}")
+            data[name] = array.reshape(-1)
+        try:
+            return self.preprocess.apply(self.preprocess.encode(data))
+        except UsageError as e:
+            raise BadRequest(str(e)) from None
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.onnx_input: features})[0]
@@ -132,20 +179,23 @@ class ModelRuntime:
         }
 
 
-def _check_floats(name: str, array: np.ndarray) -> None:
+def _check_floats(name: str, array: np.ndarray, *, nan_ok: bool = False, what: str = "input") -> None:
     """Float features must be finite and within ±MAX_FLOAT (FP16: its range), as JSON ones are
     (`codec.check_values`): beyond that a model answers NaN probabilities and the prediction log's
-    projection and samples overflow, so such an input is refused, not served."""
+    projection and samples overflow, so such an input is refused, not served. `nan_ok`: a table
+    column whose missing values (NaN) training imputes."""
     datatype = NUMPY_TO_V2[array.dtype.newbyteorder("=")]
     limit = MAX_FLOAT if datatype != "FP16" else float(np.finfo(np.float16).max)
+    if nan_ok:
+        array = np.where(np.isnan(array), 0, array)
     if not array.size or np.abs(array).max() <= limit:  # NaN fails it too
         return
     rows = array.reshape(len(array), -1)
     bad = int(np.flatnonzero(~(np.abs(rows) <= limit).all(axis=1))[0])
     value = rows[bad][np.flatnonzero(~(np.abs(rows[bad]) <= limit))[0]].item()
     if not np.isfinite(value):
-        raise BadRequest(f"input {name!r}: instance {bad} contains NaN or infinity")
-    raise BadRequest(f"input {name!r}: instance {bad} holds {value:.4g}, {float_limit(datatype)}")
+        raise BadRequest(f"{what} {name!r}: instance {bad} contains {'NaN or ' if not nan_ok else ''}infinity")
+    raise BadRequest(f"{what} {name!r}: instance {bad} holds {value:.4g}, {float_limit(datatype)}")
 
 
 __all__ = ["DATATYPES", "LABEL", "InputSpec", "ModelRuntime"]

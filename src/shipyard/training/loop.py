@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from shipyard.data import canonical, load
+from shipyard.data import canonical
 from shipyard.errors import RunInterrupted, ShipyardError, UsageError
 from shipyard.settings import Settings
 from shipyard.training.recipe import Recipe
@@ -227,7 +227,7 @@ def _prepare(recipe: Recipe | None, settings: Settings, world: World, *, console
         raise UsageError(f"this process group uses {world.backend} but the recipe trains on {device}: "
                          "pass the same --device on every node")
 
-    ds = load(recipe.data, label_column=recipe.label_column, standardize=recipe.standardize)
+    ds = recipe.load_data()
     splits = ds.split(recipe.val_fraction, recipe.split_seed)
     spec = ds.preprocess.fitted(splits.x_train)
     if expect_fingerprint is not None and expect_fingerprint != ds.fingerprint:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from shipyard.errors import ConfigError
 
 if TYPE_CHECKING:
-    from shipyard.data.preprocess import Standardize
+    from shipyard.data.dataset import Dataset
+    from shipyard.data.preprocess import Impute, Standardize
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("none", "cosine", "step")
@@ -22,6 +23,10 @@ class Recipe:
     data: str = "mnist-sample"
     label_column: str = "label"
     standardize: Standardize | None = None  # None: the source's default
+    task: str | None = None  # classification | regression; None: guessed from the labels (tables)
+    impute: Impute = "none"  # missing values in a table: refused (none), or mean | median | constant
+    impute_value: float = 0.0  # what `constant` puts in numeric columns
+    image: tuple[int, int] | None = None  # a table's columns are the pixels of H×W images
     val_fraction: float | None = None  # None: 0.1 with a shipped test split, else 0.2
     split_seed: int = 0
     model: str = "mlp"
@@ -49,6 +54,14 @@ class Recipe:
         _choice("device", self.device, DEVICES)
         if self.standardize is not None:
             _choice("standardize", self.standardize, ("none", "global", "feature"))
+        if self.task is not None:
+            _choice("task", self.task, ("classification", "regression"))
+        _choice("impute", self.impute, ("none", "mean", "median", "constant"))
+        if self.image is not None:
+            if not isinstance(self.image, list | tuple) or len(self.image) != 2 or \
+                    not all(isinstance(v, int) and v > 0 for v in self.image):
+                raise ConfigError("image", self.image, "HEIGHT,WIDTH: two positive integers")
+            object.__setattr__(self, "image", (int(self.image[0]), int(self.image[1])))  # a JSON list back
         _positive("batch_size", self.batch_size)
         _positive("epochs", self.epochs)
         _positive("schedule_step", self.schedule_step)
@@ -77,6 +90,19 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def load_data(self) -> Dataset:
+        """The recipe's data source, read as the recipe says (label column, task, imputation,
+        image shape, standardization): the one place every stage opens it."""
+        from dataclasses import replace as _replace
+
+        from shipyard.data import load
+
+        ds = load(self.data, label_column=self.label_column, standardize=self.standardize, impute=self.impute,
+                  image=self.image, task=self.task)
+        if self.impute == "constant" and ds.preprocess.columns is not None:
+            ds = _replace(ds, preprocess=_replace(ds.preprocess, impute_value=float(self.impute_value)))
+        return ds
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
