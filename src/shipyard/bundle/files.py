@@ -123,6 +123,11 @@ class Bundle:
         return self.meta.preprocess
 
     @property
+    def regression(self) -> bool:
+        """The graph answers values `[N, len(classes)]` (one per target), not class probabilities."""
+        return self.meta.task == "regression"
+
+    @property
     def has_weights(self) -> bool:
         return (self.path / WEIGHTS).exists()
 

@@ -26,7 +26,8 @@ from shipyard.errors import ShipyardError
 #: version 3: variants may state their batch invariance (absent: not measured, so not proven);
 #: version 4: metrics may state `holdout_accuracy`, the reference summary `held_out_rows`;
 #: version 5: tables — signature inputs of kind `column` (one per named column, `object` dtype for
-#: categorical ones: V2 BYTES) and the preprocessing spec's `columns`, `impute`, `impute_value`
+#: categorical ones: V2 BYTES) and the preprocessing spec's `columns`, `impute`, `impute_value`;
+#: `task` (absent: classification): a regression's graph answers values, not probabilities
 SCHEMA_VERSION = 5
 META = "bundle.json"
 
@@ -211,8 +212,9 @@ class BundleMeta(Record):
 
     name: str
     signature: Signature
-    classes: tuple[str, ...]
+    classes: tuple[str, ...]  # a regression: the names of its targets (one output value each)
     preprocess: PreprocessSpec | None  # None: clients send ready features
+    task: Literal["classification", "regression"] = "classification"
     schema_version: int = SCHEMA_VERSION
     created_at: str | None = None
     variant: str | None = None  # the shipped one, among `variants`
