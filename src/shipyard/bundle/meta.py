@@ -106,6 +106,7 @@ class Variant(Record):
     # max |probabilities alone − inside a batch of 2–64| on held-out inputs; None: not measured
     batch_max_diff: float | None = None
     batch_invariant: bool | None = None  # batch_max_diff ≤ 1e-6; None: not measured (not proven)
+    mae: float | None = None  # a regression's validation MAE (its `accuracy` is None)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,10 @@ class Metrics(Record):
     # retrain: the shipped variant on the recent holdout (the newest labelled production samples,
     # never trained on); apart from val_accuracy, which a shifted world can leave far above it
     holdout_accuracy: float | None = None
+    # a regression's, in the target's units (its accuracies stay None)
+    val_mae: float | None = None
+    test_mae: float | None = None
+    train_best_val_mae: float | None = None
 
 
 @dataclass(frozen=True)

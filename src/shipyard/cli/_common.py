@@ -161,11 +161,14 @@ def batch_invariance(v: dict[str, Any]) -> str:
 def variants_table(variants: list[dict[str, Any]]) -> Table:
     """The measured variants of a bundle (`optimize` and `bundle show`), relative to fp32."""
     fp32 = next((v for v in variants if v["name"] == "fp32"), variants[0])
-    t = Table("variant", "accuracy", "size", "×fp32", "p50 b=1", "b=64 /s", "×fp32", "parity", "in a batch", "")
+    regression = fp32.get("mae") is not None
+    t = Table("variant", "MAE" if regression else "accuracy", "size", "×fp32", "p50 b=1", "b=64 /s", "×fp32", "parity",
+              "in a batch", "")
     for v in variants:
         parity = (f"max diff {v['max_abs_diff']:.1e}" if v.get("max_abs_diff") is not None
                   else f"agree {v['agreement']:.1%}" if v.get("agreement") is not None else "")
-        t.add_row(v["name"], pct(v["accuracy"]), f"{v['size_bytes'] / 1024:,.0f} KiB",
+        t.add_row(v["name"], f"{v['mae']:.4g}" if regression else pct(v["accuracy"]),
+                  f"{v['size_bytes'] / 1024:,.0f} KiB",
                   f"{v['size_bytes'] / fp32['size_bytes']:.2f}", f"{v['latency_p50_ms'] * 1000:,.1f} µs",
                   f"{v['throughput_per_s']:,.0f}", f"{v['throughput_per_s'] / fp32['throughput_per_s']:.2f}",
                   parity, batch_invariance(v), "[green]chosen[/]" if v.get("chosen") else "")

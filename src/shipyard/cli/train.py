@@ -61,6 +61,7 @@ def train(
     val_fraction: Annotated[float | None, typer.Option(help="Validation share [default: 0.1 with a test split, else 0.2].")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column of a csv: or parquet: table [default: label].")] = None,
     task: Annotated[str | None, typer.Option(help="classification | regression  [default: classification for string labels or at most 20 distinct integers, else regression; printed]")] = None,
+    loss: Annotated[str | None, typer.Option(help="A regression's loss on standardized targets: mse | huber  [default: mse]. A classification uses cross-entropy.")] = None,
     impute: Annotated[str | None, typer.Option(help="Missing values in a table: none (refused, naming row and column) | mean | median | constant (numeric columns; categorical ones take their most frequent category)  [default: none]")] = None,
     impute_value: Annotated[float | None, typer.Option(help="The value --impute constant fills in [default: 0].")] = None,
     image: Annotated[str | None, typer.Option(help="HEIGHT,WIDTH: the table's columns are the pixels (0–255) of grayscale images of this size.")] = None,
@@ -90,16 +91,23 @@ def train(
             momentum=momentum, label_smoothing=label_smoothing, schedule=schedule,
             schedule_step=schedule_step, schedule_gamma=schedule_gamma, patience=patience, seed=seed,
             val_fraction=val_fraction, label_column=label_column, standardize=standardize, task=task,
-            impute=impute, impute_value=impute_value, image=parse_image(image),
+            impute=impute, impute_value=impute_value, image=parse_image(image), loss=loss,
             threads=threads, device=device, nproc=nproc, nnodes=nnodes,
         )
         if resume and like:
             raise UsageError("--resume and --like exclude each other")
         run = train_api(like=like, resume=resume, settings=settings(), progress=not quiet,
                         node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, **overrides)
-        summary = f"run [bold]{run.id}[/] {run.status}: best val_accuracy {pct(run.best_val_accuracy)} at epoch {run.best_epoch}"
-        if run.test_accuracy is not None:
-            summary += f", test_accuracy {pct(run.test_accuracy)}"
+        if run.regression:
+            mae = run.best_val_mae
+            summary = (f"run [bold]{run.id}[/] {run.status}: best val_mae {mae:.4g} at epoch {run.best_epoch}"
+                       if mae is not None else f"run [bold]{run.id}[/] {run.status}")
+            if run.test_mae is not None:
+                summary += f", test_mae {run.test_mae:.4g}"
+        else:
+            summary = f"run [bold]{run.id}[/] {run.status}: best val_accuracy {pct(run.best_val_accuracy)} at epoch {run.best_epoch}"
+            if run.test_accuracy is not None:
+                summary += f", test_accuracy {pct(run.test_accuracy)}"
         err.print(summary)
         if as_json:
             emit_json(run.to_dict())

@@ -108,20 +108,24 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
     y_val = splits.y_val
 
     weights = store.artifacts.get_bytes(run.artifacts["checkpoint"]["sha256"])
+    regression = ds.regression
     model = build_model(recipe.model, input_shape=spec.raw_shape, num_features=spec.num_features,
-                        num_classes=len(ds.classes), args=recipe.model_args)
+                        num_classes=len(ds.classes), args=recipe.model_args, regression=regression)
     model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
-    torch_val = torch_probabilities(model, x_val)
+    torch_val = torch_probabilities(model, x_val, softmax=not regression)
+    # a regression's values are compared in units of the targets' spread (parity, batch invariance)
+    scale = float(np.asarray(splits.y_train, np.float64).std()) or 1.0 if regression else None
 
     work = Path(tempfile.mkdtemp(prefix="shipyard-optimize-"))
     try:
         console.print(f"exporting run {run.id} to ONNX …")
         raw_path = work / "exported.onnx"
-        exporter = export_onnx(model, spec.num_features, raw_path)
+        exporter = export_onnx(model, spec.num_features, raw_path, softmax=not regression)
         files: dict[str, Path] = {"fp32": V.fp32_optimized(raw_path, work / "fp32.onnx")}
+        unit = scale or 1.0
         parity = {
-            "exported": check_parity(torch_val[:PARITY_SAMPLES], predict(session(raw_path), x_val[:PARITY_SAMPLES]),
-                                     "exported model"),
+            "exported": check_parity(torch_val[:PARITY_SAMPLES] / unit,
+                                     predict(session(raw_path), x_val[:PARITY_SAMPLES]) / unit, "exported model"),
         }
         if "int8-dynamic" in variants:
             files["int8-dynamic"] = V.int8_dynamic(raw_path, work / "int8-dynamic.onnx", work)
@@ -134,18 +138,25 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         probs: dict[str, np.ndarray] = {}
         for vname, path in files.items():
             console.print(f"measuring {vname} …")
-            m, p = measure(vname, path, x_val, y_val, threads=threads, seconds=bench_seconds)
+            m, p = measure(vname, path, x_val, y_val, threads=threads, seconds=bench_seconds, scale=scale)
             if vname == "fp32":
-                m.max_abs_diff = check_parity(torch_val[:PARITY_SAMPLES], p[:PARITY_SAMPLES], "fp32 variant")
+                m.max_abs_diff = check_parity(torch_val[:PARITY_SAMPLES] / unit, p[:PARITY_SAMPLES] / unit,
+                                              "fp32 variant")
             measured.append(m)
             probs[vname] = p
         for m in measured:
-            if m.name != "fp32":
+            if m.name != "fp32" and not regression:
                 m.agreement = float((probs[m.name].argmax(1) == probs["fp32"].argmax(1)).mean())
         chosen, reason = choose(measured, optimize_for, allow_batch_variance=allow_batch_variance)
         chosen.chosen = True
         console.print(f"chose [bold]{chosen.name}[/]: {reason}")
 
+        if regression:  # monitoring a regression (drift of inputs and values, realised MAE) comes later
+            meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads, exporter,
+                         parity, None, task="regression")
+            meta["lineage"].update(lineage or {})
+            meta["choice"]["allow_batch_variance"] = allow_batch_variance
+            return _write(meta, files[chosen.name], weights, None, work, dest, tarball, output), measured, reason
         ref_x, ref_probs, ref_y, ref_from = x_val, probs[chosen.name], y_val, "validation split"
         rows: dict[str, int] | None = None
         holdout_accuracy = None
@@ -191,17 +202,24 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
             meta["reference"]["held_out_rows"] = rows
         if holdout_accuracy is not None:
             meta["metrics"]["holdout_accuracy"] = holdout_accuracy
-        staging = work / "staging"
-        bundle_mod.write(staging, meta, {bundle_mod.MODEL: files[chosen.name], bundle_mod.WEIGHTS: weights,
-                                         bundle_mod.REFERENCE: ref_path})
-        if tarball:
-            bundle_mod.pack(staging, dest)
-            result = Bundle.load(dest)  # its unpacked copy goes with it (`Bundle.close`, or when collected)
-        else:  # the run's own bundle folder is ours to replace; a user's path must be new
-            result = bundle_mod.place(staging, dest, replace=output is None)
+        result = _write(meta, files[chosen.name], weights, ref_path, work, dest, tarball, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result, measured, reason
+
+
+def _write(meta: dict[str, Any], model: Path, weights: bytes, ref_path: Path | None, work: Path, dest: Path,
+           tarball: bool, output: Path | None) -> Bundle:
+    staging = work / "staging"
+    files: dict[str, Path | bytes] = {bundle_mod.MODEL: model, bundle_mod.WEIGHTS: weights}
+    if ref_path is not None:
+        files[bundle_mod.REFERENCE] = ref_path
+    bundle_mod.write(staging, meta, files)
+    if tarball:
+        bundle_mod.pack(staging, dest)
+        return Bundle.load(dest)  # its unpacked copy goes with it (`Bundle.close`, or when collected)
+    # the run's own bundle folder is ours to replace; a user's path must be new
+    return bundle_mod.place(staging, dest, replace=output is None)
 
 
 def _same_world(x_train: np.ndarray, seed: int, x: np.ndarray, probs: np.ndarray, y: np.ndarray,
@@ -229,7 +247,8 @@ def _same_world(x_train: np.ndarray, seed: int, x: np.ndarray, probs: np.ndarray
 
 def _meta(name: str, run: Run, classes: list[str], spec: PreprocessSpec, chosen: Measured,
           measured: list[Measured], reason: str, objective: str, threads: int, exporter: str,
-          parity: dict[str, float], ref_summary: dict[str, Any]) -> dict[str, Any]:
+          parity: dict[str, float], ref_summary: dict[str, Any] | None, task: str = "classification"
+          ) -> dict[str, Any]:
     inputs = bundle_mod.signature_inputs(INPUT, [spec.num_features], spec)
     versions = dict(run.library_versions or {})
     for dist in ("onnx", "onnxruntime"):
@@ -240,7 +259,8 @@ def _meta(name: str, run: Run, classes: list[str], spec: PreprocessSpec, chosen:
         "created_at": datetime.now(UTC).isoformat(),
         "signature": {
             "inputs": inputs,
-            "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": [-1, len(classes)]}],
+            "outputs": [{"name": OUTPUT if task == "classification" else "prediction", "dtype": "float32",
+                         "shape": [-1, len(classes)]}],
             "onnx_input": INPUT,
         },
         "classes": classes,
@@ -249,7 +269,9 @@ def _meta(name: str, run: Run, classes: list[str], spec: PreprocessSpec, chosen:
         "variants": [m.to_dict() for m in measured],
         "choice": {"objective": objective, "reason": reason, "threads": threads},
         "metrics": {"val_accuracy": chosen.accuracy, "test_accuracy": run.test_accuracy,
-                    "train_best_val_accuracy": run.best_val_accuracy},
+                    "train_best_val_accuracy": run.best_val_accuracy} if task == "classification" else
+                   {"val_mae": chosen.mae, "test_mae": run.test_mae, "train_best_val_mae": run.best_val_mae},
+        "task": task,
         "parity": {**parity, "tolerance": 1e-4},
         "lineage": {
             "run_id": run.id, "parent_version": None, "data_source": run.data_source,

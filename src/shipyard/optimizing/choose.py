@@ -7,6 +7,7 @@ from shipyard.optimizing.evaluate import Measured
 from shipyard.optimizing.invariance import TOLERANCE
 
 ACCURACY_TOLERANCE = 0.005  # within 0.5 point of fp32
+MAE_TOLERANCE = 0.02  # a regression: MAE within 2% of fp32's
 TIE = 0.05  # within 5% on the ranking metric: a tie, and the smaller file wins
 OBJECTIVES = ("throughput", "latency")
 
@@ -23,8 +24,15 @@ def choose(variants: list[Measured], objective: str = "throughput", *,
     fp32 = next((v for v in variants if v.name == "fp32"), None)
     if fp32 is None:
         raise UsageError("the fp32 variant is the accuracy reference; it cannot be left out")
-    floor = fp32.accuracy - ACCURACY_TOLERANCE
-    accurate = [v for v in variants if v.accuracy >= floor]
+    regression = fp32.mae is not None
+    if regression:
+        assert fp32.mae is not None
+        ceiling = fp32.mae * (1 + MAE_TOLERANCE)
+        accurate = [v for v in variants if v.mae is not None and v.mae <= ceiling]
+    else:
+        assert fp32.accuracy is not None
+        floor = fp32.accuracy - ACCURACY_TOLERANCE
+        accurate = [v for v in variants if v.accuracy is not None and v.accuracy >= floor]
     eligible = [v for v in accurate if allow_batch_variance or v.batch_invariant is True]
     variant_ones = [v for v in accurate if v not in eligible]
     if not eligible:
@@ -45,7 +53,8 @@ def choose(variants: list[Measured], objective: str = "throughput", *,
     chosen = min(ties, key=lambda v: (v.size_bytes, -score(v)))
     dropped = [v.name for v in variants if v not in accurate]
     metric = "batch-64 throughput" if objective == "throughput" else "batch-1 p50 latency"
-    reason = f"best {metric} among variants within {ACCURACY_TOLERANCE * 100:.1f} points of fp32 accuracy"
+    reason = f"best {metric} among variants " + (f"within {MAE_TOLERANCE:.0%} of fp32's MAE" if regression else
+                                                  f"within {ACCURACY_TOLERANCE * 100:.1f} points of fp32 accuracy")
     reason += ", batch-variant ones allowed" if allow_batch_variance else " that answer the same inside a batch"
     if dropped:
         reason += f" ({', '.join(dropped)} lost more accuracy)"

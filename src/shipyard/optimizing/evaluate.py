@@ -19,7 +19,7 @@ from shipyard.optimizing import invariance
 @dataclass
 class Measured:
     name: str
-    accuracy: float
+    accuracy: float | None  # None: a regression (its `mae` instead)
     size_bytes: int
     latency_p50_ms: float
     throughput_per_s: float
@@ -28,6 +28,7 @@ class Measured:
     chosen: bool = False
     batch_max_diff: float | None = None  # max |p alone − p inside a batch of 2–64| (None: not measured)
     batch_invariant: bool | None = None  # batch_max_diff ≤ invariance.TOLERANCE
+    mae: float | None = None  # a regression's mean absolute error on the validation split
 
     def measure_invariance(self, predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> None:
         """Record whether an input of `x` gets the same answer alone and inside batches."""
@@ -52,13 +53,15 @@ def predict(sess: ort.InferenceSession, x: np.ndarray, batch: int = 1024) -> np.
 
 
 def measure(name: str, path: Path, x_val: np.ndarray, y_val: np.ndarray, *, threads: int = 1,
-            seconds: float = 0.5) -> tuple[Measured, np.ndarray]:
+            seconds: float = 0.5, scale: float | None = None) -> tuple[Measured, np.ndarray]:
     """Returns the measurements (batch invariance on `x_val` included) and the variant's
-    validation probabilities."""
+    validation probabilities. `scale`: a regression's (the targets' std): its MAE is measured
+    instead of accuracy, and batch invariance in units of that scale."""
     sess = session(path, threads)
     feed = sess.get_inputs()[0].name
     probs = predict(sess, x_val)
-    accuracy = float((probs.argmax(1) == y_val).mean())
+    regression = scale is not None
+    accuracy = None if regression else float((probs.argmax(1) == y_val).mean())
     one = x_val[:1]
     batch = np.ascontiguousarray(np.resize(x_val, (64, *x_val.shape[1:])))
     for _ in range(20):
@@ -78,5 +81,9 @@ def measure(name: str, path: Path, x_val: np.ndarray, y_val: np.ndarray, *, thre
         n += 1
     throughput = n * 64 / (time.perf_counter() - t0)
     m = Measured(name, accuracy, path.stat().st_size, float(np.median(times)), throughput)
-    m.measure_invariance(lambda a: sess.run(None, {feed: a})[0], x_val)
+    if scale is not None:
+        m.mae = float(np.abs(probs - y_val.reshape(len(y_val), -1)).mean())
+        m.measure_invariance(lambda a: sess.run(None, {feed: a})[0] / scale, x_val)
+    else:
+        m.measure_invariance(lambda a: sess.run(None, {feed: a})[0], x_val)
     return m, probs

@@ -13,7 +13,9 @@ def plot_variants(measured: list[Measured], path: Path, title: str = "") -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("accuracy", "validation accuracy", 100.0, "%"), ("size_bytes", "file size", 1 / 1024, "KiB"),
+    first = ("mae", "validation MAE", 1.0, "target units") if measured and measured[0].mae is not None else \
+        ("accuracy", "validation accuracy", 100.0, "%")
+    panels = [first, ("size_bytes", "file size", 1 / 1024, "KiB"),
               ("latency_p50_ms", "p50 latency, batch 1", 1000.0, "µs"),
               ("throughput_per_s", "throughput, batch 64", 1 / 1000, "k samples/s")]
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.6), dpi=110)

@@ -156,6 +156,14 @@ def _regular(raw: Any, brackets: int) -> np.ndarray | None:
     return flat.reshape(dims) if flat.size == width * dims[-1] else None
 
 
+def encode_v1_values(form: Form, values: np.ndarray, *, model: str, version: str | None, rid: str) -> bytes:
+    """A regression's answer as TF Serving gives it: one number per instance (a list with several
+    targets) under `predictions`, or the `prediction` column for the `inputs` form."""
+    rows: Any = np.ascontiguousarray(values[:, 0] if values.shape[1] == 1 else values)
+    body = {"outputs": {"prediction": rows}} if form == "inputs" else {"predictions": rows}
+    return dumps({**body, "model_name": model, "model_version": version, "id": rid})
+
+
 def encode_v1(form: Form, labels: np.ndarray, probabilities: np.ndarray, *, model: str, version: str | None,
               rid: str) -> bytes:
     """The answer in the form TF Serving gives for the request's form: rows for `instances`,

@@ -29,7 +29,7 @@ from shipyard.monitor.predlog import PredictionLog
 from shipyard.monitor.stats import ServingStats
 from shipyard.serve.batching import INLINE_LIMIT_S, BatchConfig, Batcher, admit
 from shipyard.serve.codec import InferRequest, check_values, encode_v2
-from shipyard.serve.codec_v1 import V1Request, encode_v1
+from shipyard.serve.codec_v1 import V1Request, encode_v1, encode_v1_values
 from shipyard.serve.fleet import Fleet, Spec
 from shipyard.serve.runtime import LABEL, ModelRuntime
 from shipyard.store.engine import file_problem
@@ -180,13 +180,13 @@ class DataPlane:
             features = rt.features(tensor.name, tensor.array, checked=tensor.checked)
         else:  # a table's columns, one input each
             features = rt.table_features([(t.name, t.array) for t in request.inputs])
-        wanted = request.binary_outputs or dict.fromkeys(OUTPUTS, request.binary_default)
-        if request.binary_outputs and (unknown := [n for n in wanted if n not in OUTPUTS]):
-            raise BadRequest(f"model {rt.name!r} has no output {unknown[0]!r}; outputs: {', '.join(OUTPUTS)}")
+        names = rt.output_names
+        wanted = request.binary_outputs or dict.fromkeys(names, request.binary_default)
+        if request.binary_outputs and (unknown := [n for n in wanted if n not in names]):
+            raise BadRequest(f"model {rt.name!r} has no output {unknown[0]!r}; outputs: {', '.join(names)}")
         rid = request_id(request.id or request_id_header)
         probs = await self._predict(rt, features, rid)
-        outputs = [(out, probs if out == "probabilities" else rt.labels(probs), binary)
-                   for out, binary in wanted.items()]
+        outputs = [(out, rt.output_value(out, probs), binary) for out, binary in wanted.items()]
         v = str(rt.version)
         body, header = encode_v2(rt.name, v if rt.version is not None else None, rid, outputs)
         if version is None:
@@ -206,9 +206,11 @@ class DataPlane:
         rid = request_id(request_id_header)
         probs = await self._predict(rt, features, rid)
         self._mirror(name, rt, features, probs, rid)
-        labels = rt.labels(probs)
         version = str(rt.version) if rt.version is not None else None
-        body = encode_v1(request.form, labels, probs, model=rt.name, version=version, rid=rid)
+        if rt.regression:
+            body = encode_v1_values(request.form, probs, model=rt.name, version=version, rid=rid)
+        else:
+            body = encode_v1(request.form, rt.labels(probs), probs, model=rt.name, version=version, rid=rid)
         return Answer(body, rt.name, str(rt.version), rid, None,
                       self.proof(name, rid) if self._feedback_key else None)
 
@@ -225,7 +227,7 @@ class DataPlane:
         (through the request's label) realised accuracy; not when it is the version that answered
         (the same answers twice would count twice)."""
         table = self.fleet.served.get(name)
-        if table is None or table.shadow is None:
+        if table is None or table.shadow is None or primary.regression:  # a regression's shadow: not yet
             return
         self.shadow_stats["mirrored"] += 1
         labels = primary.labels(probs)  # only when there is a shadow to compare with

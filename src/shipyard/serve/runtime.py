@@ -52,6 +52,9 @@ class ModelRuntime:
         self.classes = np.array(bundle.classes, dtype=object)
         self.preprocess = bundle.preprocess
         self.allow_nonfinite = allow_nonfinite
+        #: a regression answers `prediction` values [N, targets]; a classification probabilities and labels
+        self.regression = bundle.regression
+        self.output_names: tuple[str, ...] = ("prediction",) if self.regression else ("probabilities", LABEL)
         sig = bundle.meta.signature
         self.onnx_input = sig.onnx_input
         self.inputs = {i.name: InputSpec(i.name, np.dtype(i.dtype).newbyteorder("="), i.shape[1:], i.kind)
@@ -164,6 +167,10 @@ class ModelRuntime:
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         return self.classes[probabilities.argmax(axis=1)]
 
+    def output_value(self, name: str, answer: np.ndarray) -> np.ndarray:
+        """One named output of the model's answer (probabilities or values, as the graph gave them)."""
+        return self.labels(answer) if name == LABEL else answer
+
     def metadata(self) -> dict[str, Any]:
         """V2 model metadata: every accepted input, and the outputs."""
         n = len(self.classes)
@@ -172,9 +179,12 @@ class ModelRuntime:
             "versions": [str(self.version)] if self.version is not None else [],
             "platform": "onnxruntime_onnx",
             "inputs": [s.to_v2() for s in self.inputs.values()],
-            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
+            "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [-1, n]}] if self.regression else
+                       [{"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
                         {"name": LABEL, "datatype": "BYTES", "shape": [-1]}],
-            "parameters": {"classes": list(self.classes), "variant": self.bundle.meta.variant,
+            "parameters": {"task": self.bundle.meta.task,
+                           "targets" if self.regression else "classes": list(self.classes),
+                           "variant": self.bundle.meta.variant,
                            "preprocess": dump(self.preprocess), **self.serving},
         }
 

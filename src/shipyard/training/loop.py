@@ -25,13 +25,13 @@ from torch import nn
 from shipyard.data import canonical
 from shipyard.errors import RunInterrupted, ShipyardError, UsageError
 from shipyard.settings import Settings
+from shipyard.training.objective import Objective, make_objective
 from shipyard.training.recipe import Recipe
 from shipyard.training.snapshot import State, checkpoint_bytes, restore, resume_path, snapshot, to_bytes, write_atomic
 from shipyard.training.tracking import Run, RunStore, utcnow
 from shipyard.training.world import World
 from shipyard.training.zoo import build_model, canonical_model, check_fits
 
-EVAL_BATCH = 4096
 PROGRESS_EVERY = 25  # batches between progress-bar updates
 
 
@@ -70,27 +70,6 @@ def make_schedule(recipe: Recipe, opt: torch.optim.Optimizer) -> Any:
         return torch.optim.lr_scheduler.StepLR(opt, step_size=recipe.schedule_step,
                                                gamma=recipe.schedule_gamma)
     return None
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> tuple[float, float]:
-    """(mean loss, accuracy) over a whole split, in large batches."""
-    sums = _eval_sums(model, x, y, loss_fn)
-    return sums[0].item() / len(x), sums[1].item() / len(x)
-
-
-@torch.inference_mode()
-def _eval_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> torch.Tensor:
-    """[summed loss, correct count] as float64, so shards' sums add up exactly."""
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
-    for i in range(0, len(x), EVAL_BATCH):
-        out = model(x[i : i + EVAL_BATCH])
-        yb = y[i : i + EVAL_BATCH]
-        loss_sum += loss_fn(out, yb) * len(yb)
-        correct += (out.argmax(1) == yb).sum()
-    return torch.stack([loss_sum.double(), correct.double()])
 
 
 @dataclass
@@ -140,6 +119,7 @@ class _Job:
     sched: Any
     gen: torch.Generator
     loss_fn: nn.Module
+    objective: Objective
     state: State
     bar: Progress
     n_used: int  # training samples used per epoch: every process gets an equal shard
@@ -234,6 +214,12 @@ def _prepare(recipe: Recipe | None, settings: Settings, world: World, *, console
         console.print(f"[yellow]warning:[/] the data behind {ds.source} changed since the run "
                       f"being replayed (fingerprint {expect_fingerprint[:12]} → {ds.fingerprint[:12]})")
 
+    if tracks:
+        console.print(f"task: {ds.task}" + (f" of {ds.classes[0]!r} (MSE/Huber on standardized targets; MAE and RMSE "
+                                             "reported)" if ds.regression else f", {len(ds.classes)} classes")
+                      + ("" if recipe.task else " (guessed from the labels; --task to choose)"
+                         if ds.preprocess.columns is not None else ""))
+
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(spec.apply(x)).to(device), torch.from_numpy(y).to(device)
 
@@ -244,7 +230,12 @@ def _prepare(recipe: Recipe | None, settings: Settings, world: World, *, console
 
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, input_shape=spec.raw_shape, num_features=spec.num_features,
-                        num_classes=len(ds.classes), args=recipe.model_args).to(device)
+                        num_classes=len(ds.classes), args=recipe.model_args, regression=ds.regression)
+    if ds.regression:
+        model.fit(splits.y_train)  # type: ignore[operator]  # TargetScale: the targets' mean and std
+    model = model.to(device)
+    objective = make_objective(model, regression=ds.regression, loss=recipe.loss,
+                               label_smoothing=recipe.label_smoothing)
     # one small batch through it now, before any run exists: a misfit is one line, not a failed run
     check_fits(model, (xva if len(xva) else xtr)[:2], len(ds.classes), recipe.model, input_shape=spec.raw_shape)
     opt = make_optimizer(recipe, model.parameters())
@@ -252,7 +243,8 @@ def _prepare(recipe: Recipe | None, settings: Settings, world: World, *, console
     n_used = len(ytr) - len(ytr) % size  # the few left over sit this epoch out
     bs = recipe.batch_size // size
     bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}"), TimeRemainingColumn(),
+                   TextColumn(f"loss {{task.fields[loss]}}  {objective.metric[:3]} {{task.fields[acc]}}"),
+                   TimeRemainingColumn(),
                    console=console, transient=True, disable=not progress)
     return _Job(recipe=recipe, world=world, console=console, progress=progress, store=store, threads=threads,
                 device=device, source=ds.source, fingerprint=ds.fingerprint, preprocess=spec.to_dict(),
@@ -260,7 +252,8 @@ def _prepare(recipe: Recipe | None, settings: Settings, world: World, *, console
                 val_shard=(xva, yva) if not world.distributed else (xva[world.rank :: size], yva[world.rank :: size]),
                 model=model, opt=opt, sched=make_schedule(recipe, opt),
                 gen=torch.Generator().manual_seed(recipe.seed),
-                loss_fn=nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing), state=State(), bar=bar,
+                loss_fn=objective.loss_fn, objective=objective,
+                state=State(best_val_accuracy=-math.inf) if ds.regression else State(), bar=bar,
                 n_used=n_used, bs=bs, batches=(n_used // size + bs - 1) // bs)
 
 
@@ -357,28 +350,28 @@ def _epoch(job: _Job, epoch: int, observer: Observer | None) -> dict[str, float]
     lr = job.opt.param_groups[0]["lr"]
     if job.sched is not None:
         job.sched.step()
-    n_used, (xva, yva), model, loss_fn = job.n_used, job.val, job.model, job.loss_fn
+    n_used, (xva, yva), model, objective = job.n_used, job.val, job.model, job.objective
     if job.world.size == 1:
-        train_loss, train_acc = loss_sum.item() / n_used, correct.item() / n_used
-        val_loss, val_acc = evaluate(model, xva, yva, loss_fn)
+        train_loss, train_score = loss_sum.item() / n_used, correct.item() / n_used
+        val = objective.named(objective.sums(model, xva, yva), len(yva))
     else:  # every process ends up with the same numbers, so they all decide alike
         sums = job.world.all_sum(torch.cat([torch.stack([loss_sum.double(), correct.double()]),
-                                            _eval_sums(model, *job.val_shard, loss_fn)]))
-        train_loss, train_acc = sums[0].item() / n_used, sums[1].item() / n_used
-        val_loss, val_acc = sums[2].item() / len(yva), sums[3].item() / len(yva)
+                                            objective.sums(model, *job.val_shard)]))
+        train_loss, train_score = sums[0].item() / n_used, sums[1].item() / n_used
+        val = objective.named(sums[2:], len(yva))
     dt = time.perf_counter() - t0
-    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-        raise ShipyardError(f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} "
+    if not (math.isfinite(train_loss) and math.isfinite(val["loss"])):
+        raise ShipyardError(f"the loss became {train_loss if not math.isfinite(train_loss) else val['loss']} "
                             f"in epoch {epoch}; training diverged (try a lower --lr)")
-    return {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-            "val_accuracy": val_acc, "lr": lr, "epoch_time_s": dt, "samples_per_s": n_used / dt}
+    return {"train_loss": train_loss, f"train_{objective.metric}": train_score,
+            **{f"val_{k}": v for k, v in val.items()}, "lr": lr, "epoch_time_s": dt, "samples_per_s": n_used / dt}
 
 
 def _train_pass(job: _Job, epoch: int, observer: Observer | None) -> tuple[torch.Tensor, torch.Tensor]:
     """This process's shard of a fresh permutation, batch by batch: (summed loss, correct count),
     kept on the device. The loop reads locals only, like a hand-written one."""
     world, recipe, device = job.world, job.recipe, job.device
-    net, model, opt, loss_fn = job.net, job.model, job.opt, job.loss_fn
+    net, model, opt, loss_fn, score = job.net, job.model, job.opt, job.loss_fn, job.objective.batch_score
     assert net is not None
     xtr, ytr = job.train
     size, bs, batches, stop = world.size, job.bs, job.batches, job.stop
@@ -392,7 +385,7 @@ def _train_pass(job: _Job, epoch: int, observer: Observer | None) -> tuple[torch
     if observer is not None:
         observer.epoch_start(EpochStart(epoch, model, opt, loss_fn, shard, xtr[shard[:bs]], ytr[shard[:bs]]))
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    correct = torch.zeros((), dtype=torch.float64 if job.objective.regression else torch.long, device=device)
     for b in range(batches):
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
@@ -404,20 +397,22 @@ def _train_pass(job: _Job, epoch: int, observer: Observer | None) -> tuple[torch
         loss.backward()
         opt.step()
         loss_sum.add_(loss.detach(), alpha=len(idx))
-        correct += (out.argmax(1) == yb).sum()
+        correct += score(out.detach(), yb)
         if progress and b % PROGRESS_EVERY == PROGRESS_EVERY - 1:
             bar.update(task, advance=PROGRESS_EVERY, loss=f"{loss.item():.4f}",
-                       acc=f"{correct.item() / min(shard_n, (b + 1) * bs):.2%}")
+                       acc=job.objective.shown(correct.item() / min(shard_n, (b + 1) * bs)))
     return loss_sum, correct
 
 
 def _end_epoch(job: _Job, epoch: int, metrics: dict[str, float]) -> bool:
     """Keep the epoch: the best validation accuracy so far, and on the tracker the metrics, the
     best checkpoint, the resume snapshot and TensorBoard. True when early stopping ends the run."""
-    state, recipe, store = job.state, job.recipe, job.store
-    improved = metrics["val_accuracy"] > state.best_val_accuracy
+    state, recipe, store, objective = job.state, job.recipe, job.store, job.objective
+    metric = objective.metric
+    score = metrics[f"val_{metric}"] if not objective.regression else -metrics["val_mae"]  # higher is better
+    improved = score > state.best_val_accuracy
     if improved:
-        state.best_val_accuracy, state.best_epoch, state.bad_epochs = metrics["val_accuracy"], epoch, 0
+        state.best_val_accuracy, state.best_epoch, state.bad_epochs = score, epoch, 0
     else:
         state.bad_epochs += 1
     state.epoch = epoch
@@ -428,18 +423,19 @@ def _end_epoch(job: _Job, epoch: int, metrics: dict[str, float]) -> bool:
         store.log_epoch(job.run_id, epoch, metrics,
                         {"checkpoint": to_bytes(job.model.state_dict())} if improved else None,
                         epochs_run=epoch, best_epoch=state.best_epoch,
-                        best_val_accuracy=state.best_val_accuracy)
+                        best_val_accuracy=state.best_val_accuracy if not objective.regression else None)
         write_atomic(resume_path(job.run_dir), to_bytes(snapshot(job.model, job.opt, job.sched, job.gen, state)))
         for k, v in metrics.items():
             job.writer.add_scalar(_tb_tag(k), v, epoch)
         job.writer.flush()
     dt = metrics["epoch_time_s"]
     job.console.print(
-        f"epoch {epoch:>3}/{recipe.epochs}  loss {metrics['train_loss']:.4f}  acc {metrics['train_accuracy']:.2%}  "
-        f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_accuracy']:.2%}{' *' if improved else '  '}  "
+        f"epoch {epoch:>3}/{recipe.epochs}  loss {metrics['train_loss']:.4f}  {metric[:3]} "
+        f"{objective.shown(metrics[f'train_{metric}'])}  val_loss {metrics['val_loss']:.4f}  val_{metric[:3]} "
+        f"{objective.shown(metrics[f'val_{metric}'])}{' *' if improved else '  '}  "
         f"{dt:.1f}s  {job.n_used / dt:,.0f} samples/s", highlight=False)
     if recipe.patience is not None and state.bad_epochs >= recipe.patience:
-        job.console.print(f"early stop: no val_accuracy gain in {recipe.patience} epochs")
+        job.console.print(f"early stop: no val_{metric} gain in {recipe.patience} epochs")
         return True
     return False
 
@@ -453,8 +449,13 @@ def _finish(job: _Job) -> None:
     if job.test is not None:
         assert job.writer is not None
         job.model.load_state_dict(torch.load(io.BytesIO(checkpoint_bytes(store, job.run_id)), weights_only=True))
-        _, test_acc = evaluate(job.model, job.test[0], job.test[1], job.loss_fn)
-        job.writer.add_scalar("test/accuracy", test_acc, job.state.best_epoch or 0)
+        test = job.objective.evaluate(job.model, job.test[0], job.test[1])
+        metric, step = job.objective.metric, job.state.best_epoch or 0
+        job.writer.add_scalar(f"test/{metric}", test[metric], step)
+        if job.objective.regression:  # kept with the run's metrics (no column of its own)
+            store.log_metrics(job.run_id, step, {"test_mae": test["mae"], "test_rmse": test["rmse"]})
+        else:
+            test_acc = test[metric]
     store.update(job.run_id, status="finished", ended_at=utcnow(), test_accuracy=test_acc)
 
 

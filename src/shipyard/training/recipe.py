@@ -27,6 +27,7 @@ class Recipe:
     impute: Impute = "none"  # missing values in a table: refused (none), or mean | median | constant
     impute_value: float = 0.0  # what `constant` puts in numeric columns
     image: tuple[int, int] | None = None  # a table's columns are the pixels of H×W images
+    loss: str | None = None  # a regression's: mse | huber (on standardized targets); None: mse
     val_fraction: float | None = None  # None: 0.1 with a shipped test split, else 0.2
     split_seed: int = 0
     model: str = "mlp"
@@ -57,6 +58,8 @@ class Recipe:
         if self.task is not None:
             _choice("task", self.task, ("classification", "regression"))
         _choice("impute", self.impute, ("none", "mean", "median", "constant"))
+        if self.loss is not None:
+            _choice("loss", self.loss, ("mse", "huber"))
         if self.image is not None:
             if not isinstance(self.image, list | tuple) or len(self.image) != 2 or \
                     not all(isinstance(v, int) and v > 0 for v in self.image):

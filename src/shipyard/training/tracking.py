@@ -66,6 +66,23 @@ class Run:
         return str(Path(self.run_dir) / "tensorboard") if self.run_dir else None
 
     @property
+    def regression(self) -> bool:
+        return "val_mae" in self.metrics
+
+    @property
+    def best_val_mae(self) -> float | None:
+        """A regression's validation MAE at its best epoch (None: a classification)."""
+        maes = self.metrics.get("val_mae")
+        if not maes or self.best_epoch is None or self.best_epoch > len(maes):
+            return None
+        return maes[self.best_epoch - 1]
+
+    @property
+    def test_mae(self) -> float | None:
+        maes = self.metrics.get("test_mae")
+        return maes[-1] if maes else None
+
+    @property
     def duration_s(self) -> float | None:
         if self.started_at is None:
             return None
@@ -80,6 +97,8 @@ class Run:
             "error": self.error,
             "best_val_accuracy": self.best_val_accuracy,
             "test_accuracy": self.test_accuracy,
+            "best_val_mae": self.best_val_mae,
+            "test_mae": self.test_mae,
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
             "checkpoint": self.checkpoint,
@@ -151,6 +170,16 @@ class RunStore:
                     run_id=run_id, name=name, sha256=sha, size_bytes=size, created_at=now))
             conn.execute(runs.update().where(runs.c.id == run_id).values(
                 heartbeat_at=now, **run_values))
+
+    def log_metrics(self, run_id: str, step: int, values: dict[str, float]) -> None:
+        """Metrics that belong to no epoch's set (a regression's test MAE at the best epoch):
+        written beside that step's others, replacing only the same keys."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(run_metrics.delete().where(run_metrics.c.run_id == run_id, run_metrics.c.step == step,
+                                                    run_metrics.c.key.in_(list(values))))
+            conn.execute(run_metrics.insert(), [{"run_id": run_id, "key": k, "step": step, "value": float(v),
+                                                 "at": now} for k, v in values.items()])
 
     def put_artifact(self, run_id: str, name: str, data: bytes) -> str:
         """Store bytes in the artifact store and point the run's `name` at them. Blobs are

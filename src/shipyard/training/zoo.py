@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from shipyard.errors import ConfigError, ShipyardError, UsageError
+from shipyard.training.objective import TargetScale
 
 
 class MLP(nn.Module):
@@ -77,7 +78,8 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
 }
 
 def build_model(name: str, *, input_shape: Sequence[int], num_classes: int,
-                args: dict[str, Any] | None = None, num_features: int | None = None) -> nn.Module:
+                args: dict[str, Any] | None = None, num_features: int | None = None,
+                regression: bool = False) -> nn.Module:
     """Build a zoo model by name, or call a user factory `package.module:callable` or
     `path/to/file.py:callable` (a module in the current directory or a file is found without
     PYTHONPATH). A factory gets these keyword arguments, each only if its signature names it (or
@@ -110,7 +112,7 @@ def build_model(name: str, *, input_shape: Sequence[int], num_classes: int,
                          "or path/to/file.py:factory")
     if not isinstance(model, nn.Module):
         raise UsageError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+    return TargetScale(model, num_classes) if regression else model  # a regression answers in target units
 
 
 def canonical_model(name: str) -> str:

@@ -1,0 +1,106 @@
+"""Regression end to end with real processes, on scikit-learn's diabetes data (real, shipped in
+the package): the task is guessed and printed, MAE and RMSE are tracked per epoch, optimize keeps
+its contract in MAE terms (a variant within 2% of fp32's MAE), the bundle answers `prediction`
+values in the target's units, and the served answers equal the bundle's offline ones."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from shipyard.bundle import Bundle
+from shipyard.settings import Settings
+from shipyard.training import RunStore
+
+from ..conftest import run_cli
+from ..serving import Server, serve, server_env
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def diabetes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Bundle, dict, Path]]:  # type: ignore[type-arg]
+    tmp = tmp_path_factory.mktemp("regression")
+    home = tmp / "home"
+    env = server_env(home)
+    trained = run_cli(["train", "--data", "sklearn:diabetes", "--epochs", "40", "--loss", "huber", "--json"], env)
+    assert "task: regression of 'target'" in trained.stderr and "guessed from the labels" in trained.stderr
+    run = json.loads(trained.stdout.strip().splitlines()[-1])
+    bundle_path = tmp / "diabetes.tar.gz"
+    run_cli(["optimize", run["run_id"], "--name", "diabetes", "-o", str(bundle_path), "--bench-seconds", "0.05"], env)
+    run_cli(["models", "register", str(bundle_path), "--alias", "production"], env)
+    bundle = Bundle.load(bundle_path)
+    with serve(home, "diabetes") as server:
+        yield server, bundle, run, home
+
+
+def test_a_run_tracks_mae_and_rmse(diabetes: tuple[Server, Bundle, dict, Path]) -> None:  # type: ignore[type-arg]
+    _, _, run, home = diabetes
+    assert run["best_val_accuracy"] is None and run["test_accuracy"] is None
+    stored = RunStore(Settings(home=home)).get(run["run_id"])
+    maes, rmses = stored.metrics["val_mae"], stored.metrics["val_rmse"]
+    assert len(maes) == len(rmses) == 40 and "train_mae" in stored.metrics
+    assert run["best_val_mae"] == pytest.approx(min(maes)) and stored.best_epoch == maes.index(min(maes)) + 1
+    assert all(r >= m for r, m in zip(rmses, maes, strict=True))  # RMSE ≥ MAE, always
+    y = __import__("sklearn.datasets", fromlist=["load_diabetes"]).load_diabetes().target
+    assert run["best_val_mae"] < 0.75 * float(np.abs(y - y.mean()).mean())  # it learned: beats the mean's MAE
+
+
+def test_optimize_keeps_its_contract_in_mae(diabetes: tuple[Server, Bundle, dict, Path]) -> None:  # type: ignore[type-arg]
+    _, bundle, run, _ = diabetes
+    meta = bundle.meta
+    assert meta.task == "regression" and bundle.classes == ["target"]
+    assert [o.name for o in meta.signature.outputs] == ["prediction"]
+    fp32 = next(v for v in meta.variants if v.name == "fp32")
+    assert fp32.mae is not None and fp32.accuracy is None
+    chosen = next(v for v in meta.variants if v.name == meta.variant)
+    assert chosen.mae is not None and chosen.mae <= fp32.mae * 1.02
+    assert meta.metrics.val_mae == chosen.mae and meta.metrics.train_best_val_mae == pytest.approx(run["best_val_mae"])
+    assert "within 2% of fp32's MAE" in (meta.choice.reason if meta.choice else "")
+
+
+def test_served_values_equal_offline_ones(diabetes: tuple[Server, Bundle, dict, Path]) -> None:  # type: ignore[type-arg]
+    from sklearn.datasets import load_diabetes
+
+    server, bundle, _, _ = diabetes
+    data = load_diabetes(as_frame=True)
+    x = data.data.to_numpy(np.float32)[:100]
+    spec = bundle.preprocess
+    assert spec is not None
+    sess = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
+    offline = sess.run(None, {bundle.meta.signature.onnx_input: spec.apply(x)})[0]
+    meta = httpx.get(f"{server.base}/v2/models/diabetes", timeout=10).json()
+    assert meta["outputs"] == [{"name": "prediction", "datatype": "FP32", "shape": [-1, 1]}]
+    assert meta["parameters"]["task"] == "regression" and meta["parameters"]["targets"] == ["target"]
+    columns = [{"name": c, "datatype": "FP32", "shape": [len(x)], "data": x[:, j].tolist()}
+               for j, c in enumerate(data.data.columns)]
+    v2 = httpx.post(f"{server.base}/v2/models/diabetes/infer", json={"inputs": columns}, timeout=30)
+    assert v2.status_code == 200, v2.text
+    (out,) = v2.json()["outputs"]
+    assert out["name"] == "prediction" and out["shape"] == [100, 1]
+    np.testing.assert_allclose(np.array(out["data"], np.float32).reshape(100, 1), offline, rtol=1e-6, atol=1e-4)
+    v1 = httpx.post(f"{server.base}/v1/models/diabetes:predict", json={"instances": x.tolist()}, timeout=30)
+    assert v1.status_code == 200, v1.text
+    np.testing.assert_allclose(np.array(v1.json()["predictions"], np.float32), offline[:, 0], rtol=1e-6, atol=1e-4)
+    asked = httpx.post(f"{server.base}/v2/models/diabetes/infer", json={
+        "inputs": columns, "outputs": [{"name": "label"}]}, timeout=30)
+    assert asked.status_code == 400 and "has no output 'label'; outputs: prediction" in asked.json()["error"]
+
+
+def test_task_can_be_forced_and_is_checked(tmp_path: Path) -> None:
+    env = server_env(tmp_path / "home")
+    csv = tmp_path / "d.csv"
+    csv.write_text("a,b,label\n" + "".join(f"{i % 7},{(i * 3) % 5},{'yes' if i % 2 else 'no'}\n" for i in range(60)))
+    refused = run_cli(["train", "--data", f"csv:{csv}", "--task", "regression", "--epochs", "1", "-q"], env,
+                      check=False)
+    assert refused.returncode == 1 and "a regression target must be a number, got 'no'" in refused.stderr
+    wrong = run_cli(["train", "--data", "mnist-sample", "--task", "regression", "--epochs", "1", "-q"], env,
+                    check=False)
+    assert wrong.returncode == 2 and "a regression needs a table" in wrong.stderr
+    assert "Traceback" not in refused.stderr + wrong.stderr
