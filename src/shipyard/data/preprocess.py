@@ -276,7 +276,8 @@ def _encode_column(c: Column, v: np.ndarray) -> np.ndarray:
             return np.array([np.nan if e is None else float(e) for e in v], dtype=np.float32)
         except (TypeError, ValueError):
             bad = next(e for e in v if e is not None and not _is_number(e))
-            raise UsageError(f"column {c.name!r} is numeric; got {bad!r}") from None
+            shown = str(bad) if isinstance(bad, str) else bad
+            raise UsageError(f"column {c.name!r} is numeric; got {shown!r}") from None
     if v.dtype.kind in "fiu":
         if v.dtype.kind == "f" and np.isnan(v).all():
             return v.astype(np.float32)
@@ -291,7 +292,8 @@ def _encode_column(c: Column, v: np.ndarray) -> np.ndarray:
         code = index.get(key) if isinstance(key, str) else None
         if code is None:
             known = ", ".join(repr(k) for k in c.categories[:8]) + (", …" if len(c.categories) > 8 else "")
-            raise UsageError(f"column {c.name!r}: row {i} holds {e!r}, not one of the categories training saw "
+            raise UsageError(f"column {c.name!r}: row {i} holds {key if not isinstance(key, str) else str(key)!r}, "
+                             "not one of the categories training saw "
                              f"({known})")
         out[i] = code
     return out

@@ -14,7 +14,7 @@ import numpy as np
 
 from shipyard.data._idx import read_idx
 from shipyard.data.dataset import Dataset
-from shipyard.data.preprocess import STANDARDIZE_CHOICES, Impute, PreprocessSpec, Standardize
+from shipyard.data.preprocess import IMPUTE_CHOICES, STANDARDIZE_CHOICES, Column, Impute, PreprocessSpec, Standardize
 from shipyard.data.tabular import SKLEARN, sklearn_dataset, table
 from shipyard.errors import ConfigError, DataError, UsageError
 
@@ -181,7 +181,8 @@ def idx(directory: Path) -> Dataset:
 
 def npz(path: Path) -> Dataset:
     """A Keras-style `mnist.npz`: `x_train`, `y_train`, and optionally `x_test`, `y_test` and
-    `classes` (names)."""
+    `classes` (names); `table` (JSON: `columns`, `impute`, `impute_value`) makes the arrays a
+    table's raw rows with those columns (what retraining a table model writes)."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -213,7 +214,37 @@ def npz(path: Path) -> Dataset:
         if names.dtype.kind not in "US" or names.ndim != 1 or len(names) < num_classes:
             raise DataError(path, f"classes must be a 1-d array of at least {num_classes} names")
         classes = [str(c) for c in names]
-    return Dataset(f"npz:{path}", x, y, classes, _spec_for(x), arrays.get("x_test"), y_test, origin=str(path))
+    spec = _spec_for(x) if "table" not in arrays else _table_spec(path, arrays["table"], x)
+    return Dataset(f"npz:{path}", x, y, classes, spec, arrays.get("x_test"), y_test, origin=str(path))
+
+
+def _table_spec(path: Path, doc: np.ndarray, x: np.ndarray) -> PreprocessSpec:
+    import json
+
+    try:
+        table = json.loads(str(doc))
+        columns = tuple(Column(c["name"], c["kind"], tuple(c.get("categories", ()))) for c in table["columns"])
+        impute = table.get("impute", "none")
+        if impute not in IMPUTE_CHOICES:
+            raise ValueError(f"impute {impute!r}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(path, f"'table' is not a table description ({e})") from None
+    if x.ndim != 2 or x.shape[1] != len(columns):
+        raise DataError(path, f"x_train has shape {list(x.shape)}, the table {len(columns)} columns")
+    return PreprocessSpec(raw_shape=(len(columns),), raw_dtype="float32", scale=1.0, flatten=True,
+                          standardize=table.get("standardize", "feature"), columns=columns, impute=impute,
+                          impute_value=float(table.get("impute_value", 0.0)))
+
+
+def table_description(spec: PreprocessSpec) -> np.ndarray:
+    """What `npz` reads back as `table`: a table spec's columns and policies (JSON, no pickle)."""
+    import json
+
+    assert spec.columns is not None
+    return np.array(json.dumps({"columns": [{"name": c.name, "kind": c.kind, "categories": list(c.categories)}
+                                            for c in spec.columns],
+                                "impute": spec.impute, "impute_value": spec.impute_value,
+                                "standardize": spec.standardize}))
 
 
 def csv(path: Path, *, label_column: str = "label", impute: Impute = "none",

@@ -111,6 +111,10 @@ def retrain(name: str, *, registry: Registry | None = None, settings: Settings |
     }
     if original.x_test is not None and original.y_test is not None:
         arrays["x_test"], arrays["y_test"] = original.x_test, original.y_test
+    if spec.columns is not None:  # a table stays one: the same named columns for its clients
+        from shipyard.data.sources import table_description
+
+        arrays["table"] = table_description(spec)
     np.savez(work / "data.npz", allow_pickle=False, **arrays)  # numeric arrays only: never pickle
 
     busy = server_running(home)
