@@ -464,7 +464,9 @@ class Client:
         items = []
         for i, (rid, label) in enumerate(zip(id_list, label_list, strict=True)):
             item: dict[str, Any] = {"id": str(rid), "label": label.item() if isinstance(label, np.generic) else label}
-            token = tokens[i] if tokens is not None else self._tokens.get(str(rid))
+            # an instance `ID/j` of a request of several is proven by its request's token
+            token = tokens[i] if tokens is not None else \
+                self._tokens.get(str(rid)) or self._tokens.get(str(rid).rpartition("/")[0])
             if token is not None:
                 item["token"] = token
             items.append(item)

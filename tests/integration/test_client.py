@@ -303,3 +303,8 @@ def test_feedback_token_is_sent_back(optimized: Optimized, tmp_path: Path, image
                 other.feedback("digits", p.instance_ids, ["5"])  # never saw the answer
             assert e.value.status == 403
             assert other.feedback("digits", p.instance_ids, ["5"], tokens=[p.feedback_token]).accepted == 1
+        several = c.predict("digits", images[:3])  # instances ID/0, ID/1, ID/2: the request's token proves each
+        assert several.instance_ids == [f"{several.request_id}/{j}" for j in range(3)]
+        assert c.feedback("digits", several, ["5", "0", "4"]).accepted == 3
+        with Client(srv.base) as other, pytest.raises(AuthError):  # another answer's token proves nothing
+            other.feedback("digits", [f"{p.request_id}/0"], ["5"], tokens=[several.feedback_token or ""])

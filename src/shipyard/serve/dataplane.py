@@ -214,6 +214,14 @@ class DataPlane:
         return Answer(body, rt.name, str(rt.version), rid, None,
                       self.proof(name, rid) if self._feedback_key else None)
 
+    def _proves(self, name: str, item_id: str, token: str) -> bool:
+        """Whether `token` is the answer's proof for a label's id: the request's own, or (an
+        instance `ID/j` of a request of several) its request's, which the answer carried."""
+        if hmac.compare_digest(token, self.proof(name, item_id)):
+            return True
+        rid, sep, j = item_id.rpartition("/")
+        return bool(sep and rid and j.isdigit()) and hmac.compare_digest(token, self.proof(name, rid))
+
     def proof(self, name: str, rid: str) -> str:
         """The feedback token of one answer: only who saw the answer can label it."""
         assert self._feedback_key is not None
@@ -280,7 +288,7 @@ class DataPlane:
                 raise BadRequest(f"feedback[{i}] needs a string 'id' and a 'label'")
             if self._feedback_key is not None:
                 token = item.get("token")
-                if not isinstance(token, str) or not hmac.compare_digest(token, self.proof(name, item["id"])):
+                if not isinstance(token, str) or not self._proves(name, item["id"], token):
                     refused[i] = {"id": item["id"], "status": "forbidden",
                                   "error": "this server takes a label only with the feedback token of its "
                                            "answer (the X-Feedback-Token header), as 'token'"}
