@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from shipyard.update.retrain import RetrainResult
 
 _LAZY = {"create_app": "shipyard.serve.app", "ServeConfig": "shipyard.serve.config", "Monitor": "shipyard.monitor.api",
-         "Client": "shipyard.client"}
+         "Client": "shipyard.client", "predict": "shipyard.serve.batch_predict"}
 
 
 def __getattr__(name: str) -> Any:

@@ -19,6 +19,7 @@ from shipyard.cli import (
     models,
     monitor,
     optimize,
+    predict,
     quickstart,
     retrain,
     rollout,
@@ -44,6 +45,7 @@ app.command()(optimize.optimize)
 app.command("import")(optimize.import_model)
 app.command("gc")(gc.gc)
 app.command()(serve.serve)
+app.command("predict")(predict.predict)
 app.command("trace")(trace.trace)
 app.command("retrain")(retrain.retrain)
 app.command("rollout")(rollout.rollout)
