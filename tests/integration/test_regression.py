@@ -104,3 +104,25 @@ def test_task_can_be_forced_and_is_checked(tmp_path: Path) -> None:
                     check=False)
     assert wrong.returncode == 2 and "a regression needs a table" in wrong.stderr
     assert "Traceback" not in refused.stderr + wrong.stderr
+
+
+def test_predict_writes_values_for_a_file(diabetes: tuple[Server, Bundle, dict, Path], tmp_path: Path) -> None:  # type: ignore[type-arg]
+    """`shipyard predict` on a CSV with a regression: one `prediction` column, the target ignored."""
+    import pandas as pd
+    from sklearn.datasets import load_diabetes
+
+    _, bundle, _, home = diabetes
+    frame = load_diabetes(as_frame=True).frame
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    done = run_cli(["predict", "diabetes@production", str(tmp_path / "rows.csv"), "-o", str(tmp_path / "out.csv"),
+                    "--json"], server_env(home))
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["rows"] == len(frame) and info["version"] == 1 and info["ignored_columns"] == ["target"]
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out.columns) == ["row_id", "prediction", "version"]
+    spec = bundle.preprocess
+    assert spec is not None
+    sess = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
+    offline = sess.run(None, {bundle.meta.signature.onnx_input: spec.apply(
+        frame.drop(columns="target").to_numpy(np.float32))})[0][:, 0]
+    np.testing.assert_allclose(out["prediction"].to_numpy(np.float32), offline, rtol=1e-6, atol=1e-4)

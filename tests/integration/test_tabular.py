@@ -33,6 +33,7 @@ def wine_table() -> pd.DataFrame:
     bunch = load_wine(as_frame=True)
     df = bunch.frame.drop(columns=["od280/od315_of_diluted_wines", "proanthocyanins"])
     df["region"] = np.where(df["hue"] > 1.0, "north", np.where(df["hue"] > 0.75, "centre", "south"))
+    df["strong"] = df["alcohol"] > 13.0  # a boolean column: categorical, 'False' and 'True'
     df["cultivar"] = np.asarray(bunch.target_names)[df.pop("target")]
     rng = np.random.default_rng(7)
     holes = rng.choice(len(df), 12, replace=False)
@@ -81,7 +82,7 @@ def columns_json(df: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for name in df.columns:
         col = df[name]
-        if col.dtype.kind in "fi":
+        if col.dtype.kind in "fi" and col.dtype != bool:
             out.append({"name": name, "datatype": "FP32", "shape": [len(df)], "data": col.astype(float).tolist()})
         else:
             out.append({"name": name, "datatype": "BYTES", "shape": [len(df)], "data": col.astype(str).tolist()})
@@ -94,7 +95,7 @@ def test_signature_names_the_raw_columns(served: tuple[Server, Bundle, pd.DataFr
     kinds = {i["name"]: (i["datatype"], i["parameters"]["kind"]) for i in meta["inputs"]}
     features = [c for c in df.columns if c != "cultivar"]
     for name in features:
-        assert kinds[name] == ("BYTES" if name == "region" else "FP32", "column")
+        assert kinds[name] == ("BYTES" if name in ("region", "strong") else "FP32", "column")
     assert "raw" not in kinds  # a categorical column: no all-numeric raw matrix
     spec = bundle.preprocess
     assert spec is not None and spec.impute == "median"
@@ -129,6 +130,9 @@ def test_tritonclient_sends_columns_in_binary(served: tuple[Server, Bundle, pd.D
         if name == "region":
             arr = rows[name].to_numpy(dtype=object)
             t = th.InferInput(name, [len(rows)], "BYTES")
+        elif name == "strong":
+            arr = rows[name].to_numpy(dtype=bool)
+            t = th.InferInput(name, [len(rows)], "BOOL")
         else:
             arr = rows[name].to_numpy(dtype=np.float32)
             t = th.InferInput(name, [len(rows)], "FP32")
@@ -137,6 +141,21 @@ def test_tritonclient_sends_columns_in_binary(served: tuple[Server, Bundle, pd.D
     result = client.infer("wine", inputs, outputs=[th.InferRequestedOutput("probabilities", binary_data=True)])
     probs = result.as_numpy("probabilities")
     np.testing.assert_allclose(probs, offline(bundle, rows), atol=1e-6)
+
+
+def test_our_client_sends_a_dataframe(served: tuple[Server, Bundle, pd.DataFrame, Path]) -> None:
+    """`shipyard.Client.predict(dataframe)`: one input per column (FP32, BOOL, BYTES), binary by
+    default and in JSON, answered as the bundle answers offline."""
+    from shipyard import Client
+
+    server, bundle, df, _ = served
+    rows = df.drop(columns="cultivar").dropna().iloc[:25]
+    with Client(server.base) as client:
+        binary = client.predict("wine", rows)
+        as_json = client.predict("wine", rows, binary=False)
+    np.testing.assert_allclose(binary.probabilities, offline(bundle, rows), atol=1e-6)
+    np.testing.assert_array_equal(binary.probabilities, as_json.probabilities)
+    assert list(binary.labels) == list(as_json.labels) and len(binary.instance_ids) == 25
 
 
 def test_raw_v1_rows_of_a_numeric_table_are_preprocessed(tmp_path: Path) -> None:
@@ -165,7 +184,7 @@ def test_raw_v1_rows_of_a_numeric_table_are_preprocessed(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(("change", "status", "message"), [
-    (lambda ins: ins[:-1], 400, "missing column 'region'"),
+    (lambda ins: ins[:-1], 400, "missing column 'strong'"),
     (lambda ins: [*ins, {"name": "colour", "datatype": "BYTES", "shape": [2], "data": ["a", "b"]}], 400,
      "unknown column 'colour'"),
     (lambda ins: [{**i, "datatype": "BYTES", "data": ["x", "y"]} if i["name"] == "alcohol" else i for i in ins],

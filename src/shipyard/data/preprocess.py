@@ -278,6 +278,8 @@ def _encode_column(c: Column, v: np.ndarray) -> np.ndarray:
             bad = next(e for e in v if e is not None and not _is_number(e))
             shown = str(bad) if isinstance(bad, str) else bad
             raise UsageError(f"column {c.name!r} is numeric; got {shown!r}") from None
+    if v.dtype.kind == "b":  # booleans are the categories 'False' and 'True' (as a table file reads them)
+        v = np.where(v, "True", "False")
     if v.dtype.kind in "fiu":
         if v.dtype.kind == "f" and np.isnan(v).all():
             return v.astype(np.float32)
@@ -288,7 +290,7 @@ def _encode_column(c: Column, v: np.ndarray) -> np.ndarray:
         if e is None or (isinstance(e, float) and np.isnan(e)):
             out[i] = np.nan
             continue
-        key = e.decode() if isinstance(e, bytes) else e
+        key = e.decode() if isinstance(e, bytes) else str(bool(e)) if isinstance(e, bool | np.bool_) else e
         code = index.get(key) if isinstance(key, str) else None
         if code is None:
             known = ", ".join(repr(k) for k in c.categories[:8]) + (", …" if len(c.categories) > 8 else "")
