@@ -90,7 +90,7 @@ class PredictionLog:
         features and probabilities in the same order (the batcher's hook). Requests tagged None
         (copies sent to a shadow) are not logged. A regression's answers are not logged yet: its
         monitoring (drift of inputs and values, realised MAE) is still to come."""
-        if runtime.regression:
+        if getattr(runtime, "regression", False):
             return
         if None in request_ids:
             keep = [t is not None for t in request_ids]

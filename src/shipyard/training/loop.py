@@ -215,10 +215,10 @@ def _prepare(recipe: Recipe | None, settings: Settings, world: World, *, console
                       f"being replayed (fingerprint {expect_fingerprint[:12]} → {ds.fingerprint[:12]})")
 
     if tracks:
-        console.print(f"task: {ds.task}" + (f" of {ds.classes[0]!r} (MSE/Huber on standardized targets; MAE and RMSE "
-                                             "reported)" if ds.regression else f", {len(ds.classes)} classes")
-                      + ("" if recipe.task else " (guessed from the labels; --task to choose)"
-                         if ds.preprocess.columns is not None else ""))
+        what = (f"regression of {ds.classes[0]!r}, {recipe.loss or 'mse'} loss on standardized targets, MAE and "
+                "RMSE reported" if ds.regression else f"classification, {len(ds.classes)} classes")
+        guessed = ds.preprocess.columns is not None and not recipe.task
+        console.print(f"task: {what}" + (" (guessed from the labels; --task to choose)" if guessed else ""))
 
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(spec.apply(x)).to(device), torch.from_numpy(y).to(device)
