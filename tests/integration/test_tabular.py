@@ -64,7 +64,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, B
              "--bench-seconds", "0.05"], env)
     run_cli(["models", "register", str(bundle_path), "--alias", "production"], env)
     bundle = Bundle.load(bundle_path)
-    with serve(home, "wine") as server:
+    # an all-numeric table beside it, made in this process (the CLI path is the wine model's)
+    from shipyard.optimizing import optimize
+    from shipyard.registry import Registry
+    from shipyard.settings import Settings
+    from shipyard.training import train
+
+    settings = Settings(home=home)
+    cancer_run = train(data="sklearn:breast_cancer", epochs=8, settings=settings, progress=False)
+    cancer = optimize(cancer_run, name="cancer", output=tmp / "cancer.tar.gz", variants=("fp32",),
+                      bench_seconds=0.05, settings=settings)
+    Registry(settings=settings).register(cancer.path, "cancer", alias="production")
+    with serve(home, "wine", "cancer") as server:
         yield server, bundle, df, tmp
 
 
@@ -158,25 +169,18 @@ def test_our_client_sends_a_dataframe(served: tuple[Server, Bundle, pd.DataFrame
     assert list(binary.labels) == list(as_json.labels) and len(binary.instance_ids) == 25
 
 
-def test_raw_v1_rows_of_a_numeric_table_are_preprocessed(tmp_path: Path) -> None:
+def test_raw_v1_rows_of_a_numeric_table_are_preprocessed(served: tuple[Server, Bundle, pd.DataFrame, Path]) -> None:
     """An all-numeric table takes `raw` [N, columns]; unnamed v1 rows go there too, never
     straight into the standardized features (the silent skew a user reported)."""
-    home = tmp_path / "home"
-    env = server_env(home)
-    run = run_cli(["train", "--data", "sklearn:breast_cancer", "--epochs", "15", "-q", "--json"], env)
-    run_id = json.loads(run.stdout.strip().splitlines()[-1])["run_id"]
-    run_cli(["optimize", run_id, "--name", "cancer", "-o", str(tmp_path / "b.tar.gz"), "--variants", "fp32",
-             "--bench-seconds", "0.05"], env)
-    run_cli(["models", "register", str(tmp_path / "b.tar.gz"), "--alias", "production"], env)
     from sklearn.datasets import load_breast_cancer
 
+    server = served[0]
     data = load_breast_cancer()
     x, y = data.data[:200], data.target[:200]
     names = [str(data.target_names[i]) for i in y]
-    with serve(home, "cancer") as server:
-        v1 = httpx.post(f"{server.base}/v1/models/cancer:predict", json={"instances": x.tolist()}, timeout=30)
-        v2 = httpx.post(f"{server.base}/v2/models/cancer/infer", json={"inputs": [
-            {"name": "raw", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}, timeout=30)
+    v1 = httpx.post(f"{server.base}/v1/models/cancer:predict", json={"instances": x.tolist()}, timeout=30)
+    v2 = httpx.post(f"{server.base}/v2/models/cancer/infer", json={"inputs": [
+        {"name": "raw", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}, timeout=30)
     assert v1.status_code == 200 and v2.status_code == 200, (v1.text, v2.text)
     v1_labels = [p["label"] for p in v1.json()["predictions"]]
     assert v1_labels == v2.json()["outputs"][1]["data"]
@@ -197,6 +201,8 @@ def test_raw_v1_rows_of_a_numeric_table_are_preprocessed(tmp_path: Path) -> None
      400, "input 'region' is BYTES: 'data' takes strings"),
     (lambda ins: [{**i, "shape": [3], "data": [1.0, 2.0, 3.0]} if i["name"] == "hue" else i for i in ins],
      400, "columns have different lengths"),
+    (lambda ins: [{**i, "shape": [0], "data": []} for i in ins], 400, "holds no instances"),
+    (lambda ins: [i for i in ins if i["name"] == "hue"], 400, "missing column 'alcohol'"),
 ])
 def test_bad_columns_get_a_400_naming_the_column(served: tuple[Server, Bundle, pd.DataFrame, Path], change: Any,
                                                  status: int, message: str) -> None:
@@ -206,6 +212,19 @@ def test_bad_columns_get_a_400_naming_the_column(served: tuple[Server, Bundle, p
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
     assert httpx.get(f"{server.base}/v2/health/ready", timeout=5).status_code == 200
+
+
+def test_numeric_columns_take_any_number_type(served: tuple[Server, Bundle, pd.DataFrame, Path]) -> None:
+    """FP64 or INT64 numeric columns (pandas' own types) are read as numbers, as FP32 ones are."""
+    server, bundle, df, _ = served
+    rows = df.drop(columns="cultivar").dropna().iloc[:3]
+    inputs = [{**i, "datatype": "FP64"} if i["datatype"] == "FP32" else i for i in columns_json(rows)]
+    inputs = [{**i, "datatype": "INT64", "data": [int(v) for v in i["data"]]} if i["name"] == "magnesium" else i
+              for i in inputs]  # magnesium holds whole numbers
+    r = httpx.post(f"{server.base}/v2/models/wine/infer", json={"inputs": inputs}, timeout=10)
+    assert r.status_code == 200, r.text
+    probs = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(3, -1)
+    np.testing.assert_allclose(probs, offline(bundle, rows), atol=1e-5)
 
 
 def test_binary_bytes_cut_short_is_a_400(served: tuple[Server, Bundle, pd.DataFrame, Path]) -> None:

@@ -96,6 +96,8 @@ class ModelRuntime:
         if spec is None:
             takes = " or ".join(f"{s.name!r} ({s.v2_datatype} {[-1, *s.shape]})" for s in self.inputs.values())
             raise BadRequest(f"model {self.name!r} has no input {name!r}; it takes {takes}")
+        if spec.kind == "column":  # a one-column request: the table's own checks (and number types)
+            return self.table_features([(name, array)])
         if array.dtype.newbyteorder("=") != spec.dtype:
             got = NUMPY_TO_V2.get(array.dtype.newbyteorder("="), str(array.dtype))
             raise BadRequest(f"input {name!r} must be {spec.v2_datatype}, got {got}")
@@ -103,8 +105,6 @@ class ModelRuntime:
             raise BadRequest(f"input {name!r} must have shape {[-1, *spec.shape]}, got {list(array.shape)}")
         if array.shape[0] == 0:
             raise BadRequest(f"input {name!r} holds no instances")
-        if spec.kind == "column":
-            return self.table_features([(name, array)])
         if array.dtype.kind == "f" and not self.allow_nonfinite and not checked:
             _check_floats(name, array, nan_ok=bool(self.columns) and self.preprocess is not None
                           and self.preprocess.impute != "none" and spec.kind == "raw")
@@ -136,6 +136,8 @@ class ModelRuntime:
                                  f"{', '.join(repr(c) for c in self.columns)}")
             if array.ndim not in (1, 2) or (array.ndim == 2 and array.shape[1] != 1):
                 raise BadRequest(f"column {name!r} must have shape [-1] or [-1, 1], got {list(array.shape)}")
+            if array.shape[0] == 0:
+                raise BadRequest(f"column {name!r} holds no instances")
             if column.kind == "numeric":
                 if array.dtype.kind not in "fiu":
                     got = "BYTES" if array.dtype.kind == "O" else NUMPY_TO_V2.get(array.dtype.newbyteorder("="),

@@ -218,7 +218,8 @@ def _prepare(recipe: Recipe | None, settings: Settings, world: World, *, console
         what = (f"regression of {ds.classes[0]!r}, {recipe.loss or 'mse'} loss on standardized targets, MAE and "
                 "RMSE reported" if ds.regression else f"classification, {len(ds.classes)} classes")
         guessed = ds.preprocess.columns is not None and not recipe.task
-        console.print(f"task: {what}" + (" (guessed from the labels; --task to choose)" if guessed else ""))
+        if ds.preprocess.columns is not None or ds.regression:  # a table's task is a choice: say which
+            console.print(f"task: {what}" + (" (guessed from the labels; --task to choose)" if guessed else ""))
 
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(spec.apply(x)).to(device), torch.from_numpy(y).to(device)
