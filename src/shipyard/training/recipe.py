@@ -101,8 +101,9 @@ class Recipe:
 
         from shipyard.data import load
 
+        table = self.data.partition(":")[0] in ("csv", "parquet")  # a retrain's npz of pixels is one already
         ds = load(self.data, label_column=self.label_column, standardize=self.standardize, impute=self.impute,
-                  image=self.image, task=self.task)
+                  image=self.image if table else None, task=self.task)
         if self.impute == "constant" and ds.preprocess.columns is not None:
             ds = _replace(ds, preprocess=_replace(ds.preprocess, impute_value=float(self.impute_value)))
         return ds

@@ -56,7 +56,7 @@ def offline(champion: Bundle, challenger: Bundle, recent: Labelled, original: Da
 def champion_data(registry: Registry, name: str, champion: ModelVersion, bundle: Bundle, data: str | None = None
                   ) -> tuple[Dataset, dict[str, Any], str]:
     """The champion's original dataset, recipe and source (`data` overrides the source)."""
-    from shipyard.data import load
+    from shipyard.training.recipe import Recipe
 
     lineage = bundle.meta.lineage
     recipe = lineage.recipe
@@ -65,9 +65,8 @@ def champion_data(registry: Registry, name: str, champion: ModelVersion, bundle:
     source = data or lineage.data_source or recipe.get("data")
     if not isinstance(source, str):
         raise UsageError(f"{champion.ref} records no training data source; pass --data SOURCE")
-    try:
-        original = load(source, label_column=recipe.get("label_column", "label"),
-                        standardize=recipe.get("standardize"))
+    try:  # read as the run read it: label column, task, imputation, image shape, standardization
+        original = Recipe.from_dict({**recipe, "data": source}).load_data()
     except (DataError, UsageError) as e:
         raise UsageError(f"{champion.ref} was trained on {source!r}, which cannot be read here ({e}); pass "
                          "--data SOURCE with the same classes") from None
