@@ -169,6 +169,31 @@ def test_our_client_sends_a_dataframe(served: tuple[Server, Bundle, pd.DataFrame
     assert list(binary.labels) == list(as_json.labels) and len(binary.instance_ids) == 25
 
 
+def test_v1_takes_named_columns_in_both_forms(served: tuple[Server, Bundle, pd.DataFrame, Path]) -> None:
+    """TF Serving's forms for several named inputs: rows of objects, or an object of columns;
+    null is a missing value (imputed here), answered as the bundle answers offline."""
+    server, bundle, df, _ = served
+    rows = df.drop(columns="cultivar").fillna({"region": "centre"}).iloc[:12].copy()
+    rows.loc[rows.index[2], "magnesium"] = np.nan
+    expected = offline(bundle, rows)
+    records = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+               for r in json.loads(rows.to_json(orient="records"))]
+    assert records[2]["magnesium"] is None
+    by_rows = httpx.post(f"{server.base}/v1/models/wine:predict", json={"instances": records}, timeout=10)
+    assert by_rows.status_code == 200, by_rows.text
+    np.testing.assert_allclose([p["probabilities"] for p in by_rows.json()["predictions"]], expected, atol=1e-5)
+    by_columns = httpx.post(f"{server.base}/v1/models/wine:predict", json={
+        "inputs": {k: [r[k] for r in records] for k in records[0]}}, timeout=10)
+    assert by_columns.status_code == 200, by_columns.text
+    np.testing.assert_allclose(by_columns.json()["outputs"]["probabilities"], expected, atol=1e-5)
+    ragged = httpx.post(f"{server.base}/v1/models/wine:predict", json={
+        "instances": [records[0], {k: v for k, v in records[1].items() if k != "hue"}]}, timeout=10)
+    assert ragged.status_code == 400 and "'instances'[1] must name the same columns" in ragged.json()["error"]
+    unknown = httpx.post(f"{server.base}/v1/models/wine:predict", json={
+        "instances": [{**records[0], "region": "arctic"}]}, timeout=10)
+    assert unknown.status_code == 400 and "'arctic', not one of the categories" in unknown.json()["error"]
+
+
 def test_raw_v1_rows_of_a_numeric_table_are_preprocessed(served: tuple[Server, Bundle, pd.DataFrame, Path]) -> None:
     """An all-numeric table takes `raw` [N, columns]; unnamed v1 rows go there too, never
     straight into the standardized features (the silent skew a user reported)."""

@@ -4,6 +4,9 @@
 - columnar form `{"inputs": [INSTANCE, …]}`, or `{"inputs": {"INPUT": [INSTANCE, …]}}` naming the
   input, → `{"outputs": {"label": [...], "probabilities": [[...], …]}}` (two named outputs, so
   TF Serving's object of columns).
+- a table's named columns, in either form as TF Serving takes several named inputs: rows of
+  objects `{"instances": [{"COLUMN": value, …}, …]}`, or `{"inputs": {"COLUMN": [values], …}}`;
+  values are numbers, strings or booleans, null where one is missing (`V1Request.columns`).
 
 Each answer also carries `model_name`, `model_version` and `id`. The values follow the V2 rule
 (`codec.check_values`, applied once the input is known, so one rule serves both protocols); a
@@ -35,6 +38,7 @@ class V1Request:
     array: np.ndarray
     form: Form = "instances"
     input: str | None = None  # named by `{"inputs": {"NAME": …}}`; otherwise the instance shape says which
+    columns: dict[str, np.ndarray] | None = None  # a table's named columns (then `array` is empty)
 
 
 def decode_v1(body: bytes, *, max_elements: int = MAX_ELEMENTS) -> V1Request:
@@ -58,6 +62,8 @@ def decode_v1(body: bytes, *, max_elements: int = MAX_ELEMENTS) -> V1Request:
     raw = doc[form]
     name: str | None = None
     where = f"'{form}'"
+    if (cols := _named_columns(form, raw, max_elements)) is not None:
+        return V1Request(np.zeros((0,)), form, None, cols)
     if form == "inputs" and isinstance(raw, dict):
         if len(raw) != 1:
             raise BadRequest(f"'inputs' must name exactly one input (this server's models take one), got "
@@ -65,6 +71,50 @@ def decode_v1(body: bytes, *, max_elements: int = MAX_ELEMENTS) -> V1Request:
         [(name, raw)] = raw.items()
         where = f"'inputs' {name!r}"
     return V1Request(_numbers(where, raw, max_elements, body.count(b"[")), form, name)
+
+
+def _named_columns(form: Form, raw: Any, max_elements: int) -> dict[str, np.ndarray] | None:
+    """A table's columns from rows of objects or from several named inputs (or one holding text,
+    booleans or nulls); None for anything else (arrays of numbers: an input's instances)."""
+    if form == "instances":
+        rows = raw.as_list() if hasattr(raw, "as_list") else raw
+        if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
+            return None
+        names = list(rows[0])
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or list(row) != names:
+                got = sorted(row)[:8] if isinstance(row, dict) else type(row).__name__
+                raise BadRequest(f"'instances'[{i}] must name the same columns as 'instances'[0] ({names[:8]}), "
+                                 f"got {got}")
+        values = {n: [row[n] for row in rows] for n in names}
+    elif isinstance(raw, dict) and raw:
+        values = {n: (v.as_list() if hasattr(v, "as_list") else v) for n, v in raw.items()}
+        plain = len(values) == 1 and all(isinstance(v, list) for v in values.values()) and \
+            all(isinstance(e, int | float | list) and not isinstance(e, bool)
+                for v in values.values() for e in v)
+        if plain or any(isinstance(e, list) for v in values.values() if isinstance(v, list) for e in v):
+            return None  # one input of numbers, or inputs of arrays: the columnar form of array inputs
+        for n, v in values.items():
+            if not isinstance(v, list) or not v:
+                raise BadRequest(f"'inputs' {n!r} must be a non-empty list of values")
+    else:
+        return None
+    if sum(len(v) for v in values.values()) > max_elements:
+        raise PayloadTooLarge(f"request holds more than {max_elements:,} values")
+    return {n: _column(n, v) for n, v in values.items()}
+
+
+def _column(name: str, values: list[Any]) -> np.ndarray:
+    """One named column's JSON values as an array: numbers (null: NaN, a missing value) as
+    float64, booleans as bool, anything else (text) as objects for the table's own checks."""
+    present = [v for v in values if v is not None]
+    if any(isinstance(v, list | dict) for v in present):
+        raise BadRequest(f"column {name!r} takes one value per row (a number, a string, true/false or null)")
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    if present and len(present) == len(values) and all(isinstance(v, bool) for v in present):
+        return np.array(values, dtype=bool)
+    return np.array(values, dtype=object)
 
 
 def _usual(doc: Any, body: bytes, max_elements: int) -> V1Request | None:

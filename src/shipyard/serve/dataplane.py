@@ -202,7 +202,10 @@ class DataPlane:
         if isinstance(request, np.ndarray):
             request = V1Request(request)
         rt = runtime or self.fleet.get(name, None, key)
-        features = _v1_features(rt, request.array, request.input)
+        if request.columns is not None:  # a table's named columns
+            features = rt.table_features(list(request.columns.items()))
+        else:
+            features = _v1_features(rt, request.array, request.input)
         rid = request_id(request_id_header)
         probs = await self._predict(rt, features, rid)
         self._mirror(name, rt, features, probs, rid)
