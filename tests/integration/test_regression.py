@@ -126,3 +126,41 @@ def test_predict_writes_values_for_a_file(diabetes: tuple[Server, Bundle, dict, 
     offline = sess.run(None, {bundle.meta.signature.onnx_input: spec.apply(
         frame.drop(columns="target").to_numpy(np.float32))})[0][:, 0]
     np.testing.assert_allclose(out["prediction"].to_numpy(np.float32), offline, rtol=1e-6, atol=1e-4)
+
+
+def test_true_values_come_back_as_realised_mae(diabetes: tuple[Server, Bundle, dict, Path]) -> None:  # type: ignore[type-arg]
+    """A regression's answers are logged (the value where a class's confidence goes); feedback
+    takes true values (numbers only); the evaluator's state shows the realised MAE and RMSE."""
+    from sklearn.datasets import load_diabetes
+
+    from ..waiting import wait_for
+
+    server, _, _, home = diabetes
+    data = load_diabetes()
+    x, y = data.data[:60].astype(np.float32), data.target[:60]
+    answer = httpx.post(f"{server.base}/v2/models/diabetes/infer", json={"inputs": [
+        {"name": "raw", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    rid = answer.json()["id"]
+    predicted = np.array(answer.json()["outputs"][0]["data"], np.float64)
+    items = [{"id": f"{rid}/{j}", "label": float(y[j])} for j in range(len(y))]
+    fed = httpx.post(f"{server.base}/v2/models/diabetes/feedback", json={"feedback": items}, timeout=30)
+    assert fed.status_code == 200 and fed.json()["accepted"] == 60, fed.text
+    bad = httpx.post(f"{server.base}/v2/models/diabetes/feedback",
+                     json={"feedback": [{"id": f"{rid}/0", "label": "high"}]}, timeout=30)
+    assert bad.status_code == 400 and "a regression's label is its true value, a finite number" in bad.json()["error"]
+
+    def realised() -> dict | None:  # type: ignore[type-arg]
+        shown = run_cli(["monitor", "status", "diabetes", "--json"], server_env(home), check=False)
+        if shown.returncode != 0:
+            return None
+        doc = json.loads(shown.stdout.strip().splitlines()[-1])
+        versions = doc.get("versions") or {}
+        state = next(iter(versions.values()), None) if isinstance(versions, dict) else (versions or [None])[0]
+        acc = (state or {}).get("accuracy") or {}
+        return acc if acc.get("realised_mae") is not None else None
+
+    acc = wait_for(realised, "the evaluator's realised MAE", timeout=60, interval=1)
+    assert acc["n_labels"] == 60 and acc["realised"] is None  # no accuracy for a regression
+    assert acc["realised_mae"] == pytest.approx(float(np.abs(y - predicted).mean()), rel=1e-4)
+    assert acc["realised_rmse"] == pytest.approx(float(np.sqrt(((y - predicted) ** 2).mean())), rel=1e-4)

@@ -2,20 +2,17 @@
 version's reference profile, keeps realised and estimated accuracy, and persists the result, so
 that servers, `monitor status`, the dashboard and `autopilot` all read one state.
 
-One evaluator per deployment: every server worker (and `shipyard monitor run`) runs the loop,
-but only the holder of the lease `monitor:NAME` computes; the others wait and take over within
-one lease time if the holder dies. Windows are counted in predictions (`window`, tumbling), with
-a time bound: a window that has not filled after `max_age_s` is evaluated with what it has
-(at least `min_window`), so quiet models are still watched. When traffic brings more than
-`max_windows_per_tick` windows per tick, only the newest are tested and the older rows are
-counted as skipped: at thousands of requests a second, detection latency matters, not testing
-every row.
+One evaluator per deployment: every server worker (and `shipyard monitor run`) runs the loop, but
+only the holder of the lease `monitor:NAME` computes; the others take over within one lease time
+if it dies. Windows are counted in predictions (`window`, tumbling), with a time bound: a window
+not filled after `max_age_s` is evaluated with what it has (at least `min_window`). When traffic
+brings more than `max_windows_per_tick` windows per tick, only the newest are tested and older
+rows are counted as skipped. A regression's realised accuracy is its MAE and RMSE (`feedback.mae`).
 
-Thresholds come from the bundle (calibrated when it was built for the sizes in `drift.SIZES`;
-a partly filled window uses the largest of those it reaches), else from `drift.calibrate_all`
-once per size. A version whose held-out rows are too few for the configured window is watched
-with the largest window they calibrate (its state says so). Each window also gets an accuracy
-estimate, whether to believe it (`estimate`), and the level of the drift alerts' CUSUM."""
+Thresholds come from the bundle (calibrated at build for the sizes in `drift.SIZES`; a partly
+filled window uses the largest it reaches), else from `drift.calibrate_all` once per size; too
+few held-out rows for the configured window: the largest window they calibrate (its state says
+so). Each window gets an accuracy estimate, whether to believe it (`estimate`), and the CUSUM."""
 
 from __future__ import annotations
 
@@ -97,6 +94,7 @@ class _Version:
     accuracy: dict[str, Any] = field(default_factory=lambda: {"realised": None, "n_labels": 0, "per_class": {}})
     accuracy_at: float = 0.0
     holdout_accuracy: float | None = None
+    regression: bool = False  # realised MAE instead of accuracy
     window: int = 0  # the window size this version is cut into (the configured one unless it cannot be calibrated)
     window_note: str | None = None
     level: float = 0.0  # the sequential rule's CUSUM level
@@ -212,6 +210,7 @@ class Evaluator:
             classes = list(bundle.meta.classes) if bundle is not None else []
             v = _Version(ref, err or note, classes, summary.val_accuracy if summary else None)
             v.holdout_accuracy = bundle.meta.metrics.holdout_accuracy if bundle is not None else None
+            v.regression = bundle is not None and bundle.regression
             v.window = self.config.window
             if ref is not None:
                 try:
@@ -331,8 +330,9 @@ class Evaluator:
                 windows.extend(self._windows(name, version, v, now, stale))
             if now - v.accuracy_at >= c.accuracy_every_s:
                 v.accuracy_at = now
-                v.accuracy = feedback.accuracy(self.engine, name, version=version, last=c.accuracy_last,
-                                                  classes=v.classes or None)
+                v.accuracy = feedback.mae(self.engine, name, version=version, last=c.accuracy_last) if v.regression \
+                    else feedback.accuracy(self.engine, name, version=version, last=c.accuracy_last,
+                                           classes=v.classes or None)
             states[version] = self._state(name, version, v, now)
         self._persist(name, windows, states, now)  # the windows first: alerts name them by their ids
         self._gauges(name, states)
@@ -427,7 +427,8 @@ class Evaluator:
             "accuracy": {"realised": v.accuracy.get("realised"), "estimated": last.get("estimated_accuracy"),
                          **estimate.verdict(last.get("estimate"), v.note),
                          "n_labels": v.accuracy.get("n_labels", 0), "per_class": v.accuracy.get("per_class", {}),
-                         "validation": v.val_accuracy, "holdout_accuracy": v.holdout_accuracy},
+                         "validation": v.val_accuracy, "holdout_accuracy": v.holdout_accuracy,
+                         **{k: x for k, x in v.accuracy.items() if k.startswith("realised_")}},
         }
 
     def _persist(self, name: str, windows: list[dict[str, Any]], states: dict[int, dict[str, Any]],

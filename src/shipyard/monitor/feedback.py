@@ -11,6 +11,7 @@ Model-wide figures count it once; ids of shadow answers take no label of their o
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 from shipyard.monitor.predlog import find
 from shipyard.store.schema import feedback, feedback_changes
 
-__all__ = ["SHADOW_PREFIX", "FeedbackResult", "accuracy", "changes", "label_of", "labels", "primary_id",
+__all__ = ["SHADOW_PREFIX", "FeedbackResult", "accuracy", "changes", "label_of", "labels", "mae", "primary_id",
            "record_feedback", "shadow_id", "window_accuracy"]
 log = logging.getLogger("shipyard.monitor")
 
@@ -74,23 +75,33 @@ class FeedbackResult:
 
 def record_feedback(engine: sa.Engine, model: str, classes: list[str], items: list[tuple[Any, Any]],
                     *, horizon_s: float, now: float | None = None, client: str | None = None,
-                    identity: str | None = None) -> FeedbackResult:
+                    identity: str | None = None, regression: bool = False) -> FeedbackResult:
     """Store true labels for earlier request ids of `model`. Each item is reported: accepted,
     unknown (no logged prediction with that id), late (the prediction is older than the
     horizon), or invalid (not one of the model's classes). Two labels for one id in one call:
     the last wins. A label that replaces a different earlier one is recorded in
     `feedback_changes` with `client` (the address it came from) and `identity` (how it was
     authenticated), never silently. The join with the predictions happens here, in the
-    database, so a label may reach any worker."""
+    database, so a label may reach any worker. A `regression`'s label is its true value: a
+    finite number (stored as `value`, its class index 0)."""
     now = time.time() if now is None else now
     index = {c: i for i, c in enumerate(classes)}
     results: list[dict[str, Any]] = []
     labels: dict[str, int] = {}
+    values: dict[str, float] = {}
     for rid, label in items:
         key = str(label) if isinstance(label, (str, int)) and not isinstance(label, bool) else None
+        number = isinstance(label, int | float) and not isinstance(label, bool) and math.isfinite(label)
         if isinstance(rid, str) and rid.startswith(SHADOW_PREFIX):  # labelled through the primary's id
             results.append({"id": rid, "status": "unknown", "error": f"{rid!r} is a shadow's copy of a request: "
                             f"label the request itself ({primary_id(rid)!r})"})
+        elif regression:
+            if number:
+                labels[rid], values[rid] = 0, float(label)
+                results.append({"id": rid, "status": "accepted"})
+            else:
+                results.append({"id": rid, "status": "invalid",
+                                "error": f"label {label!r}: a regression's label is its true value, a finite number"})
         elif key is None or key not in index:
             results.append({"id": rid, "status": "invalid",
                             "error": f"label {label!r} is not one of the model's classes {classes}"})
@@ -111,15 +122,19 @@ def record_feedback(engine: sa.Engine, model: str, classes: list[str], items: li
                 item["status"] = "late"
                 item["error"] = f"the prediction is older than the feedback horizon ({horizon_s / 3600:g} h)"
             else:
-                rows[rid] = {"model": model, "request_id": rid, "label": labels[rid], "ts": now}
+                rows[rid] = {"model": model, "request_id": rid, "label": labels[rid], "ts": now,
+                             "value": values.get(rid)}
         if rows:
             ids = list(rows)
             with engine.begin() as conn:
-                before = dict(conn.execute(sa.select(feedback.c.request_id, feedback.c.label).where(
-                    feedback.c.model == model, feedback.c.request_id.in_(ids))).all())
-                changes = [{"model": model, "request_id": rid, "old_label": int(before[rid]),
-                            "new_label": row["label"], "ts": now, "client": client, "identity": identity}
-                           for rid, row in rows.items() if rid in before and int(before[rid]) != row["label"]]
+                before = {r.request_id: (int(r.label), r.value) for r in conn.execute(
+                    sa.select(feedback.c.request_id, feedback.c.label, feedback.c.value).where(
+                        feedback.c.model == model, feedback.c.request_id.in_(ids)))}
+                changes = [{"model": model, "request_id": rid, "old_label": before[rid][0],
+                            "new_label": row["label"], "old_value": before[rid][1], "new_value": row["value"],
+                            "ts": now, "client": client, "identity": identity}
+                           for rid, row in rows.items()
+                           if rid in before and before[rid] != (row["label"], row["value"])]
                 conn.execute(feedback.delete().where(feedback.c.model == model, feedback.c.request_id.in_(ids)))
                 conn.execute(feedback.insert(), list(rows.values()))
                 if changes:
@@ -169,6 +184,24 @@ def accuracy(engine: sa.Engine, model: str, *, version: int | None = None, last:
         name = classes[c] if classes and c < len(classes) else str(c)
         per_class[name] = {"accuracy": float((pred[y == c] == c).mean()), "n": int((y == c).sum())}
     return {"n_labels": len(rows), "realised": float((y == pred).mean()), "per_class": per_class}
+
+
+def mae(engine: sa.Engine, model: str, *, version: int | None = None, last: int | None = None) -> dict[str, Any]:
+    """A regression's realised MAE and RMSE from its labels (true values) joined with the logged
+    values, over the `last` labelled predictions; per version as `accuracy` counts them."""
+    q = sa.select(feedback.c.request_id, feedback.c.value).where(feedback.c.model == model,
+                                                                 feedback.c.value.is_not(None))
+    with engine.connect() as conn:
+        truth = {str(rid): float(v) for rid, v in conn.execute(q)}
+    wanted = list(truth) + ([shadow_id(r) for r in truth] if version is not None else [])
+    found = find(engine, model, wanted, values=True) if truth else {}
+    rows = sorted(((ts, truth[primary_id(rid)], float(value)) for rid, (ts, value, v) in found.items()
+                   if version is None or v == version), reverse=True)[:last]
+    if not rows:
+        return {"n_labels": 0, "realised_mae": None, "realised_rmse": None}
+    err = np.array([r[1] - r[2] for r in rows])
+    return {"n_labels": len(rows), "realised_mae": float(np.abs(err).mean()),
+            "realised_rmse": float(np.sqrt((err ** 2).mean()))}
 
 
 def window_accuracy(engine: sa.Engine, model: str, windows: Sequence[Mapping[str, Any]]

@@ -88,10 +88,8 @@ class PredictionLog:
                      features: np.ndarray, probs: np.ndarray) -> None:
         """One model call: the request ids, how many instances each sent, and the batch's
         features and probabilities in the same order (the batcher's hook). Requests tagged None
-        (copies sent to a shadow) are not logged. A regression's answers are not logged yet: its
-        monitoring (drift of inputs and values, realised MAE) is still to come."""
-        if getattr(runtime, "regression", False):
-            return
+        (copies sent to a shadow) are not logged. A regression's value (its first target) is
+        logged where a class's confidence goes, its predicted class as 0."""
         if None in request_ids:
             keep = [t is not None for t in request_ids]
             if not any(keep):
@@ -258,15 +256,19 @@ class PredictionLog:
             encoded = "\n".join(rids).encode()
             proj = rt.project(feats) if getattr(rt, "project", None) else None
             version = int(rt.version or 0)
+            value = probs[:, 0] if getattr(rt, "regression", False) else None  # a regression's answer
             out.append({
                 "model": rt.name, "version": version, "ts_first": float(ts[0]), "ts_last": float(ts[-1]), "n": n,
                 "ids": ids.tobytes(), "request_ids": encoded,
                 "id_hashes": np.fromiter(map(zlib.crc32, encoded.split(b"\n")), np.uint32, n).tobytes(),
-                "ts": ts.tobytes(), "predicted": probs.argmax(axis=1).astype("<i4").tobytes(),
-                "confidence": probs.max(axis=1).astype("<f4").tobytes(), "sampled": sampled.tobytes(),
+                "ts": ts.tobytes(),
+                "predicted": (probs.argmax(axis=1) if value is None else np.zeros(n)).astype("<i4").tobytes(),
+                "confidence": (probs.max(axis=1) if value is None else value).astype("<f4").tobytes(),
+                "sampled": sampled.tobytes(),
                 "projection": proj.astype("<f2", copy=False).tobytes() if proj is not None else None,
                 "proj_dim": proj.shape[1] if proj is not None else 0,
-                "probabilities": probs.astype("<f2").tobytes() if probs.shape[1] <= MAX_LOGGED_CLASSES else None})
+                "probabilities": probs.astype("<f2").tobytes() if probs.shape[1] <= MAX_LOGGED_CLASSES and
+                value is None else None})
             ring = self._ring_share(n)
             starts = np.cumsum([0, *sizes])
             for kind, mask in (("ring", ring), ("sample", sampled)):
@@ -412,15 +414,18 @@ def first_of_each(request_ids: list[str], ts: np.ndarray) -> np.ndarray:
     return keep
 
 
-def find(engine: sa.Engine, model: str, request_ids: list[str], *, since: float | None = None
-         ) -> dict[str, tuple[float, int, int]]:
-    """request id → (time, predicted class, version) of its newest logged prediction. Scans the
-    chunks' crc32 arrays (bounded by the log's row cap) and checks each hit's id text."""
+def find(engine: sa.Engine, model: str, request_ids: list[str], *, since: float | None = None,
+         values: bool = False) -> dict[str, tuple[float, Any, int]]:
+    """request id → (time, predicted class, version) of its newest logged prediction (`values`:
+    the logged value, a regression's answer, instead of the class). Scans the chunks' crc32
+    arrays (bounded by the log's row cap) and checks each hit's id text."""
     p = prediction_chunks
     wanted = {r: zlib.crc32(r.encode()) for r in request_ids}
     hashes = np.fromiter(wanted.values(), np.uint32, len(wanted))
-    found: dict[str, tuple[float, int, int]] = {}
-    q = sa.select(p.c.id_hashes, p.c.request_ids, p.c.ts, p.c.predicted, p.c.version).where(p.c.model == model)
+    found: dict[str, tuple[float, Any, int]] = {}
+    answer, kind = (p.c.confidence, "<f4") if values else (p.c.predicted, "<i4")
+    q = sa.select(p.c.id_hashes, p.c.request_ids, p.c.ts, answer.label("answer"), p.c.version).where(
+        p.c.model == model)
     if since is not None:
         q = q.where(p.c.ts_last >= since)
     with engine.connect() as conn:
@@ -430,11 +435,11 @@ def find(engine: sa.Engine, model: str, request_ids: list[str], *, since: float 
                 continue
             rids = row.request_ids.split(b"\n")
             ts = np.frombuffer(row.ts, "<f8")
-            pred = np.frombuffer(row.predicted, "<i4")
+            pred = np.frombuffer(row.answer, kind).tolist()
             for j in hit[::-1]:  # newest first within the chunk
                 rid = rids[j].decode()
                 if rid in wanted and rid not in found:
-                    found[rid] = (float(ts[j]), int(pred[j]), int(row.version))
+                    found[rid] = (float(ts[j]), pred[j], int(row.version))
             if len(found) == len(wanted):
                 break
     return found

@@ -304,7 +304,7 @@ class DataPlane:
         def store(batch: list[tuple[Any, Any]]) -> Any:
             plog.flush()  # this worker's own recent predictions first
             return record_feedback(plog.engine, name, classes, batch, horizon_s=self.feedback_horizon_s,
-                                   client=client, identity=who)
+                                   client=client, identity=who, regression=rt.regression)
 
         result = await loop.run_in_executor(None, store, pairs)
         # another worker may not have written its log yet: look again until its flush is surely done

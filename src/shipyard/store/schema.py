@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-HEAD = "0008"
+HEAD = "0009"
 
 metadata = sa.MetaData()
 
@@ -189,6 +189,7 @@ feedback = sa.Table(
     sa.Column("request_id", sa.String(128), primary_key=True),
     sa.Column("label", sa.Integer, nullable=False),  # class index; a second label replaces the first
     sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("value", sa.Float),  # a regression's true value (0009; its `label` is 0)
     sa.Index("ix_feedback_model_ts", "model", "ts"),
 )
 
@@ -203,6 +204,8 @@ feedback_changes = sa.Table(
     sa.Column("old_label", sa.Integer, nullable=False),
     sa.Column("new_label", sa.Integer, nullable=False),
     sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("old_value", sa.Float),  # a regression's (0009)
+    sa.Column("new_value", sa.Float),
     sa.Column("client", sa.String(255)),  # the address the new label came from
     sa.Column("identity", sa.String(64)),  # bearer, feedback-token or anonymous
     sa.Index("ix_feedback_changes_model_request", "model", "request_id"),
