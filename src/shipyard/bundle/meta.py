@@ -201,7 +201,7 @@ class ReferenceSummary(Record):
     pca_components: int
     pca_explained_variance_ratio: float
     class_frequencies: tuple[float, ...]
-    val_accuracy: float
+    val_accuracy: float | None  # None: a regression's reference
     mean_confidence: float
     calibration: tuple[CalibrationBin, ...]
     val_profile_size: int | None = None  # bundles since the held-out profile

@@ -26,12 +26,21 @@ SOFTMAX_CLASSES = 32  # held-out probabilities are kept (and logged per predicti
 
 def build(x_train: np.ndarray, val_probabilities: np.ndarray, y_val: np.ndarray, *, seed: int = 0,
           sample_size: int = SAMPLE_SIZE, components: int = COMPONENTS,
-          x_val: np.ndarray | None = None) -> dict[str, np.ndarray]:
+          x_val: np.ndarray | None = None, regression: bool = False) -> dict[str, np.ndarray]:
     """x_train: preprocessed training features (flattened here); val_probabilities: the
     chosen variant's probabilities on the validation split; x_val: its preprocessed features,
     whose profile (PCA coordinates and reconstruction error) is the held-out reference that
     drift tests compare live windows with and calibrate their thresholds on (the training
-    sample is in-sample to the PCA, so its reconstruction errors are too small)."""
+    sample is in-sample to the PCA, so its reconstruction errors are too small).
+
+    A `regression` passes its values [N, targets] and true values: the first target's value
+    stands where a class's confidence goes (the confidence test then compares the distribution
+    of answers), one "class", no calibration (no accuracy to estimate); `val_targets` keeps the
+    true values."""
+    if regression:
+        y_true = np.asarray(y_val, dtype=np.float64).reshape(len(y_val), -1)[:, 0]
+        val_probabilities = np.asarray(val_probabilities, dtype=np.float32).reshape(len(y_val), -1)[:, :1]
+        y_val = np.zeros(len(y_val), dtype=np.int64)
     x_train = x_train.reshape(len(x_train), -1)
     rng = np.random.default_rng(seed)
     n = min(sample_size, len(x_train))
@@ -45,18 +54,22 @@ def build(x_train: np.ndarray, val_probabilities: np.ndarray, y_val: np.ndarray,
     variance = (s**2) / max(n - 1, 1)
     pred = val_probabilities.argmax(axis=1)
     conf = val_probabilities.max(axis=1).astype(np.float32)
+    if regression:  # no confidence bins: nothing is estimated from a regression's values
+        conf = val_probabilities[:, 0].astype(np.float32)
     edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)
     which = np.clip(np.digitize(conf, edges[1:-1]), 0, CALIBRATION_BINS - 1)
     correct = pred == y_val
-    counts = np.bincount(which, minlength=CALIBRATION_BINS)
+    counts = np.bincount(which, minlength=CALIBRATION_BINS) * (0 if regression else 1)
     hits = np.bincount(which, weights=correct, minlength=CALIBRATION_BINS)
     accuracy = np.divide(hits, counts, out=np.full(CALIBRATION_BINS, np.nan), where=counts > 0)
     classes = val_probabilities.shape[1]
     extra: dict[str, np.ndarray] = {}
     if x_val is not None:
         extra["val_profile"] = profile(mean, basis, x_val).astype(np.float16)
-    if classes <= SOFTMAX_CLASSES:  # the softmax drift test's held-out sample (the log keeps as many)
+    if classes <= SOFTMAX_CLASSES and not regression:  # the softmax test's held-out sample (as the log keeps)
         extra["val_probabilities"] = val_probabilities.astype(np.float16)
+    if regression:
+        extra["val_targets"] = y_true
     return {
         **extra,
         "schema_version": np.array(SCHEMA_VERSION),
@@ -92,7 +105,8 @@ def summary(ref: dict[str, np.ndarray]) -> dict[str, Any]:
                              for r in ref.get("drift_thresholds", [])],
         "pca_explained_variance_ratio": float(ref["pca_explained_variance"].sum() / ref["pca_total_variance"]),
         "class_frequencies": [round(float(f), 6) for f in ref["class_frequencies"]],
-        "val_accuracy": float((ref["val_predictions"] == ref["val_labels"]).mean()),
+        "val_accuracy": float((ref["val_predictions"] == ref["val_labels"]).mean())
+        if "val_targets" not in ref else None,  # a regression's: its val MAE is in the metrics
         "mean_confidence": float(ref["val_confidence"].mean()),
         "calibration": [
             {"confidence": [round(float(edges[i]), 2), round(float(edges[i + 1]), 2)],
@@ -108,6 +122,8 @@ def profile(mean: np.ndarray, components: np.ndarray, x: np.ndarray) -> np.ndarr
     centred = x.reshape(len(x), -1).astype(np.float64) - mean
     coords = centred @ components.T.astype(np.float64)
     residual = np.sqrt(np.maximum((centred**2).sum(1) - (coords**2).sum(1), 0))
+    if len(components) >= centred.shape[1]:  # the basis spans every feature (a small table): no distance
+        residual *= 0  # (rounding noise otherwise, computed differently here and in `Projection`)
     return np.column_stack([coords, residual])
 
 
@@ -130,6 +146,9 @@ class Projection:
         self.both = np.ascontiguousarray(both)
         self.offset = mean @ both[:, :-1]
         self.mean_sq = float(mean @ mean)
+        #: the basis spans every feature (a table of up to COMPONENTS features): the distance from
+        #: it is 0, and what float32 would compute is rounding noise that the drift tests would see
+        self.full_rank = both.shape[1] - 1 >= both.shape[0]
 
     @classmethod
     def load(cls, bundle: Bundle | Path) -> Projection | None:
@@ -172,7 +191,7 @@ class Projection:
             residual = np.sqrt(np.maximum(centred_sq - np.einsum("ij,ij->i", proj, proj), 0))
         out = np.empty((n, both.shape[1]), np.float32)
         out[:, :-1] = proj
-        out[:, -1] = residual
+        out[:, -1] = residual if not self.full_rank else residual * 0  # (NaN stays NaN)
         if not np.isfinite(out).all():
             self._redo_in_float64(parts, out)
         np.clip(out, -_F16_MAX, _F16_MAX, out=out)

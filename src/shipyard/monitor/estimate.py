@@ -217,3 +217,10 @@ def _weighted_ks(ref_sorted: np.ndarray, weights_sorted: np.ndarray, window: np.
         left = cw[np.searchsorted(ref_sorted[:, c], xs[:, c], side="left")]
         out[c] = max(np.abs(steps + 1 / w - right).max(), np.abs(steps - left).max())
     return out
+
+
+def unavailable(note: str | None, regression: bool = False) -> Estimate:
+    """A window with no estimate, and why (a regression is scored by its labels alone)."""
+    why = note or ("a regression has no estimated accuracy: its realised MAE comes from labels" if regression
+                   else "the bundle has no reference profile")
+    return Estimate(None, "calibrated confidence", False, why)

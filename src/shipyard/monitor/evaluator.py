@@ -214,7 +214,7 @@ class Evaluator:
             v.window = self.config.window
             if ref is not None:
                 try:
-                    v.estimator = estimate.Estimator(ref)
+                    v.estimator = None if v.regression else estimate.Estimator(ref)
                 except Exception as e:  # noqa: BLE001 - a reference without what the estimator needs
                     log.warning("monitor: %s v%d: no accuracy estimate (%s)", name, version, e)
                 if ref.largest_window < self.config.window:
@@ -392,7 +392,7 @@ class Evaluator:
         if v.estimator is not None:
             e = v.estimator.window(th, proj[sl] if proj is not None else None, pred[sl], conf[sl], tests)
         else:
-            e = estimate.Estimate(None, "calibrated confidence", False, v.note or "the bundle has no reference profile")
+            e = estimate.unavailable(v.note, v.regression)
         est = e.value
         alarm = any(t.alarm for t in tests.values())
         drift_d = {k: t.to_dict() for k, t in tests.items()}

@@ -151,12 +151,14 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         chosen.chosen = True
         console.print(f"chose [bold]{chosen.name}[/]: {reason}")
 
-        if regression:  # monitoring a regression (drift of inputs and values, realised MAE) comes later
+        if regression:  # its reference: inputs and the distribution of its answers (no accuracy to estimate)
+            ref = reference.build(x_train, probs[chosen.name], y_val, seed=recipe.seed, x_val=x_val, regression=True)
+            ref_path = _save_reference(ref, work)
             meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads, exporter,
-                         parity, None, task="regression")
+                         parity, reference.summary(ref), task="regression")
             meta["lineage"].update(lineage or {})
             meta["choice"]["allow_batch_variance"] = allow_batch_variance
-            return _write(meta, files[chosen.name], weights, None, work, dest, tarball, output), measured, reason
+            return _write(meta, files[chosen.name], weights, ref_path, work, dest, tarball, output), measured, reason
         ref_x, ref_probs, ref_y, ref_from = x_val, probs[chosen.name], y_val, "validation split"
         rows: dict[str, int] | None = None
         holdout_accuracy = None
@@ -185,13 +187,7 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
                         console.print(f"the reference stays {len(hx)} production rows: they differ from the "
                                       "original data, which would make every window of this world drift")
         ref = reference.build(x_train, ref_probs, ref_y, seed=recipe.seed, x_val=ref_x)
-        from shipyard.monitor import drift
-        from shipyard.monitor.evaluator import MonitorConfig
-
-        # the drift thresholds for the usual window sizes, so a server never calibrates them itself
-        ref["drift_thresholds"] = drift.precalibrate(ref, alpha=MonitorConfig.alpha, draws=MonitorConfig.draws)
-        ref_path = work / "reference.npz"
-        np.savez_compressed(ref_path, allow_pickle=False, **ref)  # numeric arrays only: never pickle
+        ref_path = _save_reference(ref, work)
         meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads,
                      exporter, parity, reference.summary(ref))
         meta["lineage"].update(lineage or {})
@@ -206,6 +202,18 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result, measured, reason
+
+
+def _save_reference(ref: dict[str, np.ndarray], work: Path) -> Path:
+    """`reference.npz`, with the drift thresholds for the usual window sizes (so a server never
+    calibrates them itself)."""
+    from shipyard.monitor import drift
+    from shipyard.monitor.evaluator import MonitorConfig
+
+    ref["drift_thresholds"] = drift.precalibrate(ref, alpha=MonitorConfig.alpha, draws=MonitorConfig.draws)
+    path = work / "reference.npz"
+    np.savez_compressed(path, allow_pickle=False, **ref)  # numeric arrays only: never pickle
+    return path
 
 
 def _write(meta: dict[str, Any], model: Path, weights: bytes, ref_path: Path | None, work: Path, dest: Path,
