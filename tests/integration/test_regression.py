@@ -164,3 +164,12 @@ def test_true_values_come_back_as_realised_mae(diabetes: tuple[Server, Bundle, d
     assert acc["n_labels"] == 60 and acc["realised"] is None  # no accuracy for a regression
     assert acc["realised_mae"] == pytest.approx(float(np.abs(y - predicted).mean()), rel=1e-4)
     assert acc["realised_rmse"] == pytest.approx(float(np.sqrt(((y - predicted) ** 2).mean())), rel=1e-4)
+
+
+def test_the_cli_shows_mae_and_targets(diabetes: tuple[Server, Bundle, dict, Path]) -> None:  # type: ignore[type-arg]
+    _, bundle, _, home = diabetes
+    env = server_env(home)
+    listed = run_cli(["models", "list"], env).stdout
+    assert "MAE " in listed and "diabetes" in listed
+    shown = run_cli(["bundle", "show", str(bundle.path)], env).stdout
+    assert "targets" in shown and "prediction float32 [-1, 1]" in shown

@@ -51,7 +51,8 @@ def show(
         rows = [("name", m.name), ("variant", f"{m.variant}  ({m.choice.reason if m.choice else ''})"),
                 ("inputs", "; ".join(f"{i.name} {i.dtype} {list(i.shape)}" for i in m.signature.inputs)),
                 ("outputs", "; ".join(f"{o.name} {o.dtype} {list(o.shape)}" for o in m.signature.outputs)),
-                ("classes", ", ".join(m.classes)), ("preprocess", _spec(m.preprocess)),
+                ("targets" if m.task == "regression" else "classes", ", ".join(m.classes)),
+                ("preprocess", _spec(m.preprocess)),
                 ("lineage", ", ".join(f"{k}={v}" for k, v in m.lineage.to_dict().items()
                                       if k in ("run_id", "parent_version", "data_source", "exporter"))),
                 ("reference", "none" if not m.reference else

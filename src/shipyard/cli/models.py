@@ -99,7 +99,8 @@ def list_(as_json: JsonOpt = False) -> None:
         for m in found:
             for v in reversed(m.versions):
                 t.add_row(m.name if v is m.latest else "", str(v.version), ", ".join(v.aliases), v.variant or "–",
-                          _metric("accuracy", v.metrics.get("accuracy")), size(v.size_bytes), v.run_id or "–",
+                          _metric("accuracy", v.metrics.get("accuracy")) if v.metrics.get("mae") is None
+                          else f"MAE {v.metrics['mae']:.4g}", size(v.size_bytes), v.run_id or "–",
                           when(v.to_dict()["created_at"]), v.description or "")
             if not m.versions:
                 t.add_row(m.name, "–", "", "", "", "", "", "", "(every version deleted)")
