@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 import pandas as pd
 import pytest
 
 from shipyard.bundle import Bundle
 
 from ..conftest import SHIPYARD, run_cli
+from .test_tabular import offline
 
 if TYPE_CHECKING:
     from ..conftest import Champion
@@ -58,16 +58,6 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Table:
              "--bench-seconds", "0.05"], env)
     run_cli(["models", "register", str(tmp / "wine.tar.gz"), "--alias", "production"], env)
     return env, Bundle.load(tmp / "wine.tar.gz"), df
-
-
-def offline(bundle: Bundle, df: pd.DataFrame) -> np.ndarray:
-    """The bundle's own preprocessing (`encode`, `apply`) and graph on the rows, in this process."""
-    spec = bundle.preprocess
-    assert spec is not None
-    raw = spec.encode({c.name: df[c.name].to_numpy(dtype=object if c.kind == "categorical" else np.float64)
-                       for c in spec.columns or ()})
-    sess = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {bundle.meta.signature.onnx_input: spec.apply(raw)})[0]  # type: ignore[no-any-return]
 
 
 def last_json(text: str) -> dict[str, Any]:

@@ -275,7 +275,7 @@ def _encode_column(c: Column, v: np.ndarray) -> np.ndarray:
         try:
             return np.array([np.nan if e is None else float(e) for e in v], dtype=np.float32)
         except (TypeError, ValueError):
-            bad = next(e for e in v if e is not None and not _is_number(e))
+            bad = next(e for e in v if e is not None and not is_number(e))
             shown = str(bad) if isinstance(bad, str) else bad
             raise UsageError(f"column {c.name!r} is numeric; got {shown!r}") from None
     if v.dtype.kind == "b":  # booleans are the categories 'False' and 'True' (as a table file reads them)
@@ -301,7 +301,8 @@ def _encode_column(c: Column, v: np.ndarray) -> np.ndarray:
     return out
 
 
-def _is_number(e: Any) -> bool:
+def is_number(e: Any) -> bool:
+    """Whether `float(e)` takes it (a number, or text spelling one)."""
     try:
         float(e)
     except (TypeError, ValueError):

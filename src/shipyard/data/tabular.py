@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shipyard.data.dataset import Dataset
-from shipyard.data.preprocess import Column, Impute, PreprocessSpec
+from shipyard.data.preprocess import Column, Impute, PreprocessSpec, is_number
 from shipyard.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def _labels(labels: pd.Series, where: str, task: str | None, at: Any) -> tuple[n
             else "regression"
     if task == "regression":
         if not numeric:
-            bad = next(v for v in labels if not _is_number(v))
+            bad = next(v for v in labels if not is_number(v))
             raise DataError(where, f"{at(int(np.flatnonzero((labels == bad).to_numpy())[0]))}: a regression "
                                    f"target must be a number, got {bad!r}")
         return labels.to_numpy(np.float32), [str(labels.name)], task
@@ -206,14 +206,6 @@ def _image_table(frame: pd.DataFrame, y: np.ndarray, classes: list[str], source:
                                "whole numbers 0–255")
     spec = PreprocessSpec(raw_shape=(h, w), raw_dtype="uint8", scale=1.0 / 255.0, flatten=True)
     return Dataset(source, x.astype(np.uint8).reshape(-1, h, w), y, classes, spec, origin=where)
-
-
-def _is_number(v: Any) -> bool:
-    try:
-        float(v)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 __all__ = ["MAX_CATEGORIES", "SKLEARN", "from_frame", "read_table", "sklearn_dataset", "table"]
