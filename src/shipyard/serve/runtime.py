@@ -145,9 +145,7 @@ class ModelRuntime:
                     raise BadRequest(f"column {name!r} is numeric: send FP32 (or another number type), got {got}")
                 if array.dtype.kind == "f" and not self.allow_nonfinite:
                     _check_floats(name, array.reshape(-1, 1), nan_ok=column.fill is not None, what="column")
-            elif array.dtype.kind == "b":  # a boolean column is categorical: its categories are 'False', 'True'
-                array = np.where(array, "True", "False").astype(object)
-            elif array.dtype.kind != "O":
+            elif array.dtype.kind not in "Ob":  # text, or booleans (`encode` reads them as 'False', 'True')
                 raise BadRequest(f"column {name!r} is categorical: send BYTES (strings such as "
                                  f"{column.categories[0]!r}), got {NUMPY_TO_V2.get(array.dtype.newbyteorder('='))}")
             data[name] = array.reshape(-1)
