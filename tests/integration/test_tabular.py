@@ -252,6 +252,20 @@ def test_numeric_columns_take_any_number_type(served: tuple[Server, Bundle, pd.D
     np.testing.assert_allclose(probs, offline(bundle, rows), atol=1e-5)
 
 
+def test_a_flood_of_text_elements_is_a_413(served: tuple[Server, Bundle, pd.DataFrame, Path]) -> None:
+    """Each BYTES element is a Python string decoded on the event loop: a request of tens of
+    thousands of one-letter strings is refused before they are read, and the worker serves on."""
+    server, _, _, _ = served
+    n = 70_000
+    blob = ((1).to_bytes(4, "little") + b"a") * n
+    header = json.dumps({"inputs": [{"name": "region", "datatype": "BYTES", "shape": [n],
+                                     "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    r = httpx.post(f"{server.base}/v2/models/wine/infer", content=header + blob,
+                   headers={"Inference-Header-Content-Length": str(len(header))}, timeout=10)
+    assert r.status_code == 413 and "more than 65,536 BYTES elements" in r.json()["error"]
+    assert httpx.get(f"{server.base}/v2/health/ready", timeout=5).status_code == 200
+
+
 def test_binary_bytes_cut_short_is_a_400(served: tuple[Server, Bundle, pd.DataFrame, Path]) -> None:
     server, _, df, _ = served
     rows = df.drop(columns="cultivar").dropna().iloc[:1]

@@ -47,6 +47,10 @@ NUMPY_TO_V2 = {v.newbyteorder("="): k for k, v in DATATYPES.items()}
 #: the default cap on elements in one request (64 instances of 784 floats is 50,176)
 MAX_ELEMENTS = 4_000_000
 MAX_DIMS = 32  # numpy's own limit is 64; no served model takes more than a handful
+#: the cap on BYTES elements in one request (every table column together): each is a Python
+#: string, decoded on the event loop (~0.6 µs each), so an 8 MiB body of one-letter strings
+#: would hold a worker for a second; 65,536 rows of text per request stay under 50 ms
+MAX_BYTES_ELEMENTS = 65_536
 #: simdjson's buffer type per datatype: float64 holds every ≤32-bit integer exactly; 64-bit ones are read exactly
 _BUFFER_TYPE: dict[str, Literal["d", "i", "u"]] = {
     **dict.fromkeys(("FP16", "FP32", "FP64", "UINT8", "UINT16", "UINT32", "INT8", "INT16", "INT32"), "d"),
@@ -104,7 +108,8 @@ def decode_v2(body: bytes, header_length: int | None = None, *, max_elements: in
     total = 0
     inputs: list[Tensor] = []
     for i, spec in enumerate(raw_inputs):
-        tensor, used = _decode_input(i, spec, binary, offset, max_elements)
+        text = sum(t.array.size for t in inputs if t.array.dtype.kind == "O")
+        tensor, used = _decode_input(i, spec, binary, offset, max_elements, MAX_BYTES_ELEMENTS - text)
         offset += used
         total += tensor.array.size
         if total > max_elements:
@@ -233,8 +238,8 @@ def _input_value(key: str, value: Any, depth: int) -> Any:
     return _strict(value, depth)
 
 
-def _decode_input(i: int, spec: Any, binary: memoryview, offset: int,
-                  max_elements: int = MAX_ELEMENTS) -> tuple[Tensor, int]:
+def _decode_input(i: int, spec: Any, binary: memoryview, offset: int, max_elements: int = MAX_ELEMENTS,
+                  max_text: int = MAX_BYTES_ELEMENTS) -> tuple[Tensor, int]:
     if not isinstance(spec, dict):
         raise BadRequest(f"inputs[{i}] must be an object")
     name = spec.get("name")
@@ -255,6 +260,9 @@ def _decode_input(i: int, spec: Any, binary: memoryview, offset: int,
         raise PayloadTooLarge(f"input {name!r}: shape {_brief(shape)} holds more than {max_elements:,} elements")
     params = _object(spec, "parameters", name)
     if datatype == "BYTES":
+        if count > max_text:
+            raise PayloadTooLarge(f"input {name!r}: more than {MAX_BYTES_ELEMENTS:,} BYTES elements in one "
+                                  "request (for files, `shipyard predict`)")
         return _decode_bytes(name, spec, params, shape, count, binary, offset)
     dtype = DATATYPES[datatype]
     size = params.get("binary_data_size")
