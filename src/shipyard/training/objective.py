@@ -7,7 +7,6 @@ later stage (optimize, serve, predict) reads values as they are."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +14,6 @@ import torch
 from torch import nn
 
 EVAL_BATCH = 4096
-LOSSES = ("mse", "huber")
 
 
 class TargetScale(nn.Module):
@@ -73,11 +71,6 @@ class Objective:
             return (out - y.reshape(out.shape)).abs().mean(1).sum()
         return (out.argmax(1) == y).sum()
 
-    def better(self, value: float, best: float | None) -> bool:
-        if best is None or not math.isfinite(best):
-            return True
-        return value < best if self.regression else value > best
-
     def shown(self, value: float) -> str:
         return f"{value:.4g}" if self.regression else f"{value:.2%}"
 
@@ -116,10 +109,4 @@ def make_objective(model: nn.Module, *, regression: bool, loss: str | None, labe
     return Objective(True, ScaledLoss(model, loss or "mse"))
 
 
-def wrap_for_task(build: Callable[[], nn.Module], *, regression: bool, outputs: int) -> nn.Module:
-    """The model as trained and exported: a regression's net inside its `TargetScale`."""
-    net = build()
-    return TargetScale(net, outputs) if regression else net
-
-
-__all__ = ["LOSSES", "Objective", "ScaledLoss", "TargetScale", "make_objective", "wrap_for_task"]
+__all__ = ["Objective", "ScaledLoss", "TargetScale", "make_objective"]
