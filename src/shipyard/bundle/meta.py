@@ -27,7 +27,8 @@ from shipyard.errors import ShipyardError
 #: version 4: metrics may state `holdout_accuracy`, the reference summary `held_out_rows`;
 #: version 5: tables — signature inputs of kind `column` (one per named column, `object` dtype for
 #: categorical ones: V2 BYTES) and the preprocessing spec's `columns`, `impute`, `impute_value`;
-#: `task` (absent: classification): a regression's graph answers values, not probabilities
+#: `task` (absent: classification): a regression's graph answers values, not probabilities, and
+#: its metrics state MAEs (`val_mae`, `test_mae`, `train_best_val_mae`, `holdout_mae`)
 SCHEMA_VERSION = 5
 META = "bundle.json"
 
@@ -129,6 +130,7 @@ class Metrics(Record):
     val_mae: float | None = None
     test_mae: float | None = None
     train_best_val_mae: float | None = None
+    holdout_mae: float | None = None  # retrain: on the recent holdout, as holdout_accuracy
 
 
 @dataclass(frozen=True)

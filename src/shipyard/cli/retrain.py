@@ -36,7 +36,10 @@ def retrain(
             emit_json(result.to_dict())
         g = result.gate
         for label, v in g["sets"].items():
-            if v["challenger"] is not None:
+            if v["challenger"] is not None and g.get("metric") == "mae":
+                err.print(f"  {label:<15} MAE challenger {v['challenger']:.4g}  champion {v['champion']:.4g}  "
+                          f"(n={v['n']})")
+            elif v["challenger"] is not None:
                 err.print(f"  {label:<15} challenger {v['challenger']:.2%}  champion {v['champion']:.2%}  (n={v['n']})")
         if not g["passed"]:
             err.print(f"[red]offline gate failed:[/] {g['reason']} (rollout refuses it unless --no-offline-gate)")

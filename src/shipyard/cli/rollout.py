@@ -16,7 +16,7 @@ ACTIONS = ("status", "abort", "resume")
 def rollout(
     target: Annotated[list[str], typer.Argument(help="NAME to start a rollout, or status|abort|resume NAME.", metavar="[ACTION] NAME")],
     steps: Annotated[str, typer.Option(help="Canary weights in percent, ending at 100.")] = "10,50,100",
-    gate: Annotated[list[str] | None, typer.Option(help="Gates to apply (repeatable): error_rate<=0.01, p99<=50 (ms), accuracy[=TOLERANCE], agreement>=0.9. Default: all four with those limits (p99: 2× the champion's + 5 ms).")] = None,
+    gate: Annotated[list[str] | None, typer.Option(help="Gates to apply (repeatable): error_rate<=0.01, p99<=50 (ms), accuracy[=TOLERANCE] (a regression's: mae[=RELATIVE TOLERANCE], 0.02), agreement>=0.9. Default: all four with those limits (p99: 2× the champion's + 5 ms).")] = None,
     min_requests: Annotated[int, typer.Option(help="Candidate answers each step waits for.")] = 200,
     min_labels: Annotated[int, typer.Option(help="Labels on candidate answers each step waits for.")] = 100,
     step_timeout: Annotated[float, typer.Option(help="A step that has not seen enough requests and labels after this many seconds fails.")] = 600.0,

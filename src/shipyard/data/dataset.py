@@ -104,7 +104,7 @@ class Dataset:
             val_fraction = VAL_FRACTION_WITH_TEST if self.has_test else VAL_FRACTION_DEFAULT
         if not 0.0 < val_fraction < 1.0:
             raise UsageError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-        strata = self.y if not self.regression else _quantile_bins(self.y)
+        strata = self.y if not self.regression else quantile_bins(self.y)
         train_idx, val_idx = stratified_split(strata, val_fraction, seed)
         if len(val_idx) == 0 or len(train_idx) == 0:
             raise UsageError(
@@ -158,7 +158,7 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.flatnonzero(mask), held_idx
 
 
-def _quantile_bins(y: np.ndarray, bins: int = 10) -> np.ndarray:
+def quantile_bins(y: np.ndarray, bins: int = 10) -> np.ndarray:
     """A regression's targets as quantile bins, so every split spans their whole range."""
     v = np.asarray(y, dtype=np.float64).reshape(len(y), -1)[:, 0]
     edges = np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1])

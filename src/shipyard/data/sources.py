@@ -40,9 +40,9 @@ def load(spec: str, *, label_column: str = "label", standardize: Standardize | N
     if kind not in tables:
         if image is not None:
             raise UsageError(f"--image is for tables of pixel columns (csv:, parquet:), not {kind}: sources")
-        if task == "regression":
+        if task == "regression" and kind != "npz":
             raise UsageError(f"{kind}: sources hold class labels; a regression needs a table (csv:, parquet:, "
-                             "sklearn:)")
+                             "sklearn:) or an npz of float targets")
     if kind == "mnist-sample":
         ds = mnist_sample()
     elif kind == "fashion-mnist":
@@ -58,7 +58,7 @@ def load(spec: str, *, label_column: str = "label", standardize: Standardize | N
         if kind in tables:
             ds = table(path, kind, label_column=label_column, impute=impute, image=image, task=task)
         else:
-            ds = {"idx": idx, "npz": npz, "folder": folder}[kind](path)
+            ds = npz(path, task=task) if kind == "npz" else {"idx": idx, "folder": folder}[kind](path)
     else:
         raise UsageError(f"unknown data source {spec!r}; choose {SOURCES_HELP}")
     if standardize is not None and standardize not in STANDARDIZE_CHOICES:
@@ -179,10 +179,12 @@ def idx(directory: Path) -> Dataset:
     )
 
 
-def npz(path: Path) -> Dataset:
+def npz(path: Path, task: str | None = None) -> Dataset:
     """A Keras-style `mnist.npz`: `x_train`, `y_train`, and optionally `x_test`, `y_test` and
     `classes` (names); `table` (JSON: `columns`, `impute`, `impute_value`) makes the arrays a
-    table's raw rows with those columns (what retraining a table model writes)."""
+    table's raw rows with those columns (what retraining a table model writes). A regression's
+    targets are floats: `task` (the argument, or an array `task` = "regression") says so, and
+    `classes` then names the targets."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -205,6 +207,23 @@ def npz(path: Path) -> Dataset:
         raise DataError(path, f"x_train must be numeric, got dtype {x.dtype}")
     if x.ndim < 2 or x.shape[0] == 0:
         raise DataError(path, f"x_train must hold at least one sample, got shape {list(x.shape)}")
+    if task is None and "task" in arrays:
+        task = str(arrays["task"])
+    if task not in (None, "classification", "regression"):
+        raise DataError(path, f"task must be classification or regression, got {task!r}")
+    spec = _spec_for(x) if "table" not in arrays else _table_spec(path, arrays["table"], x)
+    if task == "regression":
+        if any(arrays[k].dtype.kind not in "uif" for k in ("y_train", "y_test") if k in arrays):
+            raise DataError(path, "a regression's targets (y_train, y_test) must be numbers")
+        y = arrays["y_train"].astype(np.float32)
+        y_test = arrays["y_test"].astype(np.float32) if "y_test" in arrays else None
+        k = 1 if y.ndim == 1 else int(np.prod(y.shape[1:]))
+        targets = [str(c) for c in arrays["classes"]] if "classes" in arrays else \
+            (["target"] if k == 1 else [f"target{i}" for i in range(k)])
+        if len(targets) != k:
+            raise DataError(path, f"classes names {len(targets)} targets, y_train holds {k}")
+        return Dataset(f"npz:{path}", x, y, targets, spec, arrays.get("x_test"), y_test, origin=str(path),
+                       task="regression")
     y = _labels(path, arrays["y_train"], "y_train")
     y_test = _labels(path, arrays["y_test"], "y_test") if "y_test" in arrays else None
     num_classes = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
@@ -214,7 +233,6 @@ def npz(path: Path) -> Dataset:
         if names.dtype.kind not in "US" or names.ndim != 1 or len(names) < num_classes:
             raise DataError(path, f"classes must be a 1-d array of at least {num_classes} names")
         classes = [str(c) for c in names]
-    spec = _spec_for(x) if "table" not in arrays else _table_spec(path, arrays["table"], x)
     return Dataset(f"npz:{path}", x, y, classes, spec, arrays.get("x_test"), y_test, origin=str(path))
 
 

@@ -53,6 +53,16 @@ def labels(engine: sa.Engine, model: str, *, since: float | None = None) -> dict
         return {str(rid): int(label) for rid, label in conn.execute(q)}
 
 
+def values(engine: sa.Engine, model: str, *, since: float | None = None) -> dict[str, float]:
+    """request id → true value of every regression label received for `model` (since `since`)."""
+    q = sa.select(feedback.c.request_id, feedback.c.value).where(feedback.c.model == model,
+                                                                 feedback.c.value.is_not(None))
+    if since is not None:
+        q = q.where(feedback.c.ts >= since)
+    with engine.connect() as conn:
+        return {str(rid): float(v) for rid, v in conn.execute(q)}
+
+
 def label_of(engine: sa.Engine, model: str, request_id: str) -> tuple[int, float] | None:
     """(class index, when it was received) of the label for one request id, or None."""
     with engine.connect() as conn:
@@ -189,10 +199,7 @@ def accuracy(engine: sa.Engine, model: str, *, version: int | None = None, last:
 def mae(engine: sa.Engine, model: str, *, version: int | None = None, last: int | None = None) -> dict[str, Any]:
     """A regression's realised MAE and RMSE from its labels (true values) joined with the logged
     values, over the `last` labelled predictions; per version as `accuracy` counts them."""
-    q = sa.select(feedback.c.request_id, feedback.c.value).where(feedback.c.model == model,
-                                                                 feedback.c.value.is_not(None))
-    with engine.connect() as conn:
-        truth = {str(rid): float(v) for rid, v in conn.execute(q)}
+    truth = values(engine, model)
     wanted = list(truth) + ([shadow_id(r) for r in truth] if version is not None else [])
     found = find(engine, model, wanted, values=True) if truth else {}
     rows = sorted(((ts, truth[primary_id(rid)], float(value)) for rid, (ts, value, v) in found.items()

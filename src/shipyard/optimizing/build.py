@@ -151,17 +151,10 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         chosen.chosen = True
         console.print(f"chose [bold]{chosen.name}[/]: {reason}")
 
-        if regression:  # its reference: inputs and the distribution of its answers (no accuracy to estimate)
-            ref = reference.build(x_train, probs[chosen.name], y_val, seed=recipe.seed, x_val=x_val, regression=True)
-            ref_path = _save_reference(ref, work)
-            meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads, exporter,
-                         parity, reference.summary(ref), task="regression")
-            meta["lineage"].update(lineage or {})
-            meta["choice"]["allow_batch_variance"] = allow_batch_variance
-            return _write(meta, files[chosen.name], weights, ref_path, work, dest, tarball, output), measured, reason
+        # a regression's reference: its inputs and the distribution of its answers (no accuracy to estimate)
         ref_x, ref_probs, ref_y, ref_from = x_val, probs[chosen.name], y_val, "validation split"
         rows: dict[str, int] | None = None
-        holdout_accuracy = None
+        holdout_score = None  # accuracy, or a regression's MAE, on the recent holdout
         if reference_data is not None:
             held = reference_data if isinstance(reference_data, HeldOut) else \
                 HeldOut(reference_data[0], np.asarray(reference_data[1]), len(reference_data[1]))
@@ -169,7 +162,9 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
             hx = spec.apply(held.x)
             hp = predict(sess, hx) if len(hx) else np.zeros((0, len(ds.classes)), np.float32)
             if held.holdout:
-                holdout_accuracy = float((hp[:held.holdout].argmax(1) == held.y[:held.holdout]).mean())
+                hy = np.asarray(held.y[:held.holdout])
+                holdout_score = float(np.abs(hp[:held.holdout].reshape(len(hy), -1) - hy.reshape(len(hy), -1)).mean()
+                                      if regression else (hp[:held.holdout].argmax(1) == hy).mean())
             if len(held.y) >= REFERENCE_MIN_ROWS:
                 ref_x, ref_probs, ref_y = hx, hp, np.asarray(held.y)
                 rows = {"recent_holdout": held.holdout, "production_validation": len(held.y) - held.holdout}
@@ -178,7 +173,8 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
                 if need > 0 and held.top_up_x is not None and held.top_up_y is not None and len(held.top_up_y):
                     tx = spec.apply(held.top_up_x[:need])
                     tp = predict(sess, tx)
-                    if _same_world(x_train, recipe.seed, hx, hp, held.y, tx, tp):
+                    first = slice(0, 1) if regression else slice(None)  # a regression's first target's values
+                    if _same_world(x_train, recipe.seed, hx, hp[:, first], held.y, tx, tp[:, first]):
                         ref_x, ref_probs = np.concatenate([hx, tx]), np.concatenate([hp, tp])
                         ref_y = np.concatenate([ref_y, held.top_up_y[:need]])
                         rows["original_validation"] = len(tx)
@@ -186,18 +182,18 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
                     else:
                         console.print(f"the reference stays {len(hx)} production rows: they differ from the "
                                       "original data, which would make every window of this world drift")
-        ref = reference.build(x_train, ref_probs, ref_y, seed=recipe.seed, x_val=ref_x)
+        ref = reference.build(x_train, ref_probs, ref_y, seed=recipe.seed, x_val=ref_x, regression=regression)
         ref_path = _save_reference(ref, work)
         meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads,
-                     exporter, parity, reference.summary(ref))
+                     exporter, parity, reference.summary(ref), task=ds.task)
         meta["lineage"].update(lineage or {})
         meta["choice"]["allow_batch_variance"] = allow_batch_variance
         meta["reference"]["held_out"] = ref_from
         if rows is not None:  # "validation accuracy" stays the validation split's, whatever the reference
-            meta["reference"]["val_accuracy"] = chosen.accuracy
+            meta["reference"]["val_accuracy"] = None if regression else chosen.accuracy
             meta["reference"]["held_out_rows"] = rows
-        if holdout_accuracy is not None:
-            meta["metrics"]["holdout_accuracy"] = holdout_accuracy
+        if holdout_score is not None:
+            meta["metrics"]["holdout_mae" if regression else "holdout_accuracy"] = holdout_score
         result = _write(meta, files[chosen.name], weights, ref_path, work, dest, tarball, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -169,7 +169,8 @@ class Autopilot:
             return Decision("wait", f"alert {trigger['rule']!r} is open, but {len(today)} retrains in the last 24 h "
                                     f"reached the limit ({p.max_retrains_per_day})")
         champ = self.reg.load(f"{self.name}@production")
-        n = len(labelled(self.reg.engine, self.name, champ.preprocess)) if champ.preprocess else 0
+        n = len(labelled(self.reg.engine, self.name, champ.preprocess, regression=champ.regression)) \
+            if champ.preprocess else 0
         if n < p.min_labels:
             return Decision("wait", f"alert {trigger['rule']!r} is open, but only {n} labelled production samples "
                                     f"have come back (need {p.min_labels})")

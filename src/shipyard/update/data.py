@@ -18,7 +18,7 @@ class Labelled:
     """Labelled production samples, oldest first."""
 
     x: np.ndarray  # raw inputs (the preprocessing spec's raw shape and dtype)
-    y: np.ndarray  # class index
+    y: np.ndarray  # class index (int64), or a regression's true value (float32)
     ts: np.ndarray  # when each was predicted (unix seconds)
     request_ids: list[str]
     versions: np.ndarray  # the version that answered
@@ -42,9 +42,12 @@ class Labelled:
 
 
 def labelled(engine: sa.Engine, model: str, spec: PreprocessSpec, *, since: float | None = None,
-             until: float | None = None) -> Labelled:
-    """Every labelled prediction of `model` in the range whose input the log still keeps."""
-    labels = feedback.labels(engine, model)
+             until: float | None = None, regression: bool = False) -> Labelled:
+    """Every labelled prediction of `model` in the range whose input the log still keeps (a
+    regression's: with its true value)."""
+    labels: dict[str, int] | dict[str, float] = (feedback.values(engine, model) if regression
+                                                 else feedback.labels(engine, model))
+    ytype = np.float32 if regression else np.int64
     logged = predlog.read(engine, model, since=since, until=until)
     keep = [i for i, rid in enumerate(logged.request_ids) if rid in labels]
     labels_total = len(keep)
@@ -53,7 +56,7 @@ def labelled(engine: sa.Engine, model: str, spec: PreprocessSpec, *, since: floa
     order = sorted(keep, key=lambda i: (logged.ts[i], i))
     if not order:
         empty = np.zeros((0, *spec.raw_shape), dtype=np.dtype(spec.raw_dtype))
-        return Labelled(empty, np.zeros(0, np.int64), np.zeros(0), [], np.zeros(0, np.int32), labels_total)
+        return Labelled(empty, np.zeros(0, ytype), np.zeros(0), [], np.zeros(0, np.int32), labels_total)
     feats = np.stack([inputs[int(logged.ids[i])].reshape(-1) for i in order])
-    return Labelled(spec.invert(feats), np.array([labels[logged.request_ids[i]] for i in order], np.int64),
+    return Labelled(spec.invert(feats), np.array([labels[logged.request_ids[i]] for i in order], ytype),
                     logged.ts[order], [logged.request_ids[i] for i in order], logged.version[order], labels_total)

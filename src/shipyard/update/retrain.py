@@ -92,7 +92,7 @@ def retrain(name: str, *, registry: Registry | None = None, settings: Settings |
     if spec is None:
         raise UsageError(f"{champ.ref} has no preprocessing spec: its logged inputs cannot be turned back "
                          "into training data")
-    prod = labelled(reg.engine, name, spec, since=since)
+    prod = labelled(reg.engine, name, spec, since=since, regression=bundle.regression)
     if len(prod) < min_labels:
         raise UsageError(f"only {len(prod)} labelled production samples with kept inputs ({prod.labels_total} "
                          f"labels in all) for {name}; need at least {min_labels} (send feedback, or lower "
@@ -108,6 +108,7 @@ def retrain(name: str, *, registry: Registry | None = None, settings: Settings |
         "x_train": np.concatenate([original.x, train_part.x.astype(original.x.dtype)]),
         "y_train": np.concatenate([original.y, train_part.y]),
         "classes": np.array(original.classes),
+        "task": np.array(original.task),  # a regression's float targets stay targets
     }
     if original.x_test is not None and original.y_test is not None:
         arrays["x_test"], arrays["y_test"] = original.x_test, original.y_test
@@ -167,13 +168,15 @@ def retrain(name: str, *, registry: Registry | None = None, settings: Settings |
 
 
 def _val_indices(y: np.ndarray, has_test: bool, recipe: dict[str, Any]) -> np.ndarray:
-    """The rows of data `y` a run with `recipe` validated on (never trained on): `Dataset.split`'s."""
-    from shipyard.data.dataset import VAL_FRACTION_DEFAULT, VAL_FRACTION_WITH_TEST, stratified_split
+    """The rows of data `y` a run with `recipe` validated on (never trained on): `Dataset.split`'s
+    (a regression's targets stratified by their quantile bins, as there)."""
+    from shipyard.data.dataset import VAL_FRACTION_DEFAULT, VAL_FRACTION_WITH_TEST, quantile_bins, stratified_split
 
     fraction = recipe.get("val_fraction")
     if fraction is None:
         fraction = VAL_FRACTION_WITH_TEST if has_test else VAL_FRACTION_DEFAULT
-    return stratified_split(y, float(fraction), int(recipe.get("split_seed", 0) or 0))[1]
+    strata = quantile_bins(y) if y.dtype.kind == "f" else y
+    return stratified_split(strata, float(fraction), int(recipe.get("split_seed", 0) or 0))[1]
 
 
 def held_out(recent: Labelled, train_part: Labelled, original: Dataset, champion_recipe: dict[str, Any],

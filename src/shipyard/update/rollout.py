@@ -10,10 +10,13 @@ window, from the database every worker and replica writes to:
 - p99 latency: the candidate's server-side p99, at most `max_p99_ms` (default: twice the
   champion's on the same window plus 5 ms);
 - accuracy: on the labels received, a one-sided test (alpha 0.05) that the candidate is not
-  more than `accuracy_tolerance` (1 point) worse than the champion on the same window;
+  more than `accuracy_tolerance` (1 point) worse than the champion on the same window; for a
+  regression the gate is `mae`: its absolute errors on the true values received, one-sided
+  (Welch), not more than `mae_tolerance` (2%) above the champion's MAE;
 - agreement: the champion's answers to the candidate's logged inputs (the candidate's traffic
-  mirrored to the champion, replayed from the prediction log), at least `min_agreement` — unless
-  the labels on the same window show the candidate measurably more accurate (a model retrained for
+  mirrored to the champion, replayed from the prediction log), at least `min_agreement` (a
+  regression's answers agree within half the champion's validation MAE) — unless the labels on the
+  same window show the candidate measurably more accurate (a model retrained for
   a shift disagrees with the champion exactly where the champion is wrong).
 
 State lives in the `rollouts` table; `status`, `abort` and `resume` work from any process. One
@@ -64,6 +67,7 @@ class RolloutConfig:
     max_error_rate: float = 0.01
     max_p99_ms: float | None = None
     accuracy_tolerance: float = 0.01
+    mae_tolerance: float = 0.02
     alpha: float = 0.05
     min_agreement: float = 0.9
     candidate_alias: str = "candidate"
@@ -80,6 +84,8 @@ class RolloutConfig:
             problems.append(f"unknown gate(s) {unknown}: choose from {', '.join(GATES)}")
         if self.min_requests < 1 or self.min_labels < 0 or self.step_timeout_s <= 0:
             problems.append("--min-requests must be ≥ 1, --min-labels ≥ 0, --step-timeout > 0")
+        if self.mae_tolerance < 0 or self.accuracy_tolerance < 0:
+            problems.append("the accuracy and MAE tolerances must be ≥ 0")
         if not 0 < self.alpha < 0.5 or not 0 <= self.min_agreement <= 1 or not 0 <= self.max_error_rate <= 1:
             problems.append("alpha must be in (0, 0.5), min_agreement and max_error_rate in 0..1")
         if problems:
@@ -88,8 +94,9 @@ class RolloutConfig:
 
 
 def parse_gates(specs: list[str], base: RolloutConfig) -> RolloutConfig:
-    """`--gate error_rate<=0.02`, `--gate p99<=40`, `--gate accuracy`, `--gate agreement>=0.95`:
-    the named gates only, with their limits."""
+    """`--gate error_rate<=0.02`, `--gate p99<=40`, `--gate accuracy`, `--gate agreement>=0.95`,
+    `--gate mae<=0.05` (a regression's quality gate, its relative tolerance): the named gates
+    only, with their limits."""
     if not specs:
         return base
     names: list[str] = []
@@ -102,35 +109,48 @@ def parse_gates(specs: list[str], base: RolloutConfig) -> RolloutConfig:
         else:
             key, raw = spec, ""
         key = key.strip()
-        if key not in GATES:
-            raise UsageError(f"--gate {spec!r}: unknown gate {key!r} (choose from {', '.join(GATES)})")
-        names.append(key)
+        if key not in (*GATES, "mae"):
+            raise UsageError(f"--gate {spec!r}: unknown gate {key!r} (choose from {', '.join(GATES)}, mae)")
+        names.append("accuracy" if key == "mae" else key)
         if raw:
             try:
                 value = float(raw)
             except ValueError:
                 raise UsageError(f"--gate {spec!r}: {raw!r} is not a number") from None
             field_name = {"error_rate": "max_error_rate", "p99": "max_p99_ms", "accuracy": "accuracy_tolerance",
-                          "agreement": "min_agreement"}[key]
+                          "mae": "mae_tolerance", "agreement": "min_agreement"}[key]
             values[field_name] = value
-    return RolloutConfig(**{**asdict(base), "gates": tuple(names), **values}).check()
+    return RolloutConfig(**{**asdict(base), "gates": tuple(dict.fromkeys(names)), **values}).check()
 
 
 # -- one step's evidence -------------------------------------------------------------------------------
-def _labelled_accuracy(engine: sa.Engine, name: str, version: int, since: float) -> tuple[float | None, int]:
+def _labelled_quality(engine: sa.Engine, name: str, version: int, since: float, regression: bool
+                      ) -> dict[str, Any]:
+    """Accuracy on the labels received for `version`'s answers since `since`; a regression's MAE
+    (with its absolute errors' standard deviation) on the true values received."""
+    none = {"accuracy": None, "mae": None, "mae_sd": None, "labels": 0}
     logged = predlog.read(engine, name, since=since, version=version)
     if not len(logged):
-        return None, 0
+        return none
+    if regression:
+        truth = feedback.values(engine, name, since=since)
+        err = np.array([abs(float(v) - truth[r]) for r, v in zip(logged.request_ids, logged.confidence, strict=True)
+                        if r in truth])
+        if not len(err):
+            return none
+        return {**none, "mae": float(err.mean()), "mae_sd": float(err.std(ddof=1)) if len(err) > 1 else 0.0,
+                "labels": len(err)}
     labels = feedback.labels(engine, name, since=since)
     hits = [(int(p), labels[r]) for r, p in zip(logged.request_ids, logged.predicted, strict=True) if r in labels]
     if not hits:
-        return None, 0
-    return float(np.mean([p == y for p, y in hits])), len(hits)
+        return none
+    return {**none, "accuracy": float(np.mean([p == y for p, y in hits])), "labels": len(hits)}
 
 
 def _agreement(engine: sa.Engine, name: str, version: int, since: float, champion_rt: ModelRuntime
                ) -> tuple[float | None, int]:
-    """The champion's answers to the candidate's logged inputs, against the candidate's."""
+    """The champion's answers to the candidate's logged inputs, against the candidate's (a
+    regression's agree when they differ by at most half the champion's validation MAE)."""
     logged = predlog.read(engine, name, since=since, version=version)
     if not len(logged):
         return None, 0
@@ -140,23 +160,58 @@ def _agreement(engine: sa.Engine, name: str, version: int, since: float, champio
     if not keep:
         return None, 0
     x = np.stack([inputs[int(ids[k])].reshape(-1) for k in keep]).astype(np.float32)
-    champ = champion_rt.predict(x.reshape(len(x), *champion_rt.inputs[champion_rt.onnx_input].shape)).argmax(1)
-    cand = logged.predicted[-2000:][keep]
-    return float((champ == cand).mean()), len(keep)
+    out = champion_rt.predict(x.reshape(len(x), *champion_rt.inputs[champion_rt.onnx_input].shape))
+    if champion_rt.regression:
+        within = (champion_rt.bundle.meta.metrics.val_mae or 0.0) / 2
+        return float((np.abs(out[:, 0] - logged.confidence[-2000:][keep]) <= within).mean()), len(keep)
+    return float((out.argmax(1) == logged.predicted[-2000:][keep]).mean()), len(keep)
 
 
 def evidence(engine: sa.Engine, name: str, candidate: int, champion: int, since: float, *,
-             champion_rt: ModelRuntime | None = None, accuracy_since: float | None = None) -> dict[str, Any]:
+             champion_rt: ModelRuntime | None = None, accuracy_since: float | None = None,
+             regression: bool = False) -> dict[str, Any]:
     """What the gates look at, for the window since `since`."""
     cand = stats.summary(engine, name, since=since, version=candidate)
     champ = stats.summary(engine, name, since=since, version=champion)
-    acc_c, n_c = _labelled_accuracy(engine, name, candidate, since)
-    acc_p, n_p = _labelled_accuracy(engine, name, champion, accuracy_since if accuracy_since is not None else since)
+    q_c = _labelled_quality(engine, name, candidate, since, regression)
+    q_p = _labelled_quality(engine, name, champion, accuracy_since if accuracy_since is not None else since,
+                            regression)
     agree, n_agree = (_agreement(engine, name, candidate, since, champion_rt) if champion_rt is not None
                       else (None, 0))
-    return {"candidate": {**cand.to_dict(), "accuracy": acc_c, "labels": n_c},
-            "champion": {**champ.to_dict(), "accuracy": acc_p, "labels": n_p},
-            "agreement": agree, "agreement_n": n_agree}
+    return {"candidate": {**cand.to_dict(), **q_c}, "champion": {**champ.to_dict(), **q_p},
+            "agreement": agree, "agreement_n": n_agree, "task": "regression" if regression else "classification"}
+
+
+def _mae_gate(c: dict[str, Any], p: dict[str, Any], config: RolloutConfig) -> dict[str, Any]:
+    """Fails when the candidate's MAE is measurably more than `mae_tolerance` above the champion's
+    (one-sided Welch test on the absolute errors; H0: within the tolerance)."""
+    from scipy import stats as sps
+
+    if c["mae"] is None or p["mae"] is None:
+        return {"gate": "mae", "passed": True, "value": c["mae"], "limit": None,
+                "detail": "not enough labels on both sides to compare (skipped)"}
+    limit = p["mae"] * (1 + config.mae_tolerance)
+    se = math.sqrt(max(c["mae_sd"] ** 2 / c["labels"] + p["mae_sd"] ** 2 / p["labels"], 1e-24))
+    pval = float(sps.norm.sf((c["mae"] - limit) / se))
+    return {"gate": "mae", "passed": pval >= config.alpha, "value": c["mae"], "limit": limit, "p_value": pval,
+            "detail": f"candidate MAE {c['mae']:.4g} on {c['labels']} labels vs champion {p['mae']:.4g} on "
+                      f"{p['labels']} (one-sided, alpha {config.alpha}, tolerance {config.mae_tolerance:.0%})"}
+
+
+def _better(c: dict[str, Any], p: dict[str, Any]) -> tuple[float, str] | None:
+    """The p-value that the labels show the candidate better than the champion, and how."""
+    from scipy import stats as sps
+
+    if not c["labels"] or not p["labels"]:
+        return None
+    if c.get("mae") is not None and p.get("mae") is not None:
+        se = math.sqrt(max(c["mae_sd"] ** 2 / c["labels"] + p["mae_sd"] ** 2 / p["labels"], 1e-24))
+        return float(sps.norm.sf((p["mae"] - c["mae"]) / se)), f"MAE {c['mae']:.4g} vs {p['mae']:.4g}"
+    if c["accuracy"] is None or p["accuracy"] is None:
+        return None
+    var = c["accuracy"] * (1 - c["accuracy"]) / c["labels"] + p["accuracy"] * (1 - p["accuracy"]) / p["labels"]
+    return (float(sps.norm.sf((c["accuracy"] - p["accuracy"]) / math.sqrt(max(var, 1e-12)))),
+            f"{c['accuracy']:.1%} vs {p['accuracy']:.1%}")
 
 
 def judge(ev: dict[str, Any], config: RolloutConfig) -> list[dict[str, Any]]:
@@ -177,7 +232,9 @@ def judge(ev: dict[str, Any], config: RolloutConfig) -> list[dict[str, Any]]:
         out.append({"gate": "p99", "passed": v is None or limit is None or v <= limit, "value": v, "limit": limit,
                     "detail": "candidate p99 (server side)" + ("" if config.max_p99_ms else
                                                                 " vs 2× the champion's + 5 ms")})
-    if "accuracy" in config.gates:
+    if "accuracy" in config.gates and ev.get("task") == "regression":
+        out.append(_mae_gate(c, p, config))
+    elif "accuracy" in config.gates:
         if c["accuracy"] is None or p["accuracy"] is None or not c["labels"] or not p["labels"]:
             out.append({"gate": "accuracy", "passed": True, "value": c["accuracy"], "limit": None,
                         "detail": "not enough labels on both sides to compare (skipped)"})
@@ -201,14 +258,10 @@ def judge(ev: dict[str, Any], config: RolloutConfig) -> list[dict[str, Any]]:
             passed = a >= config.min_agreement
             # a candidate retrained for a shift disagrees with the champion exactly where the champion
             # is wrong: disagreement is fine when the labels show the candidate measurably better
-            if not passed and c["labels"] and p["labels"] and c["accuracy"] is not None and p["accuracy"] is not None:
-                var = (c["accuracy"] * (1 - c["accuracy"]) / c["labels"]
-                       + p["accuracy"] * (1 - p["accuracy"]) / p["labels"])
-                better_p = float(sps.norm.sf((c["accuracy"] - p["accuracy"]) / math.sqrt(max(var, 1e-12))))
-                if better_p < config.alpha:
-                    passed = True
-                    detail += (f", but the labels show the candidate better ({c['accuracy']:.1%} vs "
-                               f"{p['accuracy']:.1%}, p={better_p:.1e}): the champion is the one that is wrong")
+            if not passed and (better := _better(c, p)) is not None and better[0] < config.alpha:
+                passed = True
+                detail += (f", but the labels show the candidate better ({better[1]}, p={better[0]:.1e}): the "
+                           "champion is the one that is wrong")
             out.append({"gate": "agreement", "passed": passed, "value": a, "limit": config.min_agreement,
                         "detail": detail})
     return out
@@ -375,11 +428,12 @@ class Rollout:
             if st is not None and st["status"] == "aborted":
                 raise _Aborted(st["reason"] or "aborted")
             # the counts only while waiting; the champion replay (a scan of the kept inputs) once, at the end
-            ev = evidence(self.engine, self.name, cand, champ, since, accuracy_since=accuracy_since)
+            ev = evidence(self.engine, self.name, cand, champ, since, accuracy_since=accuracy_since,
+                          regression=champion_rt.regression)
             got_req, got_lab = ev["candidate"]["requests"], ev["candidate"]["labels"]
             if got_req >= c.min_requests and got_lab >= c.min_labels:
                 return evidence(self.engine, self.name, cand, champ, since, champion_rt=champion_rt,
-                                accuracy_since=accuracy_since)
+                                accuracy_since=accuracy_since, regression=champion_rt.regression)
             if time.monotonic() > deadline:
                 raise RolloutFailed(f"{label}: timed out after {c.step_timeout_s:g} s with {got_req}/{c.min_requests} "
                                     f"requests and {got_lab}/{c.min_labels} labels on v{cand}")
