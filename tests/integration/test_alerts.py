@@ -16,7 +16,7 @@ import pytest
 
 from harness.bundles import make_bundle, traffic_data
 from shipyard.errors import ConfigError
-from shipyard.monitor import alerts, exports, stats
+from shipyard.monitor import alert_rules, alerts, exports, stats
 from shipyard.monitor.api import Monitor
 from shipyard.monitor.evaluator import Evaluator, MonitorConfig
 from shipyard.monitor.predlog import PredictionLog
@@ -36,10 +36,10 @@ def receiver() -> Any:
     r.close()
 
 
-def _config(url: str, *rules: str, cooldown: float = 600) -> alerts.AlertConfig:
+def _config(url: str, *rules: str, cooldown: float = 600) -> alert_rules.AlertConfig:
     text = f'[webhook]\nurl = "{url}"\nretries = 2\ntimeout_s = 2\n[defaults]\ncooldown_s = {cooldown}\n' + \
         "\n".join(rules)
-    return alerts.parse(__import__("tomllib").loads(text))
+    return alert_rules.parse(__import__("tomllib").loads(text))
 
 
 DRIFT = '[[rule]]\nname = "drift"\nkind = "drift"\nwindows = 1\n'
@@ -65,7 +65,7 @@ def test_a_bad_rules_file_is_refused_naming_the_key(tmp_path: Path, text: str, k
     path = tmp_path / "rules.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=why) as e:
-        alerts.load(path)
+        alert_rules.load(path)
     assert e.value.key == key
 
 
@@ -74,7 +74,7 @@ def test_the_example_rules_check_and_export_to_rules_promtool_accepts(tmp_path: 
     example = run_cli(["monitor", "rules", "--example"], cli_env).stdout
     (tmp_path / "rules.toml").write_text(example)
     parsed = json.loads(run_cli(["monitor", "rules", str(tmp_path / "rules.toml"), "--json"], cli_env).stdout)
-    assert {r["kind"] for r in parsed["rules"]} == set(alerts.KINDS)
+    assert {r["kind"] for r in parsed["rules"]} == set(alert_rules.KINDS)
     bad = run_cli(["monitor", "rules", str(tmp_path / "missing.toml")], cli_env, check=False)
     assert bad.returncode == 2 and "missing.toml" in bad.stderr
     run_cli(["export", "prometheus-rules", "--alerts", str(tmp_path / "rules.toml"), "-o",

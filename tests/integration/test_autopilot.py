@@ -14,7 +14,7 @@ import pytest
 from harness.bundles import make_bundle
 from shipyard.data.sources import mnist_sample
 from shipyard.errors import ConfigError
-from shipyard.monitor import alerts
+from shipyard.monitor import alert_rules, alerts
 from shipyard.monitor.api import Monitor
 from shipyard.registry import Registry
 from shipyard.settings import Settings
@@ -70,8 +70,9 @@ def test_every_decision_says_why_and_dry_run_changes_nothing(deployed: tuple[Set
     settings, reg, policy = deployed
     pilot = Autopilot(reg, "digits", Policy(alerts=("drift",), min_labels=200), log=lambda m: None)
     assert pilot.decide().reason == "no open drift alert on v1"
-    alerter = alerts.Alerter(reg.engine, alerts.DEFAULT_RULES)
-    alerter.apply("digits", [alerts.Finding(alerts.DEFAULT_RULES.rules[0], 1, True, "input drift", {})], time.time())
+    alerter = alerts.Alerter(reg.engine, alert_rules.DEFAULT_RULES)
+    drift_rule = alert_rules.DEFAULT_RULES.rules[0]
+    alerter.apply("digits", [alerts.Finding(drift_rule, 1, True, "input drift", {})], time.time())
     assert "only 0 labelled production samples" in pilot.decide().reason
     ds = mnist_sample()
     _log_labelled(reg, 255 - ds.x[:250], ds.y[:250], "inv")

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 
 from shipyard.data import load
-from shipyard.monitor.evaluator import windows
+from shipyard.monitor.windows import windows
 
 from ..conftest import run_cli
 from ..serving import serve, server_env

@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from harness.bundles import make_bundle, traffic_data
 from shipyard.errors import UsageError
 from shipyard.monitor import metrics
-from shipyard.monitor.evaluator import Evaluator, MonitorConfig, status, windows
+from shipyard.monitor.evaluator import Evaluator, MonitorConfig
 from shipyard.monitor.feedback import record_feedback
 from shipyard.monitor.predlog import PredictionLog
+from shipyard.monitor.windows import status, windows
 from shipyard.registry import Registry
 from shipyard.serve.runtime import ModelRuntime
 from shipyard.settings import Settings

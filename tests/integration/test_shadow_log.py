@@ -12,9 +12,10 @@ import numpy as np
 
 from harness.bundles import make_bundle, traffic_data
 from shipyard.monitor.api import Monitor
-from shipyard.monitor.evaluator import Evaluator, MonitorConfig, status, windows
+from shipyard.monitor.evaluator import Evaluator, MonitorConfig
 from shipyard.monitor.feedback import SHADOW_PREFIX, accuracy, primary_id, shadow_id, window_accuracy
 from shipyard.monitor.predlog import read
+from shipyard.monitor.windows import status, windows
 from shipyard.registry import Registry
 from shipyard.settings import Settings
 

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from harness.bundles import traffic_data
-from shipyard.monitor import alerts
+from shipyard.monitor import alert_rules
 from shipyard.monitor.api import Monitor
-from shipyard.monitor.evaluator import Evaluator, MonitorConfig, status
+from shipyard.monitor.evaluator import Evaluator, MonitorConfig
+from shipyard.monitor.windows import status
 from shipyard.update.autopilot import Autopilot, Policy
 
 from ..monitoring import deploy, log_images
@@ -26,9 +27,9 @@ ACCURACY = '[[rule]]\nname = "acc"\nkind = "accuracy"\nsource = "estimated"\nbel
 DRIFT = '[[rule]]\nname = "drift"\nkind = "drift"\n'  # the sequential rule: one alarming window alerts
 
 
-def rules(*text: str, url: str | None = None) -> alerts.AlertConfig:
+def rules(*text: str, url: str | None = None) -> alert_rules.AlertConfig:
     hook = f'[webhook]\nurl = "{url}"\nretries = 1\ntimeout_s = 2\n' if url else ""
-    return alerts.parse(tomllib.loads(hook + "".join(text)))
+    return alert_rules.parse(tomllib.loads(hook + "".join(text)))
 
 
 @pytest.fixture

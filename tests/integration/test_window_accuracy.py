@@ -11,8 +11,9 @@ import pytest
 from harness.bundles import traffic_data
 from shipyard.monitor import report
 from shipyard.monitor.api import Monitor
-from shipyard.monitor.evaluator import Evaluator, MonitorConfig, windows
+from shipyard.monitor.evaluator import Evaluator, MonitorConfig
 from shipyard.monitor.feedback import record_feedback, window_accuracy
+from shipyard.monitor.windows import windows
 
 from ..monitoring import deploy, log_images
 

@@ -39,10 +39,10 @@ def prometheus_rules(
     """The alert rules as a Prometheus rule file (YAML), over the series GET /metrics exposes.
     Check it with `promtool check rules FILE`."""
     with reporting(as_json):
-        from shipyard.monitor import alerts as alerts_mod
+        from shipyard.monitor import alert_rules
         from shipyard.monitor.exports import prometheus_rules as render
 
-        config = alerts_mod.load(alerts) if alerts else alerts_mod.DEFAULT_RULES
+        config = alert_rules.load(alerts) if alerts else alert_rules.DEFAULT_RULES
         _write(render(config), output, f"{len(config.rules)} Prometheus alerting rule(s)", as_json)
 
 

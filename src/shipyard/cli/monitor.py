@@ -234,13 +234,13 @@ def rules_cmd(
     """Check an alert rules file and show what each rule watches (exit 2 naming the bad key)."""
     from dataclasses import asdict
 
-    from shipyard.monitor import alerts as alerts_mod
+    from shipyard.monitor import alert_rules
 
     with reporting(as_json):
         if example:
             typer.echo(EXAMPLE_RULES, nl=False)
             return
-        config = alerts_mod.load(path) if path else alerts_mod.DEFAULT_RULES
+        config = alert_rules.load(path) if path else alert_rules.DEFAULT_RULES
         if as_json:
             emit_json({"rules": [asdict(r) for r in config.rules], "cooldown_s": config.cooldown_s,
                        "webhook": None if config.webhook is None else {"url": config.webhook.url,

@@ -20,7 +20,7 @@ from shipyard.serve.config import FEEDBACK_SECRET_ENV, TOKEN_ENV, ServeConfig
 from shipyard.settings import Settings
 
 if TYPE_CHECKING:
-    from shipyard.monitor.alerts import AlertConfig
+    from shipyard.monitor.alert_rules import AlertConfig
     from shipyard.monitor.evaluator import Evaluator
 
 _D = ServeConfig()
@@ -113,8 +113,8 @@ def run(config: ServeConfig, s: Settings) -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     try:
-        from shipyard.monitor.alerts import DEFAULT_RULES
-        from shipyard.monitor.alerts import load as load_alerts
+        from shipyard.monitor.alert_rules import DEFAULT_RULES
+        from shipyard.monitor.alert_rules import load as load_alerts
         from shipyard.serve.supervisor import drain_file_for, supervise
 
         # a bad rules file stops here with a message naming the key

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from shipyard.errors import NotFound
 from shipyard.monitor import alerts as alerts_mod
-from shipyard.monitor import evaluator as evaluator_mod
 from shipyard.monitor import stats
+from shipyard.monitor import windows as windows_mod
 from shipyard.store import leases
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class Monitor:
         now = time.time()
         lease = leases.current(self.engine, f"monitor:{name}", now=now)
         versions = {}
-        for version, state in evaluator_mod.status(self.engine, name).items():
+        for version, state in windows_mod.status(self.engine, name).items():
             versions[str(version)] = {**state, "aliases": sorted(by_version.get(version, [])),
                                       "stale": now - float(state.get("updated_at", 0)) > 30}
         since = now - SERVING_SPAN_S
@@ -81,7 +81,7 @@ class Monitor:
         from shipyard.monitor import feedback
 
         self._model(name)
-        wins = evaluator_mod.windows(self.engine, name, since=since, version=version)
+        wins = windows_mod.windows(self.engine, name, since=since, version=version)
         if not late_labels:
             return wins
         for w, (acc, n) in zip(wins, feedback.window_accuracy(self.engine, name, wins), strict=True):
@@ -129,7 +129,7 @@ class Monitor:
             mv = None  # the version was deleted since
         classes = list(mv.meta.classes) if mv is not None else []
         label = feedback.label_of(self.engine, name, request_id)
-        window = evaluator_mod.window_at(self.engine, name, version, ts)
+        window = windows_mod.window_at(self.engine, name, version, ts)
         # alerts open when it was answered, and the drift alerts its own window took part in
         open_alerts = alerts_mod.open_at(self.engine, name, version, ts,
                                          window_id=window["id"] if window is not None else None)

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sqlalchemy as sa
 
+from shipyard.monitor import alert_rules, drift, estimate, feedback, metrics
 from shipyard.monitor import alerts as alerts_mod
-from shipyard.monitor import drift, estimate, feedback, metrics
 from shipyard.monitor import predlog as predlog_mod
 from shipyard.monitor.config import MonitorConfig
 from shipyard.monitor.predlog import DEDUPE_SPAN_S
@@ -116,7 +116,7 @@ class Evaluator:
     """Run `tick()` every `tick_s` (the server's thread, or `shipyard monitor run`)."""
 
     def __init__(self, registry: Registry, names: Callable[[], Iterable[str]], config: MonitorConfig | None = None, *,
-                 holder: str | None = None, alerts: alerts_mod.AlertConfig | None = alerts_mod.DEFAULT_RULES
+                 holder: str | None = None, alerts: alert_rules.AlertConfig | None = alert_rules.DEFAULT_RULES
                  ) -> None:
         self.registry = registry
         self.engine: sa.Engine = registry.engine
@@ -466,35 +466,3 @@ class Evaluator:
         old = time.time() - self.config.retention_days * 86400
         with self.engine.begin() as conn:
             conn.execute(monitor_windows.delete().where(monitor_windows.c.ts_last < old))
-
-
-# -- readers: status for the CLI, the server, the dashboard -----------------------------------------
-def status(engine: sa.Engine, name: str) -> dict[int, dict[str, Any]]:
-    """The persisted state of every evaluated version of `name` (newest evaluation)."""
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(monitor_state.c.version, monitor_state.c.state)
-                            .where(monitor_state.c.model == name).order_by(monitor_state.c.version)).all()
-    return {int(v): dict(s) for v, s in rows}
-
-
-def windows(engine: sa.Engine, name: str, *, since: float | None = None, version: int | None = None,
-            limit: int = 10_000) -> list[dict[str, Any]]:
-    """Evaluated windows of `name`, oldest first."""
-    w = monitor_windows
-    q = sa.select(w).where(w.c.model == name)
-    if since is not None:
-        q = q.where(w.c.ts_last >= since)
-    if version is not None:
-        q = q.where(w.c.version == version)
-    with engine.connect() as conn:
-        rows = conn.execute(q.order_by(w.c.ts_last.desc(), w.c.id.desc()).limit(limit)).mappings().all()
-    return [dict(r) for r in reversed(rows)]
-
-
-def window_at(engine: sa.Engine, name: str, version: int, ts: float) -> dict[str, Any] | None:
-    """The first evaluated window of `name@version` that spans `ts` (None when none does)."""
-    w = monitor_windows
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(w).where(w.c.model == name, w.c.version == version, w.c.ts_first <= ts,
-                                              w.c.ts_last >= ts).order_by(w.c.id).limit(1)).mappings().first()
-    return dict(row) if row is not None else None

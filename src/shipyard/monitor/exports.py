@@ -9,7 +9,7 @@ import fnmatch
 import json
 from typing import Any
 
-from shipyard.monitor.alerts import AlertConfig, Rule
+from shipyard.monitor.alert_rules import AlertConfig, Rule
 
 
 def _selector(rule: Rule, extra: str = "") -> str:

@@ -19,7 +19,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 from shipyard.monitor import charts, feedback, stats
-from shipyard.monitor import evaluator as evaluator_mod
+from shipyard.monitor import windows as windows_mod
 from shipyard.monitor.drift import TESTS
 
 if TYPE_CHECKING:  # api imports this module to write the report
@@ -47,7 +47,7 @@ def collect(monitor: Monitor, name: str, *, since: float, step_s: float | None =
             sa.select(alerts).where(alerts.c.model == name, sa.or_(alerts.c.resolved_at.is_(None),
                                                                    alerts.c.resolved_at >= since))
             .order_by(alerts.c.opened_at)).mappings()]
-    wins = evaluator_mod.windows(engine, name, since=since)
+    wins = windows_mod.windows(engine, name, since=since)
     for w, (acc, n) in zip(wins, feedback.window_accuracy(engine, name, wins), strict=True):
         # the labels known now, late ones included (the stored figure is what was known at evaluation)
         w["results"] = {**w["results"], "realised_accuracy": acc, "n_labels": n}

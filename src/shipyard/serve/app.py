@@ -8,8 +8,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from shipyard.monitor.alerts import DEFAULT_RULES
-from shipyard.monitor.alerts import load as load_alerts
+from shipyard.monitor.alert_rules import DEFAULT_RULES
+from shipyard.monitor.alert_rules import load as load_alerts
 from shipyard.monitor.evaluator import Evaluator
 from shipyard.monitor.predlog import PredictionLog
 from shipyard.registry import Registry
@@ -22,7 +22,7 @@ from shipyard.serve.supervisor import die_with_parent
 from shipyard.settings import Settings
 
 if TYPE_CHECKING:
-    from shipyard.monitor.alerts import AlertConfig
+    from shipyard.monitor.alert_rules import AlertConfig
 
 __all__ = ["ServeConfig", "app_from_env", "create_app"]
 #: how long a thread may hold the GIL while another waits for it, in a worker of `shipyard serve`
