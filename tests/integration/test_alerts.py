@@ -81,7 +81,7 @@ def test_the_example_rules_check_and_export_to_rules_promtool_accepts(tmp_path: 
              str(tmp_path / "rules.yml")], cli_env)
     checked = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yml")], capture_output=True,
                              text=True)
-    assert checked.returncode == 0 and "SUCCESS: 7 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "SUCCESS: 8 rules found" in checked.stdout, checked.stdout + checked.stderr
     # every PromQL expression of the Grafana dashboard parses too (as recording rules)
     dash = json.loads(run_cli(["export", "grafana"], cli_env).stdout)
     assert len(dash["panels"]) >= 10 and all(p["targets"] for p in dash["panels"])

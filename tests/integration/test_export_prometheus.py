@@ -30,7 +30,7 @@ def test_a_real_prometheus_scrapes_every_replica_from_the_exported_config(tmp_pa
         out = json.loads(run_cli(["export", "prometheus", *targets, "--interval", "1", "--rules",
                                   "shipyard.rules.yml", "-o", str(tmp_path / "prometheus.yml"), "--json"], env).stdout)
         checked = subprocess.run(["promtool", "check", "config", out["path"]], capture_output=True, text=True)
-        assert checked.returncode == 0 and "SUCCESS: 4 rules found" in checked.stdout, checked.stdout + checked.stderr
+        assert checked.returncode == 0 and "SUCCESS: 5 rules found" in checked.stdout, checked.stdout + checked.stderr
         doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784], "data": [0.5] * 784}]}
         for i in range(30):  # 20 to one replica, 10 to the other
             assert httpx.post(f"{(a if i % 3 else b).base}/v2/models/digits/infer", json=doc).status_code == 200
@@ -57,7 +57,7 @@ def test_a_real_prometheus_scrapes_every_replica_from_the_exported_config(tmp_pa
                 url, 'sum by (replica) (shipyard_requests_total{model="digits",status="200"})')}
             assert per_replica == {targets[0]: 20.0, targets[1]: 10.0}
             rules = httpx.get(f"{url}/api/v1/rules", timeout=5).json()["data"]["groups"]
-            assert [g["name"] for g in rules] == ["shipyard"] and len(rules[0]["rules"]) == 4
+            assert [g["name"] for g in rules] == ["shipyard"] and len(rules[0]["rules"]) == 5
         finally:
             prom.terminate()
             prom.wait(timeout=30)

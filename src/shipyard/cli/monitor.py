@@ -199,6 +199,13 @@ last = 500
 min_labels = 100
 
 [[rule]]
+name = "mae-rise"
+kind = "mae"                   # a regression's realised MAE, from feedback values (lower is better)
+above_validation_by = 0.25     # 25% above the bundle's validation MAE; or: above = 50.0 (target units)
+last = 500
+min_labels = 50
+
+[[rule]]
 name = "labels-needed"
 kind = "labels"                # while the estimate cannot be believed and the realised rule lacks labels
 severity = "info"

@@ -12,8 +12,8 @@ from typing import Any
 from shipyard import _toml
 from shipyard.errors import ConfigError
 
-KINDS = ("drift", "accuracy", "labels", "error_rate", "latency_p99", "rejections")
-PER_VERSION = ("drift", "accuracy", "labels")
+KINDS = ("drift", "accuracy", "mae", "labels", "error_rate", "latency_p99", "rejections")
+PER_VERSION = ("drift", "accuracy", "mae", "labels")
 SEVERITIES = ("info", "warning", "critical")
 TESTS = ("input", "mean", "prediction", "confidence", "softmax")
 
@@ -31,7 +31,8 @@ class Rule:
     below_validation_by: float | None = None  # accuracy: this far under the bundle's validation accuracy
     last: int = 500  # accuracy (realised): over the newest N labels …
     min_labels: int = 50  # … once there are at least this many
-    above: float | None = None  # error_rate, rejections: a share of requests
+    above: float | None = None  # error_rate, rejections: a share of requests; mae: in the target's units
+    above_validation_by: float | None = None  # mae: this share above the bundle's validation MAE (0.25: 25%)
     above_ms: float | None = None  # latency_p99
     over_s: float = 60.0  # error_rate, latency_p99, rejections: the time range looked at
     min_requests: int = 20  # … with at least this many requests in it
@@ -50,6 +51,10 @@ class Rule:
             bound = f"{self.below:.1%}" if self.below is not None else \
                 f"validation − {self.below_validation_by:.1%}"
             return f"{self.source} accuracy below {bound}"
+        if self.kind == "mae":
+            bound = f"{self.above:g}" if self.above is not None else \
+                f"validation MAE + {self.above_validation_by:.0%}"
+            return f"realised MAE (a regression's, from labels) above {bound}"
         if self.kind == "latency_p99":
             return f"p99 latency above {self.above_ms:g} ms over {self.over_s:g} s"
         what = "server errors" if self.kind == "error_rate" else "rejected inputs"
@@ -74,6 +79,7 @@ class AlertConfig:
 DEFAULT_RULES = AlertConfig(rules=(
     Rule("drift", "drift"),
     Rule("accuracy-drop", "accuracy", source="estimated", below_validation_by=0.10),
+    Rule("mae-rise", "mae", above_validation_by=0.25),  # regressions only: other models have no MAE
     Rule("labels-needed", "labels", severity="info"),
     Rule("server-errors", "error_rate", severity="critical", above=0.05),
 ))
@@ -84,6 +90,7 @@ _COMMON, _SERVING = ("name", "kind", "severity", "models"), ("over_s", "min_requ
 #: the keys each kind reads: a key of another kind is refused, not silently ignored
 _RULE_KEYS = {"drift": (*_COMMON, "tests", "windows"),
               "accuracy": (*_COMMON, "source", "below", "below_validation_by", "last", "min_labels"),
+              "mae": (*_COMMON, "above", "above_validation_by", "last", "min_labels"),
               "labels": (*_COMMON, "last", "min_labels"), "error_rate": (*_COMMON, "above", *_SERVING),
               "rejections": (*_COMMON, "above", *_SERVING), "latency_p99": (*_COMMON, "above_ms", *_SERVING)}
 
@@ -186,6 +193,16 @@ def _rule(i: int, r: Any, severity: str) -> Rule:
             args["below"] = float(_num(f"{at}.below", r["below"], lo=0, hi=1))
         else:
             args["below_validation_by"] = float(_num(f"{at}.below_validation_by", r["below_validation_by"], lo=0, hi=1))
+        args["last"] = _num(f"{at}.last", r.get("last", 500), lo=1, integer=True)
+        args["min_labels"] = _num(f"{at}.min_labels", r.get("min_labels", 50), lo=1, integer=True)
+    elif kind == "mae":
+        if ("above" in r) == ("above_validation_by" in r):
+            raise ConfigError(f"{at}.above", r.get("above"), "give exactly one of above (the MAE, in the target's "
+                              "units) and above_validation_by (a share of the validation MAE)")
+        if "above" in r:
+            args["above"] = float(_num(f"{at}.above", r["above"], lo=0))
+        else:
+            args["above_validation_by"] = float(_num(f"{at}.above_validation_by", r["above_validation_by"], lo=0))
         args["last"] = _num(f"{at}.last", r.get("last", 500), lo=1, integer=True)
         args["min_labels"] = _num(f"{at}.min_labels", r.get("min_labels", 50), lo=1, integer=True)
     else:

@@ -71,6 +71,8 @@ def check(engine: sa.Engine, config: AlertConfig, name: str, states: dict[int, d
                     out.append(_drift(engine, rule, name, version))
                 elif rule.kind == "accuracy":
                     out.append(_accuracy(engine, rule, name, version, state))
+                elif rule.kind == "mae":
+                    out.append(_mae(engine, rule, name, version, state))
                 else:
                     out.append(_labels(engine, rule, name, version, state))
         else:
@@ -166,6 +168,26 @@ def _accuracy(engine: sa.Engine, rule: Rule, name: str, version: int, state: dic
     firing = value is not None and value < bound
     shown = "unknown" if value is None else f"{value:.1%}"
     msg = f"v{version}: {rule.source} accuracy {shown} {'<' if firing else '≥'} {bound:.1%} (n={n})"
+    return Finding(rule, version, firing, msg, {"value": value, "bound": bound, "n": n})
+
+
+def _mae(engine: sa.Engine, rule: Rule, name: str, version: int, state: dict[str, Any]) -> Finding:
+    """A regression's realised MAE (lower is better) over its newest labels against a bound."""
+    if state.get("task") != "regression":
+        return Finding(rule, version, False, f"v{version}: not a regression (no MAE)", {})
+    bound = rule.above
+    if bound is None:
+        val = state.get("accuracy", {}).get("validation_mae")
+        if val is None:
+            return Finding(rule, version, False, f"v{version}: the bundle records no validation MAE", {})
+        bound = float(val) * (1 + float(rule.above_validation_by or 0))
+    got = feedback.mae(engine, name, version=version, last=rule.last)
+    value, n = got["realised_mae"], int(got["n_labels"])
+    if n < rule.min_labels:
+        value = None
+    firing = value is not None and value > bound
+    shown = f"unknown ({n} of {rule.min_labels} labels)" if value is None else f"{value:.4g}"
+    msg = f"v{version}: realised MAE {shown} {'>' if firing else '≤'} {bound:.4g} (n={n})"
     return Finding(rule, version, firing, msg, {"value": value, "bound": bound, "n": n})
 
 

@@ -94,6 +94,7 @@ class _Version:
     accuracy: dict[str, Any] = field(default_factory=lambda: {"realised": None, "n_labels": 0, "per_class": {}})
     accuracy_at: float = 0.0
     holdout_accuracy: float | None = None
+    val_mae: float | None = None  # a regression's, from the bundle
     regression: bool = False  # realised MAE instead of accuracy
     window: int = 0  # the window size this version is cut into (the configured one unless it cannot be calibrated)
     window_note: str | None = None
@@ -211,6 +212,7 @@ class Evaluator:
             v = _Version(ref, err or note, classes, summary.val_accuracy if summary else None)
             v.holdout_accuracy = bundle.meta.metrics.holdout_accuracy if bundle is not None else None
             v.regression = bundle is not None and bundle.regression
+            v.val_mae = bundle.meta.metrics.val_mae if bundle is not None else None
             v.window = self.config.window
             if ref is not None:
                 try:
@@ -424,10 +426,12 @@ class Evaluator:
             "drift": last.get("drift", {}), "alarm": bool(last.get("alarm", False)),
             "sequential": last.get("sequential"), "rules": dict(v.rules),
             "thresholds": last.get("thresholds"), "note": v.note,
+            "task": "regression" if v.regression else "classification",
             "accuracy": {"realised": v.accuracy.get("realised"), "estimated": last.get("estimated_accuracy"),
                          **estimate.verdict(last.get("estimate"), v.note),
                          "n_labels": v.accuracy.get("n_labels", 0), "per_class": v.accuracy.get("per_class", {}),
                          "validation": v.val_accuracy, "holdout_accuracy": v.holdout_accuracy,
+                         "validation_mae": v.val_mae,
                          **{k: x for k, x in v.accuracy.items() if k.startswith("realised_")}},
         }
 
@@ -459,6 +463,9 @@ class Evaluator:
                 value = s["accuracy"][kind]
                 if value is not None:
                     metrics.ACCURACY.labels(name, ver, kind).set(value)
+            for kind, key in (("realised", "realised_mae"), ("validation", "validation_mae")):
+                if s["accuracy"].get(key) is not None:
+                    metrics.MAE.labels(name, ver, kind).set(s["accuracy"][key])
             if s["accuracy"].get("estimated") is not None:
                 metrics.ESTIMATE_RELIABLE.labels(name, ver).set(1.0 if s["accuracy"]["estimated_reliable"] else 0.0)
 

@@ -34,6 +34,11 @@ def promql(rule: Rule) -> str:
         if rule.source == "estimated":  # an estimate that cannot be believed decides nothing
             cond = f"({cond}) and ignoring(kind) shipyard_accuracy_estimate_reliable{_selector(rule)} == 1"
         return cond
+    if rule.kind == "mae":
+        series = "shipyard_mae" + _selector(rule, 'kind="realised"')
+        validation = "shipyard_mae" + _selector(rule, 'kind="validation"')
+        return (f"{series} > {rule.above:g}" if rule.above is not None else
+                f"{series} > ignoring(kind) ({validation} * {1 + (rule.above_validation_by or 0):g})")
     if rule.kind == "labels":
         return f"shipyard_accuracy_estimate_reliable{_selector(rule)} == 0"
     span = f"{int(rule.over_s)}s"
@@ -130,6 +135,8 @@ PANELS: list[tuple[str, list[tuple[str, str]], str]] = [
      "short"),
     ("Feedback labels per s", [('sum by (model, outcome) (rate(shipyard_feedback_total{model=~"$model"}[5m]))',
                                 "{{model}} {{outcome}}")], "short"),
+    ("MAE of regressions (lower is better)", [('shipyard_mae{model=~"$model"}', "{{model}} v{{version}} {{kind}}")],
+     "short"),
 ]
 
 

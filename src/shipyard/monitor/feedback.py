@@ -217,23 +217,46 @@ def window_accuracy(engine: sa.Engine, model: str, windows: Sequence[Mapping[str
     from the labels in the database now: a label that arrives after its window was evaluated
     counts (the window's stored results keep what was known then). One pass over the log since
     the oldest window, however many windows."""
-    out: list[tuple[float | None, int]] = [(None, 0)] * len(windows)
     if not windows:
-        return out
+        return []
     since = min(float(w["ts_first"]) for w in windows)
-    by_version: dict[int, list[tuple[float, bool]]] = {}
-    for ts, y, pred, v in _labelled_answers(engine, model, shadows=True, since=since):
-        by_version.setdefault(v, []).append((ts, y == pred))
-    cums: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # version → label times, hits before each
-    for v, rows in by_version.items():
-        rows.sort()
-        cums[v] = (np.array([r[0] for r in rows], np.float64),
-                   np.concatenate([[0], np.cumsum([r[1] for r in rows])]).astype(np.int64))
+    rows = [(ts, float(y == pred), v) for ts, y, pred, v in _labelled_answers(engine, model, shadows=True,
+                                                                                since=since)]
+    return _per_window(rows, windows)
+
+
+def window_mae(engine: sa.Engine, model: str, windows: Sequence[Mapping[str, Any]]
+               ) -> list[tuple[float | None, int]]:
+    """(realised MAE, labels) of each evaluated window of a regression, as `window_accuracy`."""
+    if not windows:
+        return []
+    since = min(float(w["ts_first"]) for w in windows)
+    truth = values(engine, model)
+    wanted = list(truth) + [shadow_id(r) for r in truth]
+    found = find(engine, model, wanted, since=since, values=True) if truth else {}
+    return _per_window([(ts, abs(truth[primary_id(rid)] - float(value)), v)
+                        for rid, (ts, value, v) in found.items()], windows)
+
+
+def _per_window(rows: list[tuple[float, float, int]], windows: Sequence[Mapping[str, Any]]
+                ) -> list[tuple[float | None, int]]:
+    """The mean score (a hit, an absolute error) of the labelled answers (time, score, version)
+    inside each window, and how many there were: cumulative sums per version, two bisections
+    per window."""
+    out: list[tuple[float | None, int]] = [(None, 0)] * len(windows)
+    by_version: dict[int, list[tuple[float, float]]] = {}
+    for ts, score, v in rows:
+        by_version.setdefault(v, []).append((ts, score))
+    cums: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # version → label times, score sums before each
+    for v, pts in by_version.items():
+        pts.sort()
+        cums[v] = (np.array([r[0] for r in pts], np.float64),
+                   np.concatenate([[0.0], np.cumsum([r[1] for r in pts])]))
     for i, w in enumerate(windows):
         if (c := cums.get(int(w["version"]))) is None:
             continue
-        times, hits = c
+        times, sums = c
         lo = int(np.searchsorted(times, float(w["ts_first"]), "left"))
         hi = int(np.searchsorted(times, float(w["ts_last"]), "right"))
-        out[i] = (float((hits[hi] - hits[lo]) / (hi - lo)) if hi > lo else None, hi - lo)
+        out[i] = (float((sums[hi] - sums[lo]) / (hi - lo)) if hi > lo else None, hi - lo)
     return out

@@ -87,6 +87,8 @@ DRIFT_ALARM = Gauge("shipyard_drift_alarm", "1 when the latest window alarms, by
                     ["model", "version", "test"], multiprocess_mode="mostrecent")
 ACCURACY = Gauge("shipyard_accuracy", "Accuracy over the latest window (realised from labels, estimated from "
                  "calibrated confidence)", ["model", "version", "kind"], multiprocess_mode="mostrecent")
+MAE = Gauge("shipyard_mae", "A regression's mean absolute error in its target's units (realised from the newest "
+            "labels; validation from the bundle)", ["model", "version", "kind"], multiprocess_mode="mostrecent")
 ESTIMATE_RELIABLE = Gauge("shipyard_accuracy_estimate_reliable", "1 while the estimated accuracy can be believed (the "
                           "inputs moved only in ways it follows), 0 while it cannot", ["model", "version"],
                           multiprocess_mode="mostrecent")

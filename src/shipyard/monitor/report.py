@@ -48,13 +48,20 @@ def collect(monitor: Monitor, name: str, *, since: float, step_s: float | None =
                                                                    alerts.c.resolved_at >= since))
             .order_by(alerts.c.opened_at)).mappings()]
     wins = windows_mod.windows(engine, name, since=since)
-    for w, (acc, n) in zip(wins, feedback.window_accuracy(engine, name, wins), strict=True):
+    regression = _regression(status)
+    realised = feedback.window_mae(engine, name, wins) if regression else feedback.window_accuracy(engine, name, wins)
+    for w, (score, n) in zip(wins, realised, strict=True):
         # the labels known now, late ones included (the stored figure is what was known at evaluation)
-        w["results"] = {**w["results"], "realised_accuracy": acc, "n_labels": n}
+        w["results"] = {**w["results"], "realised_mae" if regression else "realised_accuracy": score, "n_labels": n}
     return {"model": name, "since": since, "until": now, "step_s": step, "status": status,
             "serving": stats.series(engine, name, since=since, step_s=step),
             "totals": stats.summary(engine, name, since=since).to_dict(),
             "windows": wins, "events": events, "alerts": alert_rows}
+
+
+def _regression(status: dict[str, Any]) -> bool:
+    """A regression's report shows MAE (lower is better) where a classifier's shows accuracy."""
+    return any(s.get("task") == "regression" for s in status.get("versions", {}).values())
 
 
 def _markers(data: dict[str, Any]) -> list[tuple[float, str]]:
@@ -96,6 +103,9 @@ def charts_html(data: dict[str, Any]) -> str:
     out.append(charts.line_chart("Drift: −log10 p per window (higher = further from the reference)", drift,
                                  hlines=thresholds, markers=marks, chart_id="chart-drift", y_min=0, y_max=top,
                                  width=min(max(560, legend), 1140)))
+    if _regression(data["status"]):
+        out.append(_mae_chart(data, marks))
+        return '<div class="grid2">' + "".join(f'<div class="card">{c}</div>' for c in out) + "</div>"
     acc: dict[str, list[tuple[float, float | None]]] = {}
     hidden: list[dict[str, Any]] = []  # windows whose estimate cannot be believed: a gap in the line
     for w in wins:
@@ -125,6 +135,23 @@ def charts_html(data: dict[str, Any]) -> str:
             pts.append((data["until"], pts[-1][1]))
     out.append(charts.line_chart("Version behind each alias", timeline, chart_id="chart-versions", step=True))
     return '<div class="grid2">' + "".join(f'<div class="card">{c}</div>' for c in out) + "</div>"
+
+
+def _mae_chart(data: dict[str, Any], marks: list[tuple[float, str]]) -> str:
+    """A regression's realised MAE per window from the labels known now, with each version's
+    validation MAE as a line: no estimate (nothing to estimate it from)."""
+    mae: dict[str, list[tuple[float, float | None]]] = {}
+    for w in data["windows"]:
+        if w["results"].get("realised_mae") is not None:
+            mae.setdefault(f"v{w['version']} realised", []).append((w["ts_last"], w["results"]["realised_mae"]))
+    val = [(float(s["accuracy"]["validation_mae"]), f"v{v} validation") for v, s in data["status"]["versions"].items()
+           if s["accuracy"].get("validation_mae") is not None]
+    return charts.line_chart("MAE: realised from labels (lower is better)", mae, y_min=0, hlines=val[:2],
+                             markers=marks, chart_id="chart-mae")
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4g}"
 
 
 def _pct(x: float | None) -> str:
@@ -178,6 +205,7 @@ def _sequential(seq: dict[str, Any] | None) -> str:
 def state_html(data: dict[str, Any]) -> str:
     """The current state (status), each version's rules and the alerts, as tables."""
     rows, rules = [], []
+    regression = _regression(data["status"])
     for ver, s in data["status"]["versions"].items():
         d = s["drift"]
         cells = "".join(
@@ -186,15 +214,20 @@ def state_html(data: dict[str, Any]) -> str:
         a = s["accuracy"]
         rows.append(f'<tr data-version="{escape(ver)}"><td>v{escape(ver)}</td>'
                     f"<td>{escape(', '.join(s['aliases']) or '–')}</td><td>{s['windows']}</td>{cells}"
-                    f"{_sequential(s.get('sequential'))}{_estimate_cell(a['estimated'], a)}"
-                    f"<td>{_pct(a['realised'])} ({a['n_labels']})</td><td>{_pct(a.get('validation'))}</td></tr>")
+                    f"{_sequential(s.get('sequential'))}"
+                    + (f"<td>–</td><td>{_num(a.get('realised_mae'))} ({a['n_labels']})</td>"
+                       f"<td>{_num(a.get('validation_mae'))}</td></tr>" if regression else
+                       f"{_estimate_cell(a['estimated'], a)}<td>{_pct(a['realised'])} ({a['n_labels']})</td>"
+                       f"<td>{_pct(a.get('validation'))}</td></tr>"))
         rules += [f'<tr data-version="{escape(ver)}" data-rule="{escape(rule)}"><td>v{escape(ver)}</td>'
                   f"<td>{escape(rule)}</td>{_state(r.get('state', ''))}<td>{escape(r.get('message', ''))}</td></tr>"
                   for rule, r in sorted((s.get("rules") or {}).items())]
     table = ("<table><tr><th>version</th><th>aliases</th><th>windows</th>"
              + "".join(f"<th>{escape(t)}</th>" for t in TESTS)
-             + "<th>drift level (CUSUM)</th><th>estimated acc</th><th>realised acc (labels)</th>"
-             "<th>validation acc</th></tr>" + "".join(rows) + "</table>") if rows \
+             + "<th>drift level (CUSUM)</th><th>estimated acc</th>"
+             + ("<th>realised MAE (labels)</th><th>validation MAE</th>" if regression else
+                "<th>realised acc (labels)</th><th>validation acc</th>")
+             + "</tr>" + "".join(rows) + "</table>") if rows \
         else "<p class=sub>no evaluated windows yet</p>"
     if rules:
         table += ("<table class=rules><tr><th>version</th><th>rule</th><th>state</th><th>why</th></tr>"
@@ -236,17 +269,23 @@ def windows_html(data: dict[str, Any], limit: int = WINDOW_ROWS) -> str:
         tests = [t for t in TESTS if (w["results"].get("drift", {}).get(t) or {}).get("alarm")]
         return f"ALARM ({escape(', '.join(tests))})" if tests else "ALARM" if w["alarm"] else "ok"
 
+    regression = _regression(data["status"])
+
+    def realised(r: dict[str, Any]) -> str:
+        return (f"<td>–</td><td>{_num(r.get('realised_mae'))} ({r.get('n_labels', 0)})</td>" if regression else
+                f"{_estimate_cell(r.get('estimated_accuracy'), r)}"
+                f"<td>{_pct(r.get('realised_accuracy'))} ({r.get('n_labels', 0)})</td>")
+
     rows = "".join(
         f'<tr data-window="{w.get("id", "")}"><td>v{w["version"]}</td><td>{_ts(w["ts_first"])}</td>'
         f"<td>{_ts(w['ts_last'])}</td><td>{w['n']}</td>"
-        f"<td class={'alarm' if w['alarm'] else 'ok'}>{alarmed(w)}</td>"
-        f"{_estimate_cell(w['results'].get('estimated_accuracy'), w['results'])}"
-        f"<td>{_pct(w['results'].get('realised_accuracy'))} ({w['results'].get('n_labels', 0)})</td></tr>"
+        f"<td class={'alarm' if w['alarm'] else 'ok'}>{alarmed(w)}</td>{realised(w['results'])}</tr>"
         for w in wins)
     more = (f"<p class=sub>the newest {limit} of {len(data['windows'])} windows</p>"
             if len(data["windows"]) > limit else "")
     return ("<table><tr><th>version</th><th>from</th><th>to</th><th>predictions</th><th>drift</th>"
-            "<th>estimated acc</th><th>realised acc (labels)</th></tr>" + rows + "</table>" + more)
+            "<th>estimated acc</th><th>" + ("realised MAE" if regression else "realised acc")
+            + " (labels)</th></tr>" + rows + "</table>" + more)
 
 
 def render(data: dict[str, Any]) -> str:
