@@ -98,7 +98,7 @@ def test_autopilot_json_prints_one_line_per_decision_while_it_runs(tmp_path: Pat
                                 server_env(home), lines=3)
     decisions = [json.loads(line) for line in lines]  # JSON Lines without --once: one object per decision
     assert [(d["name"], d["action"]) for d in decisions] == [("m", "wait")] * 3, err
-    assert decisions[0]["reason"] == "no open drift or accuracy alert on v1" and not decisions[0]["dry_run"]
+    assert decisions[0]["reason"] == "no open drift, accuracy or mae alert on v1" and not decisions[0]["dry_run"]
     assert rc == 0 and "stopped" in err
 
 

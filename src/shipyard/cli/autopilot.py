@@ -12,12 +12,12 @@ from shipyard.cli._common import JsonOpt, emit_json, err, registry, reporting, s
 
 def autopilot(
     name: Annotated[str, typer.Argument(help="Model name.")],
-    policy: Annotated[str | None, typer.Option(help="Policy file (TOML): triggers, limits, retrain and rollout settings. Default: drift or accuracy alerts, 200 labels, 1 h cooldown, 3 retrains a day.")] = None,
+    policy: Annotated[str | None, typer.Option(help="Policy file (TOML): triggers, limits, retrain and rollout settings. Default: drift, accuracy or mae alerts, 200 labels, 1 h cooldown, 3 retrains a day.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what it would do; change nothing.")] = False,
     once: Annotated[bool, typer.Option("--once", help="Decide (and act) once, then exit.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Watch NAME's alerts and, when a drift or accuracy alert is open and enough labels have come
+    """Watch NAME's alerts and, when a drift, accuracy or mae alert is open and enough labels have come
     back, retrain → offline gate → rollout, within the policy's cooldown and daily budget. Every
     decision is logged with its reason and recorded in `models history`. Ctrl-C stops it."""
     from shipyard.update.autopilot import Autopilot, Decision, Policy, load_policy

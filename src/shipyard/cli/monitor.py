@@ -66,7 +66,7 @@ def status_cmd(
         else:
             table = Table(title=f"{name}: monitoring", title_justify="left")
             for col in ("version", "aliases", "windows", "last window", "input", "mean", "prediction", "confidence",
-                        "softmax", "estimated acc", "realised acc (labels)"):
+                        "softmax", "estimated acc", "realised (labels)"):
                 table.add_column(col)
             notes = []
             for ver, s in st["versions"].items():
@@ -84,7 +84,9 @@ def status_cmd(
                               f"{w.get('n', '-')} (+{s['pending']} pending)" + (" STALE" if s["stale"] else ""),
                               _fmt_test(d.get("input")), _fmt_test(d.get("mean")), _fmt_test(d.get("prediction")),
                               _fmt_test(d.get("confidence")), _fmt_test(d.get("softmax")), est,
-                              f"{_pct(a['realised'])} ({a['n_labels']})")
+                              (f"MAE {a['realised_mae']:.4g}" if a.get("realised_mae") is not None else
+                               "MAE -" if s.get("task") == "regression" else _pct(a["realised"]))
+                              + f" ({a['n_labels']})")
             out.print(table)
             for note in notes:
                 out.print(note, markup=False, highlight=False)

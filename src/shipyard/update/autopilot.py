@@ -1,11 +1,11 @@
 """`shipyard autopilot NAME --policy FILE`: close the loop without a person. It watches the model's
-alerts; when a drift or accuracy alert is firing (not unknown) and enough labelled production data has come
-back, it runs retrain → offline gate → rollout, within a cooldown and a daily budget of retrains.
-Every decision is logged with its reason (and recorded in `models history` when it changes);
-`--dry-run` says what it would do and does nothing.
+alerts; when a drift, accuracy or (a regression's) mae alert is firing (not unknown) and enough
+labelled production data has come back, it runs retrain → offline gate → rollout, within a
+cooldown and a daily budget of retrains. Every decision is logged with its reason (and recorded
+in `models history` when it changes); `--dry-run` says what it would do and does nothing.
 
     [trigger]
-    alerts = ["drift", "accuracy"]   # alert kinds that start a retrain
+    alerts = ["drift", "accuracy", "mae"]   # alert kinds that start a retrain (mae: a regression's)
     min_labels = 200                 # labelled production samples (with kept inputs) needed
 
     [limits]
@@ -42,12 +42,12 @@ if TYPE_CHECKING:
     from shipyard.registry import Registry
     from shipyard.settings import Settings
 
-ALERT_KINDS = ("drift", "accuracy", "error_rate", "latency_p99", "rejections")
+ALERT_KINDS = ("drift", "accuracy", "mae", "error_rate", "latency_p99", "rejections")
 
 
 @dataclass(frozen=True)
 class Policy:
-    alerts: tuple[str, ...] = ("drift", "accuracy")
+    alerts: tuple[str, ...] = ("drift", "accuracy", "mae")
     min_labels: int = 200
     cooldown_s: float = 3600.0
     max_retrains_per_day: int = 3
@@ -83,7 +83,7 @@ def parse_policy(doc: dict[str, Any]) -> Policy:
     ret = _section(doc, "retrain", {"epochs": int, "holdout": num, "tolerance": num, "lr": num})
     rol = _section(doc, "rollout", {"steps": list, "min_requests": int, "min_labels": int, "step_timeout_s": num,
                                     "gates": list})
-    alerts = tuple(trig.get("alerts", ["drift", "accuracy"]))
+    alerts = tuple(trig.get("alerts", ["drift", "accuracy", "mae"]))
     if not alerts or any(a not in ALERT_KINDS for a in alerts):
         raise ConfigError("trigger.alerts", list(alerts), f"must be a list drawn from {', '.join(ALERT_KINDS)}")
     for key, value, lo in (("trigger.min_labels", trig.get("min_labels", 200), 1),
@@ -158,7 +158,8 @@ class Autopilot:
                 # the message after the comma: `_note` records a decision once per text before it
                 return Decision("wait", f"alert {undecided[0]['rule']!r} on v{production} is open but unknown, "
                                         f"its rule cannot decide now: {undecided[0]['message']}")
-            return Decision("wait", f"no open {' or '.join(p.alerts)} alert on v{production}")
+            kinds = ", ".join(p.alerts[:-1]) + " or " + p.alerts[-1] if len(p.alerts) > 1 else p.alerts[0]
+            return Decision("wait", f"no open {kinds} alert on v{production}")
         trigger = open_alerts[0]
         done = self._retrains()
         if done and now - done[-1] < p.cooldown_s:
