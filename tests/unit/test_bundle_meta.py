@@ -42,7 +42,7 @@ def as_v2(d: dict[str, Any]) -> dict[str, Any]:
     """What version 2 holds for a version-1 dict: the same, with the signature's implicit parts
     stated."""
     out = json.loads(json.dumps(d))
-    out["schema_version"] = SCHEMA_VERSION  # versions 3, 4 and 5 only add optional keys
+    out["schema_version"] = SCHEMA_VERSION  # versions 3 to 6 only add optional keys
     sig = out["signature"]
     for i in sig["inputs"]:
         i.setdefault("kind", "features")
@@ -63,7 +63,7 @@ def test_a_bundle_json_written_before_the_typed_schema_is_upgraded_and_keeps_its
     d = json.loads((V1 / name).read_text())
     assert d["schema_version"] == 1
     meta = BundleMeta.from_dict(d)
-    assert meta.schema_version == SCHEMA_VERSION == 5
+    assert meta.schema_version == SCHEMA_VERSION == 6
     assert meta.to_dict() == as_v2(d)  # every key and value kept; nothing added but the version
     assert BundleMeta.from_dict(meta.to_dict()) == meta
     assert meta.signature.onnx_input == meta.signature.graph_inputs[0].name

@@ -30,8 +30,9 @@ MANIFEST = "MANIFEST.sha256"
 MODEL = "model.onnx"
 WEIGHTS = "weights.pt"
 REFERENCE = "reference.npz"
+EXPLAIN = "explain.onnx"  # the gradient graph (`shipyard.explain.gradient`): optional
 #: files a bundle may hold besides the manifest
-KNOWN_FILES = (MODEL, META, WEIGHTS, REFERENCE)
+KNOWN_FILES = (MODEL, META, WEIGHTS, REFERENCE, EXPLAIN)
 _MAX_MEMBER_BYTES = 2 << 30
 #: the temporary folders `Bundle.load` unpacks archives into (each removed with its Bundle)
 TEMP_PREFIX = "shipyard-bundle-"
@@ -126,6 +127,13 @@ class Bundle:
     def regression(self) -> bool:
         """The graph answers values `[N, len(classes)]` (one per target), not class probabilities."""
         return self.meta.task == "regression"
+
+    @property
+    def explain_path(self) -> Path | None:
+        """The gradient graph explanations run Integrated Gradients on, or None (an imported model,
+        or one bundled before explanations: forward-pass methods only)."""
+        p = self.path / EXPLAIN
+        return p if self.meta.explain is not None and p.is_file() else None
 
     @property
     def has_weights(self) -> bool:

@@ -28,8 +28,9 @@ from shipyard.errors import ShipyardError
 #: version 5: tables — signature inputs of kind `column` (one per named column, `object` dtype for
 #: categorical ones: V2 BYTES) and the preprocessing spec's `columns`, `impute`, `impute_value`;
 #: `task` (absent: classification): a regression's graph answers values, not probabilities, and
-#: its metrics state MAEs (`val_mae`, `test_mae`, `train_best_val_mae`, `holdout_mae`)
-SCHEMA_VERSION = 5
+#: its metrics state MAEs (`val_mae`, `test_mae`, `train_best_val_mae`, `holdout_mae`);
+#: version 6: `explain` (optional) names the gradient graph `explain.onnx` and its measured parity
+SCHEMA_VERSION = 6
 META = "bundle.json"
 
 
@@ -214,6 +215,16 @@ class ReferenceSummary(Record):
 
 
 @dataclass(frozen=True)
+class ExplainGraph(Record):
+    """The gradient graph: `input` features and `target` weights over the outputs → `gradient`
+    and `output` (`shipyard.explain.gradient`)."""
+
+    file: str
+    gradient_max_abs_diff: float  # |ONNX − torch autograd| on validation rows, at export
+    exporter: str = "make_fx+torch.export"
+
+
+@dataclass(frozen=True)
 class BundleMeta(Record):
     """The whole of `bundle.json`."""
 
@@ -232,6 +243,7 @@ class BundleMeta(Record):
     lineage: Lineage = field(default_factory=Lineage)
     retrainable: bool | None = None
     reference: ReferenceSummary | None = None
+    explain: ExplainGraph | None = None
 
     @property
     def batch_invariant(self) -> bool | None:
@@ -324,9 +336,14 @@ def _v4_to_v5(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "schema_version": 5}
 
 
+def _v5_to_v6(d: dict[str, Any]) -> dict[str, Any]:
+    """Version 6 adds the optional gradient graph (`explain`): absent, forward-pass methods explain."""
+    return {**d, "schema_version": 6}
+
+
 #: schema version → the function that turns that layout into the next one
 UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4,
-                                                                     4: _v4_to_v5}
+                                                                     4: _v4_to_v5, 5: _v5_to_v6}
 
 
 def upgrade(d: Any, where: str = META) -> dict[str, Any]:

@@ -35,6 +35,8 @@ from shipyard.training.zoo import build_model
 PARITY_SAMPLES = 1000
 #: a production reference needs this many held-out rows, else the validation split is the reference
 REFERENCE_MIN_ROWS = 200
+#: the gradient graph's largest |ONNX − torch autograd| difference it may ship with
+GRADIENT_TOLERANCE = 1e-4
 #: and is topped up towards this many (two halves of 500: windows of 250 calibrate on either half)
 REFERENCE_TARGET_ROWS = 1000
 #: the chance of refusing a top-up from the same world (the three drift tests, α/3 each)
@@ -127,6 +129,7 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
             "exported": check_parity(torch_val[:PARITY_SAMPLES] / unit,
                                      predict(session(raw_path), x_val[:PARITY_SAMPLES]) / unit, "exported model"),
         }
+        explain = _gradient_graph(model, spec.num_features, len(ds.classes), work, not regression, x_val, console)
         if "int8-dynamic" in variants:
             files["int8-dynamic"] = V.int8_dynamic(raw_path, work / "int8-dynamic.onnx", work)
         if "int8-static" in variants:
@@ -189,12 +192,14 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
         meta["lineage"].update(lineage or {})
         meta["choice"]["allow_batch_variance"] = allow_batch_variance
         meta["reference"]["held_out"] = ref_from
+        meta["explain"] = explain
         if rows is not None:  # "validation accuracy" stays the validation split's, whatever the reference
             meta["reference"]["val_accuracy"] = None if regression else chosen.accuracy
             meta["reference"]["held_out_rows"] = rows
         if holdout_score is not None:
             meta["metrics"]["holdout_mae" if regression else "holdout_accuracy"] = holdout_score
-        result = _write(meta, files[chosen.name], weights, ref_path, work, dest, tarball, output)
+        result = _write(meta, files[chosen.name], weights, ref_path, work, dest, tarball, output,
+                        work / bundle_mod.EXPLAIN if explain else None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result, measured, reason
@@ -212,12 +217,34 @@ def _save_reference(ref: dict[str, np.ndarray], work: Path) -> Path:
     return path
 
 
+def _gradient_graph(model: torch.nn.Module, num_features: int, num_outputs: int, work: Path, softmax: bool,
+                    x_val: np.ndarray, console: Console) -> dict[str, Any] | None:
+    """The gradient graph explanations run Integrated Gradients on (`explain.onnx`), with its
+    parity against torch autograd; None, said once, when the model cannot be traced (forward-pass
+    methods explain it then)."""
+    from shipyard.explain.gradient import export_gradient
+
+    try:
+        diff = export_gradient(model, num_features, num_outputs, work / bundle_mod.EXPLAIN, softmax=softmax,
+                               check=x_val[:PARITY_SAMPLES])
+    except Exception as e:  # noqa: BLE001 - any tracing or export failure: the bundle ships without it
+        console.print(f"no gradient graph ({type(e).__name__}: {str(e).splitlines()[0][:200]}): explanations of "
+                      "this bundle use occlusion or kernel_shap")
+        return None
+    if not diff <= GRADIENT_TOLERANCE:
+        console.print(f"no gradient graph: its gradients differ from torch's by {diff:.1e} (> {GRADIENT_TOLERANCE:g})")
+        return None
+    return {"file": bundle_mod.EXPLAIN, "gradient_max_abs_diff": diff}
+
+
 def _write(meta: dict[str, Any], model: Path, weights: bytes, ref_path: Path | None, work: Path, dest: Path,
-           tarball: bool, output: Path | None) -> Bundle:
+           tarball: bool, output: Path | None, explain: Path | None = None) -> Bundle:
     staging = work / "staging"
     files: dict[str, Path | bytes] = {bundle_mod.MODEL: model, bundle_mod.WEIGHTS: weights}
     if ref_path is not None:
         files[bundle_mod.REFERENCE] = ref_path
+    if explain is not None:
+        files[bundle_mod.EXPLAIN] = explain
     bundle_mod.write(staging, meta, files)
     if tarball:
         bundle_mod.pack(staging, dest)
