@@ -18,17 +18,18 @@ from shipyard.settings import Settings
 from shipyard.training import Recipe, Run, get_run, runs, train
 
 __all__ = ["Bundle", "Client", "Monitor", "Recipe", "Registry", "Run", "ServeConfig", "Settings", "ShipyardError",
-           "create_app", "data", "get_run", "optimize", "retrain", "rollback", "rollout", "runs", "train"]
+           "create_app", "data", "explain", "get_run", "optimize", "retrain", "rollback", "rollout", "runs", "train"]
 
 if TYPE_CHECKING:
     from shipyard.client import Client
+    from shipyard.explain.api import explain
     from shipyard.monitor.api import Monitor
     from shipyard.serve.app import create_app
     from shipyard.serve.config import ServeConfig
     from shipyard.update.retrain import RetrainResult
 
 _LAZY = {"create_app": "shipyard.serve.app", "ServeConfig": "shipyard.serve.config", "Monitor": "shipyard.monitor.api",
-         "Client": "shipyard.client", "predict": "shipyard.serve.batch_predict"}
+         "Client": "shipyard.client", "predict": "shipyard.serve.batch_predict", "explain": "shipyard.explain.api"}
 
 
 def __getattr__(name: str) -> Any:

@@ -14,6 +14,7 @@ from shipyard.cli import (
     autopilot,
     bundle,
     data,
+    explain,
     export,
     gc,
     models,
@@ -46,6 +47,7 @@ app.command("import")(optimize.import_model)
 app.command("gc")(gc.gc)
 app.command()(serve.serve)
 app.command("predict")(predict.predict)
+app.command("explain")(explain.explain)
 app.command("trace")(trace.trace)
 app.command("retrain")(retrain.retrain)
 app.command("rollout")(rollout.rollout)

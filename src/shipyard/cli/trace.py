@@ -30,6 +30,14 @@ def trace(
         def when(ts: float) -> str:
             return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
+        for e in t.get("explanations", []):
+            sm = e["summary"]
+            out.print(f"[bold]{t['request_id']}[/]: {e['model']} v{e['version']} explained {e['n']} instance(s) with "
+                      f"{e['method']} at {when(e['ts'])}: target {', '.join(map(str, sm['target_label'][:4]))}, "
+                      f"output {', '.join(f'{v:.4g}' for v in sm['output'][:4])} (baseline "
+                      f"{', '.join(f'{v:.4g}' for v in sm['baseline_output'][:4])})")
+        if t["predicted"] is None:  # an explain request only: no logged prediction to trace
+            return
         out.print(f"[bold]{t['request_id']}[/]: {t['model']} v{t['version']} predicted {t['predicted']!r} at "
                   f"{when(t['time'])}")
         if t["label"]:

@@ -106,18 +106,26 @@ class Monitor:
         """Where one logged prediction came from and what it fell in: the version that answered,
         its bundle and variant, the training run and its data fingerprint, the label if one came,
         the evaluated window that holds it and the alerts open at the time."""
+        from shipyard.explain import record
         from shipyard.monitor import feedback, predlog
         from shipyard.training.tracking import run_lineage
 
         names = [model] if model else self.registry.model_names()
         if model:
             self._model(model)
+        explained = [{k: v for k, v in e.items() if k != "id"}
+                     for e in record.find(self.engine, request_id, model=model)]
         hit = None
         for name in names:
             found = predlog.find(self.engine, name, [request_id])
             if request_id in found:
                 hit = (name, *found[request_id])
                 break
+        if hit is None and explained:  # an explain request: not a prediction (never logged, never in a window)
+            e = explained[-1]
+            return {"request_id": request_id, "model": e["model"], "version": e["version"], "time": e["ts"],
+                    "predicted": None, "label": None, "bundle": None, "run": None, "data_fingerprint": None,
+                    "lineage": {}, "window": None, "alerts": [], "explanations": explained}
         if hit is None:
             where = f"model {model!r}" if model else "any model"
             raise NotFound(f"no logged prediction of {where} has request id {request_id!r} (the log keeps "
@@ -156,4 +164,5 @@ class Monitor:
                 "alarm": window["alarm"], "drift": window["results"].get("drift", {}),
                 "estimated_accuracy": window["results"].get("estimated_accuracy")},
             "alerts": open_alerts,
+            "explanations": explained,
         }

@@ -218,9 +218,10 @@ def open_npz(path: Path, model: ModelInputs, batch_size: int) -> Source:
 
 
 def open_images(root: Path, model: ModelInputs, batch_size: int) -> Source:
-    """Every image file under `root` (subfolders included, hidden ones not), in path order; the
-    row id is its path relative to `root`. Each is converted to the model's raw image (grayscale
-    for [H, W], RGB for [H, W, 3]); one of another size is a bad row, never resized."""
+    """Every image file under `root` (subfolders included, hidden ones not), in path order, or the
+    one image file `root` names; the row id is its path relative to `root`. Each is converted to
+    the model's raw image (grayscale for [H, W], RGB for [H, W, 3]); one of another size is a bad
+    row, never resized."""
     shape, dtype = model.raw_shape, model.raw_dtype
     if model.spec is None or model.spec.is_table or shape is None or dtype != np.uint8 or len(shape) not in (2, 3) \
             or (len(shape) == 3 and shape[2] not in (3, 4)):
@@ -231,9 +232,12 @@ def open_images(root: Path, model: ModelInputs, batch_size: int) -> Source:
     except ImportError:
         raise UsageError("reading images needs Pillow: pip install pillow") from None
     mode = "L" if len(shape) == 2 else ("RGB" if shape[2] == 3 else "RGBA")
-    files = sorted(p.relative_to(root) for p in root.rglob("*")
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if root.is_file():
+        root, files = root.parent, [Path(root.name)]
+    else:
+        files = sorted(p.relative_to(root) for p in root.rglob("*")
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
         raise DataError(root, f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder or its subfolders")
     h, w = shape[0], shape[1]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shipyard.bundle import MANIFEST, Bundle
+from shipyard.data.sources import IMAGE_SUFFIXES
 from shipyard.errors import DataError, UsageError
 from shipyard.serve.batch_inputs import BadRow, Chunk, ModelInputs, Source, open_images, open_npz
 from shipyard.serve.batch_tables import open_csv, open_parquet
@@ -232,7 +233,7 @@ def prefetched(chunks: Iterator[Chunk], depth: int = 2) -> Generator[Chunk, None
 def open_source(path: Path, model: ModelInputs, batch_size: int, *, id_column: str | None = None,
                 label_column: str = "label", count: bool = False) -> Source:
     """The reader for `path`: a folder of images, or a file by its suffix."""
-    if path.is_dir():
+    if path.is_dir() or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES):
         if id_column is not None:
             raise UsageError("--id-column is for tables; an image's row id is its path in the folder")
         return open_images(path, model, batch_size)

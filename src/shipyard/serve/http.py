@@ -28,7 +28,8 @@ from shipyard.serve import openapi
 from shipyard.serve.codec import decode_v2, dumps, parse_json
 from shipyard.serve.codec_v1 import decode_v1
 from shipyard.serve.config import ServeConfig
-from shipyard.serve.dataplane import DataPlane
+from shipyard.serve.dataplane import DataPlane, request_id
+from shipyard.serve.explaining import ExplainService
 from shipyard.serve.follow import Follower, freeze_heap
 from shipyard.serve.guard import CLOSES, Guard
 from shipyard.serve.supervisor import capacity, worker_up
@@ -86,6 +87,7 @@ class HttpApp:
         self.drain_file = config.drain_file  # created by the supervisor on SIGTERM, for every worker
         self._draining = False
         self.inflight = 0
+        self.explainer = ExplainService(plane.fleet.registry.engine)
         self.routes = self._routes()
         self._compiled = [(r.regex, r) for r in self.routes]
         self._paths: dict[str, tuple[Route, dict[str, str]] | None] = {}
@@ -101,6 +103,12 @@ class HttpApp:
                   {"POST": d.infer([d.NAME, d.VERSION])}, "v2"),
             Route("/v1/models/{name}:predict", {"POST": self._infer_v1}, "inference", ":predict",
                   {"POST": d.V1_PREDICT}, "v1"),
+            Route("/v2/models/{name}/explain", {"POST": self._explain_v2}, "inference", "explain",
+                  {"POST": d.explain([d.NAME])}, "explain"),
+            Route("/v2/models/{name}/versions/{version}/explain", {"POST": self._explain_v2}, "inference",
+                  "explain", {"POST": d.explain([d.NAME, d.VERSION])}, "explain"),
+            Route("/v1/models/{name}:explain", {"POST": self._explain_v1}, "inference", ":explain",
+                  {"POST": d.V1_EXPLAIN}, "explain"),
             Route("/v2/models/{name}/feedback", {"POST": self._feedback}, "inference", "feedback",
                   {"POST": d.FEEDBACK}, writes=frozenset({"POST"})),
             Route("/v2/health/live", {"GET": self._live}, "public", "live", {"GET": d.ok(schema="Live")}),
@@ -249,6 +257,7 @@ class HttpApp:
     async def shutdown(self) -> None:
         await self.drain()
         await self.plane.stop()
+        self.explainer.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -333,6 +342,29 @@ class HttpApp:
         if ans.proof is not None:
             headers.append(("x-feedback-token", ans.proof))
         return 200, ans.body, headers
+
+    async def _explain_v2(self, req: Request) -> Reply:
+        t0 = time.perf_counter()
+        raw_len: str | None = req.headers.get("inference-header-content-length")
+        if raw_len is not None and not (raw_len.isascii() and raw_len.isdigit()):
+            raise BadRequest("Inference-Header-Content-Length must be an integer")
+        name, version = req.params["name"], req.params.get("version")
+        rt = self.plane.pick(name, version, _route_key(req))
+        request = decode_v2(await self.guard.body(req), int(raw_len) if raw_len is not None else None)
+        rid = request_id(request.id or req.headers.get("x-request-id"))
+        body, header = await self.explainer.v2(rt, request, rid)
+        self.plane.observe(rt.name, str(rt.version), "explain", 200, time.perf_counter() - t0)
+        out = [("content-type", "application/json" if header is None else "application/octet-stream"),
+               ("x-request-id", rid)]
+        return 200, body, out + ([("inference-header-content-length", str(header))] if header is not None else [])
+
+    async def _explain_v1(self, req: Request) -> Reply:
+        t0 = time.perf_counter()
+        rt = self.plane.pick(req.params["name"], None, _route_key(req))
+        rid = request_id(req.headers.get("x-request-id"))
+        body = await self.explainer.v1(rt, await self.guard.body(req), rid)
+        self.plane.observe(rt.name, str(rt.version), "explain", 200, time.perf_counter() - t0)
+        return 200, body, [("content-type", "application/json"), ("x-request-id", rid)]
 
     async def _feedback(self, req: Request) -> Reply:
         name = req.params["name"]

@@ -74,6 +74,16 @@ def infer(params: list[dict[str, Any]]) -> dict[str, Any]:
             "504": {**_ERROR, "description": "Waited past the request deadline; the work was dropped"}}}
 
 
+def explain(params: list[dict[str, Any]]) -> dict[str, Any]:
+    doc = infer(params)
+    return {**doc, "summary": "Attributions for the instances sent: the /infer body plus request-level parameters "
+                              "target, method (integrated_gradients, occlusion, kernel_shap), steps, baseline "
+                              "(zeros, mean), integration, patch, samples",
+            "responses": {**doc["responses"], "200": {**doc["responses"]["200"], "description": (
+                "Outputs `attributions` shaped like the input sent (a table: `attributions/COLUMN` per column); "
+                "parameters target, target_label, method, output and baseline_output per instance")}}}
+
+
 def model_get(*, version: bool = False, schema: str = "ModelReady") -> dict[str, Any]:
     return {"parameters": [NAME, VERSION] if version else [NAME],
             "responses": {"200": _json(_ref(schema)), "404": _ERROR}}
@@ -96,6 +106,14 @@ V1_PREDICT = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("V1Request")}}},
     "responses": {"200": {**_json(_ref("V1Response")), "headers": _ANSWER_HEADERS}, "400": _ERROR, "404": _ERROR,
                   "413": _ERROR, "503": _ERROR, "504": _ERROR}}
+V1_EXPLAIN = {
+    "summary": "KServe v1 explanation: the :predict body (with an optional `parameters` object) answered as "
+               "`explanations`, one per instance",
+    "parameters": [NAME, _ROUTE_KEY],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("V1Request")}}},
+    "responses": {"200": {**_json({"type": "object", "required": ["explanations"], "properties": {
+        "explanations": {"type": "array"}, "method": {"type": "string"}}}), "headers": _ANSWER_HEADERS},
+        "400": _ERROR, "404": _ERROR, "413": _ERROR, "503": _ERROR, "504": _ERROR}}
 FEEDBACK = {
     "summary": "True labels for earlier predictions, by request id",
     "parameters": [NAME],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-HEAD = "0009"
+HEAD = "0010"
 
 metadata = sa.MetaData()
 
@@ -309,4 +309,23 @@ rollouts = sa.Table(
     sa.Column("holder", sa.String(255)),
     sa.Column("reason", sa.Text),
     sa.Column("verdicts", sa.JSON, nullable=False),  # one per finished step
+)
+
+# -- explanations (0010) ------------------------------------------------------------------------
+# One row per explained request, apart from the prediction log (explanations never enter drift
+# windows): `shipyard trace ID` shows it. `attributions`: an .npz of the arrays sent back.
+explanations = sa.Table(
+    "explanations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(NAME_LEN), nullable=False),
+    sa.Column("version", sa.Integer),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("method", sa.String(32), nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),  # instances
+    sa.Column("summary", sa.JSON, nullable=False),  # target, outputs, parameters (`Explanation.summary`)
+    sa.Column("attributions", sa.LargeBinary, nullable=False),
+    sa.Index("ix_explanations_request", "request_id"),
+    sa.Index("ix_explanations_model_ts", "model", "ts"),
 )

@@ -1,0 +1,60 @@
+"""Explanations as pictures: each image beside its attribution heatmap (red pushes towards the
+target, blue away; one symmetric scale per instance), or a table's columns as bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from shipyard.explain.api import ExplainResult
+
+#: instances drawn at most (one row each)
+MAX_DRAWN = 8
+
+
+def heatmap(result: ExplainResult, path: Path) -> Path:
+    """Write the PNG and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ex = result.explanation
+    n = min(len(ex.target), MAX_DRAWN)
+    title = f"{result.model} v{result.version}" if result.version is not None else result.model
+    if result.kind == "columns":
+        fig, axes = plt.subplots(n, 1, figsize=(7, 0.35 * len(result.columns) * n + 1.2), squeeze=False)
+        for i in range(n):
+            v = np.array([ex.attributions[f"attributions/{c}"][i] for c in result.columns])
+            ax = axes[i][0]
+            ax.barh(result.columns, v, color=np.where(v >= 0, "#c0392b", "#2471a3"))
+            ax.invert_yaxis()
+            ax.axvline(0, color="black", lw=0.6)
+            ax.set_title(f"{result.ids[i]}: {ex.target_label[i]} ({ex.output[i]:.3g}; baseline "
+                         f"{ex.baseline_output[i]:.3g})", fontsize=9)
+    else:
+        attr = ex.attributions["attributions"]
+        image = result.kind == "raw" and result.inputs.ndim >= 3
+        fig, axes = plt.subplots(n, 2, figsize=(5.2, 2.5 * n + 0.6), squeeze=False)
+        for i in range(n):
+            a = attr[i] if image else attr[i].reshape(1, -1)
+            a2 = a.sum(axis=-1) if a.ndim == 3 else a
+            x = result.inputs[i] if image else result.inputs[i].reshape(1, -1)
+            axes[i][0].imshow(x, cmap="gray" if np.ndim(x) == 2 else None, aspect="auto" if not image else None)
+            axes[i][0].set_title(f"{result.ids[i]}"[:28], fontsize=8)
+            lim = float(np.abs(a2).max()) or 1.0
+            im = axes[i][1].imshow(a2, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto" if not image else None)
+            axes[i][1].set_title(f"{ex.target_label[i]}: {ex.output[i]:.3g} (baseline {ex.baseline_output[i]:.3g})",
+                                 fontsize=8)
+            fig.colorbar(im, ax=axes[i][1], fraction=0.046, pad=0.04)
+            for ax in axes[i]:
+                ax.set_xticks([])
+                ax.set_yticks([])
+    fig.suptitle(f"{title}: {ex.method}" + (f", {ex.params.steps} steps" if ex.method == "integrated_gradients"
+                                            else ""), fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
