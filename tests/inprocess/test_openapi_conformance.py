@@ -128,6 +128,20 @@ async def _inference(c: Conformance) -> None:
     await c.call("POST", predict, 404, params=NOSUCH, json_body={"instances": x.tolist()})
     await c.call("POST", predict, 413, params=M, body=b"0" * (2 << 20))
 
+    explain, explain_v = "/v2/models/{name}/explain", "/v2/models/{name}/versions/{version}/explain"
+    e = await c.call("POST", explain, 200, params=M, json_body=v2_body(x[:1], parameters={"method": "kernel_shap",
+                                                                                          "samples": 64}))
+    assert e.json()["parameters"]["method"] == "kernel_shap" and e.json()["outputs"][0]["shape"] == [1, 784]
+    await c.call("POST", explain_v, 200, params=MV, json_body=v2_body(x[:1]))
+    await c.call("POST", explain, 400, params=M, json_body=v2_body(x[:1], parameters={"steps": 0}))
+    await c.call("POST", explain, 404, params=NOSUCH, json_body=v2_body(x[:1]))
+    await c.call("POST", explain, 413, params=M, body=b"0" * (2 << 20))
+    v1_explain = "/v1/models/{name}:explain"
+    await c.call("POST", v1_explain, 200, params=M, json_body={"instances": x[:1].tolist()})
+    await c.call("POST", v1_explain, 400, params=M, json_body={"instances": x[:1].tolist(),
+                                                               "parameters": {"method": "lime"}})
+    await c.call("POST", v1_explain, 404, params=NOSUCH, json_body={"instances": x[:1].tolist()})
+
     feedback = "/v2/models/{name}/feedback"
     label = r.json()["outputs"][1]["data"][0]
     await c.call("POST", feedback, 200, params=M, json_body={"feedback": [{"id": "conf-1", "label": label}]})
