@@ -68,9 +68,9 @@ def main() -> None:
     import torch
     from captum.attr import IntegratedGradients
 
+    from shipyard.attribution import methods
+    from shipyard.attribution.explainer import Explainer, Params
     from shipyard.data import load
-    from shipyard.explain import methods
-    from shipyard.explain.explainer import Explainer, Params
     from shipyard.optimizing import optimize
     from shipyard.settings import Settings
     from shipyard.training import train
@@ -149,8 +149,8 @@ def main() -> None:
               "explanations_per_s": speed, "speed_ratio_vs_captum": ratio, "goal_speed": GOAL_SPEED,
               "speed_met": ratio >= GOAL_SPEED, "aopc_no_worse_than_captum": faithful}
     if args.figure is not None:
-        from shipyard.explain.api import ExplainResult
-        from shipyard.explain.plots import heatmap
+        from shipyard.attribution.api import ExplainResult
+        from shipyard.attribution.plots import heatmap
 
         pick = [int(np.flatnonzero(val.y_val == c)[0]) for c in range(8)]  # one image of each of 8 classes
         e = ex.explain(spec.apply(val.x_val[pick]), Params(steps=args.steps), kind="raw", shape=(28, 28))

@@ -21,15 +21,15 @@ __all__ = ["Bundle", "Client", "Monitor", "Recipe", "Registry", "Run", "ServeCon
            "create_app", "data", "explain", "get_run", "optimize", "retrain", "rollback", "rollout", "runs", "train"]
 
 if TYPE_CHECKING:
+    from shipyard.attribution.api import explain
     from shipyard.client import Client
-    from shipyard.explain.api import explain
     from shipyard.monitor.api import Monitor
     from shipyard.serve.app import create_app
     from shipyard.serve.config import ServeConfig
     from shipyard.update.retrain import RetrainResult
 
 _LAZY = {"create_app": "shipyard.serve.app", "ServeConfig": "shipyard.serve.config", "Monitor": "shipyard.monitor.api",
-         "Client": "shipyard.client", "predict": "shipyard.serve.batch_predict", "explain": "shipyard.explain.api"}
+         "Client": "shipyard.client", "predict": "shipyard.serve.batch_predict", "explain": "shipyard.attribution.api"}
 
 
 def __getattr__(name: str) -> Any:

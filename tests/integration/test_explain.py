@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from harness.bundles import make_bundle
+from shipyard.attribution import methods
+from shipyard.attribution.explainer import Explainer, Params
 from shipyard.bundle import Bundle
 from shipyard.client import BadRequestError, Client
 from shipyard.data import load
-from shipyard.explain import methods
-from shipyard.explain.explainer import Explainer, Params
 from shipyard.monitor import predlog
 from shipyard.registry import Registry
 from shipyard.settings import Settings

@@ -30,7 +30,7 @@ MANIFEST = "MANIFEST.sha256"
 MODEL = "model.onnx"
 WEIGHTS = "weights.pt"
 REFERENCE = "reference.npz"
-EXPLAIN = "explain.onnx"  # the gradient graph (`shipyard.explain.gradient`): optional
+EXPLAIN = "explain.onnx"  # the gradient graph (`shipyard.attribution.gradient`): optional
 #: files a bundle may hold besides the manifest
 KNOWN_FILES = (MODEL, META, WEIGHTS, REFERENCE, EXPLAIN)
 _MAX_MEMBER_BYTES = 2 << 30

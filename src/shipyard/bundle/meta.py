@@ -217,7 +217,7 @@ class ReferenceSummary(Record):
 @dataclass(frozen=True)
 class ExplainGraph(Record):
     """The gradient graph: `input` features and `target` weights over the outputs → `gradient`
-    and `output` (`shipyard.explain.gradient`)."""
+    and `output` (`shipyard.attribution.gradient`)."""
 
     file: str
     gradient_max_abs_diff: float  # |ONNX − torch autograd| on validation rows, at export

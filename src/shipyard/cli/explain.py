@@ -27,7 +27,7 @@ def explain(
 ) -> None:
     """Attributions for the first rows of INPUT: per pixel for images, per feature, or per column
     of a table, with the target's output and the baseline's. Exit 0 done, 1 bad data, 2 usage."""
-    from shipyard.explain.api import explain as run_explain
+    from shipyard.attribution.api import explain as run_explain
 
     with reporting(as_json):
         chosen: int | str | None = int(target) if target is not None and target.isdigit() else target
@@ -35,7 +35,7 @@ def explain(
                              integration=integration, patch=patch, samples=samples, rows=rows, settings=settings())
         ex = result.explanation
         if output is not None:
-            from shipyard.explain.plots import heatmap
+            from shipyard.attribution.plots import heatmap
 
             heatmap(result, output)
         if as_json:

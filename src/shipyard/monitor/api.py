@@ -106,7 +106,7 @@ class Monitor:
         """Where one logged prediction came from and what it fell in: the version that answered,
         its bundle and variant, the training run and its data fingerprint, the label if one came,
         the evaluated window that holds it and the alerts open at the time."""
-        from shipyard.explain import record
+        from shipyard.attribution import record
         from shipyard.monitor import feedback, predlog
         from shipyard.training.tracking import run_lineage
 

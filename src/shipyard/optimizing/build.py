@@ -222,7 +222,7 @@ def _gradient_graph(model: torch.nn.Module, num_features: int, num_outputs: int,
     """The gradient graph explanations run Integrated Gradients on (`explain.onnx`), with its
     parity against torch autograd; None, said once, when the model cannot be traced (forward-pass
     methods explain it then)."""
-    from shipyard.explain.gradient import export_gradient
+    from shipyard.attribution.gradient import export_gradient
 
     try:
         diff = export_gradient(model, num_features, num_outputs, work / bundle_mod.EXPLAIN, softmax=softmax,

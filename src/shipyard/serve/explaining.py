@@ -1,5 +1,5 @@
 """`/explain` on a server: the same body as `/infer` (JSON or binary tensors, raw, feature or
-column inputs) plus request-level parameters (`shipyard.explain.explainer.Params`), answered as
+column inputs) plus request-level parameters (`shipyard.attribution.explainer.Params`), answered as
 a V2 response whose outputs are the attributions, shaped like the inputs sent, and whose
 parameters say how they came (target, method, the target's output and baseline output). The v1
 route `/v1/models/NAME:explain` answers in v1 form.
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sqlalchemy as sa
 
+from shipyard.attribution import record
+from shipyard.attribution.explainer import Explainer, Explanation, Params
 from shipyard.errors import BadRequest, Overloaded
-from shipyard.explain import record
-from shipyard.explain.explainer import Explainer, Explanation, Params
 from shipyard.serve.codec import InferRequest, encode_v2
 from shipyard.serve.codec_v1 import decode_v1
 from shipyard.serve.jsonrule import dumps, parse_json

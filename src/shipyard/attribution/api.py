@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shipyard.attribution.explainer import Explainer, Explanation, Params
 from shipyard.errors import DataError, UsageError
-from shipyard.explain.explainer import Explainer, Explanation, Params
 
 if TYPE_CHECKING:
     from shipyard.bundle import Bundle

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from shipyard.explain.explainer import Explanation
+from shipyard.attribution.explainer import Explanation
 from shipyard.store.schema import explanations
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shipyard.explain.api import ExplainResult
+from shipyard.attribution.api import ExplainResult
 
 #: instances drawn at most (one row each)
 MAX_DRAWN = 8

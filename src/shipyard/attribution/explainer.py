@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
+from shipyard.attribution import methods
 from shipyard.errors import BadRequest
-from shipyard.explain import methods
 
 if TYPE_CHECKING:
     from shipyard.bundle import Bundle
