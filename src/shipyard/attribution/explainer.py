@@ -123,6 +123,9 @@ class Explainer:
         grad = bundle.explain_path
         self.gradient = ort.InferenceSession(str(grad), opts, providers=["CPUExecutionProvider"]) \
             if grad is not None else None
+        graph = bundle.meta.explain
+        self._ig = methods.graph_ig(self.gradient, graph.kind) if self.gradient is not None and graph else None
+        self._baselines: dict[tuple[str, bool, int], np.ndarray] = {}
         ref = bundle.reference
         self.mean = np.asarray(ref["pca_mean"], np.float32) if ref is not None and "pca_mean" in ref else None
 
@@ -132,10 +135,6 @@ class Explainer:
             x = x.reshape(len(x), *self._model_shape)
         return np.asarray(self.model.run(None, {self._model_in: x})[0], np.float32)
 
-    def _gradient(self, x: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        assert self.gradient is not None
-        g, out = self.gradient.run(None, {"input": x, "target": target})
-        return g, out
 
     # -- one explanation -------------------------------------------------------------------------
     def explain(self, features: np.ndarray, params: Params, *, kind: str = "features",
@@ -151,10 +150,11 @@ class Explainer:
         target = self._targets(features, params.target)
         onehot = np.zeros((n, len(self.classes)), np.float32)
         onehot[np.arange(n), target] = 1.0
-        base = np.broadcast_to(self._baseline(params.baseline, kind, f), (n, f)).astype(np.float32)
+        base = np.broadcast_to(self._baseline(params.baseline, kind, f), (n, f))
         image = kind == "raw" and shape is not None and len(shape) >= 2 and self.spec is not None \
             and not self.spec.is_table
-        groups = self._groups(kind, f, shape if image else None, params.patch)
+        groups = self._groups(kind, f, shape if image else None, params.patch) if method != "integrated_gradients" \
+            else []
         per = {"integrated_gradients": params.steps + 2, "occlusion": len(groups) + 2,
                "kernel_shap": params.samples + 2}[method]
         if n * per > MAX_ROWS:
@@ -162,8 +162,8 @@ class Explainer:
                              f"than {MAX_ROWS:,} per request: send fewer instances (or fewer steps/samples)")
         x = np.ascontiguousarray(features, np.float32)
         if method == "integrated_gradients":
-            attr, out, base_out = methods.integrated_gradients(self._gradient, x, base, onehot, steps=params.steps,
-                                                               integration=params.integration)
+            assert self._ig is not None
+            attr, out, base_out = self._ig(x, base, onehot, params.steps, params.integration)
         elif method == "occlusion":
             attr, out, base_out = methods.occlusion(self._forward, x, base, onehot, groups)
         else:
@@ -199,6 +199,13 @@ class Explainer:
         return np.full(n, target, np.intp)
 
     def _baseline(self, baseline: str, kind: str, f: int) -> np.ndarray:
+        key = (baseline, kind == "raw", f)
+        got = self._baselines.get(key)
+        if got is None:
+            got = self._baselines[key] = self._make_baseline(baseline, kind, f)
+        return got
+
+    def _make_baseline(self, baseline: str, kind: str, f: int) -> np.ndarray:
         if baseline == "mean":
             if self.mean is None or len(self.mean) != f:
                 raise BadRequest("parameter 'baseline': this bundle records no training mean (no reference "

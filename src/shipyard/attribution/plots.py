@@ -4,6 +4,7 @@ target, blue away; one symmetric scale per instance), or a table's columns as ba
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,3 +59,58 @@ def heatmap(result: ExplainResult, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def maps_png(doc: dict[str, Any], path: Path | None = None) -> bytes:
+    """A version's class maps (`maps.for_version`): per class, at bundle time over recent traffic
+    (images as heatmaps, a table's columns as bars); the PNG's bytes, also written to `path`."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(label, doc[key]) for label, key in (("bundle (validation)", "bundle"), ("recent traffic", "recent"))
+            if doc[key] is not None]
+    classes = doc["classes"]
+    shift = doc.get("shift") or [None] * len(classes)
+    if doc["shape"] is not None and rows:
+        k = len(classes)
+        fig, axes = plt.subplots(len(rows), k, figsize=(1.25 * k + 0.6, 1.45 * len(rows) + 0.5), squeeze=False)
+        for r, (label, m) in enumerate(rows):
+            lim = float(np.max(m)) or 1.0
+            for c in range(k):
+                ax = axes[r][c]
+                img = np.asarray(m[c]).reshape(doc["shape"])
+                ax.imshow(img if img.ndim == 2 else img.sum(-1), cmap="magma", vmin=0, vmax=lim)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(str(classes[c])[:10], fontsize=8)
+                if r == len(rows) - 1 and shift[c] is not None:
+                    ax.set_xlabel(f"shift {shift[c]:.2f}", fontsize=7)
+            axes[r][0].set_ylabel(label, fontsize=8)
+    else:
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        names = [n for n, _ in doc["columns"]] if doc["columns"] else None
+        for i, (label, m) in enumerate(rows):
+            v = np.asarray(m).mean(axis=0)
+            if doc["columns"]:
+                starts = np.cumsum([0, *(w for _, w in doc["columns"])])
+                v = np.array([v[starts[j]:starts[j + 1]].sum() for j in range(len(doc["columns"]))])
+            x = np.arange(len(v))
+            ax.bar(x + 0.4 * i, v, width=0.4, label=label)
+        if names:
+            ax.set_xticks(np.arange(len(names)) + 0.2, names, rotation=45, ha="right", fontsize=7)
+        ax.legend(fontsize=8)
+        ax.set_ylabel("mean |attribution|")
+    fig.suptitle(f"{doc['model']} v{doc['version']}: mean |attribution| per predicted class", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buf.getvalue())
+    return buf.getvalue()

@@ -220,8 +220,11 @@ class ExplainGraph(Record):
     and `output` (`shipyard.attribution.gradient`)."""
 
     file: str
-    gradient_max_abs_diff: float  # |ONNX − torch autograd| on validation rows, at export
+    gradient_max_abs_diff: float  # |ONNX − torch autograd| on validation rows, at export (relative above 1)
     exporter: str = "make_fx+torch.export"
+    # `gradient`: input, target → gradient, output; `integrated`: the whole of Integrated Gradients
+    # factored through a first linear layer (input, baseline, target, alphas, weights → attributions, …)
+    kind: str = "gradient"
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,9 @@ def optimize(run: Run | str, *, name: str | None = None, output: Path | None = N
                         console.print(f"the reference stays {len(hx)} production rows: they differ from the "
                                       "original data, which would make every window of this world drift")
         ref = reference.build(x_train, ref_probs, ref_y, seed=recipe.seed, x_val=ref_x, regression=regression)
+        if explain:  # what each class looks at, on held-out rows: the dashboard's global explanation
+            ref.update(_class_maps(work / bundle_mod.EXPLAIN, explain["kind"], files["fp32"], spec, ref_x,
+                                   len(ds.classes), regression))
         ref_path = _save_reference(ref, work)
         meta = _meta(name, run, ds.classes, spec, chosen, measured, reason, optimize_for, threads,
                      exporter, parity, reference.summary(ref), task=ds.task)
@@ -219,22 +222,40 @@ def _save_reference(ref: dict[str, np.ndarray], work: Path) -> Path:
 
 def _gradient_graph(model: torch.nn.Module, num_features: int, num_outputs: int, work: Path, softmax: bool,
                     x_val: np.ndarray, console: Console) -> dict[str, Any] | None:
-    """The gradient graph explanations run Integrated Gradients on (`explain.onnx`), with its
-    parity against torch autograd; None, said once, when the model cannot be traced (forward-pass
-    methods explain it then)."""
+    """The graph explanations run Integrated Gradients on (`explain.onnx`): the factored one for
+    a model that begins with a linear layer, else the gradient graph; with its parity against
+    torch autograd. None, said once, when neither can be traced (forward-pass methods then)."""
     from shipyard.attribution.gradient import export_gradient
+    from shipyard.attribution.integrated import export_integrated, split_linear
 
-    try:
-        diff = export_gradient(model, num_features, num_outputs, work / bundle_mod.EXPLAIN, softmax=softmax,
-                               check=x_val[:PARITY_SAMPLES])
-    except Exception as e:  # noqa: BLE001 - any tracing or export failure: the bundle ships without it
-        console.print(f"no gradient graph ({type(e).__name__}: {str(e).splitlines()[0][:200]}): explanations of "
-                      "this bundle use occlusion or kernel_shap")
-        return None
-    if not diff <= GRADIENT_TOLERANCE:
-        console.print(f"no gradient graph: its gradients differ from torch's by {diff:.1e} (> {GRADIENT_TOLERANCE:g})")
-        return None
-    return {"file": bundle_mod.EXPLAIN, "gradient_max_abs_diff": diff}
+    kinds = (["integrated"] if split_linear(model) is not None else []) + ["gradient"]
+    problems = []
+    for kind in kinds:
+        export = export_integrated if kind == "integrated" else export_gradient
+        try:
+            diff = export(model, num_features, num_outputs, work / bundle_mod.EXPLAIN, softmax=softmax,
+                          check=x_val[:PARITY_SAMPLES])
+        except Exception as e:  # noqa: BLE001 - any tracing or export failure: the next kind, or none
+            problems.append(f"{kind}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+            continue
+        if diff <= GRADIENT_TOLERANCE:
+            return {"file": bundle_mod.EXPLAIN, "gradient_max_abs_diff": diff, "kind": kind}
+        problems.append(f"{kind}: differs from torch autograd by {diff:.1e} (> {GRADIENT_TOLERANCE:g})")
+    (work / bundle_mod.EXPLAIN).unlink(missing_ok=True)
+    console.print(f"no gradient graph ({'; '.join(problems)}): explanations of this bundle use occlusion or "
+                  "kernel_shap")
+    return None
+
+
+def _class_maps(graph: Path, kind: str, model: Path, spec: PreprocessSpec, x: np.ndarray, classes: int,
+                regression: bool) -> dict[str, np.ndarray]:
+    from shipyard.attribution import maps, methods
+
+    ig = methods.graph_ig(session(graph), kind)
+    image = not spec.is_table and len(spec.raw_shape) >= 2
+    black = spec.apply(np.zeros((1, *spec.raw_shape), np.dtype(spec.raw_dtype)))[0] if image else \
+        np.zeros(spec.num_features, np.float32)
+    return maps.at_build(ig, predict(session(model), x), x, black, classes, regression=regression)
 
 
 def _write(meta: dict[str, Any], model: Path, weights: bytes, ref_path: Path | None, work: Path, dest: Path,
