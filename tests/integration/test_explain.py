@@ -222,3 +222,40 @@ def test_the_cli_writes_a_heatmap(server: tuple[Server, Path], images: np.ndarra
     assert doc["method"] == "occlusion" and len(doc["target"]) == 3
     bad = run_cli(["explain", "digits", str(tmp_path / "x.npy"), "--baseline", "noise"], server_env(home), check=False)
     assert bad.returncode == 2 and "'baseline' must be one of zeros, mean" in bad.stderr
+
+
+def test_class_maps_show_a_shift_in_what_the_model_looks_at(server: tuple[Server, Path], images: np.ndarray,
+                                                            tmp_path: Path) -> None:
+    """The bundle's maps (validation rows) against maps from recent traffic: normal digits look
+    at the same pixels; inverted digits (a shift) make the maps move. In the CLI, the report and
+    the dashboard's fragment."""
+    import time
+
+    srv, home = server
+
+    def send(x: np.ndarray) -> None:
+        for i in range(0, len(x), 50):
+            r = httpx.post(f"{srv.base}/v2/models/digits/infer", json=v2(x[i:i + 50]), headers=AUTH, timeout=30)
+            assert r.status_code == 200
+        time.sleep(2.5)  # the prediction log's flush
+
+    def maps(name: str) -> dict:  # type: ignore[type-arg]
+        return json.loads(run_cli(["explain", "digits", "--maps", "-o", str(tmp_path / name), "--json"],
+                                  server_env(home)).stdout)
+
+    send(images[:200])
+    calm = maps("calm.png")
+    assert np.array(calm["bundle"]).shape == (10, 784) and calm["recent_rows"] >= 150
+    assert sum(calm["bundle_counts"]) == 500 and (tmp_path / "calm.png").read_bytes()[:4] == b"\x89PNG"
+    send(255 - images[:200])  # the newest rows now: inverted digits
+    moved = maps("moved.png")
+    calm_shift = np.nanmedian([s for s in calm["shift"] if s is not None])
+    moved_shift = np.nanmedian([s for s in moved["shift"] if s is not None])
+    assert moved_shift > calm_shift + 0.1, (calm_shift, moved_shift)
+    page = tmp_path / "report.html"
+    run_cli(["monitor", "report", "digits", "--html", str(page)], server_env(home))
+    html = page.read_text()
+    assert "What each class looks at" in html and html.count("data:image/png;base64,") >= 20
+    frag = httpx.get(f"{srv.base}/dashboard/fragment", params={"model": "digits", "minutes": 5}, headers=AUTH,
+                     timeout=30)
+    assert frag.status_code == 200 and "What each class looks at" in frag.text

@@ -62,5 +62,7 @@ def fragment(registry: Registry, name: str, minutes: float) -> str:
     data = report.collect(mon, name, since=time.time() - minutes * 60)
     # the report's marks (an estimate greyed as unreliable, a rule that cannot decide) travel with the
     # fragment: the page itself stays free of the monitor's imports
+    from shipyard.attribution.html import maps_html
+
     return (f"<style>{report.STYLE}</style>" + report.state_html(data) + "<h2>Over time</h2>"
-            + report.charts_html(data))
+            + report.charts_html(data) + "<h2>What each class looks at</h2>" + maps_html(data.get("maps", [])))
