@@ -37,19 +37,19 @@ def heatmap(result: ExplainResult, path: Path) -> Path:
     else:
         attr = ex.attributions["attributions"]
         image = result.kind == "raw" and result.inputs.ndim >= 3
-        fig, axes = plt.subplots(n, 2, figsize=(5.2, 2.5 * n + 0.6), squeeze=False)
+        # one column per instance: the input above, its heatmap below (red: towards the target)
+        fig, axes = plt.subplots(2, n, figsize=(1.9 * n + 0.4, 4.3), squeeze=False)
         for i in range(n):
             a = attr[i] if image else attr[i].reshape(1, -1)
             a2 = a.sum(axis=-1) if a.ndim == 3 else a
             x = result.inputs[i] if image else result.inputs[i].reshape(1, -1)
-            axes[i][0].imshow(x, cmap="gray" if np.ndim(x) == 2 else None, aspect="auto" if not image else None)
-            axes[i][0].set_title(f"{result.ids[i]}"[:28], fontsize=8)
+            axes[0][i].imshow(x, cmap="gray" if np.ndim(x) == 2 else None, aspect="auto" if not image else None)
+            axes[0][i].set_title(f"{result.ids[i]}"[:22], fontsize=7)
             lim = float(np.abs(a2).max()) or 1.0
-            im = axes[i][1].imshow(a2, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto" if not image else None)
-            axes[i][1].set_title(f"{ex.target_label[i]}: {ex.output[i]:.3g} (baseline {ex.baseline_output[i]:.3g})",
-                                 fontsize=8)
-            fig.colorbar(im, ax=axes[i][1], fraction=0.046, pad=0.04)
-            for ax in axes[i]:
+            axes[1][i].imshow(a2, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto" if not image else None)
+            axes[1][i].set_title(f"{ex.target_label[i]}: {ex.output[i]:.2f} (base {ex.baseline_output[i]:.2f})",
+                                 fontsize=7)
+            for ax in (axes[0][i], axes[1][i]):
                 ax.set_xticks([])
                 ax.set_yticks([])
     fig.suptitle(f"{title}: {ex.method}" + (f", {ex.params.steps} steps" if ex.method == "integrated_gradients"
