@@ -156,7 +156,7 @@ def test_the_report_is_one_self_contained_file_with_every_plot(watched, tmp_path
     for chart in CHARTS:
         svg = re.search(rf'<svg id="{chart}".*?</svg>', html, re.S)
         assert svg and 'class="pt"' in svg.group(0), chart
-    assert "<script" not in html and not re.search(r'(src|href)="(?!#)', html)  # nothing to fetch
+    assert "<script" not in html and not re.search(r'(src|href)="(?!#|data:)', html)  # nothing to fetch (images inline)
     assert "drift" in html and "production" in html and "dashboard test" in html
     acc = _reliability(reg)
     html = Path(json.loads(run_cli(["monitor", "report", "digits", "--html", str(tmp_path / "r2.html"), "--since",

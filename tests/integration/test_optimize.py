@@ -71,7 +71,8 @@ def test_allow_batch_variance_is_recorded_in_the_bundle(trained: Trained, tmp_pa
 
 def test_bundle_contents(optimized: Optimized) -> None:
     _, run, bundle, _, _ = optimized
-    assert set(bundle.files()) == {"model.onnx", "bundle.json", "weights.pt", "reference.npz", "MANIFEST.sha256"}
+    assert set(bundle.files()) == {"model.onnx", "bundle.json", "weights.pt", "reference.npz", "explain.onnx",
+                                   "MANIFEST.sha256"}
     meta = bundle.meta.to_dict()
     assert meta["schema_version"] == B.SCHEMA_VERSION and meta["name"] == "mlp-mnist-sample"
     inputs = {i["name"]: i for i in meta["signature"]["inputs"]}

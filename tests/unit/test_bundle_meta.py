@@ -175,7 +175,7 @@ def test_a_missing_key_is_refused_naming_it(tmp_path: Path) -> None:
      r"'lineage\.parent_version' has value 'one', expected an integer or null"),
     (lambda d: d["preprocess"].update(standardize="sometimes"),
      r"'preprocess\.standardize' has value 'sometimes', expected one of 'none', 'global', 'feature'"),
-    (lambda d: d.update(schema_version=6), r"'schema_version' has value 6: unsupported \(written by a newer"),
+    (lambda d: d.update(schema_version=7), r"'schema_version' has value 7: unsupported \(written by a newer"),
 ])
 def test_a_tampered_bundle_json_is_refused_at_load_naming_key_and_value(tmp_path: Path, change: Any,
                                                                          message: str) -> None:
