@@ -28,9 +28,10 @@ INPUTS = ("input", "baseline", "target", "alphas", "weights")
 OUTPUTS = ("attributions", "output", "baseline_output")
 
 
-def split_linear(model: nn.Module) -> tuple[nn.Linear, nn.Module, nn.Module | None] | None:
+def split_linear(model: nn.Module) -> tuple[nn.Linear, nn.Sequential, nn.Module | None] | None:
     """(the first linear layer, the layers after it, the regression's target scaling or None)
-    when `model` is an MLP or a Sequential that begins with a linear layer; None otherwise."""
+    when `model` is an MLP or a Sequential of linear layers and ReLUs that begins with a linear
+    layer; None otherwise (the gradient graph explains those)."""
     from shipyard.training.objective import TargetScale
 
     scale = None
@@ -42,7 +43,8 @@ def split_linear(model: nn.Module) -> tuple[nn.Linear, nn.Module, nn.Module | No
     layers = list(seq)
     while layers and isinstance(layers[0], (nn.Flatten, nn.Identity, nn.Dropout)):
         layers.pop(0)
-    if not layers or not isinstance(layers[0], nn.Linear):
+    if not layers or not isinstance(layers[0], nn.Linear) or \
+            not all(isinstance(m, (nn.Linear, nn.ReLU, nn.Dropout, nn.Identity)) for m in layers[1:]):
         return None
     return layers[0], nn.Sequential(*layers[1:]), scale
 
@@ -54,16 +56,45 @@ def _mlp_type() -> type:
 
 
 class _Integrated(nn.Module):
-    def __init__(self, first: nn.Linear, rest: nn.Module, scale: nn.Module | None, softmax: bool) -> None:
+    """The factored IG graph with the backward pass written out (the layers after the first are
+    linear layers and ReLUs only), so it exports like any forward graph: no autograd to trace."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, first: nn.Linear, rest: nn.Sequential, scale: nn.Module | None, softmax: bool) -> None:
         super().__init__()
-        self.first, self.rest, self.softmax = first, rest, softmax
+        self.first, self.softmax = first, softmax
+        self.rest = nn.Sequential(*[m for m in rest if not isinstance(m, (nn.Dropout, nn.Identity))])
         mean, std = (getattr(scale, "mean", None), getattr(scale, "std", None)) if scale is not None else (None, None)
         self.register_buffer("mean", mean.detach().clone() if isinstance(mean, torch.Tensor) else torch.zeros(1))
         self.register_buffer("std", std.detach().clone() if isinstance(std, torch.Tensor) else torch.ones(1))
 
+    def _out(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(z, dim=1) if self.softmax else z * self.std + self.mean
+
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        out = self.rest(h)
-        return torch.softmax(out, dim=1) if self.softmax else out * self.std + self.mean
+        return self._out(self.rest(h))
+
+    def head_grad(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """d Σ t·out / d h, by hand: the layers' activations forward, their gradients back."""
+        masks: list[torch.Tensor] = []
+        weights: list[torch.Tensor] = []
+        for m in self.rest:
+            if isinstance(m, nn.Linear):
+                weights.append(m.weight)
+                h = F.linear(h, m.weight, m.bias)
+            else:  # ReLU
+                masks.append(h > 0)
+                h = torch.relu(h)
+        if self.softmax:
+            p = torch.softmax(h, dim=1)
+            g = p * (t - (p * t).sum(dim=1, keepdim=True))
+        else:
+            g = t * self.std
+        for m in reversed(self.rest):
+            g = g @ weights.pop() if isinstance(m, nn.Linear) else g * masks.pop()
+        return g
 
     def forward(self, x: torch.Tensor, base: torch.Tensor, target: torch.Tensor, alphas: torch.Tensor,
                 weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,33 +102,16 @@ class _Integrated(nn.Module):
         d = x - base
         u = F.linear(base, w, self.first.bias)  # the baseline's pre-activation
         v = F.linear(d, w)  # its change along the path
-        n, s, h = x.shape[0], alphas.shape[0], u.shape[1]
-        with torch.enable_grad():
-            pre = (u[:, None, :] + alphas[None, :, None] * v[:, None, :]).reshape(n * s, h).detach()
-            pre.requires_grad_(True)
-            out = self.head(pre)
-            t = target[:, None, :].expand(n, s, target.shape[1]).reshape(n * s, target.shape[1])
-            (g,) = torch.autograd.grad((out * t).sum(), pre)
-        summed = (g.reshape(n, s, h) * weights[None, :, None]).sum(dim=1)
+        n, h = x.shape[0], u.shape[1]
+        pre = (u.unsqueeze(1) + alphas.reshape(1, -1, 1) * v.unsqueeze(1)).reshape(-1, h)
+        steps = pre.shape[0] // n
+        t = target.unsqueeze(1).expand(n, steps, target.shape[1]).reshape(-1, target.shape[1])
+        g = self.head_grad(pre, t)
+        summed = (g.reshape(n, steps, h) * weights.reshape(1, -1, 1)).sum(dim=1)
         attributions = d * (summed @ w)
         at_x = (self.head(F.linear(x, w, self.first.bias)) * target).sum(dim=1)
         at_base = (self.head(u) * target).sum(dim=1)
-        return attributions.detach(), at_x.detach(), at_base.detach()
-
-
-class _Traced(nn.Module):
-    def __init__(self, graph: nn.Module, params: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.graph = graph
-        self.keys = list(params)
-        for i, k in enumerate(self.keys):
-            self.register_buffer(f"w{i}", params[k])
-
-    def forward(self, x: torch.Tensor, base: torch.Tensor, target: torch.Tensor, alphas: torch.Tensor,
-                weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        params = {k: getattr(self, f"w{i}") for i, k in enumerate(self.keys)}
-        a, o, b = self.graph(params, x, base, target, alphas, weights)
-        return a, o, b
+        return attributions, at_x, at_base
 
 
 def export_integrated(model: nn.Module, num_features: int, num_outputs: int, path: Path, *, softmax: bool = True,
@@ -106,33 +120,22 @@ def export_integrated(model: nn.Module, num_features: int, num_outputs: int, pat
     attribution difference from Integrated Gradients by torch autograd over every step (64-step
     trapezoid, zero baseline, each row's most likely class) on the rows `check`, relative to the
     largest attribution when that is above 1. Raises ValueError for a model it does not fit."""
-    from torch._decomp import core_aten_decompositions
-    from torch.fx.experimental.proxy_tensor import make_fx
-
     from shipyard.attribution import methods
     from shipyard.attribution.gradient import gradient_fn
 
     parts = split_linear(model.eval())
     if parts is None:
-        raise ValueError("the model does not begin with a linear layer")
+        raise ValueError("the model is not a linear layer followed by linear layers and ReLUs")
     module = _Integrated(*parts, softmax=softmax).eval()
-    params = {k: v.detach() for k, v in [*module.named_parameters(), *module.named_buffers()]}
-
-    def fn(p: dict[str, torch.Tensor], *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return torch.func.functional_call(module, p, args)
-
     alphas, weights = (torch.from_numpy(a.astype(np.float32)) for a in methods.path(4))
     example = (torch.rand(3, num_features), torch.zeros(3, num_features),
                torch.eye(num_outputs)[torch.arange(3) % num_outputs], alphas, weights)
-    with quiet("torch.onnx"), quiet("torch"):
-        graph = make_fx(fn, tracing_mode="symbolic",
-                        decomposition_table=dict(core_aten_decompositions().items()))(params, *example)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        batch, steps = torch.export.Dim("batch"), torch.export.Dim("steps", min=2)
-        torch.onnx.export(_Traced(graph, params).eval(), example, str(path), input_names=list(INPUTS),
-                          output_names=list(OUTPUTS), dynamo=True, opset_version=18, external_data=False,
-                          dynamic_shapes=({0: batch}, {0: batch}, {0: batch}, {0: steps}, {0: steps}),
-                          verbose=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with quiet("torch.onnx"), quiet("torch"), torch.no_grad():  # a forward graph: the fast exporter
+        torch.onnx.export(module, example, str(path), input_names=list(INPUTS), output_names=list(OUTPUTS),
+                          dynamic_axes={"input": {0: "batch"}, "baseline": {0: "batch"}, "target": {0: "batch"},
+                                        "alphas": {0: "steps"}, "weights": {0: "steps"}},
+                          dynamo=False, opset_version=17)
     rows = np.ascontiguousarray(check if check is not None else example[0].numpy(), dtype=np.float32)[:200]
     with torch.no_grad():
         out = model(torch.from_numpy(rows))
