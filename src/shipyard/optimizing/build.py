@@ -239,7 +239,8 @@ def _gradient_graph(model: torch.nn.Module, num_features: int, num_outputs: int,
             problems.append(f"{kind}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
             continue
         if diff <= GRADIENT_TOLERANCE:
-            return {"file": bundle_mod.EXPLAIN, "gradient_max_abs_diff": diff, "kind": kind}
+            return {"file": bundle_mod.EXPLAIN, "gradient_max_abs_diff": diff, "kind": kind,
+                    "exporter": "torch.onnx, backward written out" if kind == "integrated" else "make_fx+torch.export"}
         problems.append(f"{kind}: differs from torch autograd by {diff:.1e} (> {GRADIENT_TOLERANCE:g})")
     (work / bundle_mod.EXPLAIN).unlink(missing_ok=True)
     console.print(f"no gradient graph ({'; '.join(problems)}): explanations of this bundle use occlusion or "
