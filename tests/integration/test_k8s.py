@@ -217,6 +217,8 @@ def test_the_serving_image_environment_serves_without_torch(cli_env: dict[str, s
             time.sleep(0.2)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/models/digits:predict", json={"instances": [[0.5] * 784]})
         assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+        e = httpx.post(f"http://127.0.0.1:{port}/v1/models/digits:explain", json={"instances": [[0.5] * 784]})
+        assert e.status_code == 200 and e.json()["method"] == "occlusion", e.text  # explanations need no torch either
     finally:
         proc.terminate()
         proc.wait(timeout=60)
