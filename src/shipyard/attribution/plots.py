@@ -38,7 +38,7 @@ def heatmap(result: ExplainResult, path: Path) -> Path:
         attr = ex.attributions["attributions"]
         image = result.kind == "raw" and result.inputs.ndim >= 3
         # one column per instance: the input above, its heatmap below (red: towards the target)
-        fig, axes = plt.subplots(2, n, figsize=(1.9 * n + 0.4, 4.3), squeeze=False)
+        fig, axes = plt.subplots(2, n, figsize=(1.9 * n + 0.4, 4.9), squeeze=False)
         for i in range(n):
             a = attr[i] if image else attr[i].reshape(1, -1)
             a2 = a.sum(axis=-1) if a.ndim == 3 else a
