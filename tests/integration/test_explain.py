@@ -29,6 +29,7 @@ from shipyard.settings import Settings
 
 from ..conftest import run_cli
 from ..serving import Server, serve, server_env
+from ..waiting import wait_for
 
 if TYPE_CHECKING:
     from ..conftest import Optimized
@@ -229,15 +230,15 @@ def test_class_maps_show_a_shift_in_what_the_model_looks_at(server: tuple[Server
     """The bundle's maps (validation rows) against maps from recent traffic: normal digits look
     at the same pixels; inverted digits (a shift) make the maps move. In the CLI, the report and
     the dashboard's fragment."""
-    import time
-
     srv, home = server
+    engine = Registry(settings=Settings(home=home)).engine
 
     def send(x: np.ndarray) -> None:
+        before = len(predlog.read(engine, "digits"))
         for i in range(0, len(x), 50):
             r = httpx.post(f"{srv.base}/v2/models/digits/infer", json=v2(x[i:i + 50]), headers=AUTH, timeout=30)
             assert r.status_code == 200
-        time.sleep(2.5)  # the prediction log's flush
+        wait_for(lambda: len(predlog.read(engine, "digits")) >= before + len(x), "the answers in the prediction log")
 
     def maps(name: str) -> dict:  # type: ignore[type-arg]
         return json.loads(run_cli(["explain", "digits", "--maps", "-o", str(tmp_path / name), "--json"],
