@@ -89,6 +89,14 @@ _CACHE: dict[tuple[str, str, int], tuple[float, dict[str, Any]]] = {}
 _EXPLAINERS: dict[str, Explainer] = {}
 #: how long a version's maps are reused (a dashboard refreshes every few seconds)
 TTL_S = 60.0
+#: versions whose maps and explainer a long-lived process keeps (the oldest go first)
+KEPT = 16
+
+
+def _keep(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    cache[key] = value
+    while len(cache) > KEPT:
+        cache.pop(next(iter(cache)))
 
 
 def for_version(registry: Any, name: str, version: int, *, rows: int = ROWS) -> dict[str, Any]:
@@ -104,7 +112,8 @@ def for_version(registry: Any, name: str, version: int, *, rows: int = ROWS) -> 
     spec = bundle.preprocess
     ex = _EXPLAINERS.get(str(bundle.path))
     if ex is None:
-        ex = _EXPLAINERS[str(bundle.path)] = Explainer(bundle)
+        ex = Explainer(bundle)
+        _keep(_EXPLAINERS, str(bundle.path), ex)
     before = ref.get("attribution_maps")
     now = recent(registry.engine, name, version, ex, rows=rows)
     columns = [(c.name, c.width) for c in spec.columns] if spec is not None and spec.columns is not None else None
@@ -119,7 +128,7 @@ def for_version(registry: Any, name: str, version: int, *, rows: int = ROWS) -> 
         "note": None if before is not None else "the bundle records no maps (made before explanations, or without "
                                                 "a gradient graph)"}
     out["shift"] = maps_shift(out)
-    _CACHE[key] = (time.time(), out)
+    _keep(_CACHE, key, (time.time(), out))
     return out
 
 
