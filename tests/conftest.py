@@ -45,6 +45,16 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], subprocess.CompletedProcess[str]]:
+    """`shipyard quickstart --json` run once on a fresh home (its test checks it; the UI's test
+    browses the database it fills): (the environment, the finished process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPYARD_")}
+    env["SHIPYARD_HOME"] = str(tmp_path_factory.mktemp("quickstart") / "home")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env, run_cli(["quickstart", "--json"], env, timeout=600)
+
+
 def run_cli(args: list[str], env: dict[str, str], check: bool = True,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     p = subprocess.run([*SHIPYARD, *args], env=env, capture_output=True, text=True, timeout=timeout)

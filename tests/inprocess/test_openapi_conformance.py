@@ -167,6 +167,9 @@ async def _reading(c: Conformance) -> None:
     await c.call("GET", fragment, 200, query={"model": "tiny", "minutes": "5"})
     await c.call("GET", fragment, 400, query={"model": "tiny", "minutes": "0"})
     await c.call("GET", fragment, 404, query={"model": "nosuch"})
+    asset = "/dashboard/assets/{file}"
+    await c.call("GET", asset, 200, params={"file": "charts.js"})
+    await c.call("GET", asset, 404, params={"file": "nosuch.js"})
 
 
 async def _management(c: Conformance) -> None:

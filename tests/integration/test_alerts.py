@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from harness.bundles import make_bundle, traffic_data
-from shipyard.errors import ConfigError
+from shipyard.errors import ConfigError, NotFound, UsageError
 from shipyard.monitor import alert_rules, alerts, exports, stats
 from shipyard.monitor.api import Monitor
 from shipyard.monitor.evaluator import Evaluator, MonitorConfig
@@ -148,6 +148,104 @@ def test_a_failing_webhook_is_retried_and_the_outcome_recorded(tmp_path: Path) -
         dead.apply("other", [alerts.Finding(dead.config.rules[0], 1, True, "drift", {})], now=10.0)
         dead.close()
         assert Monitor(reg).alerts("other")[0]["notified"] == "failed"
+    finally:
+        flaky.close()
+
+
+# -- acknowledging ------------------------------------------------------------------------------------
+def test_an_acknowledged_alert_is_silent_until_it_resolves_and_its_history_says_who(
+        tmp_path: Path, receiver: Receiver, cli_env: dict[str, str]) -> None:
+    reg = Registry(settings=Settings(home=tmp_path / "home"))  # the home cli_env names
+    reg.register(make_bundle(tmp_path / "b"), "digits")
+    config = _config(receiver.url, DRIFT, cooldown=60)
+    alerter = alerts.Alerter(reg.engine, config)
+
+    def finding(firing: bool, unknown: bool = False) -> list[alerts.Finding]:
+        return [alerts.Finding(config.rules[0], 1, firing, "input drift" if firing else "calm", {}, unknown=unknown)]
+
+    alerter.apply("digits", finding(True), now=1000.0)
+    assert receiver.wait(1)[0]["status"] == "firing"
+    [open_] = Monitor(reg).alerts("digits")
+    assert open_["acknowledged_at"] is None
+    p = run_cli(["monitor", "ack", str(open_["id"]), "--reason", "rolling back v1", "--json"], cli_env)
+    acked = json.loads(p.stdout.splitlines()[-1])["alert"]
+    assert acked["id"] == open_["id"] and acked["ack_reason"] == "rolling back v1" and acked["acknowledged_by"]
+    assert f"alert {open_['id']} (drift on digits): acknowledged by {acked['acknowledged_by']}" in p.stderr
+    status = json.loads(run_cli(["monitor", "status", "digits", "--json"], cli_env).stdout)
+    assert [(a["id"], a["acknowledged_by"], a["ack_reason"]) for a in status["alerts"]] == [
+        (open_["id"], acked["acknowledged_by"], "rolling back v1")]
+    assert "acknowledged by" in run_cli(["monitor", "status", "digits"], cli_env).stdout
+
+    alerter.apply("digits", finding(True), now=1005.0)  # still firing
+    alerter.apply("digits", finding(False, unknown=True), now=1010.0)  # cannot decide
+    alerter.apply("digits", finding(True), now=1015.0)  # decided again: the same incident
+    alerter.apply("digits", finding(False), now=1020.0)  # resolved: that is still sent
+    alerter.apply("digits", finding(True), now=1030.0)  # back within the cooldown: reopens, still acknowledged
+    [reopened] = Monitor(reg).alerts("digits")
+    assert reopened["id"] == open_["id"] and reopened["ack_reason"] == "rolling back v1"
+    alerter.apply("digits", finding(False), now=1040.0)
+    alerter.apply("digits", finding(True), now=1200.0)  # after the cooldown: a new incident notifies again
+    alerter.close()
+    assert [(r["status"], r["alert"]["id"]) for r in receiver.received] == [
+        ("firing", open_["id"]), ("resolved", open_["id"]), ("resolved", open_["id"]), ("firing", open_["id"] + 1)]
+    resolved = receiver.received[1]["alert"]
+    assert resolved["acknowledged_by"] == acked["acknowledged_by"] and resolved["ack_reason"] == "rolling back v1"
+    [new] = Monitor(reg).alerts("digits")
+    assert new["id"] == open_["id"] + 1 and new["acknowledged_at"] is None and new["notified"] == "sent"
+
+    history = json.loads(run_cli(["models", "history", "digits", "--json"], cli_env).stdout)["events"]
+    [ack] = [e for e in history if e["kind"] == "ack"]
+    assert ack["actor"] == acked["acknowledged_by"] and ack["reason"] == "rolling back v1" and ack["version"] == 1
+    assert ack["details"] == {"alert_id": open_["id"], "rule": "drift"}
+    table = run_cli(["models", "history", "digits"], cli_env).stdout
+    assert "ack" in table and "rolling back v1" in table
+
+
+def test_acknowledging_twice_an_unknown_or_a_resolved_alert_is_refused(tmp_path: Path, receiver: Receiver,
+                                                                        cli_env: dict[str, str]) -> None:
+    reg = Registry(settings=Settings(home=tmp_path / "home"))
+    reg.register(make_bundle(tmp_path / "b"), "digits")
+    config = _config(receiver.url, DRIFT)
+    alerter = alerts.Alerter(reg.engine, config)
+    alerter.apply("digits", [alerts.Finding(config.rules[0], 1, True, "drift", {})], now=1000.0)
+    alerter.apply("digits", [alerts.Finding(config.rules[0], 2, True, "drift", {})], now=1000.0)
+    first, second = sorted(a["id"] for a in Monitor(reg).alerts("digits"))
+    alerts.acknowledge(reg.engine, first, actor="ops@pager", reason="on it", now=0.0)
+    with pytest.raises(UsageError) as e:
+        alerts.acknowledge(reg.engine, first, actor="someone@else", reason=None)
+    assert str(e.value) == (f"alert {first} (drift on digits v1) was already acknowledged by ops@pager at "
+                            "1970-01-01T00:00:00Z: on it")
+    with pytest.raises(NotFound, match="no alert 999 "):
+        alerts.acknowledge(reg.engine, 999, actor="ops@pager", reason=None)
+    alerter.apply("digits", [alerts.Finding(config.rules[0], 2, False, "calm", {})], now=1010.0)
+    alerter.close()
+    with pytest.raises(UsageError) as e:
+        alerts.acknowledge(reg.engine, second, actor="ops@pager", reason=None)
+    assert str(e.value) == (f"alert {second} (drift on digits v2) is resolved since 1970-01-01T00:16:50Z: only an "
+                            "open (firing or unknown) alert can be acknowledged")
+    for args, code, message in [([str(first)], 2, "already acknowledged by ops@pager"),
+                                (["999"], 1, "no alert 999"), ([str(second)], 2, "is resolved since")]:
+        p = run_cli(["monitor", "ack", *args, "--json"], cli_env, check=False)
+        assert p.returncode == code and message in p.stderr and message in json.loads(p.stdout)["error"], p.stderr
+    assert [e.kind for e in reg.history("digits")].count("ack") == 0  # only `Monitor.acknowledge` records
+
+
+def test_acknowledging_silences_a_firing_notification_still_being_retried(tmp_path: Path) -> None:
+    flaky = Receiver(fail_first=3)
+    try:
+        reg = Registry(settings=Settings(home=tmp_path / "home"))
+        config = _config(flaky.url, DRIFT)  # 3 attempts, 0.5 s then 1 s apart: all would fail
+        alerter = alerts.Alerter(reg.engine, config)
+        alerter.apply("digits", [alerts.Finding(config.rules[0], 1, True, "drift", {})], now=10.0)
+        [open_] = Monitor(reg).alerts("digits")
+        alerts.acknowledge(reg.engine, open_["id"], actor="ops@pager", reason=None)  # while the webhook fails
+        alerter.close()
+        assert flaky.received == [] and Monitor(reg).alerts("digits")[0]["notified"] == "silenced"
+        flaky.fail_first = 0
+        again = alerts.Alerter(reg.engine, config)
+        again.apply("digits", [alerts.Finding(config.rules[0], 1, False, "calm", {})], now=20.0)
+        again.close()
+        assert [r["status"] for r in flaky.received] == ["resolved"]
     finally:
         flaky.close()
 

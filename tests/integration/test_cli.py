@@ -52,7 +52,7 @@ def test_train_json_contract_checkpoint_and_tensorboard(cli_env: dict[str, str])
 
 @pytest.mark.parametrize("args", [
     [], ["train"], ["runs"], ["runs", "list"], ["runs", "show"], ["runs", "compare"],
-    ["runs", "plot"], ["data"], ["data", "show"],
+    ["runs", "plot"], ["runs", "tag"], ["data"], ["data", "show"], ["monitor", "ack"],
 ])
 def test_help_everywhere(args: list[str], cli_env: dict[str, str]) -> None:
     p = run_cli([*args, "--help"], cli_env)
@@ -66,6 +66,11 @@ def test_help_everywhere(args: list[str], cli_env: dict[str, str]) -> None:
     (["train", "--model-arg", "oops", "--json"], 2, "KEY=VALUE"),
     (["runs", "show", "abcdef", "--json"], 1, "no run 'abcdef'"),
     (["runs", "list", "--status", "weird", "--json"], 2, "unknown status"),
+    (["train", "--tag", "oops", "--json"], 2, "--tag wants KEY=VALUE, got 'oops'"),
+    (["train", "--tag", "bad key=1", "--json"], 2, "tag key 'bad key': 1..64 characters of A-Z a-z 0-9 _ . -"),
+    (["train", "--name", "n" * 129, "--json"], 2, "a run name must be at most 128 characters, got 129"),
+    (["runs", "tag", "abcdef", "--name", "x", "--json"], 1, "no run 'abcdef'"),
+    (["runs", "list", "--tag", "bad key", "--json"], 2, "tag filter 'bad key'"),
 ])
 def test_errors_are_clear_with_meaningful_exit_codes(args: list[str], code: int, message: str,
                                                      cli_env: dict[str, str]) -> None:
@@ -138,3 +143,30 @@ def test_an_unexpected_failure_still_keeps_the_json_contract(cli_env: dict[str, 
     assert p.returncode == 1
     assert "Traceback" not in p.stderr and "dropout" in p.stderr
     assert "dropout" in last_json(p.stdout)["error"]
+
+
+def test_train_names_and_tags_a_run_and_runs_shows_and_edits_them(cli_env: dict[str, str]) -> None:
+    out = last_json(run_cli(["train", "--data", "sklearn:iris", "--epochs", "1", "-q", "--name", "iris try",
+                             "--tag", "team=vision", "--tag", "stage=dev", "--json"], cli_env).stdout)
+    run_id = out["run_id"]
+    assert out["name"] == "iris try" and out["tags"] == {"team": "vision", "stage": "dev"}
+    listed = last_json(run_cli(["runs", "list", "--tag", "team=vision", "--json"], cli_env).stdout)["runs"]
+    assert [(r["run_id"], r["name"], r["tags"]) for r in listed] == [(run_id, "iris try", out["tags"])]
+    assert last_json(run_cli(["runs", "list", "--tag", "team=audio", "--json"], cli_env).stdout)["runs"] == []
+    table = run_cli(["runs", "list"], cli_env).stdout
+    assert run_id in table and "iris try" in table and "stage=dev" in table
+    shown = run_cli(["runs", "show", run_id], cli_env).stdout
+    assert "iris try" in shown and "stage=dev team=vision" in shown
+
+    tagged = last_json(run_cli(["runs", "tag", run_id[:6], "--name", "iris final", "--tag", "stage=prod",
+                                "--untag", "team", "--json"], cli_env).stdout)
+    assert (tagged["run_id"], tagged["name"], tagged["tags"]) == (run_id, "iris final", {"stage": "prod"})
+    assert last_json(run_cli(["runs", "show", run_id, "--json"], cli_env).stdout)["tags"] == {"stage": "prod"}
+    assert last_json(run_cli(["runs", "list", "--name", "iris try", "--json"], cli_env).stdout)["runs"] == []
+    human = run_cli(["runs", "tag", run_id, "--name", ""], cli_env).stdout
+    assert f"run {run_id}  name –  tags stage=prod" in human
+    bad = run_cli(["runs", "tag", run_id, "--untag", "team", "--tag", "ok=1", "--json"], cli_env, check=False)
+    assert bad.returncode == 2
+    assert f"run {run_id} has no tag 'team' (its tags: ok, stage)" in last_json(bad.stdout)["error"]
+    bad = run_cli(["runs", "tag", run_id, "--tag", "nothing"], cli_env, check=False)
+    assert bad.returncode == 2 and "--tag wants KEY=VALUE, got 'nothing'" in bad.stderr

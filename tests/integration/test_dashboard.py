@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from harness.bundles import make_bundle, traffic_data
+from shipyard import charts
 from shipyard.monitor import stats
 from shipyard.monitor.api import Monitor
 from shipyard.registry import Registry
@@ -29,7 +30,8 @@ from ..serving import serve, server_env
 from ..waiting import wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHARTS = ("chart-rps", "chart-latency", "chart-split", "chart-drift", "chart-accuracy", "chart-versions")
+CHARTS = ("chart-rps", "chart-latency", "chart-errors", "chart-split", "chart-drift", "chart-accuracy",
+          "chart-versions")
 
 
 def _row(html: str, version: str) -> str:
@@ -103,7 +105,7 @@ def test_the_dashboard_shows_live_charts_in_a_real_browser_without_leaving_loopb
                 "--disable-component-update", "--disable-sync"):
         opts.add_argument(arg)
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=opts)
     stop = threading.Event()
 
@@ -120,12 +122,17 @@ def test_the_dashboard_shows_live_charts_in_a_real_browser_without_leaving_loopb
     try:
         driver.get(f"{srv.base}/dashboard")
         wait = WebDriverWait(driver, 60, poll_frequency=0.25)
-        def points() -> dict[str, int]:
-            return {c: len(driver.find_elements(By.CSS_SELECTOR, f"#{c} circle.pt")) for c in CHARTS}
+        def points() -> dict[str, int]:  # what each chart drew (uPlot on a canvas: counted by our charts.js)
+            return {c: driver.execute_script("return ShipyardCharts.points(arguments[0])", c) for c in CHARTS}
 
         # serving statistics reach the database every 5 s: the page fills in as it refreshes
-        wait.until(lambda d: all(points().values()), message=f"charts without data: {points()}")
-        assert driver.find_elements(By.CSS_SELECTOR, "#chart-rps .marker")  # the alias moves
+        wait.until(lambda d: all(n > 0 for n in points().values()),
+                   message=f"charts without data: {points()}: {driver.find_element(By.ID, 'updated').text}")
+        assert driver.find_elements(By.CSS_SELECTOR, "#chart-rps canvas")  # drawn by uPlot, not a blank figure
+        moves = driver.find_elements(By.CSS_SELECTOR, ".sy-events-all li")  # the alias moves, listed
+        assert any("production: v1→v2" in m.get_attribute("textContent") for m in moves)
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
         assert "ALARM" in driver.find_element(By.ID, "content").text
         _reliability(reg)
         wait.until(lambda d: "(unreliable)" in d.find_element(By.ID, "content").text)  # v1's inverted window
@@ -153,10 +160,15 @@ def test_the_report_is_one_self_contained_file_with_every_plot(watched, tmp_path
     out = json.loads(run_cli(["monitor", "report", "digits", "--html", str(tmp_path / "r.html"), "--since", "1h",
                               "--json"], env).stdout)
     html = Path(out["path"]).read_text()
+    specs = charts.specs(html)
     for chart in CHARTS:
-        svg = re.search(rf'<svg id="{chart}".*?</svg>', html, re.S)
-        assert svg and 'class="pt"' in svg.group(0), chart
-    assert "<script" not in html and not re.search(r'(src|href)="(?!#|data:)', html)  # nothing to fetch (images inline)
+        assert any(y is not None for s in specs[chart]["series"] for _, y in s["points"]), chart
+    # nothing to fetch: the chart library and the images are inline
+    assert "uPlot" in html and "<script src" not in html and not re.search(r'(src|href)="(?!#|data:)', html)
+    split = {s["label"] for s in specs["chart-split"]["series"]}
+    assert split == {"v1", "v2"}, split  # served versions only: refusals are the error chart's own series
+    assert [s["step"] for s in specs["chart-versions"]["series"]] == [True] and specs["chart-versions"]["y"]["integer"]
+    assert len({json.dumps(s.get("range")) for s in specs.values()}) == 1  # one time range for the page
     assert "drift" in html and "production" in html and "dashboard test" in html
     acc = _reliability(reg)
     html = Path(json.loads(run_cli(["monitor", "report", "digits", "--html", str(tmp_path / "r2.html"), "--since",

@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 
 from harness.bundles import traffic_data
+from shipyard import charts
 from shipyard.monitor import report
 from shipyard.monitor.api import Monitor
 from shipyard.monitor.drift import TESTS
@@ -39,12 +40,13 @@ def test_an_unbelievable_estimate_and_an_undecided_rule_are_shown_as_such(tmp_pa
     calm = report.collect(mon, "digits", since=0)
     assert calm["status"]["versions"]["1"]["accuracy"]["estimated_reliable"] is True
     html = report.render(calm)
-    body = html.split("</style>", 1)[1]
+    body = html.split("</script>", 1)[1]  # after the inline chart library
     assert "unreliable" not in body and "cannot decide" not in body  # no mark, no chart note, no unknown alert
     assert '<td class="estimate">' in _row(html, 'data-version="1"')
     head = re.search(r"<tr><th>version</th><th>aliases</th>.*?</tr>", html, re.S)
     assert head and all(f"<th>{t}</th>" in head.group(0) for t in TESTS) and "<th>mean</th>" in head.group(0)
-    assert ">v1 mean</text>" in html  # the drift chart's legend: the fourth test is drawn
+    drift = {s["label"] for s in charts.specs(html)["chart-drift"]["series"]}
+    assert "v1 mean" in drift, drift  # the fourth test is drawn
     acc_rule = _row(html, 'data-version="1" data-rule="acc"')
     assert '<td class="alarm">firing</td>' in acc_rule
     assert '<td class="alarm">firing</td>' in _row(html, 'data-alert=')  # the accuracy alert, decided
@@ -69,12 +71,12 @@ def test_an_unbelievable_estimate_and_an_undecided_rule_are_shown_as_such(tmp_pa
     assert escape(wins[2]["results"]["estimated_reason"]) in _row(html, f'data-window="{wins[2]["id"]}"')
 
     # the chart's estimate line leaves the unbelievable window out, and says so
-    chart = re.search(r'<svg id="chart-accuracy".*?</svg>(.*?)</div>', html, re.S)
-    assert chart
-    points = re.findall(r'<circle class="pt"[^>]*><title>v1 estimated ', chart.group(0))
-    assert len(points) == 2
-    assert "1 of 3 window(s) not drawn" in chart.group(1) and escape(wins[2]["results"]["estimated_reason"]) \
-        in chart.group(1)
+    chart = charts.specs(html)["chart-accuracy"]
+    estimated = next(s for s in chart["series"] if s["label"] == "v1 estimated")
+    assert len([y for _, y in estimated["points"] if y is not None]) == 2
+    note = re.search(r'<figure class="sy-chart" id="chart-accuracy".*?<p class="sy-note">(.*?)</p>', html, re.S)
+    assert note and "1 of 3 window(s) not drawn" in note.group(1)
+    assert escape(wins[2]["results"]["estimated_reason"]) in note.group(1)
 
     # rules and alerts: the accuracy rule cannot decide; its open alert is unknown, not firing
     acc_rule = _row(html, 'data-version="1" data-rule="acc"')
@@ -97,5 +99,5 @@ def test_an_unbelievable_estimate_and_an_undecided_rule_are_shown_as_such(tmp_pa
     hostile["status"]["versions"]["1"]["accuracy"]["estimated_reason"] = '<img src=x onerror="alert(1)"> & co'
     hostile["windows"][2]["results"]["estimated_reason"] = "<script>alert(2)</script>"
     page = report.render(hostile)
-    assert "<img src=x" not in page and "<script" not in page  # (our own <img>s are data: URLs)
+    assert "<img src=x" not in page and "<script>alert" not in page  # (our own <img>s are data: URLs)
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt; &amp; co" in page and "&lt;script&gt;" in page

@@ -29,6 +29,7 @@ from shipyard.cli import (
     trace,
     traffic,
     train,
+    ui,
 )
 from shipyard.cli._common import emit_json, err, out, reporting, use_settings
 from shipyard.settings import Settings
@@ -56,6 +57,7 @@ app.command("quickstart")(quickstart.quickstart)
 app.command("autopilot")(autopilot.autopilot)
 app.command()(traffic.traffic)
 app.command()(train.train)
+app.command("ui")(ui.ui)
 app.add_typer(runs.runs_app, name="runs")
 app.add_typer(data.data_app, name="data")
 app.add_typer(bundle.bundle_app, name="bundle")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from shipyard.cli._common import JsonOpt, emit_json, err, out, parse_since, registry, reporting, settings
 from shipyard.errors import NotFound, UsageError
@@ -106,9 +107,33 @@ def status_cmd(
                 err.print("no evaluated windows yet: is a server (or `shipyard monitor run`) evaluating it?")
             for al in st["alerts"]:
                 tag = "[red]alert[/]" if al["status"] == "firing" else "[yellow]alert (unknown)[/]"
-                out.print(f"{tag} {al['rule']} ({al['severity']}): {al['message']}")
+                out.print(f"{tag} {al['id']} {escape(al['rule'])} ({al['severity']}): {escape(al['message'])}"
+                          + (f" [dim]{escape(_acked(al))}[/]" if al.get("acknowledged_at") is not None else ""))
         if check and (st["alerts"] or any(s["alarm"] for s in st["versions"].values())):
             raise typer.Exit(3)
+
+
+def _acked(al: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(al["acknowledged_at"]))
+    return f"acknowledged by {al['acknowledged_by']} at {when} UTC" + (f": {al['ack_reason']}" if al.get("ack_reason") else "")
+
+
+@monitor_app.command("ack")
+def ack_cmd(
+    alert_id: Annotated[int, typer.Argument(help="The alert's id (`shipyard monitor status NAME` shows it).", min=1)],
+    reason: Annotated[str | None, typer.Option("--reason", help="Why: kept with the alert and in the model's history.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Acknowledge an open (firing or unknown) alert: its webhook sends nothing more for it until it
+    resolves, and then still sends the resolution. A new incident later notifies as usual. The
+    acknowledgement (who, when, why) shows in `monitor status` and `shipyard models history`."""
+    from shipyard.monitor.api import Monitor
+
+    with reporting(as_json):
+        al = Monitor(registry()).acknowledge(alert_id, reason=reason)
+        err.print(f"alert {alert_id} ({al['rule']} on {al['model']}): {_acked(al)}", markup=False)
+        if as_json:
+            emit_json({"alert": al})
 
 
 @monitor_app.command("run")

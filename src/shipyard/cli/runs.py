@@ -1,4 +1,4 @@
-"""`shipyard runs …`: list, inspect, compare and plot the tracked training runs."""
+"""`shipyard runs …`: list, inspect, compare, plot, name and tag the tracked training runs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.table import Table
 from shipyard.cli._common import JsonOpt, emit_json, err, out, pct, reporting, settings
 from shipyard.errors import UsageError
 
-runs_app = typer.Typer(help="List, inspect, compare and plot training runs.", no_args_is_help=True,
+runs_app = typer.Typer(help="List, inspect, compare, plot, name and tag training runs.", no_args_is_help=True,
                        rich_markup_mode=None)
 
 
@@ -21,22 +21,30 @@ runs_app = typer.Typer(help="List, inspect, compare and plot training runs.", no
 def runs_list(
     status: Annotated[str | None, typer.Option(help="running | finished | failed | interrupted")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    name: Annotated[str | None, typer.Option("--name", help="Only the runs of this exact name.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Only the runs with this tag: KEY, or KEY=VALUE.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List training runs, newest first."""
+    """List training runs, newest first, with their names and tags."""
     from shipyard.training import runs
 
     with reporting(as_json):
-        found = runs(status=status, limit=limit, settings=settings())
+        found = runs(status=status, limit=limit, settings=settings(), name=name, tag=tag)
         if as_json:
             emit_json({"runs": [_brief(r) for r in found]})
             return
-        t = Table("run", "status", "model", "data", "epochs", "best val acc", "test acc", "started", "time")
+        t = Table()
+        for col in ("run", "name", "status", "model", "data", "epochs", "best val acc", "test acc", "started", "time",
+                    "tags"):  # the run id is never cut: it is what the other verbs take
+            t.add_column(col, no_wrap=col in ("run", "status", "epochs", "started", "time"), overflow="fold",
+                         min_width={"name": 12, "tags": 16}.get(col))
         for r in found:
-            t.add_row(r.id, _status(r.status), str(r.recipe.get("model")), r.data_source,
+            t.add_row(r.id, escape(r.name or "–"), _status(r.status), str(r.recipe.get("model")), r.data_source,
                       f"{r.epochs_run}/{r.recipe.get('epochs')}", pct(r.best_val_accuracy),
-                      pct(r.test_accuracy), r.created_at.strftime("%Y-%m-%d %H:%M"), _dur(r.duration_s))
-        out.print(t if found else "no runs yet: try `shipyard train`")
+                      pct(r.test_accuracy), r.created_at.strftime("%Y-%m-%d %H:%M"), _dur(r.duration_s),
+                      escape(_tags(r.tags)))
+        filtered = status is not None or name is not None or tag is not None
+        out.print(t if found else "no run matches" if filtered else "no runs yet: try `shipyard train`")
 
 
 @runs_app.command("show")
@@ -56,7 +64,7 @@ def runs_show(
         head = Table.grid(padding=(0, 2))
         head.add_column(no_wrap=True)
         head.add_column(overflow="fold")
-        for k, v in [("data", f"{r.data_source}  (fingerprint {str(r.data_fingerprint)[:16]}…)"),
+        for k, v in [("name", r.name or "–"), ("tags", _tags(r.tags) or "–"), ("data", f"{r.data_source}  (fingerprint {str(r.data_fingerprint)[:16]}…)"),
                      ("recipe", ", ".join(f"{k}={v}" for k, v in r.recipe.items() if k != "data")),
                      ("best", f"val_accuracy {pct(r.best_val_accuracy)} at epoch {r.best_epoch}"),
                      ("test_accuracy", pct(r.test_accuracy)),
@@ -72,6 +80,28 @@ def runs_show(
                       f"{m['val_loss'][i]:.4f}", pct(m["val_accuracy"][i]) + (" *" if i + 1 == r.best_epoch else ""),
                       f"{m['lr'][i]:.2g}", f"{m['epoch_time_s'][i]:.1f}s", f"{m['samples_per_s'][i]:,.0f}")
         out.print(t)
+
+
+@runs_app.command("tag")
+def runs_tag(
+    run: Annotated[str, typer.Argument(help="Run id, a unique prefix, or latest.")],
+    name: Annotated[str | None, typer.Option("--name", help="Rename the run (up to 128 printable characters); \"\" removes its name.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Set tag KEY=VALUE (replacing that key's value), repeatable. KEY: 1-64 of A-Z a-z 0-9 _ . -; VALUE: up to 256 characters; at most 32 tags.")] = None,
+    untag: Annotated[list[str] | None, typer.Option("--untag", help="Remove tag KEY, repeatable (an unknown key is an error).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Name, tag or untag an existing run; prints its name and tags (--json: the whole run). With
+    no option, shows them."""
+    from shipyard.training import RunStore
+    from shipyard.training.tracking import parse_tags
+
+    with reporting(as_json):
+        store = RunStore(settings())
+        r = store.set_name_tags(run, name=name, tags=parse_tags(tag), untag=untag or ())
+        if as_json:
+            emit_json(r.to_dict())
+            return
+        out.print(escape(f"run {r.id}  name {r.name or '–'}  tags {_tags(r.tags) or '–'}"))
 
 
 @runs_app.command("compare")
@@ -128,9 +158,13 @@ def runs_plot(
 
 def _brief(r: Any) -> dict[str, Any]:
     d = r.to_dict()
-    return {k: d[k] for k in ("run_id", "status", "data_source", "best_val_accuracy", "test_accuracy",
+    return {k: d[k] for k in ("run_id", "name", "tags", "status", "data_source", "best_val_accuracy", "test_accuracy",
                               "epochs_run", "best_epoch", "created_at", "duration_s", "checkpoint")} | {
         "model": r.recipe.get("model")}
+
+
+def _tags(tags: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(tags.items()))
 
 
 def _status(s: str) -> str:

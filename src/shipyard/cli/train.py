@@ -74,12 +74,15 @@ def train(
     nnodes: Annotated[int | None, typer.Option(help="Hosts in the job; run the same command on each with its own --node-rank [default: 1].")] = None,
     node_rank: Annotated[int, typer.Option(help="This host's rank, 0 to nnodes-1; node 0 holds the recipe and tracks the one run.")] = 0,
     rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT of the c10d rendezvous, the same on every node (node 0 listens there); needed with --nnodes > 1.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A name for the run (up to 128 printable characters), shown by `shipyard runs`; several runs may share one. With --resume: renames the run.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag the run KEY=VALUE, repeatable (KEY: 1-64 of A-Z a-z 0-9 _ . -; VALUE: up to 256 characters; at most 32 tags). Change them later with `shipyard runs tag`.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model and track the run (defaults: the canonical MNIST MLP recipe)."""
     from shipyard.training import get_run
     from shipyard.training import train as train_api
+    from shipyard.training.tracking import parse_tags
 
     def interrupted(run_id: str) -> dict[str, Any]:
         return get_run(run_id, settings=settings()).to_dict()
@@ -97,7 +100,8 @@ def train(
         if resume and like:
             raise UsageError("--resume and --like exclude each other")
         run = train_api(like=like, resume=resume, settings=settings(), progress=not quiet,
-                        node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, **overrides)
+                        node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, name=name,
+                        tags=parse_tags(tag) or None, **overrides)
         if run.regression:
             mae = run.best_val_mae
             summary = (f"run [bold]{run.id}[/] {run.status}: best val_mae {mae:.4g} at epoch {run.best_epoch}"
@@ -108,6 +112,8 @@ def train(
             summary = f"run [bold]{run.id}[/] {run.status}: best val_accuracy {pct(run.best_val_accuracy)} at epoch {run.best_epoch}"
             if run.test_accuracy is not None:
                 summary += f", test_accuracy {pct(run.test_accuracy)}"
+        if run.name:
+            summary += f" ({escape(run.name)})"
         err.print(summary)
         if as_json:
             emit_json(run.to_dict())

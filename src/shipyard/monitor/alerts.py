@@ -9,6 +9,9 @@ rules follow a calibrated CUSUM over the windows' evidence unless they give `win
 consecutive alarming windows); an accuracy rule on an estimate that cannot be believed is
 `unknown` (neither firing nor ok: an alert it had open shows as unknown, and autopilot, which
 acts on firing alerts, waits); the `labels` kind asks for labels while that lasts.
+
+An open alert can be acknowledged (`acknowledge`, `shipyard monitor ack`): its webhook is silenced
+until it resolves, and the resolution is still sent, so the receiver knows the incident ended.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from shipyard.errors import NotFound, UsageError
 from shipyard.monitor import drift, feedback, stats
 from shipyard.monitor.alert_rules import PER_VERSION, AlertConfig, Rule
 from shipyard.store.schema import alerts, monitor_windows
@@ -221,7 +225,10 @@ class Alerter:
         self.sent: list[dict[str, Any]] = []  # tests and logs
 
     def apply(self, name: str, findings: list[Finding], now: float) -> list[dict[str, Any]]:
-        """Open, refresh, reopen or resolve alerts; returns the notifications due."""
+        """Open, refresh, reopen or resolve alerts; returns the notifications due. A firing
+        notification is sent when an incident opens (a new row); none while the row is
+        acknowledged (`acknowledge`), whatever happens to it, until it resolves: the resolved
+        notification is always sent. A new incident later is a new row and notifies again."""
         a = alerts
         due: list[dict[str, Any]] = []
         with self.engine.begin() as conn:
@@ -268,6 +275,7 @@ class Alerter:
                     log.warning("resolved: alert %s for %s (%s)", f.rule.name, name, f.message)
                     due.append({"status": "resolved", "alert": {**dict(latest), "status": "resolved",
                                                                 "resolved_at": now, "resolution": f.message}})
+        due = [n for n in due if n["status"] == "resolved" or n["alert"].get("acknowledged_at") is None]
         if self.config.webhook is not None:
             for note in due:
                 self._pool.submit(self._notify, note)
@@ -279,6 +287,9 @@ class Alerter:
         body = json.dumps({"source": "shipyard", **note}, default=str).encode()
         outcome, delay = "failed", 0.5
         for attempt in range(hook.retries + 1):
+            if note["status"] == "firing" and self._acknowledged(note["alert"]["id"]):
+                outcome = "silenced"  # acknowledged while this waited or retried: the operator knows
+                break
             req = urllib.request.Request(hook.url, data=body, method="POST",
                                          headers={"content-type": "application/json", **hook.headers})
             try:  # the standard library: a serving-only install has no HTTP client package
@@ -302,13 +313,60 @@ class Alerter:
             except Exception as e:  # noqa: BLE001
                 log.warning("cannot record the webhook outcome: %s", e)
 
+    def _acknowledged(self, alert_id: int) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(sa.select(alerts.c.acknowledged_at).where(alerts.c.id == alert_id)
+                                    ).scalar() is not None
+        except Exception as e:  # noqa: BLE001 - the database away: notify rather than stay silent
+            log.warning("cannot read whether alert %s is acknowledged: %s", alert_id, e)
+            return False
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
 
+def acknowledge(engine: sa.Engine, alert_id: int, *, actor: str, reason: str | None = None,
+                now: float | None = None) -> dict[str, Any]:
+    """Mark open alert `alert_id` (firing or unknown) acknowledged by `actor` (`user@host`), with
+    `reason`; returns the alert as stored. From then on its webhook is silenced: no firing
+    notification for this alert, also if it reopens within the cooldown, until it resolves; the
+    resolved notification is still sent (with the acknowledgement in it), so the receiver knows
+    the incident ended. A new incident later is a new alert and notifies as usual.
+
+    NotFound for an unknown id; UsageError for a resolved or an already acknowledged alert. The
+    model's history records it through `Monitor.acknowledge` (the registry knows the actor)."""
+    now = time.time() if now is None else now
+    if not actor or len(actor) > 255:
+        raise UsageError(f"the acknowledging actor must be 1..255 characters, got {actor!r}")
+    a = alerts
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(a).where(a.c.id == alert_id).with_for_update()).mappings().first()
+        if row is None:
+            raise NotFound(f"no alert {alert_id} (`shipyard monitor status NAME` lists the open alerts)")
+        what = f"alert {alert_id} ({row['rule']} on {row['model']}" + \
+            (f" v{row['version']})" if row["version"] is not None else ")")
+        if row["status"] not in OPEN:
+            raise UsageError(f"{what} is {row['status']} since {_iso(row['resolved_at'])}: only an open "
+                             "(firing or unknown) alert can be acknowledged")
+        if row["acknowledged_at"] is not None:
+            why = f": {row['ack_reason']}" if row["ack_reason"] else ""
+            raise UsageError(f"{what} was already acknowledged by {row['acknowledged_by']} at "
+                             f"{_iso(row['acknowledged_at'])}{why}")
+        ack = {"acknowledged_at": now, "acknowledged_by": actor, "ack_reason": reason or None}
+        conn.execute(a.update().where(a.c.id == alert_id).values(**ack))
+    log.warning("acknowledged: alert %s by %s%s", what, actor, f" ({reason})" if reason else "")
+    return {**dict(row), **ack}
+
+
+def _iso(ts: float | None) -> str:
+    return "?" if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
 # -- readers: `monitor status`, `monitor trace` ----------------------------------------------------
 def recent(engine: sa.Engine, name: str, *, include_resolved: bool = False, limit: int = 100) -> list[dict[str, Any]]:
-    """Open alerts of `name` (firing, or unknown: their rule cannot decide now), newest first."""
+    """Open alerts of `name` (firing, or unknown: their rule cannot decide now), newest first;
+    each with its acknowledgement (`acknowledged_at`, `acknowledged_by`, `ack_reason`; None if none)."""
     q = sa.select(alerts).where(alerts.c.model == name)
     if not include_resolved:
         q = q.where(alerts.c.status.in_(OPEN))

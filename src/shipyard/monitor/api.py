@@ -3,6 +3,7 @@ evaluator persisted in the registry's database, so it sees every worker and repl
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,16 @@ class Monitor:
     def alerts(self, name: str, *, include_resolved: bool = False, limit: int = 100) -> list[dict[str, Any]]:
         """Open alerts of `name` (newest first), or all of them."""
         return alerts_mod.recent(self.engine, name, include_resolved=include_resolved, limit=limit)
+
+    def acknowledge(self, alert_id: int, *, reason: str | None = None) -> dict[str, Any]:
+        """Acknowledge open alert `alert_id` as the registry's actor (`alerts.acknowledge`: its
+        webhook is silenced until it resolves; the resolution is still sent) and record an `ack`
+        event in the model's history, with the reason. Returns the alert."""
+        alert = alerts_mod.acknowledge(self.engine, alert_id, actor=self.registry.actor, reason=reason)
+        with contextlib.suppress(NotFound):  # a model deleted since the alert opened has no history
+            self.registry.record(alert["model"], "ack", version=alert["version"], reason=reason,
+                                 details={"alert_id": alert_id, "rule": alert["rule"]})
+        return alert
 
     def windows(self, name: str, *, since: float | None = None, version: int | None = None,
                 late_labels: bool = True) -> list[dict[str, Any]]:

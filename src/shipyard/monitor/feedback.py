@@ -167,12 +167,75 @@ def _labelled_answers(engine: sa.Engine, model: str, *, shadows: bool, since: fl
                       ) -> list[tuple[float, int, int, int]]:
     """(time, label, predicted, version) of every logged answer a label joins: the primary's
     (newest logged prediction of the id), and with `shadows` the shadow's answer to it too."""
-    labelled = labels(engine, model)
+    # a label arrives after its prediction: only labels received since the range began can join it
+    labelled = labels(engine, model, since=since)
     if not labelled:
         return []
-    wanted = list(labelled) + ([shadow_id(r) for r in labelled] if shadows else [])
+    wanted = list(labelled) + ([shadow_id(r) for r in labelled] if shadows and _ever_shadowed(engine, model) else [])
     return [(ts, labelled[primary_id(rid)], pred, v)
-            for rid, (ts, pred, v) in find(engine, model, wanted, since=since).items()]
+            for rid, (ts, pred, v) in _found(engine, model, wanted, since).items()]
+
+
+def _ever_shadowed(engine: sa.Engine, model: str) -> bool:
+    """Whether a traffic config of `model` ever named a shadow (without one, no shadow answer to
+    look for: the scan of the log could never stop early)."""
+    from shipyard.store.schema import model_events
+
+    with engine.connect() as conn:
+        return conn.execute(sa.select(model_events.c.id).where(
+            model_events.c.name == model, model_events.c.kind == "traffic",
+            sa.cast(model_events.c.details, sa.Text).like('%"shadow": "%')).limit(1)).first() is not None
+
+
+class _Answers:
+    """The logged answers already joined to a label, per database and model: a logged answer never
+    changes, so a page that redraws a day of windows looks up only the labels that are new since
+    it last did (`find` scans the log's chunks). An id not found is looked for again only in the
+    chunks written since (or in all of them, for an older range)."""
+
+    MAX_IDS = 2_000_000  # per model; past it the cache starts over
+
+    def __init__(self) -> None:
+        self.found: dict[tuple[str, str], dict[str, tuple[float, int, int]]] = {}
+        # rid → (the newest chunk id when it was looked for, the range's start then)
+        self.missing: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
+
+
+_ANSWERS = _Answers()
+
+
+def _found(engine: sa.Engine, model: str, wanted: list[str], since: float | None) -> dict[str, tuple[float, int, int]]:
+    from shipyard.store.schema import prediction_chunks as pc
+
+    key = (str(engine.url), model)
+    if len(_ANSWERS.found) > 16 or len(_ANSWERS.found.get(key, ())) + len(_ANSWERS.missing.get(key, ())) \
+            > _Answers.MAX_IDS:
+        _ANSWERS.found.clear()
+        _ANSWERS.missing.clear()
+    found = _ANSWERS.found.setdefault(key, {})
+    missing = _ANSWERS.missing.setdefault(key, {})
+    lo = since if since is not None else -math.inf
+    with engine.connect() as conn:
+        newest = conn.execute(sa.select(sa.func.max(pc.c.id)).where(pc.c.model == model)).scalar() or 0
+    fresh, again = [], []
+    for r in wanted:
+        if r in found:
+            continue
+        m = missing.get(r)
+        if m is None or lo < m[1]:
+            fresh.append(r)
+        elif m[0] < newest:
+            again.append(r)
+    new = find(engine, model, fresh, since=since) if fresh else {}
+    if again:
+        new.update(find(engine, model, again, since=since, after_chunk=min(missing[r][0] for r in again)))
+    found.update(new)
+    for r in fresh + again:
+        if r in new:
+            missing.pop(r, None)
+        else:
+            missing[r] = (newest, lo)
+    return {r: found[r] for r in wanted if r in found and found[r][0] >= lo}
 
 
 def accuracy(engine: sa.Engine, model: str, *, version: int | None = None, last: int | None = None,

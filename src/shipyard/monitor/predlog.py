@@ -415,22 +415,30 @@ def first_of_each(request_ids: list[str], ts: np.ndarray) -> np.ndarray:
 
 
 def find(engine: sa.Engine, model: str, request_ids: list[str], *, since: float | None = None,
-         values: bool = False) -> dict[str, tuple[float, Any, int]]:
+         values: bool = False, after_chunk: int | None = None) -> dict[str, tuple[float, Any, int]]:
     """request id → (time, predicted class, version) of its newest logged prediction (`values`:
     the logged value, a regression's answer, instead of the class). Scans the chunks' crc32
-    arrays (bounded by the log's row cap) and checks each hit's id text."""
+    arrays (bounded by the log's row cap) and checks each hit's id text; `after_chunk`: only the
+    chunks with a higher id."""
     p = prediction_chunks
     wanted = {r: zlib.crc32(r.encode()) for r in request_ids}
-    hashes = np.fromiter(wanted.values(), np.uint32, len(wanted))
+    if not wanted:
+        return {}
+    # sorted once; each chunk is a binary search (np.isin re-hashed every wanted id per chunk: 30× slower)
+    hashes = np.unique(np.fromiter(wanted.values(), np.uint32, len(wanted)))
     found: dict[str, tuple[float, Any, int]] = {}
     answer, kind = (p.c.confidence, "<f4") if values else (p.c.predicted, "<i4")
     q = sa.select(p.c.id_hashes, p.c.request_ids, p.c.ts, answer.label("answer"), p.c.version).where(
         p.c.model == model)
     if since is not None:
         q = q.where(p.c.ts_last >= since)
+    if after_chunk is not None:  # only chunks written since (the caller searched the older ones)
+        q = q.where(p.c.id > after_chunk)
     with engine.connect() as conn:
         for row in conn.execute(q.order_by(p.c.ts_last.desc(), p.c.id.desc())):
-            hit = np.flatnonzero(np.isin(np.frombuffer(row.id_hashes, "<u4"), hashes))
+            chunk = np.frombuffer(row.id_hashes, "<u4")
+            at = np.minimum(np.searchsorted(hashes, chunk), len(hashes) - 1)
+            hit = np.flatnonzero(hashes[at] == chunk)
             if not len(hit):
                 continue
             rids = row.request_ids.split(b"\n")

@@ -13,41 +13,61 @@ would be read like the others. Alert rules are shown in their three states, `unk
 
 from __future__ import annotations
 
-import math
 import time
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from shipyard.monitor import charts, feedback, stats
+from shipyard.monitor import feedback, stats
 from shipyard.monitor import windows as windows_mod
 from shipyard.monitor.drift import TESTS
+from shipyard.monitor.report_charts import charts_html, events_rows
 
 if TYPE_CHECKING:  # api imports this module to write the report
     from shipyard.monitor.api import Monitor
 
 
-def collect(monitor: Monitor, name: str, *, since: float, step_s: float | None = None) -> dict[str, Any]:
-    """Everything the report and dashboard show for `name` since `since` (unix seconds)."""
+def collect(monitor: Monitor, name: str, *, since: float, step_s: float | None = None,
+            maps: bool = True) -> dict[str, Any]:
+    """Everything the report and dashboard show for `name` since `since` (unix seconds); `maps`:
+    with the class maps (they read bundles: the UI loads them after its page)."""
+    import sqlalchemy as sa
+
+    from shipyard.store.schema import alerts, serving_stats
+
     now = time.time()
-    step = step_s or max(5.0, round((now - since) / 120 / 5) * 5)  # about 120 points across the range
     engine = monitor.engine
     status = monitor.status(name)
-    events = []
+    events: list[dict[str, Any]] = []
+    aliases_at_start: dict[str, int] = {}
+    weights_at_start: dict[str, int] = {}
     for ev in monitor.registry.history(name):
         at = ev.at.timestamp()
-        if at >= since and ev.alias:
-            events.append({"t": at, "kind": ev.kind, "alias": ev.alias, "from": ev.from_version,
-                           "to": ev.to_version, "reason": ev.reason})
+        if ev.kind not in ("alias", "traffic"):
+            continue
+        weights = (ev.details or {}).get("weights") if ev.kind == "traffic" else None
+        if at < since:  # the state the range starts from
+            if ev.kind == "traffic":
+                weights_at_start = dict(weights or {})
+            elif ev.alias:
+                if ev.to_version is None:
+                    aliases_at_start.pop(ev.alias, None)
+                else:
+                    aliases_at_start[ev.alias] = ev.to_version
+            continue
+        events.append({"t": at, "kind": ev.kind, "alias": ev.alias, "from": ev.from_version, "to": ev.to_version,
+                       "reason": ev.reason, "actor": ev.actor, "weights": weights})
     with engine.connect() as conn:
-        import sqlalchemy as sa
-
-        from shipyard.store.schema import alerts
-
         alert_rows = [dict(r) for r in conn.execute(
             sa.select(alerts).where(alerts.c.model == name, sa.or_(alerts.c.resolved_at.is_(None),
                                                                    alerts.c.resolved_at >= since))
             .order_by(alerts.c.opened_at)).mappings()]
+        first = conn.execute(sa.select(sa.func.min(serving_stats.c.ts_start)).where(
+            serving_stats.c.model == name, serving_stats.c.ts_end >= since)).scalar()
     wins = windows_mod.windows(engine, name, since=since)
+    starts = [t for t in (first, wins[0]["ts_first"] if wins else None) if t is not None]
+    begin = max(since, min(starts)) if starts else since
+    # about 120 points across what was measured (a day's range with ten minutes of traffic still gets detail)
+    step = step_s or max(5.0, round((now - begin) / 120 / 5) * 5)
     regression = _regression(status)
     realised = feedback.window_mae(engine, name, wins) if regression else feedback.window_accuracy(engine, name, wins)
     for w, (score, n) in zip(wins, realised, strict=True):
@@ -56,7 +76,9 @@ def collect(monitor: Monitor, name: str, *, since: float, step_s: float | None =
     return {"model": name, "since": since, "until": now, "step_s": step, "status": status,
             "serving": stats.series(engine, name, since=since, step_s=step),
             "totals": stats.summary(engine, name, since=since).to_dict(),
-            "windows": wins, "events": events, "alerts": alert_rows, "maps": class_maps(monitor, name, status)}
+            "windows": wins, "events": events, "alerts": alert_rows,
+            "maps": class_maps(monitor, name, status) if maps else [],
+            "aliases_at_start": aliases_at_start, "weights_at_start": weights_at_start}
 
 
 def _maps_html(docs: list[dict[str, Any]]) -> str:
@@ -84,92 +106,6 @@ def _regression(status: dict[str, Any]) -> bool:
     return any(s.get("task") == "regression" for s in status.get("versions", {}).values())
 
 
-def _markers(data: dict[str, Any]) -> list[tuple[float, str]]:
-    return [(e["t"], f"{e['alias']}→v{e['to']}" if e["to"] is not None else f"{e['alias']} removed")
-            for e in data["events"]]
-
-
-def charts_html(data: dict[str, Any]) -> str:
-    """The charts, as inline SVG in a flex grid."""
-    serving, wins, marks = data["serving"], data["windows"], _markers(data)
-    out = [charts.line_chart("Requests/s", {"requests/s": [(p["t"], p["rps"]) for p in serving]},
-                             markers=marks, chart_id="chart-rps", y_min=0),
-           charts.line_chart("Latency (server side)", {"p50": [(p["t"], p["p50_ms"]) for p in serving],
-                                                       "p99": [(p["t"], p["p99_ms"]) for p in serving]},
-                             unit=" ms", markers=marks, chart_id="chart-latency", y_min=0),
-           charts.line_chart("Error rate", {"5xx share": [(p["t"], p["error_rate"]) for p in serving]},
-                             chart_id="chart-errors", y_min=0)]
-    versions = sorted({v for p in serving for v in p["versions"]}, key=int)
-    split = {f"v{v}": [(p["t"], 100.0 * p["versions"].get(v, 0) / max(sum(p["versions"].values()), 1))
-                       for p in serving] for v in versions}
-    out.append(charts.line_chart("Traffic split by version", split, unit="%", y_min=0, y_max=100,
-                                 markers=marks, chart_id="chart-split"))
-    drift: dict[str, list[tuple[float, float | None]]] = {}
-    thresholds: list[tuple[float, str]] = []
-    for w in wins:
-        for test in TESTS:
-            r = w["results"].get("drift", {}).get(test)
-            if r is None:
-                continue
-            drift.setdefault(f"v{w['version']} {test}", []).append(
-                (w["ts_last"], -math.log10(max(r["p_value"], 1e-300))))
-    if wins and wins[-1]["results"].get("drift"):
-        newest = wins[-1]["results"]["drift"]
-        strictest = min(r["threshold"] for r in newest.values())
-        thresholds.append((-math.log10(strictest), "strictest alarm threshold"))
-    top = max([3 * t for t, _ in thresholds] + [10.0])  # off-scale alarms sit on the top edge (hover shows the value)
-    # four tests per version: the legend (one line, ~7 px a character) would run off a 560 px chart
-    legend = 54 + sum(20 + 7 * len(k) for k in drift) + 12
-    out.append(charts.line_chart("Drift: −log10 p per window (higher = further from the reference)", drift,
-                                 hlines=thresholds, markers=marks, chart_id="chart-drift", y_min=0, y_max=top,
-                                 width=min(max(560, legend), 1140)))
-    if _regression(data["status"]):
-        out.append(_mae_chart(data, marks))
-        return '<div class="grid2">' + "".join(f'<div class="card">{c}</div>' for c in out) + "</div>"
-    acc: dict[str, list[tuple[float, float | None]]] = {}
-    hidden: list[dict[str, Any]] = []  # windows whose estimate cannot be believed: a gap in the line
-    for w in wins:
-        res = w["results"]
-        est = res.get("estimated_accuracy")
-        if est is not None and not _believed(res):
-            hidden.append(w)
-            est = None
-        acc.setdefault(f"v{w['version']} estimated", []).append((w["ts_last"], est))
-        if res.get("realised_accuracy") is not None:
-            acc.setdefault(f"v{w['version']} realised", []).append((w["ts_last"], res["realised_accuracy"]))
-    val = [(float(s["accuracy"]["validation"]), f"v{v} validation") for v, s in data["status"]["versions"].items()
-           if s["accuracy"].get("validation") is not None]
-    chart = charts.line_chart("Accuracy: estimated (where it can be believed), realised from labels", acc, y_min=0,
-                              y_max=1, hlines=val[:2], markers=marks, chart_id="chart-accuracy")
-    if hidden:
-        newest = hidden[-1]
-        chart += (f'<p class="sub unreliable-note">{len(hidden)} of {len(wins)} window(s) not drawn on the estimate '
-                  f"line: their estimate cannot be believed (newest, v{newest['version']} at "
-                  f"{escape(_ts(newest['ts_last']))}: {escape(_reason(newest['results']))})</p>")
-    out.append(chart)
-    timeline: dict[str, list[tuple[float, float | None]]] = {}
-    for e in data["events"]:
-        timeline.setdefault(e["alias"], []).append((e["t"], float(e["to"]) if e["to"] is not None else None))
-    for pts in timeline.values():
-        if pts and pts[-1][1] is not None:
-            pts.append((data["until"], pts[-1][1]))
-    out.append(charts.line_chart("Version behind each alias", timeline, chart_id="chart-versions", step=True))
-    return '<div class="grid2">' + "".join(f'<div class="card">{c}</div>' for c in out) + "</div>"
-
-
-def _mae_chart(data: dict[str, Any], marks: list[tuple[float, str]]) -> str:
-    """A regression's realised MAE per window from the labels known now, with each version's
-    validation MAE as a line: no estimate (nothing to estimate it from)."""
-    mae: dict[str, list[tuple[float, float | None]]] = {}
-    for w in data["windows"]:
-        if w["results"].get("realised_mae") is not None:
-            mae.setdefault(f"v{w['version']} realised", []).append((w["ts_last"], w["results"]["realised_mae"]))
-    val = [(float(s["accuracy"]["validation_mae"]), f"v{v} validation") for v, s in data["status"]["versions"].items()
-           if s["accuracy"].get("validation_mae") is not None]
-    return charts.line_chart("MAE: realised from labels (lower is better)", mae, y_min=0, hlines=val[:2],
-                             markers=marks, chart_id="chart-mae")
-
-
 def _num(x: float | None) -> str:
     return "–" if x is None else f"{x:.4g}"
 
@@ -184,8 +120,8 @@ def _ts(t: float | None) -> str:
 
 #: the report's own marks, beside the charts' style (the dashboard's fragment carries them too)
 STYLE = """
-.unreliable{color:#999} .unreliable .why{display:block;font-size:11px;max-width:460px;white-space:normal}
-.unknown{color:#8a6d00;font-weight:600} .unreliable-note{max-width:540px;margin:4px} table.rules{margin-top:8px}
+.unreliable{color:#767676} .unreliable .why{display:block;font-size:11px;max-width:460px;white-space:normal}
+.unknown{color:#7a5c00;font-weight:600} .unreliable-note{max-width:540px;margin:4px} table.rules{margin-top:8px}
 table.maps td{padding:1px} table.maps img{display:block;image-rendering:pixelated}
 """
 
@@ -223,8 +159,9 @@ def _sequential(seq: dict[str, Any] | None) -> str:
     return f'<td class="{cls}">{seq["level"]:.1f} {op} {seq["allowance"]:.1f}</td>'
 
 
-def state_html(data: dict[str, Any]) -> str:
-    """The current state (status), each version's rules and the alerts, as tables."""
+def state_html(data: dict[str, Any], *, with_alerts: bool = True) -> str:
+    """The current state (status), each version's rules and (unless the page lists its own) the
+    alerts, as tables."""
     rows, rules = [], []
     regression = _regression(data["status"])
     for ver, s in data["status"]["versions"].items():
@@ -272,7 +209,7 @@ def state_html(data: dict[str, Any]) -> str:
     totals += (f"<p class=sub>the whole deployment: {len(workers)} worker(s) answered in the last 5 minutes"
                f"{' (' + escape(', '.join(f'{w}: {n:,}' for w, n in workers.items())) + ')' if workers else ''}; "
                f"drift evaluated by {escape(ev['holder']) if ev else 'nobody (no server or `monitor run`)'}</p>")
-    return f"<h2>Now</h2>{table}{totals}<h2>Alerts</h2>{alerts_table}"
+    return f"<h2>Now</h2>{table}{totals}" + (f"<h2>Alerts</h2>{alerts_table}" if with_alerts else "")
 
 
 #: the report's table lists this many of the newest windows (the charts show them all)
@@ -310,16 +247,19 @@ def windows_html(data: dict[str, Any], limit: int = WINDOW_ROWS) -> str:
 
 
 def render(data: dict[str, Any]) -> str:
-    """A self-contained HTML report (inline CSS and SVG, no script, nothing fetched)."""
-    events = "".join(f"<tr><td>{_ts(e['t'])}</td><td>{escape(e['alias'])}</td><td>{e['from'] or '–'}</td>"
-                     f"<td>{e['to'] if e['to'] is not None else '–'}</td><td>{escape(e['reason'] or '')}</td></tr>"
-                     for e in data["events"])
-    events_table = ("<table><tr><th>when</th><th>alias</th><th>from</th><th>to</th><th>reason</th></tr>"
-                    + events + "</table>") if events else "<p class=sub>no alias moves in this range</p>"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>shipyard: {escape(data['model'])}</title>"
-            f"<style>{charts.STYLE}{STYLE}</style></head><body><h1>{escape(data['model'])}: production report</h1>"
+    """A self-contained HTML report: the charts' library, style and data inline, nothing fetched
+    (it opens from a file, offline)."""
+    from shipyard import charts
+
+    events = events_rows(data)
+    events_table = ("<table><tr><th>when</th><th>what</th><th>alias</th><th>from</th><th>to</th><th>who</th>"
+                    "<th>reason</th></tr>" + events + "</table>") if events \
+        else "<p class=sub>no alias or traffic moves in this range</p>"
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>shipyard: {escape(data['model'])}"
+            f"</title><style>{charts.PAGE_STYLE}{STYLE}</style>{charts.inline_assets()}</head><body>"
+            f"<h1>{escape(data['model'])}: production report</h1>"
             f"<p class=sub>{_ts(data['since'])} – {_ts(data['until'])}; generated by shipyard monitor report</p>"
             f"{state_html(data)}<h2>Over time</h2>{charts_html(data)}<h2>Windows</h2>{windows_html(data)}"
             f"<h2>What each class looks at</h2>{_maps_html(data.get('maps', []))}"
-            f"<h2>Versions</h2>{events_table}"
+            f"<h2>Versions and traffic</h2>{events_table}"
             "</body></html>\n")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from shipyard.store.schema import serving_stats
+from shipyard.store.schema import serving_minutes, serving_stats
 
 # upper bounds in milliseconds; the last bucket is everything slower
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, math.inf)
@@ -72,9 +72,42 @@ class ServingStats:
 
 
 def write(engine: sa.Engine, rows: list[dict[str, Any]]) -> None:
+    """The interval's rows, and the same counts added to their minutes (`serving_minutes`), in
+    one transaction."""
     if rows:
         with engine.begin() as conn:
             conn.execute(serving_stats.insert(), rows)
+            _add_minutes(conn, rows)
+
+
+def _add_minutes(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Upsert each row's counts into its minute: counters add up, `peak_rps` keeps the larger."""
+    per: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["model"], r["version"], int(r["ts_end"] // 60))
+        m = per.setdefault(key, {"requests": 0, "errors": 0, "rejected": 0, "peak_rps": 0.0,
+                                 **{f"l{i}": 0 for i in range(len(LATENCY_BUCKETS_MS))}})
+        for k in ("requests", "errors", "rejected"):
+            m[k] += r[k]
+        for i, n in enumerate(r["latency"]):
+            m[f"l{i}"] += int(n)
+        m["peak_rps"] = max(m["peak_rps"], r["requests"] / max(r["ts_end"] - r["ts_start"], 1.0))
+    values = [{"model": k[0], "version": k[1], "minute": k[2], **m} for k, m in per.items()]
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Any = pg_insert(serving_minutes)
+        greatest: Any = sa.func.greatest
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(serving_minutes)
+        greatest = sa.func.max  # SQLite's max() of two arguments is the larger one
+    t = serving_minutes.c
+    counters = ["requests", "errors", "rejected", *[f"l{i}" for i in range(len(LATENCY_BUCKETS_MS))]]
+    update = {c: t[c] + stmt.excluded[c] for c in counters}
+    update["peak_rps"] = greatest(t.peak_rps, stmt.excluded.peak_rps)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["model", "version", "minute"], set_=update), values)
 
 
 @dataclass(frozen=True)
@@ -117,6 +150,13 @@ class Summary:
 
 def summary(engine: sa.Engine, model: str, *, since: float, until: float | None = None,
             version: int | None = None) -> Summary:
+    if until is None and version is None and time.time() - since > 3600 and _rolled_up(engine, model, since):
+        t = serving_minutes.c  # a long range: sums over the minutes, in the database
+        cols = [t.requests, t.errors, t.rejected, *[t[f"l{i}"] for i in range(len(LATENCY_BUCKETS_MS))]]
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(*[sa.func.coalesce(sa.func.sum(c), 0) for c in cols]).where(
+                t.model == model, t.minute >= int(since // 60))).one()
+        return Summary(int(row[0]), int(row[1]), int(row[2]), np.asarray(row[3:], np.int64))
     s = serving_stats
     q = sa.select(s.c.requests, s.c.errors, s.c.rejected, s.c.latency).where(s.c.model == model,
                                                                               s.c.ts_end >= since)
@@ -134,26 +174,90 @@ def summary(engine: sa.Engine, model: str, *, since: float, until: float | None 
 
 
 def series(engine: sa.Engine, model: str, *, since: float, step_s: float = 10.0) -> list[dict[str, Any]]:
-    """Requests/s, error rate and p50/p99 per time step, every worker together (report, dashboard)."""
+    """Per time step, every worker together (report, dashboard, UI): requests/s as the step's mean
+    and its busiest 5 s (a burst of 600 req/s must not read as a flat 9.5 on a day's chart), the
+    server-error rate, the share refused (bad input, or never routed to a version: unknown model,
+    no token), p50/p99, and requests per version (version "0": not routed). Steps with nothing
+    recorded are left out: the charts draw them as gaps. Steps of a minute or more read the
+    per-minute rollup (`serving_minutes`: 1,440 rows a day per version; the busiest interval then
+    is the busiest a single worker reported), shorter ones `serving_stats` (every few seconds per
+    worker); never the prediction log."""
+    if step_s >= 60 and _rolled_up(engine, model, since):
+        return _series_from_minutes(engine, model, since=since, step_s=step_s)
     s = serving_stats
     q = (sa.select(s.c.ts_end, s.c.version, s.c.requests, s.c.errors, s.c.rejected, s.c.latency, s.c.ts_start)
          .where(s.c.model == model, s.c.ts_end >= since).order_by(s.c.ts_end))
     buckets: dict[int, dict[str, Any]] = {}
+    fine: dict[tuple[int, int], float] = {}  # (step, 5 s slot) → req/s, every worker together
     with engine.connect() as conn:
         for r in conn.execute(q):
-            b = buckets.setdefault(int(r.ts_end // step_s), {"requests": 0, "errors": 0, "rejected": 0,
-                                                             "latency": np.zeros(len(LATENCY_BUCKETS_MS), np.int64),
-                                                             "versions": {}})
+            k = int(r.ts_end // step_s)
+            b = buckets.setdefault(k, {"requests": 0, "errors": 0, "rejected": 0, "refused": 0,
+                                       "latency": np.zeros(len(LATENCY_BUCKETS_MS), np.int64), "versions": {}})
             b["requests"] += r.requests
             b["errors"] += r.errors
             b["rejected"] += r.rejected
+            # unrouted (version 0) requests that were neither a server error nor counted as rejected
+            b["refused"] += r.rejected + (max(r.requests - r.errors - r.rejected, 0) if r.version == 0 else 0)
             b["latency"] += np.asarray(r.latency, np.int64)
+            b["versions"][r.version] = b["versions"].get(r.version, 0) + r.requests
+            slot = (k, int(r.ts_end // 5))
+            fine[slot] = fine.get(slot, 0.0) + r.requests / max(r.ts_end - r.ts_start, 1.0)
+    peaks: dict[int, float] = {}
+    for (k, _), rate in fine.items():
+        peaks[k] = max(peaks.get(k, 0.0), rate)
+    out = []
+    for k in sorted(buckets):
+        b = buckets[k]
+        summ = Summary(b["requests"], b["errors"], b["rejected"], b["latency"])
+        mean = b["requests"] / step_s
+        out.append({"t": (k + 1) * step_s, "rps": mean, "peak_rps": max(peaks[k], mean),
+                    "error_rate": summ.error_rate,
+                    "refused_rate": b["refused"] / b["requests"] if b["requests"] else None,
+                    "p50_ms": summ.quantile_ms(0.5), "p99_ms": summ.quantile_ms(0.99),
+                    "versions": {str(v): n for v, n in b["versions"].items()}})
+    return out
+
+
+def _rolled_up(engine: sa.Engine, model: str, since: float) -> bool:
+    """Whether the minutes cover the range: their first row is no later than the raw rows' first
+    (a database migrated mid-range has raw rows from before the rollup existed)."""
+    with engine.connect() as conn:
+        first_min = conn.execute(sa.select(sa.func.min(serving_minutes.c.minute)).where(
+            serving_minutes.c.model == model, serving_minutes.c.minute >= int(since // 60))).scalar()
+        if first_min is None:
+            return False
+        first_raw = conn.execute(sa.select(sa.func.min(serving_stats.c.ts_end)).where(
+            serving_stats.c.model == model, serving_stats.c.ts_end >= since)).scalar()
+    return first_raw is None or int(first_raw // 60) >= first_min
+
+
+def _series_from_minutes(engine: sa.Engine, model: str, *, since: float, step_s: float) -> list[dict[str, Any]]:
+    t = serving_minutes.c
+    lat_cols = [t[f"l{i}"] for i in range(len(LATENCY_BUCKETS_MS))]
+    q = (sa.select(t.minute, t.version, t.requests, t.errors, t.rejected, t.peak_rps, *lat_cols)
+         .where(t.model == model, t.minute >= int(since // 60)).order_by(t.minute))
+    buckets: dict[int, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        for r in conn.execute(q):
+            k = int(((r.minute + 1) * 60) // step_s)
+            b = buckets.setdefault(k, {"requests": 0, "errors": 0, "rejected": 0, "refused": 0, "peak": 0.0,
+                                       "latency": np.zeros(len(LATENCY_BUCKETS_MS), np.int64), "versions": {}})
+            b["requests"] += r.requests
+            b["errors"] += r.errors
+            b["rejected"] += r.rejected
+            b["refused"] += r.rejected + (max(r.requests - r.errors - r.rejected, 0) if r.version == 0 else 0)
+            b["peak"] = max(b["peak"], r.peak_rps)
+            b["latency"] += np.asarray(r[6:], np.int64)
             b["versions"][r.version] = b["versions"].get(r.version, 0) + r.requests
     out = []
     for k in sorted(buckets):
         b = buckets[k]
         summ = Summary(b["requests"], b["errors"], b["rejected"], b["latency"])
-        out.append({"t": (k + 1) * step_s, "rps": b["requests"] / step_s, "error_rate": summ.error_rate,
+        mean = b["requests"] / step_s
+        out.append({"t": (k + 1) * step_s, "rps": mean, "peak_rps": max(b["peak"], mean),
+                    "error_rate": summ.error_rate,
+                    "refused_rate": b["refused"] / b["requests"] if b["requests"] else None,
                     "p50_ms": summ.quantile_ms(0.5), "p99_ms": summ.quantile_ms(0.99),
                     "versions": {str(v): n for v, n in b["versions"].items()}})
     return out

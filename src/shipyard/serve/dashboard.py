@@ -1,6 +1,7 @@
 """`GET /dashboard`: live charts of a served model, refreshing by themselves. The page is one
-HTML document with a few lines of script that fetch `/dashboard/fragment` (server-rendered SVG
-charts and tables, the same code as `shipyard monitor report`) every few seconds: an accuracy
+HTML document with a few lines of script that fetch `/dashboard/fragment` (the charts' specs and
+tables, the same code as `shipyard monitor report`, drawn by the vendored uPlot served from
+`/dashboard/assets/`) every few seconds: an accuracy
 estimate that cannot be believed is greyed and says why, rules show ok, firing or unknown.
 Everything it loads comes from this server: no CDN, works air-gapped."""
 
@@ -11,7 +12,7 @@ import time
 from html import escape
 from typing import TYPE_CHECKING
 
-from shipyard.monitor import charts
+from shipyard import charts
 
 if TYPE_CHECKING:
     from shipyard.registry import Registry
@@ -21,8 +22,10 @@ REFRESH_S = 5
 
 def page(models: list[str]) -> str:
     options = "".join(f"<option>{escape(m)}</option>" for m in models)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>shipyard dashboard</title>
-<style>{charts.STYLE} header{{display:flex;gap:16px;align-items:center}} select{{font-size:14px}}</style></head>
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>shipyard dashboard</title>
+<link rel="icon" href="data:,">
+<style>{charts.PAGE_STYLE} header{{display:flex;gap:16px;align-items:center}} select{{font-size:14px}}</style>
+{charts.asset_links("/dashboard/assets")}</head>
 <body><header><h1>shipyard</h1>
 <label>model <select id="model">{options}</select></label>
 <label>range <select id="minutes"><option value="15">15 min</option><option value="60" selected>1 h</option>
@@ -39,6 +42,7 @@ async function refresh() {{
     const r = await fetch("/dashboard/fragment?model=" + encodeURIComponent(model) + "&minutes=" + minutes);
     if (!r.ok) throw new Error(r.status + " " + (await r.text()));
     document.getElementById("content").innerHTML = await r.text();
+    window.ShipyardCharts.renderAll(document.getElementById("content"));
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
   }} catch (e) {{
     document.getElementById("updated").textContent = "cannot refresh: " + e.message;

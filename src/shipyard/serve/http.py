@@ -146,6 +146,7 @@ class HttpApp:
             Route("/openapi.json", {"GET": self._openapi}, "public", "openapi", {"GET": d.ok()}),
             Route("/dashboard", {"GET": self._dashboard}, "read", "dashboard", {"GET": d.DASHBOARD}),
             Route("/dashboard/fragment", {"GET": self._fragment}, "read", "dashboard", {"GET": d.FRAGMENT}),
+            Route("/dashboard/assets/{file}", {"GET": self._asset}, "read", "dashboard", {"GET": d.ASSET}),
         ]
 
     def _match(self, path: str) -> tuple[Route, dict[str, str]] | None:
@@ -434,6 +435,15 @@ class HttpApp:
         from shipyard.serve import dashboard
 
         return 200, dashboard.page(sorted(self.plane.fleet.served)).encode(), _HTML
+
+    async def _asset(self, req: Request) -> Reply:
+        from shipyard.charts import ASSETS, asset
+
+        file = req.params["file"]
+        if file not in ASSETS:
+            raise NotFound(f"no dashboard asset {file!r}")
+        body, ctype = asset(file)
+        return 200, body, [("content-type", ctype), ("cache-control", "max-age=3600")]
 
     async def _fragment(self, req: Request) -> Reply:
         from urllib.parse import parse_qs

@@ -144,6 +144,11 @@ TRAFFIC_POST = {
 METRICS = {"summary": "Prometheus metrics of every worker of this server",
            "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}
 DASHBOARD = {"summary": "Live charts of the served models (HTML; refreshes itself)", "responses": {"200": _HTML_OK}}
+ASSET = {"summary": "The dashboard's chart library and style (vendored uPlot, our charts.js), served here: "
+                    "no CDN", "parameters": [{"name": "file", "in": "path", "required": True,
+                                              "schema": {"type": "string"}}],
+         "responses": {"200": {"description": "OK", "content": {"text/javascript": {}, "text/css": {}}},
+                       "404": _ERROR}}
 FRAGMENT = {
     "summary": "The dashboard's charts and tables for one model (HTML fragment)",
     "parameters": [{"name": "model", "in": "query", "required": True, "schema": {"type": "string"}},

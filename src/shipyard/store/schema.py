@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-HEAD = "0010"
+HEAD = "0012"
 
 metadata = sa.MetaData()
 
@@ -34,6 +34,8 @@ runs = sa.Table(
     sa.Column("best_val_accuracy", sa.Float),
     sa.Column("test_accuracy", sa.Float),
     sa.Column("parent_run_id", sa.String(32)),
+    sa.Column("name", sa.String(128), index=True),  # a person's name for the run (0011)
+    sa.Column("tags", sa.JSON),  # {key: value}, both strings (0011)
 )
 
 run_metrics = sa.Table(
@@ -268,6 +270,10 @@ alerts = sa.Table(
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("details", sa.JSON, nullable=False),
     sa.Column("notified", sa.String(32)),  # webhook outcome: sent | failed | none
+    # acknowledged (0011): no further firing notification for this row; its resolution is still sent
+    sa.Column("acknowledged_at", sa.Float),
+    sa.Column("acknowledged_by", sa.String(255)),
+    sa.Column("ack_reason", sa.Text),
     sa.Index("ix_alerts_model_status", "model", "status"),
 )
 
@@ -288,6 +294,24 @@ serving_stats = sa.Table(
     sa.Column("rejected", sa.Integer, nullable=False),  # 4xx: bad input (NaN, shape, dtype, range)
     sa.Column("latency", sa.JSON, nullable=False),  # counts per bucket of `LATENCY_BUCKETS_MS`
     sa.Index("ix_serving_stats_model_ts", "model", "ts_end"),
+)
+
+# The same, rolled up per minute per version, every worker together (0012): what a day's charts
+# read. Counters (and the 15 latency buckets `l0`..`l14`) are added by an upsert, so workers
+# writing the same minute never lose each other's counts; `peak_rps` is the busiest interval a
+# single worker reported.
+serving_minutes = sa.Table(
+    "serving_minutes",
+    metadata,
+    sa.Column("model", sa.String(NAME_LEN), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("minute", sa.Integer, primary_key=True, autoincrement=False),  # unix time // 60
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    sa.Column("rejected", sa.Integer, nullable=False),
+    sa.Column("peak_rps", sa.Float, nullable=False),
+    *[sa.Column(f"l{i}", sa.Integer, nullable=False) for i in range(15)],
+    sa.Index("ix_serving_minutes_model_minute", "model", "minute"),
 )
 
 # -- rollouts (0006) ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 from shipyard.errors import UsageError
 from shipyard.settings import Settings
 from shipyard.training.recipe import Recipe
-from shipyard.training.tracking import Run, RunStore
+from shipyard.training.tracking import Run, RunStore, check_name_tags
 
 __all__ = ["Recipe", "Run", "RunStore", "get_run", "runs", "train"]
 
@@ -20,12 +20,14 @@ RESUMABLE_IF_SAME = {"nproc", "nnodes"}
 
 def train(recipe: Recipe | None = None, *, like: str | None = None, resume: str | None = None,
           settings: Settings | None = None, progress: bool = True, init_weights: Any = None,
-          node_rank: int = 0, rdzv_endpoint: str | None = None, **overrides: Any) -> Run:
+          node_rank: int = 0, rdzv_endpoint: str | None = None, name: str | None = None,
+          tags: dict[str, str] | None = None, **overrides: Any) -> Run:
     """Train a model and return its tracked run.
 
     `shipyard.train(data="fashion-mnist", epochs=5)` trains the canonical MLP; `like=RUN` replays
     that run's recipe with `overrides` applied; `resume=RUN` continues an interrupted run;
-    `init_weights` (a state dict file) warm-starts instead of initialising at random.
+    `init_weights` (a state dict file) warm-starts instead of initialising at random. `name` and
+    `tags` (`{key: value}`) label the new run (a resumed run: renamed, the tags merged into its own).
 
     Data-parallel: `nproc=N` trains with N processes on this host (`batch_size` stays the global
     batch); `nnodes=M, node_rank=R, rdzv_endpoint="host:port"` joins a job across M hosts, where
@@ -38,6 +40,7 @@ def train(recipe: Recipe | None = None, *, like: str | None = None, resume: str 
                       nnodes=overrides.get("nnodes") or (recipe.nnodes if recipe else 1),
                       node_rank=node_rank, rdzv_endpoint=rdzv_endpoint, progress=False,
                       device_name=overrides.get("device") or (recipe.device if recipe else None))
+    check_name_tags(name, tags)  # before any data is loaded: a bad tag is one line, not a failed run
     store = RunStore(settings)
     if resume is not None:
         if recipe is not None or like is not None:
@@ -59,6 +62,8 @@ def train(recipe: Recipe | None = None, *, like: str | None = None, resume: str 
 
         if not resume_path(run).exists():
             raise UsageError(f"run {run.id} has no completed epoch to resume from")
+        if name is not None or tags:
+            store.set_name_tags(run.id, name=name, tags=tags)
         base = Recipe.from_dict(run.recipe).with_overrides(
             **{k: v for k, v in overrides.items() if k not in RESUMABLE_IF_SAME})
         if base.nnodes > 1 and rdzv_endpoint is None:
@@ -78,9 +83,10 @@ def train(recipe: Recipe | None = None, *, like: str | None = None, resume: str 
         same_data = base.data == parent.recipe.get("data")
         return _fit(base, settings, rdzv_endpoint=rdzv_endpoint, parent_run_id=parent.id,
                     expect_fingerprint=parent.data_fingerprint if same_data else None, progress=progress,
-                    init_weights=init_weights)
+                    init_weights=init_weights, name=name, tags=tags)
     base = (recipe or Recipe()).with_overrides(**overrides)
-    return _fit(base, settings, rdzv_endpoint=rdzv_endpoint, progress=progress, init_weights=init_weights)
+    return _fit(base, settings, rdzv_endpoint=rdzv_endpoint, progress=progress, init_weights=init_weights,
+                name=name, tags=tags)
 
 
 def _fit(recipe: Recipe, settings: Settings, *, rdzv_endpoint: str | None, **kwargs: Any) -> Run:
@@ -95,9 +101,10 @@ def _fit(recipe: Recipe, settings: Settings, *, rdzv_endpoint: str | None, **kwa
                   **kwargs)
 
 
-def runs(*, status: str | None = None, limit: int = 50, settings: Settings | None = None) -> list[Run]:
-    """Recent runs, newest first."""
-    return RunStore(settings or Settings.from_env()).list(status=status, limit=limit)
+def runs(*, status: str | None = None, limit: int = 50, settings: Settings | None = None, name: str | None = None,
+         tag: str | None = None) -> list[Run]:
+    """Recent runs, newest first (`name`: of this name; `tag`: with tag `KEY` or `KEY=VALUE`)."""
+    return RunStore(settings or Settings.from_env()).list(status=status, limit=limit, name=name, tag=tag)
 
 
 def get_run(ref: str, *, settings: Settings | None = None) -> Run:

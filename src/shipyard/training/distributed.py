@@ -71,7 +71,8 @@ def check_world(nproc: int, nnodes: int, node_rank: int, rdzv_endpoint: str | No
 def launch(recipe: Recipe | None, settings: Settings, *, nproc: int, nnodes: int = 1, node_rank: int = 0,
            rdzv_endpoint: str | None = None, resume: str | None = None, parent_run_id: str | None = None,
            expect_fingerprint: str | None = None, progress: bool = True,
-           init_weights: str | Path | None = None, device_name: str | None = None) -> Run:
+           init_weights: str | Path | None = None, device_name: str | None = None, name: str | None = None,
+           tags: dict[str, str] | None = None) -> Run:
     """Run this node's `nproc` workers through torch's elastic launcher and return the run.
 
     Node 0 passes the recipe; other nodes may pass None and receive node 0's (they need neither
@@ -94,7 +95,7 @@ def launch(recipe: Recipe | None, settings: Settings, *, nproc: int, nnodes: int
     spec = {"recipe": recipe, "settings": settings, "resume": resume, "parent_run_id": parent_run_id,
             "expect_fingerprint": expect_fingerprint, "progress": progress,
             "init_weights": str(init_weights) if init_weights is not None else None,
-            "node_rank": node_rank, "nproc": nproc, "nnodes": nnodes, "device": device.type,
+            "node_rank": node_rank, "nproc": nproc, "nnodes": nnodes, "device": device.type, "name": name, "tags": tags,
             "outcomes": str(work)}
     spec_path = work / "spec.pkl"
     spec_path.write_bytes(pickle.dumps(spec))
@@ -336,7 +337,8 @@ def _worker(spec_path: str) -> int:
         probe = _Probe(Path(folder), world, spec["node_rank"]) if folder else None
         run = fit(spec["recipe"], spec["settings"], resume=spec["resume"], parent_run_id=spec["parent_run_id"],
                   expect_fingerprint=spec["expect_fingerprint"], progress=spec["progress"],
-                  init_weights=spec["init_weights"], world=world, observer=probe)
+                  init_weights=spec["init_weights"], world=world, observer=probe, name=spec.get("name"),
+                  tags=spec.get("tags"))
         outcome.update(run=run, run_id=run.id)
         code = 0
     except BaseException as e:  # noqa: BLE001 - reported to the launcher, which picks the root cause

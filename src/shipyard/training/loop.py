@@ -139,10 +139,11 @@ class _Job:
 def fit(recipe: Recipe | None, settings: Settings, *, resume: str | None = None,
         parent_run_id: str | None = None, expect_fingerprint: str | None = None,
         console: Console | None = None, progress: bool = True, init_weights: str | Path | None = None,
-        world: World | None = None, observer: Observer | None = None) -> Run:
+        world: World | None = None, observer: Observer | None = None, name: str | None = None,
+        tags: dict[str, str] | None = None) -> Run:
     """Train per `recipe`, tracking everything; return the stored run. With `resume`, continue
     that interrupted run from its last completed epoch with the same recipe. `init_weights`: a
-    state dict to start from instead of random weights (warm-start retraining).
+    state dict to start from instead of random weights (warm-start retraining). `name`, `tags`: a new run's.
 
     In a data-parallel job (`world`, set up by `shipyard.training.distributed`) every process runs
     this: the tracker's recipe, run and starting state are broadcast to the others (which may pass
@@ -157,7 +158,7 @@ def fit(recipe: Recipe | None, settings: Settings, *, resume: str | None = None,
     world = world or World()
     job = _prepare(recipe, settings, world, console=console, progress=progress,
                    expect_fingerprint=expect_fingerprint)
-    _start_run(job, resume=resume, parent_run_id=parent_run_id, init_weights=init_weights)
+    _start_run(job, resume=resume, parent_run_id=parent_run_id, init_weights=init_weights, name=name, tags=tags)
     try:
         _open_run(job)
         with job.bar:
@@ -259,7 +260,7 @@ def _prepare(recipe: Recipe | None, settings: Settings, world: World, *, console
 
 
 def _start_run(job: _Job, *, resume: str | None, parent_run_id: str | None,
-               init_weights: str | Path | None) -> None:
+               init_weights: str | Path | None, name: str | None = None, tags: dict[str, str] | None = None) -> None:
     """The tracker creates the run (or reopens `resume`) and sets up the starting state (a resume
     snapshot, warm-start weights); the others receive both (the "plan") and stop with the
     tracker's message if it failed. Then the model is wrapped for data-parallel training."""
@@ -285,7 +286,7 @@ def _start_run(job: _Job, *, resume: str | None, parent_run_id: str | None,
                 store.reopen(run_id, recipe.to_dict())
                 job.console.print(f"[bold]resuming run {run_id}[/] after epoch {job.state.epoch}")
             else:
-                run_id = store.create(recipe.to_dict(), job.source, parent_run_id=parent_run_id)
+                run_id = store.create(recipe.to_dict(), job.source, parent_run_id=parent_run_id, name=name, tags=tags)
             plan = {"run_id": run_id, "fingerprint": job.fingerprint,
                     "snapshot": snap_bytes if world.distributed else None,
                     "init": init_bytes if world.distributed else None}

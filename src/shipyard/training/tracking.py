@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,6 +30,47 @@ STATUSES = ("running", "finished", "failed", "interrupted")
 STALE_AFTER = timedelta(hours=1)
 EPOCH_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_time_s",
               "samples_per_s")
+#: a run's name and tags: what `check_name_tags` enforces
+RUN_NAME_LEN, TAG_KEY_LEN, TAG_VALUE_LEN, MAX_TAGS = 128, 64, 256, 32
+TAG_KEY = re.compile(rf"[A-Za-z0-9_.-]{{1,{TAG_KEY_LEN}}}")
+
+
+def check_name_tags(name: str | None, tags: dict[str, str] | None) -> None:
+    """Refuse (UsageError, naming what is wrong) a run name that is empty, longer than 128
+    characters or not printable, and tags that are not `{key: value}` strings with keys of 1..64
+    of `A-Z a-z 0-9 _ . -`, values of at most 256 characters, at most 32 of them."""
+    if name is not None:
+        if not isinstance(name, str) or not name.strip():
+            raise UsageError(f"a run name must be 1..{RUN_NAME_LEN} printable characters, got {name!r}")
+        if len(name) > RUN_NAME_LEN:
+            raise UsageError(f"a run name must be at most {RUN_NAME_LEN} characters, got {len(name)}")
+        if not name.isprintable():
+            raise UsageError(f"a run name must be printable characters (no newlines, tabs or control "
+                             f"characters), got {name!r}")
+    if tags is None:
+        return
+    if len(tags) > MAX_TAGS:
+        raise UsageError(f"a run has at most {MAX_TAGS} tags, got {len(tags)}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not TAG_KEY.fullmatch(key):
+            raise UsageError(f"tag key {key!r}: 1..{TAG_KEY_LEN} characters of A-Z a-z 0-9 _ . -")
+        if not isinstance(value, str):
+            raise UsageError(f"tag {key}: the value must be a string, got {type(value).__name__}")
+        if len(value) > TAG_VALUE_LEN:
+            raise UsageError(f"tag {key}: the value must be at most {TAG_VALUE_LEN} characters, got {len(value)}")
+
+
+def parse_tags(pairs: Iterable[str] | None, option: str = "--tag") -> dict[str, str]:
+    """`["team=vision", "stage=try"]` → `{"team": "vision", "stage": "try"}`, checked
+    (`check_name_tags`); a pair without `=` is a UsageError naming `option`."""
+    tags: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"{option} wants KEY=VALUE, got {pair!r}")
+        tags[key] = value
+    check_name_tags(None, tags)
+    return tags
 
 
 @dataclass
@@ -55,6 +98,8 @@ class Run:
     best_val_accuracy: float | None = None
     test_accuracy: float | None = None
     parent_run_id: str | None = None
+    name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, list[float]] = field(default_factory=dict)
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     checkpoint: str | None = None
@@ -93,6 +138,8 @@ class Run:
         """The machine-readable contract (`--json`)."""
         return {
             "run_id": self.id,
+            "name": self.name,
+            "tags": self.tags,
             "status": self.status,
             "error": self.error,
             "best_val_accuracy": self.best_val_accuracy,
@@ -132,7 +179,9 @@ class RunStore:
         self.artifacts = open_store(settings)
 
     # -- writing ---------------------------------------------------------------------------
-    def create(self, recipe: dict[str, Any], data_source: str, *, parent_run_id: str | None = None) -> str:
+    def create(self, recipe: dict[str, Any], data_source: str, *, parent_run_id: str | None = None,
+               name: str | None = None, tags: dict[str, str] | None = None) -> str:
+        check_name_tags(name, tags)
         run_id = uuid.uuid4().hex[:12]
         now = utcnow()
         run_dir = (self.settings.runs_dir / run_id).resolve()
@@ -141,9 +190,36 @@ class RunStore:
             conn.execute(runs.insert().values(
                 id=run_id, status="running", created_at=now, started_at=now, heartbeat_at=now,
                 host=socket.gethostname(), pid=os.getpid(), recipe=recipe, data_source=data_source,
-                run_dir=str(run_dir), epochs_run=0, parent_run_id=parent_run_id,
+                run_dir=str(run_dir), epochs_run=0, parent_run_id=parent_run_id, name=name,
+                tags=dict(tags) if tags else None,
             ))
         return run_id
+
+    def set_name_tags(self, run_id: str, *, name: str | None = None, tags: dict[str, str] | None = None,
+                      untag: Iterable[str] = (), replace: bool = False) -> Run:
+        """Rename and (re)tag run `run_id` (an id, unique prefix or `latest`) and return it. `name`:
+        the new name, `""` removes it, None keeps it. `tags` are merged into the run's (a key given
+        replaces its value; `replace=True`: they become the whole set), then the keys in `untag`
+        are removed (an unknown one is a UsageError). Checked as `check_name_tags` says; one
+        transaction, so two taggers at once lose neither's tags."""
+        run_id = self.resolve(run_id)
+        untag = list(untag)
+        check_name_tags(name or None, tags)
+        with self.engine.begin() as conn:
+            old = conn.execute(sa.select(runs.c.tags).where(runs.c.id == run_id)).scalar() or {}
+            new = dict(tags or {}) if replace else {**old, **(tags or {})}
+            if missing := [k for k in untag if k not in new]:
+                raise UsageError(f"run {run_id} has no tag {', '.join(map(repr, missing))}"
+                                 + (f" (its tags: {', '.join(sorted(new))})" if new else " (it has no tags)"))
+            for k in untag:
+                del new[k]
+            if len(new) > MAX_TAGS:
+                raise UsageError(f"run {run_id} would have {len(new)} tags; a run has at most {MAX_TAGS}")
+            values: dict[str, Any] = {"tags": new or None}
+            if name is not None:
+                values["name"] = name or None
+            conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
+        return self.get(run_id)
 
     def update(self, run_id: str, **values: Any) -> None:
         with self.engine.begin() as conn:
@@ -253,13 +329,25 @@ class RunStore:
             self._add_artifact(run, a)
         return run
 
-    def list(self, *, status: str | None = None, limit: int = 50) -> list[Run]:
+    def list(self, *, status: str | None = None, limit: int = 50, name: str | None = None,
+             tag: str | None = None) -> list[Run]:
+        """Runs newest first; `name`: only those of this exact name; `tag`: `KEY` (runs with
+        that tag) or `KEY=VALUE`."""
         if status is not None and status not in STATUSES:
             raise UsageError(f"unknown status {status!r}: choose {', '.join(STATUSES)}")
         self._reap()
         q = sa.select(runs).order_by(runs.c.created_at.desc()).limit(limit)
         if status:
             q = q.where(runs.c.status == status)
+        if name is not None:
+            q = q.where(runs.c.name == name)
+        if tag is not None:
+            key, sep, value = tag.partition("=")
+            if not TAG_KEY.fullmatch(key):
+                raise UsageError(f"tag filter {tag!r}: give KEY or KEY=VALUE, the key 1..{TAG_KEY_LEN} "
+                                 "characters of A-Z a-z 0-9 _ . -")
+            got = runs.c.tags[key].as_string()
+            q = q.where(got == value if sep else got.is_not(None))
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
             ids = [r["id"] for r in rows]
@@ -281,6 +369,7 @@ class RunStore:
         d.pop("heartbeat_at", None)
         for k in ("created_at", "started_at", "ended_at"):
             d[k] = as_utc(d[k])
+        d["tags"] = dict(d.get("tags") or {})
         return Run(**d)
 
     def _reap(self, run_id: str | None = None) -> None:

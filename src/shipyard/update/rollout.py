@@ -293,8 +293,10 @@ class Rollout:
     """One rollout run by this process (holds the model's `update:NAME` lease)."""
 
     def __init__(self, registry: Registry, name: str, config: RolloutConfig | None = None, *,
-                 log: Callable[[str], None] = print, holder: str | None = None) -> None:
+                 log: Callable[[str], None] = print, holder: str | None = None,
+                 on_started: Callable[[], None] | None = None) -> None:
         self.reg = registry
+        self.on_started = on_started  # called once the rollout is under way (its row written, lease held)
         self.engine: sa.Engine = registry.engine
         self.name = name
         self.config = (config or RolloutConfig()).check()
@@ -339,6 +341,8 @@ class Rollout:
         self.reg.record(self.name, "rollout", version=cand.version,
                         reason=f"rollout of v{cand.version} over v{champ.version}: steps {list(c.steps)}",
                         details={"config": asdict(c)})
+        if self.on_started:
+            self.on_started()
         return self._run()
 
     def resume(self) -> dict[str, Any]:
@@ -348,6 +352,8 @@ class Rollout:
             raise UsageError(f"no rollout of {self.name} to resume"
                              + (f" (the last one is {current['status']})" if current else ""))
         _save(self.engine, self.name, holder=self.holder, step_started_at=time.time())
+        if self.on_started:
+            self.on_started()
         self.config = RolloutConfig(**{**current["config"], "steps": tuple(current["config"]["steps"]),
                                        "gates": tuple(current["config"]["gates"])})
         return self._run()
@@ -454,7 +460,7 @@ def abort(registry: Registry, name: str, reason: str = "aborted by hand") -> dic
     if st is None or st["status"] != "running":
         raise UsageError(f"no rollout of {name} is running" + (f" (the last one is {st['status']})" if st else ""))
     registry.set_traffic(name, {"production": 100}, reason=f"rollout of v{st['candidate']} aborted: {reason}")
-    _save(registry.engine, name, status="aborted", reason=reason)
+    _save(registry.engine, name, status="aborted", reason=reason, holder=None)
     registry.record(name, "rollout", version=st["candidate"], reason=f"aborted: {reason}",
                     details={"status": "aborted"})
     out = status(registry.engine, name)
