@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python benchmarks/serve_bench.py
 	$(BIN)/python benchmarks/scale_bench.py
 	$(BIN)/python benchmarks/drift_bench.py
+	$(BIN)/python benchmarks/ui_bench.py
 
 clean:
 	rm -rf $(VENV) .shipyard .pytest_cache .mypy_cache

@@ -293,7 +293,8 @@ def run(settings: Settings | None = None, *, name: str = "digits", epochs: int =
     if facts.get("failed"):
         raise StageFailed(f"{facts['failed']} of {facts['requests']} requests failed: {facts['errors']}")
     console.print(f"[bold green]done[/] in {facts['seconds']:.0f} s: {facts['requests']} requests, none failed. "
-                  f"Explore: shipyard models history {name} · shipyard monitor status {name} · "
+                  f"Explore: shipyard ui (then http://127.0.0.1:8800/deployments/{name}) · "
+                  f"shipyard models history {name} · shipyard monitor status {name} · "
                   f"shipyard runs list · open {facts['report']}")
     return facts
 

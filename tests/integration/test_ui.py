@@ -255,6 +255,7 @@ def test_a_cross_site_form_post_is_refused_even_with_a_session(ui, browser) -> N
         assert "cross-site" in message or "log in" in message, message
     finally:
         evil.shutdown()
+        evil.server_close()
     history = json.loads(run_cli(["models", "history", "digits", "--json"], env).stdout.strip().splitlines()[-1])
     events = history["events"]
     assert not [e for e in events if e.get("reason") == "evil"]

@@ -123,7 +123,8 @@ def chart(chart_id: str, title: str, lines: Sequence[dict[str, Any]], *, unit: s
         spec["x_integer"] = True
     doc = json.dumps(spec, separators=(",", ":"), allow_nan=False)
     parts = [f'<figure class="sy-chart" id="{escape(chart_id)}" data-spec="{escape(doc, quote=True)}" '
-             f'aria-label="{escape(title)}"><figcaption>{escape(title)}</figcaption><div class="sy-plot"></div>']
+             f'style="width:{width + 14}px;max-width:100%" aria-label="{escape(title)}">'
+             f'<figcaption>{escape(title)}</figcaption><div class="sy-plot"></div>']
     if note:
         parts.append(f'<p class="sy-note">{escape(note)}</p>')
     if markers and not isinstance(markers, str):

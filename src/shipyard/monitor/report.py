@@ -121,7 +121,8 @@ def _ts(t: float | None) -> str:
 #: the report's own marks, beside the charts' style (the dashboard's fragment carries them too)
 STYLE = """
 .unreliable{color:#767676} .unreliable .why{display:block;font-size:11px;max-width:460px;white-space:normal}
-.unknown{color:#7a5c00;font-weight:600} .unreliable-note{max-width:540px;margin:4px} table.rules{margin-top:8px}
+.unknown{color:#7a5c00;font-weight:600} .why-blank{color:#595959;font-size:11px}
+.unreliable-note{max-width:540px;margin:4px} table.rules{margin-top:8px}
 table.maps td{padding:1px} table.maps img{display:block;image-rendering:pixelated}
 """
 
@@ -166,9 +167,11 @@ def state_html(data: dict[str, Any], *, with_alerts: bool = True) -> str:
     regression = _regression(data["status"])
     for ver, s in data["status"]["versions"].items():
         d = s["drift"]
+        # a blank cell says why: no window evaluated yet, or this test does not apply to the model
+        missing = ("no window evaluated yet" if not s["windows"] else "not run for this model")
         cells = "".join(
             f'<td class="{"alarm" if d[t]["alarm"] else "ok"}">{"ALARM " if d[t]["alarm"] else ""}'
-            f'p={d[t]["p_value"]:.1e}</td>' if t in d else "<td>–</td>" for t in TESTS)
+            f'p={d[t]["p_value"]:.1e}</td>' if t in d else f'<td class="why-blank">– {missing}</td>' for t in TESTS)
         a = s["accuracy"]
         rows.append(f'<tr data-version="{escape(ver)}"><td>v{escape(ver)}</td>'
                     f"<td>{escape(', '.join(s['aliases']) or '–')}</td><td>{s['windows']}</td>{cells}"

@@ -6,6 +6,7 @@ wrote), so serving stays lean."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -85,7 +86,33 @@ async def _logout(request: Request) -> Response:
 
 
 def _health(request: Request) -> Response:
+    """200 once the caches are warm (`warm`), 503 before: what a script or a proxy waits for."""
+    if not request.app.state.ready.is_set():
+        return Response("warming up\n", status_code=503, media_type="text/plain", headers={"retry-after": "1"})
     return Response("ok\n", media_type="text/plain")
+
+
+def warm(app: Starlette) -> None:
+    """At start, on a thread: compile the templates and join each model's last week of labels to
+    the prediction log (the one scan of the log a deployment page needs; later pages look up only
+    new labels), so the first person to open a page does not pay for it."""
+    import logging
+    import time
+
+    from shipyard.monitor import report
+    from shipyard.monitor.api import Monitor
+    from shipyard.ui.web import ENV
+
+    try:
+        for name in ENV.list_templates():
+            ENV.get_template(name)
+        reg: Registry = app.state.registry
+        for model in reg.model_names():
+            report.collect(Monitor(reg), model, since=time.time() - 7 * 86400, maps=False)
+    except Exception:  # noqa: BLE001 - a cold cache is slower, not wrong: serve anyway
+        logging.getLogger("shipyard.ui").exception("warming the UI's caches failed")
+    finally:
+        app.state.ready.set()
 
 
 OPEN_PATHS = ("/login", "/assets/", "/static/", "/healthz")
@@ -158,4 +185,6 @@ def create_app(registry: Registry, *, token: str, auth: bool = False, hosts: set
     app.state.registry = registry
     app.state.gate = Gate(token=token, read_needs_login=auth, hosts=set(hosts or ()))
     app.state.rollouts = actions.Rollouts(registry)
+    app.state.ready = threading.Event()
+    threading.Thread(target=warm, args=(app,), name="shipyard-ui-warm", daemon=True).start()
     return app
