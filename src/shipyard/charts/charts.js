@@ -161,6 +161,14 @@
       return vals.map(function (v) { return y.integer ? (Number.isInteger(v) ? "v" + v : "") : fmt(v, unit); });
     }};
     if (y.integer) axisY.incrs = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
+    if (y.scale === "asinh") {  // log-like above 1: a few round ticks, none below the floor
+      axisY.splits = function (u) {
+        var lo = u.scales.y.min, hi = u.scales.y.max;
+        return [0, 1, 2, 5, 10, 20, 50, 100, 200, 500].filter(function (v) {
+          return v >= Math.max(lo, y.min != null ? y.min : -Infinity) && v <= hi;
+        });
+      };
+    }
     var axisX = spec.x === "time" ? {} : {values: function (u, vals) { return vals.map(function (v) { return fmt(v); }); },
                                           incrs: spec.x_integer ? [1, 2, 5, 10, 20, 50, 100, 200, 500] : undefined};
     var xs = {time: spec.x === "time"};

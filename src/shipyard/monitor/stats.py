@@ -173,6 +173,42 @@ def summary(engine: sa.Engine, model: str, *, since: float, until: float | None 
     return Summary(req, err, rej, lat)
 
 
+class _Steps:
+    """Counts added up per time step (from raw rows or minutes), then the points a chart draws."""
+
+    def __init__(self, step_s: float) -> None:
+        self.step_s = step_s
+        self.buckets: dict[int, dict[str, Any]] = {}
+
+    def add(self, t_end: float, version: int, requests: int, errors: int, rejected: int,
+            latency: Any, peak: float) -> int:
+        k = int(t_end // self.step_s)
+        b = self.buckets.setdefault(k, {"requests": 0, "errors": 0, "rejected": 0, "refused": 0, "peak": 0.0,
+                                        "latency": np.zeros(len(LATENCY_BUCKETS_MS), np.int64), "versions": {}})
+        b["requests"] += requests
+        b["errors"] += errors
+        b["rejected"] += rejected
+        # unrouted (version 0) requests that were neither a server error nor counted as rejected
+        b["refused"] += rejected + (max(requests - errors - rejected, 0) if version == 0 else 0)
+        b["latency"] += np.asarray(latency, np.int64)
+        b["versions"][version] = b["versions"].get(version, 0) + requests
+        b["peak"] = max(b["peak"], peak)
+        return k
+
+    def points(self) -> list[dict[str, Any]]:
+        out = []
+        for k in sorted(self.buckets):
+            b = self.buckets[k]
+            summ = Summary(b["requests"], b["errors"], b["rejected"], b["latency"])
+            mean = b["requests"] / self.step_s
+            out.append({"t": (k + 1) * self.step_s, "rps": mean, "peak_rps": max(b["peak"], mean),
+                        "error_rate": summ.error_rate,
+                        "refused_rate": b["refused"] / b["requests"] if b["requests"] else None,
+                        "p50_ms": summ.quantile_ms(0.5), "p99_ms": summ.quantile_ms(0.99),
+                        "versions": {str(v): n for v, n in b["versions"].items()}})
+        return out
+
+
 def series(engine: sa.Engine, model: str, *, since: float, step_s: float = 10.0) -> list[dict[str, Any]]:
     """Per time step, every worker together (report, dashboard, UI): requests/s as the step's mean
     and its busiest 5 s (a burst of 600 req/s must not read as a flat 9.5 on a day's chart), the
@@ -182,41 +218,28 @@ def series(engine: sa.Engine, model: str, *, since: float, step_s: float = 10.0)
     per-minute rollup (`serving_minutes`: 1,440 rows a day per version; the busiest interval then
     is the busiest a single worker reported), shorter ones `serving_stats` (every few seconds per
     worker); never the prediction log."""
+    steps = _Steps(step_s)
     if step_s >= 60 and _rolled_up(engine, model, since):
-        return _series_from_minutes(engine, model, since=since, step_s=step_s)
+        t = serving_minutes.c
+        q = (sa.select(t.minute, t.version, t.requests, t.errors, t.rejected, t.peak_rps,
+                       *[t[f"l{i}"] for i in range(len(LATENCY_BUCKETS_MS))])
+             .where(t.model == model, t.minute >= int(since // 60)).order_by(t.minute))
+        with engine.connect() as conn:
+            for r in conn.execute(q):
+                steps.add((r.minute + 1) * 60, r.version, r.requests, r.errors, r.rejected, r[6:], r.peak_rps)
+        return steps.points()
     s = serving_stats
     q = (sa.select(s.c.ts_end, s.c.version, s.c.requests, s.c.errors, s.c.rejected, s.c.latency, s.c.ts_start)
          .where(s.c.model == model, s.c.ts_end >= since).order_by(s.c.ts_end))
-    buckets: dict[int, dict[str, Any]] = {}
     fine: dict[tuple[int, int], float] = {}  # (step, 5 s slot) → req/s, every worker together
     with engine.connect() as conn:
         for r in conn.execute(q):
-            k = int(r.ts_end // step_s)
-            b = buckets.setdefault(k, {"requests": 0, "errors": 0, "rejected": 0, "refused": 0,
-                                       "latency": np.zeros(len(LATENCY_BUCKETS_MS), np.int64), "versions": {}})
-            b["requests"] += r.requests
-            b["errors"] += r.errors
-            b["rejected"] += r.rejected
-            # unrouted (version 0) requests that were neither a server error nor counted as rejected
-            b["refused"] += r.rejected + (max(r.requests - r.errors - r.rejected, 0) if r.version == 0 else 0)
-            b["latency"] += np.asarray(r.latency, np.int64)
-            b["versions"][r.version] = b["versions"].get(r.version, 0) + r.requests
+            k = steps.add(r.ts_end, r.version, r.requests, r.errors, r.rejected, r.latency, 0.0)
             slot = (k, int(r.ts_end // 5))
             fine[slot] = fine.get(slot, 0.0) + r.requests / max(r.ts_end - r.ts_start, 1.0)
-    peaks: dict[int, float] = {}
     for (k, _), rate in fine.items():
-        peaks[k] = max(peaks.get(k, 0.0), rate)
-    out = []
-    for k in sorted(buckets):
-        b = buckets[k]
-        summ = Summary(b["requests"], b["errors"], b["rejected"], b["latency"])
-        mean = b["requests"] / step_s
-        out.append({"t": (k + 1) * step_s, "rps": mean, "peak_rps": max(peaks[k], mean),
-                    "error_rate": summ.error_rate,
-                    "refused_rate": b["refused"] / b["requests"] if b["requests"] else None,
-                    "p50_ms": summ.quantile_ms(0.5), "p99_ms": summ.quantile_ms(0.99),
-                    "versions": {str(v): n for v, n in b["versions"].items()}})
-    return out
+        steps.buckets[k]["peak"] = max(steps.buckets[k]["peak"], rate)
+    return steps.points()
 
 
 def _rolled_up(engine: sa.Engine, model: str, since: float) -> bool:
@@ -230,37 +253,6 @@ def _rolled_up(engine: sa.Engine, model: str, since: float) -> bool:
         first_raw = conn.execute(sa.select(sa.func.min(serving_stats.c.ts_end)).where(
             serving_stats.c.model == model, serving_stats.c.ts_end >= since)).scalar()
     return first_raw is None or int(first_raw // 60) >= first_min
-
-
-def _series_from_minutes(engine: sa.Engine, model: str, *, since: float, step_s: float) -> list[dict[str, Any]]:
-    t = serving_minutes.c
-    lat_cols = [t[f"l{i}"] for i in range(len(LATENCY_BUCKETS_MS))]
-    q = (sa.select(t.minute, t.version, t.requests, t.errors, t.rejected, t.peak_rps, *lat_cols)
-         .where(t.model == model, t.minute >= int(since // 60)).order_by(t.minute))
-    buckets: dict[int, dict[str, Any]] = {}
-    with engine.connect() as conn:
-        for r in conn.execute(q):
-            k = int(((r.minute + 1) * 60) // step_s)
-            b = buckets.setdefault(k, {"requests": 0, "errors": 0, "rejected": 0, "refused": 0, "peak": 0.0,
-                                       "latency": np.zeros(len(LATENCY_BUCKETS_MS), np.int64), "versions": {}})
-            b["requests"] += r.requests
-            b["errors"] += r.errors
-            b["rejected"] += r.rejected
-            b["refused"] += r.rejected + (max(r.requests - r.errors - r.rejected, 0) if r.version == 0 else 0)
-            b["peak"] = max(b["peak"], r.peak_rps)
-            b["latency"] += np.asarray(r[6:], np.int64)
-            b["versions"][r.version] = b["versions"].get(r.version, 0) + r.requests
-    out = []
-    for k in sorted(buckets):
-        b = buckets[k]
-        summ = Summary(b["requests"], b["errors"], b["rejected"], b["latency"])
-        mean = b["requests"] / step_s
-        out.append({"t": (k + 1) * step_s, "rps": mean, "peak_rps": max(b["peak"], mean),
-                    "error_rate": summ.error_rate,
-                    "refused_rate": b["refused"] / b["requests"] if b["requests"] else None,
-                    "p50_ms": summ.quantile_ms(0.5), "p99_ms": summ.quantile_ms(0.99),
-                    "versions": {str(v): n for v, n in b["versions"].items()}})
-    return out
 
 
 def by_worker(engine: sa.Engine, model: str, *, since: float) -> dict[str, int]:
