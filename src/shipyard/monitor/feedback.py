@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -193,9 +194,13 @@ class _Answers:
     it last did (`find` scans the log's chunks). An id not found is looked for again only in the
     chunks written since (or in all of them, for an older range)."""
 
-    MAX_IDS = 2_000_000  # per model; past it the cache starts over
+    # every model together (the serving supervisor's evaluator keeps it too): about 200 bytes an
+    # id, so at most ~60 MB; past it the cache starts over (slower, never wrong)
+    MAX_IDS = 300_000
 
     def __init__(self) -> None:
+        # one join at a time: the evaluator's thread and a page's share it in a serving process
+        self.lock = threading.Lock()
         self.found: dict[tuple[str, str], dict[str, tuple[float, int, int]]] = {}
         # rid → (the newest chunk id when it was looked for, the range's start then)
         self.missing: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
@@ -205,11 +210,16 @@ _ANSWERS = _Answers()
 
 
 def _found(engine: sa.Engine, model: str, wanted: list[str], since: float | None) -> dict[str, tuple[float, int, int]]:
+    with _ANSWERS.lock:
+        return _found_locked(engine, model, wanted, since)
+
+
+def _found_locked(engine: sa.Engine, model: str, wanted: list[str], since: float | None
+                  ) -> dict[str, tuple[float, int, int]]:
     from shipyard.store.schema import prediction_chunks as pc
 
     key = (str(engine.url), model)
-    if len(_ANSWERS.found) > 16 or len(_ANSWERS.found.get(key, ())) + len(_ANSWERS.missing.get(key, ())) \
-            > _Answers.MAX_IDS:
+    if sum(map(len, _ANSWERS.found.values())) + sum(map(len, _ANSWERS.missing.values())) > _Answers.MAX_IDS:
         _ANSWERS.found.clear()
         _ANSWERS.missing.clear()
     found = _ANSWERS.found.setdefault(key, {})

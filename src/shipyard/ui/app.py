@@ -45,31 +45,25 @@ def _static(request: Request) -> Response:
 
 
 def _login_page(request: Request) -> Response:
-    ctx = Ctx(request)
-    nxt = request.query_params.get("next", "/")
-    return ctx.page("login.html", title="Log in", next=nxt if nxt.startswith("/") and not nxt.startswith("//")
-                    else "/", error=None)
+    return Ctx(request).page("login.html", title="Log in", next=_local(request.query_params.get("next", "/")),
+                             error=None)
+
+
+def _local(path: str) -> str:
+    """A `next` to go to after login: a path on this site, never `//host` or a URL."""
+    return path if path.startswith("/") and not path.startswith("//") else "/"
 
 
 async def _login(request: Request) -> Response:
-    from shipyard.ui.auth import same_site
-    from shipyard.ui.web import MAX_FORM_BYTES
+    from shipyard.ui.web import read_form
 
-    same_site(dict(request.headers), request.headers.get("host", ""))
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise Refused(413, "form too large")
-    from urllib.parse import parse_qs
-
-    form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+    form = await read_form(request)
     gate: Gate = request.app.state.gate
-    nxt = form.get("next", "/")
-    nxt = nxt if nxt.startswith("/") and not nxt.startswith("//") else "/"
+    nxt = _local(form.get("next", "/"))
     try:
         session = gate.login(form.get("token", ""))
     except Refused:
-        ctx = Ctx(request)
-        return ctx.page("login.html", status=401, title="Log in", next=nxt, error="wrong token")
+        return Ctx(request).page("login.html", status=401, title="Log in", next=nxt, error="wrong token")
     resp = RedirectResponse(nxt, status_code=303)
     resp.set_cookie(COOKIE, session.id, max_age=SESSION_S, httponly=True, samesite="strict", path="/",
                     secure=request.url.scheme == "https")

@@ -110,6 +110,13 @@ def versions_of_run(engine: sa.Engine, run_id: str) -> list[dict[str, Any]]:
             .mappings()]
 
 
+def children(engine: sa.Engine, run_id: str) -> list[dict[str, Any]]:
+    """The runs retrained from `run_id` (its first 50)."""
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.select(runs.c.id, runs.c.name, runs.c.status)
+                                              .where(runs.c.parent_run_id == run_id).limit(50)).mappings()]
+
+
 def run_names(engine: sa.Engine, ids: list[str]) -> dict[str, str | None]:
     """Run id → name, for showing a run's name beside its id wherever it is linked."""
     ids = [i for i in ids if i]

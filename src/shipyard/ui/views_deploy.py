@@ -22,7 +22,7 @@ def deployment_page(request: Request) -> Response:
     ctx = Ctx(request)
     reg = ctx.registry
     name = request.path_params["name"]
-    reg.model(name)  # 404 for an unknown model, before any work
+    model = reg.model(name)  # 404 for an unknown model, before any work
     rng = request.query_params.get("range", "1h")
     if rng not in RANGES:
         from shipyard.ui.auth import Refused
@@ -40,7 +40,7 @@ def deployment_page(request: Request) -> Response:
     ro_state = ro.status(eng, name)
     return ctx.page("deployment.html", title=f"Deployment {name}", name=name, data=data, rng=rng, ranges=RANGES,
                     charts_html=report.charts_html(data), state_html=report.state_html(data, with_alerts=False),
-                    deployment=reg.traffic(name), aliases=reg.model(name).aliases,
+                    deployment=reg.traffic(name), aliases=model.aliases,
                     workers=stats.by_worker(eng, name, since=time.time() - 300),
                     alerts=all_alerts, rollout=ro_state, evaluator=data["status"].get("evaluator"))
 

@@ -83,21 +83,11 @@ def run_page(request: Request) -> Response:
     eng = ctx.registry.engine
     versions = queries.versions_of_run(eng, run.id)
     plots = _curve_charts(queries.curves(eng, [run.id]), {run.id: run.id[:12]})
-    children = _children(ctx, run.id)
+    children = queries.children(eng, run.id)
     return ctx.page("run.html", title=f"Run {run.name or run.id[:12]}", run=run, plots=plots, versions=versions,
                     artifacts=queries.artifacts(eng, run.id), children=children,
                     recipe=json.dumps(run.recipe, indent=2, sort_keys=True),
                     tags_text="\n".join(f"{k}={v}" for k, v in sorted(run.tags.items())))
-
-
-def _children(ctx: Ctx, run_id: str) -> list[dict[str, Any]]:
-    import sqlalchemy as sa
-
-    from shipyard.store.schema import runs
-
-    with ctx.registry.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(sa.select(runs.c.id, runs.c.name, runs.c.status)
-                                              .where(runs.c.parent_run_id == run_id).limit(50)).mappings()]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -44,11 +44,10 @@ def _num(x: float | None, digits: int = 4) -> str:
 def _size(n: int | None) -> str:
     if n is None:
         return "–"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n = n / 1024  # type: ignore[assignment]
-    return str(n)
+    if n < 1024:
+        return f"{n} B"
+    exp = min(int(math.log(n, 1024)), 3)
+    return f"{n / 1024 ** exp:.1f} {('B', 'KiB', 'MiB', 'GiB')[exp]}"
 
 
 def _duration(s: float | None) -> str:
@@ -85,27 +84,33 @@ class Ctx:
         html = ENV.get_template(template).render(
             session=self.session, csrf=self.session.csrf if self.session else "", path=self.request.url.path,
             here=str(self.request.url.path) + (f"?{self.request.url.query}" if self.request.url.query else ""),
-            ok=q.get("ok"), actions_enabled=True, **values)
+            ok=q.get("ok"), **values)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
     async def form(self) -> dict[str, str]:
         """The POSTed form of an action, after the same-site, session and CSRF checks."""
-        same_site(dict(self.request.headers), self.request.headers.get("host", ""))
-        ctype = self.request.headers.get("content-type", "").split(";")[0].strip()
-        if ctype != "application/x-www-form-urlencoded":
-            raise Refused(415, f"actions take a form (application/x-www-form-urlencoded), not {ctype or 'nothing'}")
-        body = b""
-        async for chunk in self.request.stream():
-            body += chunk
-            if len(body) > MAX_FORM_BYTES:
-                raise Refused(413, f"form over {MAX_FORM_BYTES // 1024} KiB")
-        try:
-            parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-        except UnicodeDecodeError:
-            raise Refused(400, "the form is not UTF-8") from None
-        form = {k: v[-1] for k, v in parsed.items()}
+        form = await read_form(self.request)
         check_form(self.session, form)
         return form
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A POSTed form from this site (`same_site`): urlencoded, UTF-8, at most 64 KiB; the last
+    value of a repeated field."""
+    same_site(dict(request.headers), request.headers.get("host", ""))
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    if ctype != "application/x-www-form-urlencoded":
+        raise Refused(415, f"actions take a form (application/x-www-form-urlencoded), not {ctype or 'nothing'}")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise Refused(413, f"form over {MAX_FORM_BYTES // 1024} KiB")
+    try:
+        parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        raise Refused(400, "the form is not UTF-8") from None
+    return {k: v[-1] for k, v in parsed.items()}
 
 
 def done(to: str, message: str) -> RedirectResponse:
